@@ -1,0 +1,29 @@
+"""modeltap: a native-accelerated telemetry agent for ML models in production.
+
+Attach an :class:`Agent` in serving code and log every prediction; records are
+copied into a lock-free native ring and shipped in compact columnar batches.
+"""
+
+from __future__ import annotations
+
+from modeltap._core import (
+    SCHEMA_VERSION,
+    BatchDecodeError,
+    InvalidRecord,
+    UnsupportedSchemaVersion,
+    decode_batch,
+    random_id,
+)
+from modeltap._core import __version__ as __version__
+from modeltap.agent import Agent
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Agent",
+    "BatchDecodeError",
+    "InvalidRecord",
+    "UnsupportedSchemaVersion",
+    "__version__",
+    "decode_batch",
+    "random_id",
+]

@@ -1,0 +1,427 @@
+"""The public agent: attach one per model in serving code.
+
+``Agent.log`` is the native ``Recorder.log`` itself (bound on the instance),
+so a call costs one C-level dispatch: the record is parsed and copied into a
+pre-allocated ring slot without keeping any Python object. Everything else
+(batching, encoding) happens on the native drain thread; delivery happens on
+the exporter thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import inspect
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import numpy as np
+
+from modeltap import _core
+from modeltap.exporter import DiscardDestination, Exporter, SinkDestination
+from modeltap.system import SystemReading, SystemSampler
+
+log = logging.getLogger("modeltap")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_live: weakref.WeakSet[Agent] = weakref.WeakSet()
+# Recorders inherited from a parent process across fork(). Their threads do
+# not exist in the child, and a lock may have been held by one of them at the
+# moment of the fork, so they are never touched again, not even to be freed.
+_abandoned: list[_core.Recorder] = []
+
+
+def _after_fork_in_child() -> None:
+    _core._after_fork()
+    for agent in list(_live):
+        agent._reinit_after_fork()
+
+
+def _close_all_at_exit() -> None:
+    for agent in list(_live):
+        agent.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
+
+
+class Agent:
+    """Records every prediction of one model (and version) with almost no
+    cost on the serving thread.
+
+    Parameters
+    ----------
+    model, version:
+        Identify the model on every batch.
+    collector:
+        Address of a ``modeltap collector``; ``None`` keeps everything local
+        (stats still work; batches go to ``sink`` if given, else nowhere).
+    features:
+        Feature names, in order. Without them the schema comes from the first
+        record (dict keys, or ``f0..fN`` for arrays and lists).
+    categorical:
+        Names of categorical features: their values (strings or ints) travel
+        as compact codes.
+    params:
+        Inference parameters (threshold, temperature, ...), sent as strings
+        on every batch.
+    buffer_size:
+        Ring slots (rounded up to a power of two). Memory is bounded by it
+        however fast records arrive.
+    on_full:
+        ``"drop"`` (default): a full ring drops the record and counts it in
+        ``stats()["dropped_full"]``. ``"block"``: the caller waits for room.
+    shutdown_timeout:
+        Seconds ``close()`` (and interpreter exit) may spend delivering.
+    strict:
+        Raise :class:`modeltap.InvalidRecord` for bad input instead of
+        counting and flagging it. Off by default: the agent never raises into
+        the inference path.
+    batch_size, flush_interval:
+        A batch is sealed at ``batch_size`` records or ``flush_interval``
+        seconds after its first record, whichever comes first.
+    metrics_interval:
+        Seconds between system samples (CPU, memory, threads, GPUs);
+        ``None`` turns sampling off.
+    sink:
+        A callable taking each encoded batch (``bytes``); used when
+        ``collector`` is ``None``.
+    """
+
+    log: Callable[..., str]
+
+    def __init__(
+        self,
+        model: str,
+        version: str = "",
+        *,
+        collector: str | None = None,
+        features: Sequence[str] | None = None,
+        categorical: Iterable[str] = (),
+        params: Mapping[str, Any] | None = None,
+        buffer_size: int = 65536,
+        on_full: str = "drop",
+        shutdown_timeout: float = 5.0,
+        strict: bool = False,
+        batch_size: int = 4096,
+        flush_interval: float = 1.0,
+        metrics_interval: float | None = 5.0,
+        sink: Callable[[bytes], object] | None = None,
+    ) -> None:
+        if not model:
+            raise ValueError("model must be a non-empty name")
+        if collector is not None:
+            raise ValueError(
+                "this modeltap build ships batches through sink= only; pass collector=None"
+            )
+        if on_full not in ("drop", "block"):
+            raise ValueError(f"on_full must be 'drop' or 'block', not {on_full!r}")
+        if metrics_interval is not None and metrics_interval <= 0:
+            raise ValueError("metrics_interval must be positive or None")
+        self.model = str(model)
+        self.version = str(version)
+        self.collector = collector
+        self.strict = bool(strict)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._features = list(features) if features is not None else None
+        self._categorical = list(categorical)
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        self._cfg: dict[str, Any] = {
+            "buffer_size": int(buffer_size),
+            "batch_size": int(batch_size),
+            "flush_interval_s": float(flush_interval),
+            "on_full": on_full,
+        }
+        self._metrics_interval = metrics_interval
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._closed = False
+        self._start()
+        _live.add(self)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _start(self) -> None:
+        self.agent_id = _core.random_id()
+        self.pid = os.getpid()
+        self.start_unix_nano = time.time_ns()
+        self._rec = _core.Recorder(
+            model=self.model,
+            version=self.version,
+            agent_id=self.agent_id,
+            params=self.params,
+            host=socket.gethostname(),
+            pid=self.pid,
+            start_unix_nano=self.start_unix_nano,
+            agent_version=_core.__version__,
+            features=self._features,
+            categorical=self._categorical,
+            strict=self.strict,
+            **self._cfg,
+        )
+        # The hot path: no Python frame between the caller and the ring.
+        self.log = self._rec.log
+        dest = (
+            SinkDestination(self._sink, self._rec.count_error)
+            if self._sink is not None
+            else DiscardDestination()
+        )
+        self._exporter = Exporter(self._rec, dest)
+        self._exporter.start()
+        self._sampler: SystemSampler | None = None
+        if self._metrics_interval is not None:
+            self._sampler = SystemSampler(
+                self._emit_system, self._metrics_interval, on_error=self._rec.count_error
+            )
+            self._sampler.start()
+
+    def _emit_system(self, r: SystemReading) -> None:
+        gpus = None
+        if r.gpus is not None:
+            gpus = [
+                (
+                    g.index,
+                    g.name,
+                    g.utilization_percent,
+                    g.memory_used_bytes,
+                    g.memory_total_bytes,
+                    g.temperature_celsius,
+                )
+                for g in r.gpus
+            ]
+        self._rec.add_system_sample(
+            unix_nano=r.unix_nano,
+            process_cpu_percent=r.process_cpu_percent,
+            rss_bytes=r.rss_bytes,
+            threads=r.threads,
+            system_cpu_percent=r.system_cpu_percent,
+            system_memory_used_bytes=r.system_memory_used_bytes,
+            system_memory_total_bytes=r.system_memory_total_bytes,
+            gpus=gpus,
+        )
+
+    def _reinit_after_fork(self) -> None:
+        """In a forked child: a new agent id, an empty ring, fresh threads.
+        What was in the parent's ring is the parent's to ship."""
+        if self._closed:
+            return
+        _abandoned.append(self._rec)
+        self._lock = threading.Lock()
+        self._start()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Blocks until every record logged before the call has reached its
+        destination, or ``timeout_s`` passes. Returns True when all did."""
+        return bool(self._rec.flush(float(timeout_s)))
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Delivers what is in the ring within ``timeout_s`` (default
+        ``shutdown_timeout``) and stops the agent's threads. Records logged
+        afterwards are counted as dropped. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        timeout = self.shutdown_timeout if timeout_s is None else float(timeout_s)
+        if self._sampler is not None:
+            self._sampler.stop()
+        self._rec.shutdown()
+        self._exporter.close(timeout)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recording -----------------------------------------------------------
+
+    def log_batch(
+        self,
+        X: Any,
+        predictions: Any,
+        probabilities: Any = None,
+        *,
+        latency_s: Any = None,
+        request_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Logs a batch of predictions and returns their request ids.
+
+        ``X`` is a 2-D array of shape (rows, features); float32 and float64
+        arrays, C or F order, are read in place, other array-likes converted
+        once. ``predictions`` holds one value (or vector) per row;
+        ``probabilities`` is an optional (rows, classes) array; ``latency_s``
+        is one number for all rows or one per row.
+        """
+        try:
+            if not (isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)):
+                try:
+                    X = np.asarray(X, dtype=np.float64)
+                except (TypeError, ValueError):
+                    pass  # the recorder rejects it with a clear message
+            if isinstance(X, np.ndarray) and X.ndim == 1 and X.size > 0:
+                X = X.reshape(1, -1)
+            return cast(
+                "list[str]",
+                self._rec.log_batch(
+                    X,
+                    predictions,
+                    probabilities,
+                    latency_s=latency_s,
+                    request_ids=request_ids,
+                ),
+            )
+        except _core.InvalidRecord:
+            raise
+        except Exception:
+            if self.strict:
+                raise
+            self._rec.count_error()
+            log.exception("modeltap: log_batch failed")
+            return []
+
+    def monitor(
+        self,
+        fn: F | None = None,
+        *,
+        features_arg: int | str | None = None,
+    ) -> Any:
+        """Wraps a predict function (sync or ``async def``): logs its input
+        (the first argument after ``self``, or ``features_arg``), its output
+        and latency, and, if it raises, the error before re-raising it
+        unchanged. A 2-D array input is logged as a batch.
+
+        Use as ``@agent.monitor`` or ``@agent.monitor(features_arg="x")``.
+        """
+        if fn is None:
+            return functools.partial(self.monitor, features_arg=features_arg)
+        target = cast("Callable[..., Any]", fn)
+        pick = _input_picker(target, features_arg)
+
+        def record(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any,
+                   t0: float, err: BaseException | None) -> None:
+            latency = time.perf_counter() - t0
+            try:
+                x = pick(args, kwargs)
+            except LookupError:
+                self._rec.count_error()
+                return
+            if isinstance(x, np.ndarray) and x.ndim == 2:
+                if err is None:
+                    self.log_batch(x, out, latency_s=latency)
+                else:
+                    for row in x:
+                        self.log(row, None, latency_s=latency, error=err)
+                return
+            self.log(x, out, latency_s=latency, error=err)
+
+        if inspect.iscoroutinefunction(target):
+
+            @functools.wraps(target)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    out = await target(*args, **kwargs)
+                except BaseException as e:
+                    if not isinstance(e, asyncio.CancelledError):
+                        self._safe(record, args, kwargs, None, t0, e)
+                    raise
+                self._safe(record, args, kwargs, out, t0, None)
+                return out
+
+            return awrapper
+
+        @functools.wraps(target)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                out = target(*args, **kwargs)
+            except BaseException as e:
+                self._safe(record, args, kwargs, None, t0, e)
+                raise
+            self._safe(record, args, kwargs, out, t0, None)
+            return out
+
+        return wrapper
+
+    def _safe(self, fn: Callable[..., None], *args: Any) -> None:
+        """Runs agent work on the user's path: never raises unless strict."""
+        try:
+            fn(*args)
+        except _core.InvalidRecord:
+            raise
+        except Exception:
+            if self.strict:
+                raise
+            self._rec.count_error()
+            log.exception("modeltap: failed to record a prediction")
+
+    # -- introspection ------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Delivery counters. Every record handed to the agent is in exactly
+        one of ``pending`` (ring or unsent batch), ``shipped``, ``spooled``,
+        ``discarded``, ``dropped_full``, ``dropped_spool`` or ``invalid``;
+        ``logged`` is their sum. ``flagged`` counts kept records with
+        missing or bad values, ``inference_errors`` records logged with an
+        error, ``errors`` the agent's own failures."""
+        return cast("dict[str, int]", self._rec.stats())
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """Feature names in force (``None`` until fixed by the first record)."""
+        return cast("list[str] | None", self._rec.feature_names)
+
+    @property
+    def categorical(self) -> list[str]:
+        """Categorical feature names."""
+        return cast("list[str]", self._rec.categorical)
+
+    @property
+    def buffer_size(self) -> int:
+        """Ring capacity in records."""
+        return int(self._rec.capacity)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (
+            f"Agent(model={self.model!r}, version={self.version!r}, "
+            f"agent_id={self.agent_id[:8]}…, logged={s['logged']}, pending={s['pending']})"
+        )
+
+
+def _input_picker(
+    fn: Callable[..., Any], features_arg: int | str | None
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+    """Which argument of ``fn`` holds the model input."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        params = []
+    if isinstance(features_arg, str):
+        name = features_arg
+        index = params.index(name) if name in params else None
+    else:
+        if features_arg is None:
+            index = 1 if params[:1] and params[0] in ("self", "cls") else 0
+        else:
+            index = features_arg
+        name = params[index] if index < len(params) else None
+
+    def pick(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if index is not None and index < len(args):
+            return args[index]
+        if name is not None and name in kwargs:
+            return kwargs[name]
+        raise LookupError("model input argument not found")
+
+    return pick

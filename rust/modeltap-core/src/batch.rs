@@ -1,0 +1,460 @@
+//! Columnar batches: built from ring slots on the drain thread, encoded with
+//! prost, and decoded (with validation) by tools and the collector.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::error::CodecError;
+use crate::proto;
+use crate::record::{PredictionKind, Slot, SlotKind};
+
+/// The batch schema version this build writes and the newest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The feature schema of an agent, fixed by its first record (or by the
+/// `features=` / reference it was given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    /// Feature names, in column order.
+    pub feature_names: Vec<String>,
+    /// `true` where the feature is categorical (values are vocabulary codes).
+    pub categorical: Vec<bool>,
+    /// Inline width of the prediction values in a slot.
+    pub out_cap: usize,
+    /// Inline width of the probability values in a slot.
+    pub prob_cap: usize,
+}
+
+impl Schema {
+    /// Number of features.
+    pub fn n_features(&self) -> usize {
+        self.feature_names.len()
+    }
+
+    /// Values per slot: features, outputs, probabilities.
+    pub fn stride(&self) -> usize {
+        self.n_features() + self.out_cap + self.prob_cap
+    }
+}
+
+/// Which vocabulary a new entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabTarget {
+    /// The categorical feature at this column index.
+    Feature(u32),
+    /// String prediction labels.
+    Label,
+}
+
+/// A newly interned category or label, announced by the logging thread
+/// before the first record that uses its code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VocabEntry {
+    /// Vocabulary.
+    pub target: VocabTarget,
+    /// Code (dense, from 0, per vocabulary).
+    pub code: u32,
+    /// Value.
+    pub value: String,
+}
+
+/// The drain thread's copy of the vocabularies, code → value.
+#[derive(Debug, Default)]
+pub struct VocabMirror {
+    features: BTreeMap<u32, Vec<String>>,
+    labels: Vec<String>,
+}
+
+impl VocabMirror {
+    /// Adds entries announced since the last call.
+    pub fn extend(&mut self, entries: impl IntoIterator<Item = VocabEntry>) {
+        for e in entries {
+            let list = match e.target {
+                VocabTarget::Feature(i) => self.features.entry(i).or_default(),
+                VocabTarget::Label => &mut self.labels,
+            };
+            let code = e.code as usize;
+            if list.len() <= code {
+                list.resize(code + 1, String::new());
+            }
+            list[code] = e.value;
+        }
+    }
+
+    fn feature_value(&self, feature: u32, code: u32) -> &str {
+        self.features
+            .get(&feature)
+            .and_then(|v| v.get(code as usize))
+            .map_or("", String::as_str)
+    }
+
+    fn label(&self, code: u32) -> &str {
+        self.labels.get(code as usize).map_or("", String::as_str)
+    }
+}
+
+/// Accumulates records (and spans) into columns until the batch is sealed.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    schema: Arc<Schema>,
+    msg: proto::RecordBatch,
+    used_codes: Vec<Vec<u32>>,
+    used_labels: Vec<u32>,
+    span_names: BTreeMap<String, u32>,
+}
+
+fn f64_to_code(v: f64) -> Option<u32> {
+    // Codes are small non-negative integers carried exactly in an f64.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (v.is_finite() && v >= 0.0 && v <= f64::from(u32::MAX)).then_some(v as u32)
+}
+
+fn row_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl BatchBuilder {
+    /// An empty builder for `schema`.
+    pub fn new(schema: Arc<Schema>) -> Self {
+        let n = schema.n_features();
+        let msg = proto::RecordBatch {
+            feature_names: schema.feature_names.clone(),
+            feature_kinds: schema
+                .categorical
+                .iter()
+                .map(|&c| {
+                    if c {
+                        proto::FeatureKind::Categorical as i32
+                    } else {
+                        proto::FeatureKind::Numeric as i32
+                    }
+                })
+                .collect(),
+            n_outputs: row_u32(schema.out_cap),
+            n_probabilities: row_u32(schema.prob_cap),
+            ..Default::default()
+        };
+        Self {
+            schema,
+            msg,
+            used_codes: vec![Vec::new(); n],
+            used_labels: Vec::new(),
+            span_names: BTreeMap::new(),
+        }
+    }
+
+    /// The schema this builder writes.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    /// Records added so far.
+    pub fn len(&self) -> usize {
+        self.msg.n_records as usize
+    }
+
+    /// Spans added so far.
+    pub fn n_spans(&self) -> usize {
+        self.msg
+            .spans
+            .as_ref()
+            .map_or(0, |s| s.start_unix_nano.len())
+    }
+
+    /// True when neither records nor spans were added.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 && self.n_spans() == 0
+    }
+
+    /// Copies one slot into the columns (and takes its side box).
+    pub fn push(&mut self, slot: &mut Slot) {
+        match slot.kind {
+            SlotKind::Record => self.push_record(slot),
+            SlotKind::Span => self.push_span(slot),
+        }
+    }
+
+    fn push_record(&mut self, slot: &mut Slot) {
+        let schema = Arc::clone(&self.schema);
+        let row = self.msg.n_records;
+        let m = &mut self.msg;
+        let nf = schema.n_features();
+        m.timestamp_unix_nano.push(slot.unix_nano);
+        m.request_ids
+            .extend_from_slice(&slot.request_id.to_be_bytes());
+        m.trace_ids.extend_from_slice(&slot.trace_id.to_be_bytes());
+        m.span_ids.extend_from_slice(&slot.span_id.to_be_bytes());
+        let values = &slot.values;
+        m.features.extend_from_slice(&values[..nf]);
+        for (i, used) in self.used_codes.iter_mut().enumerate() {
+            if schema.categorical[i] {
+                if let Some(code) = f64_to_code(values[i]) {
+                    used.push(code);
+                }
+            }
+        }
+        let out = &values[nf..nf + schema.out_cap];
+        let n_out = usize::from(slot.n_outputs).min(schema.out_cap);
+        m.predictions.extend_from_slice(&out[..n_out]);
+        m.predictions
+            .extend(std::iter::repeat_n(f64::NAN, schema.out_cap - n_out));
+        m.prediction_kind
+            .push(i32::from(slot.prediction_kind as u8));
+        if slot.prediction_kind == PredictionKind::Label && n_out > 0 {
+            if let Some(code) = f64_to_code(out[0]) {
+                self.used_labels.push(code);
+            }
+        }
+        let probs = &values[nf + schema.out_cap..nf + schema.out_cap + schema.prob_cap];
+        if slot.n_probabilities == u16::MAX {
+            m.probabilities
+                .extend(std::iter::repeat_n(f64::NAN, schema.prob_cap));
+        } else {
+            let n = usize::from(slot.n_probabilities).min(schema.prob_cap);
+            m.probabilities.extend_from_slice(&probs[..n]);
+            m.probabilities
+                .extend(std::iter::repeat_n(f64::NAN, schema.prob_cap - n));
+            m.probability_count.push(row_u32(n));
+        }
+        m.latency_s.push(slot.latency_s);
+        m.flags.push(slot.flags);
+        if let Some(side) = slot.side.take() {
+            let side = *side;
+            if let Some(id) = side.request_id {
+                m.request_id_text.push(proto::RowString { row, value: id });
+            }
+            if let Some((ty, message)) = side.error {
+                m.errors.push(proto::RowError {
+                    row,
+                    r#type: ty,
+                    message,
+                });
+            }
+            if !side.attributes.is_empty() {
+                m.attributes.push(proto::RowAttributes {
+                    row,
+                    attributes: side.attributes.into_iter().collect(),
+                });
+            }
+            for (feature_index, value) in side.categories {
+                m.category_overflow.push(proto::RowCategory {
+                    row,
+                    feature_index,
+                    value,
+                });
+            }
+            if let Some(values) = side.outputs {
+                m.prediction_overflow.push(proto::RowVector { row, values });
+            }
+            if let Some(values) = side.probabilities {
+                m.probability_count.push(row_u32(values.len()));
+                m.probability_overflow
+                    .push(proto::RowVector { row, values });
+            }
+        } else if slot.n_probabilities == u16::MAX {
+            // Marked as overflowing but the side box is gone: no probabilities.
+            m.probability_count.push(0);
+        }
+        m.n_records += 1;
+    }
+
+    fn push_span(&mut self, slot: &mut Slot) {
+        let name = slot
+            .side
+            .as_mut()
+            .and_then(|s| s.name.take())
+            .unwrap_or_default();
+        let next = row_u32(self.span_names.len());
+        let code = *self.span_names.entry(name).or_insert(next);
+        let spans = self.msg.spans.get_or_insert_with(Default::default);
+        let row = row_u32(spans.start_unix_nano.len());
+        spans
+            .trace_ids
+            .extend_from_slice(&slot.trace_id.to_be_bytes());
+        spans
+            .span_ids
+            .extend_from_slice(&slot.span_id.to_be_bytes());
+        spans
+            .parent_span_ids
+            .extend_from_slice(&slot.parent_span_id.to_be_bytes());
+        spans.name_codes.push(code);
+        spans.start_unix_nano.push(slot.unix_nano);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        spans.duration_nano.push(slot.latency_s.max(0.0) as u64);
+        spans.status.push(u32::from(slot.status));
+        if let Some(id) = slot.side.take().and_then(|s| s.request_id) {
+            spans.request_ids.push(proto::RowString { row, value: id });
+        }
+    }
+
+    /// Finishes the batch: fills in the identity, the dictionaries of the
+    /// codes used and the system samples, and returns the message. The
+    /// builder is left empty for the next batch.
+    pub fn seal(
+        &mut self,
+        model: &proto::ModelInfo,
+        batch_seq: u64,
+        vocab: &VocabMirror,
+        system: Vec<proto::SystemSample>,
+        created_unix_nano: u64,
+    ) -> proto::RecordBatch {
+        let mut fresh = Self::new(Arc::clone(&self.schema));
+        std::mem::swap(self, &mut fresh);
+        let mut msg = fresh.msg;
+        msg.schema_version = SCHEMA_VERSION;
+        msg.agent_id.clone_from(&model.agent_id);
+        msg.batch_seq = batch_seq;
+        msg.model = Some(model.clone());
+        msg.created_unix_nano = created_unix_nano;
+        msg.system = system;
+        for (i, mut codes) in fresh.used_codes.into_iter().enumerate() {
+            if codes.is_empty() {
+                continue;
+            }
+            codes.sort_unstable();
+            codes.dedup();
+            let feature_index = row_u32(i);
+            let values = codes
+                .iter()
+                .map(|&c| vocab.feature_value(feature_index, c).to_owned())
+                .collect();
+            msg.categories.push(proto::CategoryDictionary {
+                feature_index,
+                codes,
+                values,
+            });
+        }
+        let mut labels = fresh.used_labels;
+        if !labels.is_empty() {
+            labels.sort_unstable();
+            labels.dedup();
+            let values = labels.iter().map(|&c| vocab.label(c).to_owned()).collect();
+            msg.labels = Some(proto::CategoryDictionary {
+                feature_index: 0,
+                codes: labels,
+                values,
+            });
+        }
+        if let Some(spans) = msg.spans.as_mut() {
+            let mut names: Vec<(u32, String)> =
+                fresh.span_names.into_iter().map(|(n, c)| (c, n)).collect();
+            names.sort_unstable();
+            spans.names = names.into_iter().map(|(_, n)| n).collect();
+        }
+        msg
+    }
+}
+
+/// Encodes a sealed batch.
+pub fn encode(batch: &proto::RecordBatch) -> Vec<u8> {
+    batch.encode_to_vec()
+}
+
+/// Decodes and validates a batch: every column must have the length the
+/// header promises, and the schema version must be one this build reads.
+pub fn decode(bytes: &[u8]) -> Result<proto::RecordBatch, CodecError> {
+    let batch =
+        proto::RecordBatch::decode(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    validate(&batch)?;
+    Ok(batch)
+}
+
+fn check(what: &str, got: usize, want: usize) -> Result<(), CodecError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(CodecError::Inconsistent(format!(
+            "{what} has {got} entries, expected {want}"
+        )))
+    }
+}
+
+/// Checks a decoded batch for internal consistency.
+pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
+    if b.schema_version == 0 {
+        return Err(CodecError::Inconsistent(
+            "schema_version is missing (0)".into(),
+        ));
+    }
+    if b.schema_version > SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedVersion {
+            got: b.schema_version,
+            max: SCHEMA_VERSION,
+        });
+    }
+    let n = b.n_records as usize;
+    let nf = b.feature_names.len();
+    check("feature_kinds", b.feature_kinds.len(), nf)?;
+    check("timestamp_unix_nano", b.timestamp_unix_nano.len(), n)?;
+    check("request_ids (bytes)", b.request_ids.len(), 16 * n)?;
+    check("trace_ids (bytes)", b.trace_ids.len(), 16 * n)?;
+    check("span_ids (bytes)", b.span_ids.len(), 8 * n)?;
+    check("features", b.features.len(), n * nf)?;
+    check("prediction_kind", b.prediction_kind.len(), n)?;
+    check("predictions", b.predictions.len(), n * b.n_outputs as usize)?;
+    check(
+        "probabilities",
+        b.probabilities.len(),
+        n * b.n_probabilities as usize,
+    )?;
+    check("probability_count", b.probability_count.len(), n)?;
+    check("latency_s", b.latency_s.len(), n)?;
+    check("flags", b.flags.len(), n)?;
+    let row_ok = |row: u32, what: &str| {
+        if (row as usize) < n {
+            Ok(())
+        } else {
+            Err(CodecError::Inconsistent(format!(
+                "{what} names row {row} of a batch of {n}"
+            )))
+        }
+    };
+    for r in &b.request_id_text {
+        row_ok(r.row, "request_id_text")?;
+    }
+    for r in &b.errors {
+        row_ok(r.row, "errors")?;
+    }
+    for r in &b.attributes {
+        row_ok(r.row, "attributes")?;
+    }
+    for r in &b.category_overflow {
+        row_ok(r.row, "category_overflow")?;
+    }
+    for r in b.prediction_overflow.iter().chain(&b.probability_overflow) {
+        row_ok(r.row, "overflow vectors")?;
+    }
+    for d in &b.categories {
+        if d.feature_index as usize >= nf {
+            return Err(CodecError::Inconsistent(format!(
+                "category dictionary for feature {} of {nf}",
+                d.feature_index
+            )));
+        }
+        check("category dictionary values", d.values.len(), d.codes.len())?;
+    }
+    if let Some(d) = &b.labels {
+        check("label dictionary values", d.values.len(), d.codes.len())?;
+    }
+    if let Some(s) = &b.spans {
+        let ns = s.start_unix_nano.len();
+        check("spans.trace_ids (bytes)", s.trace_ids.len(), 16 * ns)?;
+        check("spans.span_ids (bytes)", s.span_ids.len(), 8 * ns)?;
+        check(
+            "spans.parent_span_ids (bytes)",
+            s.parent_span_ids.len(),
+            8 * ns,
+        )?;
+        check("spans.name_codes", s.name_codes.len(), ns)?;
+        check("spans.duration_nano", s.duration_nano.len(), ns)?;
+        check("spans.status", s.status.len(), ns)?;
+        if s.name_codes.iter().any(|&c| c as usize >= s.names.len()) {
+            return Err(CodecError::Inconsistent(
+                "span name code outside the names dictionary".into(),
+            ));
+        }
+    }
+    Ok(())
+}

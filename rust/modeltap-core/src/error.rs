@@ -1,0 +1,25 @@
+//! Errors of the core, by what the caller should do about them.
+
+use thiserror::Error;
+
+/// A batch could not be decoded. Every variant means the bytes are bad and
+/// resending them cannot help.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    /// The bytes are not a protobuf `RecordBatch`.
+    #[error("malformed batch: {0}")]
+    Malformed(String),
+    /// The batch decodes but its columns disagree with its header.
+    #[error("inconsistent batch: {0}")]
+    Inconsistent(String),
+    /// The batch was written by a newer modeltap than this one.
+    #[error(
+        "batch schema version {got} is newer than this build reads (up to {max}); upgrade modeltap"
+    )]
+    UnsupportedVersion {
+        /// Version in the batch.
+        got: u32,
+        /// Newest version this build reads.
+        max: u32,
+    },
+}

@@ -1,0 +1,662 @@
+//! The record pipeline of one agent: the ring, the drain thread that turns
+//! slots into encoded batches, the queue of batches waiting for the exporter,
+//! and the delivery counters.
+//!
+//! Every record handed to the agent is counted in `logged` and, at any
+//! moment, in exactly one of: the ring or a pending batch (`pending`),
+//! `shipped`, `spooled`, `discarded`, `dropped_full`, `dropped_spool` or
+//! `invalid`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::batch::{encode, BatchBuilder, Schema, VocabEntry, VocabMirror};
+use crate::proto;
+use crate::record::Slot;
+use crate::ring::Ring;
+
+/// Settings of a pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Ring slots (rounded up to a power of two).
+    pub capacity: usize,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// A non-empty batch is sealed at the latest this long after its first record.
+    pub flush_interval: Duration,
+    /// Encoded batches that may wait for the exporter before the drain thread
+    /// stops taking records from the ring (which then fills and drops).
+    pub max_pending_batches: usize,
+    /// Identity and metadata written on every batch.
+    pub model: proto::ModelInfo,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 65_536,
+            batch_size: 4_096,
+            flush_interval: Duration::from_secs(1),
+            max_pending_batches: 64,
+            model: proto::ModelInfo::default(),
+        }
+    }
+}
+
+/// Monotonic counters of the pipeline (see the module docs).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records handed to the agent.
+    pub logged: AtomicU64,
+    /// Records rejected as invalid (never in the ring).
+    pub invalid: AtomicU64,
+    /// Records dropped because the ring was full.
+    pub dropped_full: AtomicU64,
+    /// Records acknowledged by their destination.
+    pub shipped: AtomicU64,
+    /// Records written to the disk spool, waiting for the collector.
+    pub spooled: AtomicU64,
+    /// Records dropped because the spool was over its cap.
+    pub dropped_spool: AtomicU64,
+    /// Records with no destination (local-only agents) or refused for good.
+    pub discarded: AtomicU64,
+    /// Records kept but flagged (missing, non-finite or bad values).
+    pub flagged: AtomicU64,
+    /// Records logged with an inference error.
+    pub inference_errors: AtomicU64,
+    /// The agent's own failures (exporter, sink, metrics sampler).
+    pub errors: AtomicU64,
+    /// Batches encoded.
+    pub batches: AtomicU64,
+    /// Encoded bytes.
+    pub bytes: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Records handed to the agent.
+    pub logged: u64,
+    /// In the ring or in a batch not yet settled.
+    pub pending: u64,
+    /// Acknowledged by their destination.
+    pub shipped: u64,
+    /// In the disk spool.
+    pub spooled: u64,
+    /// Dropped: ring full.
+    pub dropped_full: u64,
+    /// Dropped: spool full.
+    pub dropped_spool: u64,
+    /// No destination, or refused for good.
+    pub discarded: u64,
+    /// Rejected as invalid.
+    pub invalid: u64,
+    /// Kept but flagged.
+    pub flagged: u64,
+    /// Logged with an inference error.
+    pub inference_errors: u64,
+    /// The agent's own failures.
+    pub errors: u64,
+    /// Batches encoded.
+    pub batches: u64,
+    /// Encoded bytes.
+    pub bytes: u64,
+    /// Records in the ring now.
+    pub in_ring: u64,
+}
+
+/// What became of a batch the exporter took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged by the collector or accepted by the sink.
+    Shipped,
+    /// Written to the disk spool.
+    Spooled,
+    /// Dropped because the spool was over its cap.
+    DroppedSpool,
+    /// No destination, or refused for good.
+    Discarded,
+}
+
+/// A sealed, encoded batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    /// Batch sequence number within the agent.
+    pub seq: u64,
+    /// Records in it.
+    pub n_records: u64,
+    /// The protobuf bytes.
+    pub bytes: Vec<u8>,
+}
+
+enum OutItem {
+    Batch(EncodedBatch),
+    /// Every record popped before this ring position is in a batch queued
+    /// ahead of the marker.
+    Marker(u64),
+}
+
+#[derive(Default)]
+struct OutQueue {
+    items: VecDeque<OutItem>,
+    n_batches: usize,
+    in_hand: HashMap<u64, u64>,
+    settled_upto: u64,
+    /// The drain thread has finished: nothing more will be queued.
+    finished: bool,
+}
+
+impl OutQueue {
+    /// Applies markers at the front once no batch ahead of them is in hand.
+    fn apply_markers(&mut self) -> bool {
+        let mut moved = false;
+        while self.in_hand.is_empty() {
+            match self.items.front() {
+                Some(OutItem::Marker(pos)) => {
+                    self.settled_upto = self.settled_upto.max(*pos);
+                    self.items.pop_front();
+                    moved = true;
+                }
+                _ => break,
+            }
+        }
+        moved
+    }
+}
+
+/// Result of [`Pipeline::take_batch`].
+#[derive(Debug)]
+pub enum Take {
+    /// A batch to deliver; report its fate with [`Pipeline::settle`].
+    Batch(EncodedBatch),
+    /// Nothing arrived before the timeout.
+    Timeout,
+    /// The pipeline is closed and every batch has been taken.
+    Finished,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Nanoseconds since the Unix epoch.
+#[inline]
+pub fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Most system samples kept while no batch carries them away.
+const MAX_SYSTEM_SAMPLES: usize = 1_024;
+
+/// The shared state of one agent's record path.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    schema: OnceLock<Arc<Schema>>,
+    ring: OnceLock<Ring<Slot>>,
+    /// Delivery counters.
+    pub counters: Counters,
+    vocab: Mutex<Vec<VocabEntry>>,
+    system: Mutex<Vec<proto::SystemSample>>,
+    out: Mutex<OutQueue>,
+    items_cv: Condvar,
+    space_cv: Condvar,
+    settled_cv: Condvar,
+    flush_target: AtomicU64,
+    stop: AtomicBool,
+    wake_mask: usize,
+    drain: OnceLock<Thread>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    pid: u32,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("model", &self.cfg.model.model)
+            .field("agent_id", &self.cfg.model.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Creates the pipeline and starts its drain thread.
+    ///
+    /// # Errors
+    /// When the OS refuses to start a thread.
+    pub fn start(cfg: PipelineConfig) -> std::io::Result<Arc<Self>> {
+        // Wake the drain thread when half a batch has arrived since the last
+        // wake, so a burst never waits for the timer, yet a steady stream
+        // costs no wake-up per record.
+        let wake_every = (cfg.batch_size / 2)
+            .clamp(1, cfg.capacity.max(2) / 2)
+            .next_power_of_two();
+        let p = Arc::new(Self {
+            wake_mask: wake_every - 1,
+            cfg,
+            schema: OnceLock::new(),
+            ring: OnceLock::new(),
+            counters: Counters::default(),
+            vocab: Mutex::new(Vec::new()),
+            system: Mutex::new(Vec::new()),
+            out: Mutex::new(OutQueue::default()),
+            items_cv: Condvar::new(),
+            space_cv: Condvar::new(),
+            settled_cv: Condvar::new(),
+            flush_target: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            drain: OnceLock::new(),
+            handle: Mutex::new(None),
+            pid: std::process::id(),
+        });
+        let worker = Arc::clone(&p);
+        let handle = std::thread::Builder::new()
+            .name("modeltap-drain".into())
+            .spawn(move || worker.drain_loop())?;
+        let _ = p.drain.set(handle.thread().clone());
+        *lock(&p.handle) = Some(handle);
+        Ok(p)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// The schema, once fixed.
+    pub fn schema(&self) -> Option<&Arc<Schema>> {
+        self.schema.get()
+    }
+
+    /// Fixes the schema (first caller wins) and allocates the ring for it.
+    /// Returns the schema in force, which may be another caller's.
+    pub fn init_schema(&self, schema: Schema) -> &Arc<Schema> {
+        let s = self.schema.get_or_init(|| Arc::new(schema));
+        let stride = s.stride();
+        self.ring
+            .get_or_init(|| Ring::new(self.cfg.capacity, || Slot::with_stride(stride)));
+        s
+    }
+
+    /// Ring capacity in slots.
+    pub fn capacity(&self) -> usize {
+        self.cfg.capacity.max(2).next_power_of_two()
+    }
+
+    /// Announces a new vocabulary entry; call before pushing the first record
+    /// that uses the code.
+    pub fn announce_vocab(&self, entry: VocabEntry) {
+        lock(&self.vocab).push(entry);
+    }
+
+    /// Queues a system sample for the next batch.
+    pub fn add_system_sample(&self, sample: proto::SystemSample) {
+        let mut s = lock(&self.system);
+        if s.len() >= MAX_SYSTEM_SAMPLES {
+            s.remove(0);
+        }
+        s.push(sample);
+    }
+
+    /// Copies a record into a free slot with `fill`. Counts it as logged,
+    /// and as `dropped_full` (returning `false`) when the ring is full or
+    /// the schema is not fixed yet.
+    #[inline]
+    pub fn push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
+        self.counters.logged.fetch_add(1, Ordering::Relaxed);
+        let Some(ring) = self.ring.get() else {
+            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        match ring.push_with_pos(fill) {
+            Some(pos) => {
+                if pos & self.wake_mask == self.wake_mask {
+                    self.wake_drain();
+                }
+                true
+            }
+            None => {
+                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Like [`Pipeline::push`] but does not count a refusal, so the caller
+    /// can wait for room and try again (`on_full="block"`). Counts `logged`
+    /// only on success.
+    #[inline]
+    pub fn try_push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
+        let Some(ring) = self.ring.get() else {
+            return false;
+        };
+        if let Some(pos) = ring.push_with_pos(fill) {
+            self.counters.logged.fetch_add(1, Ordering::Relaxed);
+            if pos & self.wake_mask == self.wake_mask {
+                self.wake_drain();
+            }
+            true
+        } else {
+            self.wake_drain();
+            false
+        }
+    }
+
+    /// True while the ring has no free slot.
+    pub fn is_full(&self) -> bool {
+        self.ring.get().is_some_and(|r| r.len() >= r.capacity())
+    }
+
+    /// Counts a rejected record.
+    pub fn count_invalid(&self) {
+        self.counters.logged.fetch_add(1, Ordering::Relaxed);
+        self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wake_drain(&self) {
+        if let Some(t) = self.drain.get() {
+            t.unpark();
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Acquire);
+        let shipped = g(&c.shipped);
+        let spooled = g(&c.spooled);
+        let dropped_full = g(&c.dropped_full);
+        let dropped_spool = g(&c.dropped_spool);
+        let discarded = g(&c.discarded);
+        let invalid = g(&c.invalid);
+        let logged = g(&c.logged);
+        let settled = shipped + spooled + dropped_full + dropped_spool + discarded + invalid;
+        Stats {
+            logged,
+            pending: logged.saturating_sub(settled),
+            shipped,
+            spooled,
+            dropped_full,
+            dropped_spool,
+            discarded,
+            invalid,
+            flagged: g(&c.flagged),
+            inference_errors: g(&c.inference_errors),
+            errors: g(&c.errors),
+            batches: g(&c.batches),
+            bytes: g(&c.bytes),
+            in_ring: self.ring.get().map_or(0, |r| r.len() as u64),
+        }
+    }
+
+    /// Waits up to `timeout` for the next encoded batch.
+    pub fn take_batch(&self, timeout: Duration) -> Take {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.out);
+        loop {
+            if q.apply_markers() {
+                self.settled_cv.notify_all();
+            }
+            // Markers stay queued while batches ahead of them are in hand;
+            // the first batch may sit behind such a marker only if nothing
+            // is in hand, which apply_markers just resolved.
+            let pos = q.items.iter().position(|i| matches!(i, OutItem::Batch(_)));
+            if let Some(pos) = pos.filter(|&p| p == 0 || q.in_hand.is_empty()) {
+                if let Some(OutItem::Batch(b)) = q.items.remove(pos) {
+                    q.n_batches -= 1;
+                    q.in_hand.insert(b.seq, b.n_records);
+                    self.space_cv.notify_all();
+                    return Take::Batch(b);
+                }
+            }
+            if q.finished && q.items.is_empty() {
+                return Take::Finished;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Take::Timeout;
+            }
+            q = self
+                .items_cv
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Reports what became of a batch taken with [`Pipeline::take_batch`].
+    /// Returns `false` if no such batch was in hand.
+    pub fn settle(&self, seq: u64, outcome: Outcome) -> bool {
+        let mut q = lock(&self.out);
+        let Some(n) = q.in_hand.remove(&seq) else {
+            return false;
+        };
+        self.count_outcome(outcome, n);
+        q.apply_markers();
+        drop(q);
+        self.settled_cv.notify_all();
+        self.items_cv.notify_all();
+        true
+    }
+
+    /// Counts `n` records as having met `outcome` (also for records the
+    /// exporter handles outside the queue, such as spool replays).
+    pub fn count_outcome(&self, outcome: Outcome, n: u64) {
+        let c = &self.counters;
+        let counter = match outcome {
+            Outcome::Shipped => &c.shipped,
+            Outcome::Spooled => &c.spooled,
+            Outcome::DroppedSpool => &c.dropped_spool,
+            Outcome::Discarded => &c.discarded,
+        };
+        counter.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Moves `n` records from `spooled` to `shipped` (a spool replay was
+    /// acknowledged) or to `dropped_spool`.
+    pub fn unspool(&self, n: u64, outcome: Outcome) {
+        let c = &self.counters;
+        let _ = c
+            .spooled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        self.count_outcome(outcome, n);
+    }
+
+    /// Blocks until every record pushed before the call is in a batch that
+    /// has been settled, or `timeout` passes. Returns whether it got there.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(ring) = self.ring.get() else {
+            return true;
+        };
+        let target = ring.tail_pos() as u64;
+        if target == 0 {
+            return true;
+        }
+        self.flush_target.fetch_max(target, Ordering::AcqRel);
+        self.wake_drain();
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.out);
+        loop {
+            if q.settled_upto >= target {
+                return true;
+            }
+            if q.finished && q.items.is_empty() && q.in_hand.is_empty() {
+                return q.settled_upto >= target;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            q = self
+                .settled_cv
+                .wait_timeout(q, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Stops the drain thread after it has moved everything in the ring into
+    /// batches; waits for it unless called in a process other than the one
+    /// that started it (a forked child, where the thread does not exist).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake_drain();
+        {
+            let _q = lock(&self.out);
+            self.space_cv.notify_all();
+        }
+        if std::process::id() != self.pid {
+            return;
+        }
+        let handle = lock(&self.handle).take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// True once the drain thread has finished and every batch was taken.
+    pub fn is_finished(&self) -> bool {
+        let q = lock(&self.out);
+        q.finished && q.items.iter().all(|i| matches!(i, OutItem::Marker(_)))
+    }
+
+    /// True once [`Pipeline::shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn enqueue(&self, item: OutItem) {
+        let mut q = lock(&self.out);
+        if let OutItem::Batch(_) = item {
+            while q.n_batches >= self.cfg.max_pending_batches && !self.is_stopping() {
+                q = self
+                    .space_cv
+                    .wait_timeout(q, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            q.n_batches += 1;
+        }
+        q.items.push_back(item);
+        if q.apply_markers() {
+            self.settled_cv.notify_all();
+        }
+        drop(q);
+        self.items_cv.notify_all();
+    }
+
+    fn seal(
+        &self,
+        builder: &mut BatchBuilder,
+        vocab: &mut VocabMirror,
+        seq: &mut u64,
+        force_system: bool,
+    ) {
+        vocab.extend(lock(&self.vocab).drain(..));
+        let system = std::mem::take(&mut *lock(&self.system));
+        if builder.is_empty() && (system.is_empty() || !force_system) {
+            if !system.is_empty() {
+                // Keep them for the next batch.
+                let mut s = lock(&self.system);
+                let later = std::mem::replace(&mut *s, system);
+                s.extend(later);
+            }
+            return;
+        }
+        let n = builder.len() as u64;
+        let msg = builder.seal(&self.cfg.model, *seq, vocab, system, now_unix_nano());
+        let bytes = encode(&msg);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.enqueue(OutItem::Batch(EncodedBatch {
+            seq: *seq,
+            n_records: n,
+            bytes,
+        }));
+        *seq += 1;
+    }
+
+    fn drain_loop(self: Arc<Self>) {
+        let tick = self
+            .cfg
+            .flush_interval
+            .min(Duration::from_millis(100))
+            .max(Duration::from_millis(1));
+        let mut builder: Option<BatchBuilder> = None;
+        let mut vocab = VocabMirror::default();
+        let mut seq: u64 = 0;
+        let mut popped: u64 = 0;
+        let mut marked: u64 = 0;
+        let mut batch_started: Option<Instant> = None;
+        let mut last_system = Instant::now();
+        let empty_schema = Arc::new(Schema {
+            feature_names: Vec::new(),
+            categorical: Vec::new(),
+            out_cap: 0,
+            prob_cap: 0,
+        });
+        loop {
+            let stopping = self.is_stopping();
+            let b = builder.get_or_insert_with(|| {
+                BatchBuilder::new(Arc::clone(self.schema.get().unwrap_or(&empty_schema)))
+            });
+            if let (Some(ring), Some(schema)) = (self.ring.get(), self.schema.get()) {
+                if !Arc::ptr_eq(b.schema(), schema) && b.is_empty() {
+                    *b = BatchBuilder::new(Arc::clone(schema));
+                }
+                loop {
+                    while b.len() < self.cfg.batch_size {
+                        if ring.pop_with(|slot| b.push(slot)).is_none() {
+                            break;
+                        }
+                        popped += 1;
+                        batch_started.get_or_insert_with(Instant::now);
+                    }
+                    if b.len() >= self.cfg.batch_size {
+                        self.seal(b, &mut vocab, &mut seq, true);
+                        batch_started = None;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            let target = self.flush_target.load(Ordering::Acquire);
+            let flush_now = target > marked && popped >= target;
+            let age_due = batch_started.is_some_and(|t| t.elapsed() >= self.cfg.flush_interval);
+            let system_due = last_system.elapsed() >= self.cfg.flush_interval;
+            if flush_now || age_due || stopping || (system_due && !lock(&self.system).is_empty()) {
+                self.seal(b, &mut vocab, &mut seq, true);
+                batch_started = None;
+                last_system = Instant::now();
+            }
+            if flush_now || stopping {
+                marked = popped;
+                self.enqueue(OutItem::Marker(popped));
+            }
+            if stopping && self.ring.get().is_none_or(Ring::is_empty) {
+                let mut q = lock(&self.out);
+                q.finished = true;
+                drop(q);
+                self.items_cv.notify_all();
+                self.settled_cv.notify_all();
+                return;
+            }
+            let waiting_flush = self.flush_target.load(Ordering::Acquire) > marked;
+            std::thread::park_timeout(if waiting_flush || stopping {
+                Duration::from_millis(1)
+            } else {
+                tick
+            });
+        }
+    }
+}

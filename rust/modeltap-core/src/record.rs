@@ -1,0 +1,129 @@
+//! The payload of one ring slot: a fixed-size header plus a pre-allocated
+//! row of `f64` values, and an optional side box for the rare variable-length
+//! parts (a caller's request id string, error text, attributes, values that
+//! do not fit the row).
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlotKind {
+    /// A prediction record.
+    #[default]
+    Record,
+    /// A pipeline stage span.
+    Span,
+}
+
+/// How the prediction of a record is stored in its output values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum PredictionKind {
+    /// A float.
+    #[default]
+    Number = 0,
+    /// An integer class label.
+    Int = 1,
+    /// A string class label, stored as a code into the label vocabulary.
+    Label = 2,
+    /// A 1-D vector.
+    Vector = 3,
+}
+
+/// Flag bits of a record (the `RecordFlag` enum of the wire format).
+pub mod flags {
+    /// Some feature is missing or NaN.
+    pub const MISSING: u32 = 1;
+    /// Some feature is +/-inf.
+    pub const NONFINITE: u32 = 2;
+    /// A non-numeric value was given for a numeric feature.
+    pub const BAD_VALUE: u32 = 4;
+    /// The prediction raised.
+    pub const ERROR: u32 = 8;
+    /// No prediction was given.
+    pub const NO_PREDICTION: u32 = 16;
+}
+
+/// Variable-length parts of a record; allocated only when a record has any.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Side {
+    /// A request id given by the caller.
+    pub request_id: Option<String>,
+    /// Exception type and message.
+    pub error: Option<(String, String)>,
+    /// Free-form attributes.
+    pub attributes: Vec<(String, String)>,
+    /// Categorical values outside the vocabulary: (feature index, value).
+    pub categories: Vec<(u32, String)>,
+    /// Prediction values when they do not fit the slot's output width.
+    pub outputs: Option<Vec<f64>>,
+    /// Probabilities when they do not fit the slot's probability width.
+    pub probabilities: Option<Vec<f64>>,
+    /// Span name (spans only).
+    pub name: Option<String>,
+}
+
+/// One ring slot's payload. Values are laid out as
+/// `[features (n_features) | outputs (out_cap) | probabilities (prob_cap)]`.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Record or span.
+    pub kind: SlotKind,
+    /// Event time, nanoseconds since the Unix epoch.
+    pub unix_nano: u64,
+    /// Generated request id (0 when the caller gave one in `side`).
+    pub request_id: u128,
+    /// W3C trace id (0: none).
+    pub trace_id: u128,
+    /// Span id (0: none).
+    pub span_id: u64,
+    /// Parent span id (spans; 0: root).
+    pub parent_span_id: u64,
+    /// Latency in seconds (NaN: not given). For spans: duration in ns.
+    pub latency_s: f64,
+    /// `flags::*` bits.
+    pub flags: u32,
+    /// How to read the outputs.
+    pub prediction_kind: PredictionKind,
+    /// Outputs written inline (0..=out_cap); more go to `side.outputs`.
+    pub n_outputs: u16,
+    /// Probabilities written inline (0..=prob_cap), or `u16::MAX` when they
+    /// are in `side.probabilities`.
+    pub n_probabilities: u16,
+    /// Span status (spans only).
+    pub status: u8,
+    /// Pre-allocated value row.
+    pub values: Box<[f64]>,
+    /// Rare variable-length parts.
+    pub side: Option<Box<Side>>,
+}
+
+impl Slot {
+    /// A slot with a value row of `stride` values.
+    pub fn with_stride(stride: usize) -> Self {
+        Self {
+            values: vec![0.0; stride].into_boxed_slice(),
+            latency_s: f64::NAN,
+            ..Self::default()
+        }
+    }
+
+    /// The side box, allocated on first use.
+    pub fn side_mut(&mut self) -> &mut Side {
+        self.side.get_or_insert_with(Box::default)
+    }
+
+    /// Clears the header for reuse, keeping the value row's allocation.
+    pub fn reset(&mut self) {
+        self.kind = SlotKind::Record;
+        self.request_id = 0;
+        self.trace_id = 0;
+        self.span_id = 0;
+        self.parent_span_id = 0;
+        self.latency_s = f64::NAN;
+        self.flags = 0;
+        self.prediction_kind = PredictionKind::Number;
+        self.n_outputs = 0;
+        self.n_probabilities = 0;
+        self.status = 0;
+        self.side = None;
+    }
+}

@@ -1,0 +1,318 @@
+//! `decode_batch`: a batch's bytes back into numpy columns, for tests,
+//! tools and the collector.
+
+use modeltap_core::ids::hex_bytes;
+use modeltap_core::proto;
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::errors::codec_err;
+use crate::recorder::LABEL_OVERFLOW;
+
+fn id_list<'py>(py: Python<'py>, bytes: &[u8], width: usize) -> PyResult<Bound<'py, PyList>> {
+    let zero = vec![0u8; width];
+    PyList::new(
+        py,
+        bytes.chunks_exact(width).map(|c| {
+            if c == zero.as_slice() {
+                None
+            } else {
+                Some(hex_bytes(c))
+            }
+        }),
+    )
+}
+
+/// A matrix of `n` rows: the fixed-width column widened, where some rows
+/// overflowed it, to the widest row (padding with NaN).
+fn widen(n: usize, width: usize, flat: &[f64], overflow: &[proto::RowVector]) -> Array2<f64> {
+    let w = overflow
+        .iter()
+        .map(|r| r.values.len())
+        .fold(width, usize::max);
+    let mut m = Array2::from_elem((n, w), f64::NAN);
+    for r in 0..n {
+        for c in 0..width {
+            m[[r, c]] = flat[r * width + c];
+        }
+    }
+    for o in overflow {
+        let r = o.row as usize;
+        for c in 0..w {
+            m[[r, c]] = o.values.get(c).copied().unwrap_or(f64::NAN);
+        }
+    }
+    m
+}
+
+fn model_dict<'py>(py: Python<'py>, m: &proto::ModelInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("model", &m.model)?;
+    d.set_item("version", &m.version)?;
+    d.set_item("params", m.params.clone())?;
+    d.set_item("host", &m.host)?;
+    d.set_item("pid", m.pid)?;
+    d.set_item("agent_id", &m.agent_id)?;
+    d.set_item("agent_start_unix_nano", m.agent_start_unix_nano)?;
+    d.set_item("agent_version", &m.agent_version)?;
+    Ok(d)
+}
+
+fn system_list<'py>(
+    py: Python<'py>,
+    samples: &[proto::SystemSample],
+) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for s in samples {
+        let d = PyDict::new(py);
+        d.set_item("unix_nano", s.unix_nano)?;
+        d.set_item("process_cpu_percent", s.process_cpu_percent)?;
+        d.set_item("rss_bytes", s.rss_bytes)?;
+        d.set_item("threads", s.threads)?;
+        d.set_item("system_cpu_percent", s.system_cpu_percent)?;
+        d.set_item("system_memory_used_bytes", s.system_memory_used_bytes)?;
+        d.set_item("system_memory_total_bytes", s.system_memory_total_bytes)?;
+        if s.gpu_available {
+            let gpus = PyList::empty(py);
+            for g in &s.gpus {
+                let gd = PyDict::new(py);
+                gd.set_item("index", g.index)?;
+                gd.set_item("name", &g.name)?;
+                gd.set_item("utilization_percent", g.utilization_percent)?;
+                gd.set_item("memory_used_bytes", g.memory_used_bytes)?;
+                gd.set_item("memory_total_bytes", g.memory_total_bytes)?;
+                gd.set_item("temperature_celsius", g.temperature_celsius)?;
+                gpus.append(gd)?;
+            }
+            d.set_item("gpus", gpus)?;
+        }
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
+fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("trace_ids", id_list(py, &s.trace_ids, 16)?)?;
+    d.set_item("span_ids", id_list(py, &s.span_ids, 8)?)?;
+    d.set_item("parent_span_ids", id_list(py, &s.parent_span_ids, 8)?)?;
+    let names: Vec<&str> = s
+        .name_codes
+        .iter()
+        .map(|&c| s.names[c as usize].as_str())
+        .collect();
+    d.set_item("names", names)?;
+    d.set_item(
+        "start_unix_nano",
+        s.start_unix_nano.clone().into_pyarray(py),
+    )?;
+    d.set_item("duration_nano", s.duration_nano.clone().into_pyarray(py))?;
+    d.set_item("status", s.status.clone().into_pyarray(py))?;
+    let mut req: Vec<Option<String>> = vec![None; s.start_unix_nano.len()];
+    for r in &s.request_ids {
+        if let Some(slot) = req.get_mut(r.row as usize) {
+            *slot = Some(r.value.clone());
+        }
+    }
+    d.set_item("request_ids", req)?;
+    Ok(d)
+}
+
+/// Decodes a batch into a dict of numpy columns and lists.
+///
+/// Keys: `schema_version`, `agent_id`, `batch_seq`, `created_unix_nano`,
+/// `model` (dict), `feature_names`, `feature_kinds` ("numeric" /
+/// "categorical"), `n_records`, `timestamp_unix_nano` (uint64),
+/// `request_ids` (list of str), `features` (float64, n x features; codes for
+/// categorical features), `categories` ({feature: list of str or None}),
+/// `prediction_kind` (list of "number" / "int" / "label" / "vector"),
+/// `predictions` (float64, n x outputs; codes for labels), `labels` (list of
+/// str or None), `probabilities` (float64, n x k, NaN where absent),
+/// `probability_count` (uint32), `latency_s` (float64, NaN where absent),
+/// `flags` (uint32), `trace_ids` / `span_ids` (list of hex str or None),
+/// `errors` (list of (row, type, message)), `attributes` ({row: dict}),
+/// `system` (list of dicts; `gpus` present only where NVML was available),
+/// `spans` (dict of columns, or None).
+///
+/// Raises `BatchDecodeError` for bytes that are not a valid batch and
+/// `UnsupportedSchemaVersion` for batches of a newer format.
+#[pyfunction]
+pub fn decode_batch<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let bytes = data.as_bytes();
+    let b = py
+        .detach(|| modeltap_core::decode(bytes))
+        .map_err(|e| codec_err(&e))?;
+    let n = b.n_records as usize;
+    let nf = b.feature_names.len();
+    let d = PyDict::new(py);
+    d.set_item("schema_version", b.schema_version)?;
+    d.set_item("agent_id", &b.agent_id)?;
+    d.set_item("batch_seq", b.batch_seq)?;
+    d.set_item("created_unix_nano", b.created_unix_nano)?;
+    match &b.model {
+        Some(m) => d.set_item("model", model_dict(py, m)?)?,
+        None => d.set_item("model", py.None())?,
+    }
+    d.set_item("feature_names", b.feature_names.clone())?;
+    let kinds: Vec<&str> = b
+        .feature_kinds
+        .iter()
+        .map(|&k| {
+            if k == proto::FeatureKind::Categorical as i32 {
+                "categorical"
+            } else {
+                "numeric"
+            }
+        })
+        .collect();
+    d.set_item("feature_kinds", kinds)?;
+    d.set_item("n_records", n)?;
+    d.set_item(
+        "timestamp_unix_nano",
+        b.timestamp_unix_nano.clone().into_pyarray(py),
+    )?;
+
+    let mut req: Vec<Option<String>> = b
+        .request_ids
+        .chunks_exact(16)
+        .map(|c| {
+            if c.iter().all(|&x| x == 0) {
+                None
+            } else {
+                Some(hex_bytes(c))
+            }
+        })
+        .collect();
+    for r in &b.request_id_text {
+        req[r.row as usize] = Some(r.value.clone());
+    }
+    d.set_item("request_ids", req)?;
+
+    let features = Array2::from_shape_vec((n, nf), b.features.clone())
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    // Categorical columns as strings.
+    let cats = PyDict::new(py);
+    for (i, name) in b.feature_names.iter().enumerate() {
+        if b.feature_kinds[i] != proto::FeatureKind::Categorical as i32 {
+            continue;
+        }
+        let dict: std::collections::HashMap<u32, &str> = b
+            .categories
+            .iter()
+            .filter(|c| c.feature_index as usize == i)
+            .flat_map(|c| {
+                c.codes
+                    .iter()
+                    .copied()
+                    .zip(c.values.iter().map(String::as_str))
+            })
+            .collect();
+        let mut col: Vec<Option<String>> = (0..n)
+            .map(|r| {
+                let v = features[[r, i]];
+                if v.is_nan() {
+                    None
+                } else {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    dict.get(&(v as u32)).map(|s| (*s).to_owned())
+                }
+            })
+            .collect();
+        for o in b
+            .category_overflow
+            .iter()
+            .filter(|o| o.feature_index as usize == i)
+        {
+            col[o.row as usize] = Some(o.value.clone());
+        }
+        cats.set_item(name, col)?;
+    }
+    d.set_item("categories", cats)?;
+    d.set_item("features", features.into_pyarray(py))?;
+
+    let pk: Vec<&str> = b
+        .prediction_kind
+        .iter()
+        .map(|&k| match k {
+            1 => "int",
+            2 => "label",
+            3 => "vector",
+            _ => "number",
+        })
+        .collect();
+    let width = b.n_outputs as usize;
+    let preds = widen(n, width, &b.predictions, &b.prediction_overflow);
+    let label_map: std::collections::HashMap<u32, &str> = b
+        .labels
+        .iter()
+        .flat_map(|c| {
+            c.codes
+                .iter()
+                .copied()
+                .zip(c.values.iter().map(String::as_str))
+        })
+        .collect();
+    let mut labels: Vec<Option<String>> = (0..n)
+        .map(|r| {
+            if b.prediction_kind[r] != 2 || width == 0 {
+                return None;
+            }
+            let v = preds[[r, 0]];
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            (!v.is_nan())
+                .then(|| label_map.get(&(v as u32)).map(|s| (*s).to_owned()))
+                .flatten()
+        })
+        .collect();
+    for o in b
+        .category_overflow
+        .iter()
+        .filter(|o| o.feature_index == LABEL_OVERFLOW)
+    {
+        labels[o.row as usize] = Some(o.value.clone());
+    }
+    d.set_item("prediction_kind", pk)?;
+    d.set_item("labels", labels)?;
+    if preds.ncols() == 1 {
+        d.set_item("predictions", preds.column(0).to_owned().into_pyarray(py))?;
+    } else {
+        d.set_item("predictions", preds.into_pyarray(py))?;
+    }
+    let probs = widen(
+        n,
+        b.n_probabilities as usize,
+        &b.probabilities,
+        &b.probability_overflow,
+    );
+    d.set_item("probabilities", probs.into_pyarray(py))?;
+    d.set_item(
+        "probability_count",
+        b.probability_count.clone().into_pyarray(py),
+    )?;
+    d.set_item("latency_s", PyArray1::from_vec(py, b.latency_s.clone()))?;
+    d.set_item("flags", b.flags.clone().into_pyarray(py))?;
+    d.set_item("trace_ids", id_list(py, &b.trace_ids, 16)?)?;
+    d.set_item("span_ids", id_list(py, &b.span_ids, 8)?)?;
+    let errors: Vec<(u32, String, String)> = b
+        .errors
+        .iter()
+        .map(|e| (e.row, e.r#type.clone(), e.message.clone()))
+        .collect();
+    d.set_item("errors", errors)?;
+    let attrs = PyDict::new(py);
+    for a in &b.attributes {
+        attrs.set_item(a.row, a.attributes.clone())?;
+    }
+    d.set_item("attributes", attrs)?;
+    d.set_item("system", system_list(py, &b.system)?)?;
+    match &b.spans {
+        Some(s) => d.set_item("spans", spans_dict(py, s)?)?,
+        None => d.set_item("spans", py.None())?,
+    }
+    Ok(d)
+}

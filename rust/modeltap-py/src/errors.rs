@@ -1,0 +1,40 @@
+//! The one place where core errors become Python exceptions.
+
+use modeltap_core::CodecError;
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::PyErr;
+
+create_exception!(
+    _core,
+    InvalidRecord,
+    PyValueError,
+    "A record modeltap cannot accept (wrong shape, unknown keys, bad values). \
+     Raised only by agents created with strict=True; otherwise the record is \
+     counted in stats()['invalid'] or flagged, and a warning is logged."
+);
+
+create_exception!(
+    _core,
+    BatchDecodeError,
+    PyValueError,
+    "Bytes that are not a valid modeltap batch (malformed, inconsistent, or \
+     written by a newer schema version)."
+);
+
+create_exception!(
+    _core,
+    UnsupportedSchemaVersion,
+    BatchDecodeError,
+    "A batch written by a newer modeltap than this one: upgrade to read it."
+);
+
+/// Maps a codec error to its exception.
+pub fn codec_err(e: &CodecError) -> PyErr {
+    match e {
+        CodecError::UnsupportedVersion { .. } => UnsupportedSchemaVersion::new_err(e.to_string()),
+        CodecError::Malformed(_) | CodecError::Inconsistent(_) => {
+            BatchDecodeError::new_err(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `modeltap._core`: the Python face of `modeltap-core`. Only conversions
+//! live here; the work is done in the core with the GIL released.
+
+mod decode;
+mod errors;
+mod parse;
+mod recorder;
+
+use pyo3::prelude::*;
+
+/// A random 128-bit id as 32 hex digits.
+#[pyfunction]
+fn random_id() -> String {
+    modeltap_core::ids::hex_string(modeltap_core::ids::random_u128())
+}
+
+/// Reseeds the id generators of every thread; called in a child after fork.
+#[pyfunction]
+fn _after_fork() {
+    modeltap_core::ids::after_fork();
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("InvalidRecord", py.get_type::<errors::InvalidRecord>())?;
+    m.add(
+        "BatchDecodeError",
+        py.get_type::<errors::BatchDecodeError>(),
+    )?;
+    m.add(
+        "UnsupportedSchemaVersion",
+        py.get_type::<errors::UnsupportedSchemaVersion>(),
+    )?;
+    m.add("SCHEMA_VERSION", modeltap_core::SCHEMA_VERSION)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(random_id, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_batch, m)?)?;
+    m.add_class::<recorder::Recorder>()?;
+    Ok(())
+}
