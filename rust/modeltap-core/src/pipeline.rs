@@ -308,7 +308,8 @@ impl Pipeline {
     #[inline]
     pub fn push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
         self.counters.logged.fetch_add(1, Ordering::Relaxed);
-        let Some(ring) = self.ring.get() else {
+        let Some(ring) = self.ring.get().filter(|_| !self.stop.load(Ordering::Relaxed)) else {
+            // No ring yet, or shut down: nothing would ever drain it.
             self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
             return false;
         };
@@ -331,7 +332,7 @@ impl Pipeline {
     /// only on success.
     #[inline]
     pub fn try_push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
-        let Some(ring) = self.ring.get() else {
+        let Some(ring) = self.ring.get().filter(|_| !self.stop.load(Ordering::Relaxed)) else {
             return false;
         };
         if let Some(pos) = ring.push_with_pos(fill) {

@@ -801,7 +801,11 @@ impl Recorder {
             x32 = a;
             XView::F32(x32.as_array())
         } else {
-            let n = x.len().unwrap_or(0) as u64;
+            let n = if x.is_instance_of::<PyString>() {
+                1
+            } else {
+                x.len().unwrap_or(1) as u64
+            };
             self.reject(
                 py,
                 n.max(1),

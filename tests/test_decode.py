@@ -1,0 +1,53 @@
+"""decode_batch refuses bad bytes with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import modeltap
+
+
+def one_batch():
+    got = []
+    a = modeltap.Agent("m", sink=got.append, metrics_interval=None)
+    a.log([1.0, 2.0], 1)
+    a.close()
+    return got[0]
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_garbage_bytes():
+    with pytest.raises(modeltap.BatchDecodeError, match="malformed"):
+        modeltap.decode_batch(b"\xff\xff\xff\xff not protobuf")
+
+
+def test_future_schema_version():
+    data = one_batch() + b"\x08" + varint(99)  # field 1 (schema_version) = 99
+    with pytest.raises(modeltap.UnsupportedSchemaVersion, match="99"):
+        modeltap.decode_batch(data)
+
+
+def test_inconsistent_columns():
+    data = one_batch() + b"\x38" + varint(5)  # field 7 (n_records) = 5, columns hold 1
+    with pytest.raises(modeltap.BatchDecodeError, match="inconsistent"):
+        modeltap.decode_batch(data)
+
+
+def test_missing_version():
+    with pytest.raises(modeltap.BatchDecodeError):
+        modeltap.decode_batch(b"")
+
+
+def test_truncated_batch():
+    data = one_batch()
+    with pytest.raises(modeltap.BatchDecodeError):
+        modeltap.decode_batch(data[: len(data) // 2])

@@ -1,0 +1,95 @@
+"""Agent.log_batch reads 2-D arrays in place and round-trips them exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import modeltap
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_round_trip(collected, dtype, order):
+    rng = np.random.default_rng(7)
+    X = np.asarray(rng.normal(size=(5000, 20)), dtype=dtype, order=order)
+    y = rng.integers(0, 3, size=5000)
+    P = rng.dirichlet(np.ones(3), size=5000)
+    a = modeltap.Agent("m", sink=collected, metrics_interval=None)
+    ids = a.log_batch(X, y, P, latency_s=0.002)
+    assert len(ids) == 5000 and len(set(ids)) == 5000
+    assert a.flush(10)
+    a.close()
+    got = collected.rows()
+    np.testing.assert_array_equal(got["features"], X.astype(np.float64))
+    np.testing.assert_array_equal(got["predictions"], y.astype(np.float64))
+    assert got["request_ids"] == ids
+    probs = np.concatenate([b["probabilities"] for b in got["batches"]])
+    np.testing.assert_array_equal(probs, P)
+    assert all(k == "int" for b in got["batches"] for k in b["prediction_kind"])
+    np.testing.assert_array_equal(got["latency_s"], np.full(5000, 0.002))
+
+
+def test_per_row_latency_request_ids_and_vector_outputs(collected):
+    a = modeltap.Agent("m", sink=collected, metrics_interval=None)
+    X = np.arange(12.0).reshape(4, 3)
+    ids = a.log_batch(
+        X, np.ones((4, 2)), latency_s=np.array([1.0, 2, 3, 4]), request_ids=list("abcd")
+    )
+    assert ids == ["a", "b", "c", "d"]
+    a.flush(10)
+    a.close()
+    b = collected.batches()[0]
+    assert b["request_ids"] == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(b["latency_s"], [1, 2, 3, 4])
+    np.testing.assert_array_equal(b["predictions"], np.ones((4, 2)))
+    assert set(b["prediction_kind"]) == {"vector"}
+
+
+def test_string_labels_and_non_float_inputs(collected):
+    a = modeltap.Agent("m", sink=collected, metrics_interval=None)
+    X = np.arange(6, dtype=np.int32).reshape(3, 2)  # converted once
+    a.log_batch(X, ["cat", "dog", "cat"])
+    a.log_batch([[1, 2], [3, 4]], np.array([0.5, 0.25]))
+    a.flush(10)
+    a.close()
+    bs = collected.batches()
+    rows = np.concatenate([b["features"] for b in bs])
+    np.testing.assert_array_equal(rows, [[0, 1], [2, 3], [4, 5], [1, 2], [3, 4]])
+    labels = [lab for b in bs for lab in b["labels"]]
+    assert labels[:3] == ["cat", "dog", "cat"]
+
+
+def test_nan_rows_are_flagged(collected):
+    a = modeltap.Agent("m", sink=collected, metrics_interval=None)
+    X = np.array([[1.0, 2.0], [np.nan, 1.0], [np.inf, 0.0]])
+    a.log_batch(X, np.zeros(3))
+    a.flush(10)
+    a.close()
+    f = collected.batches()[0]["flags"]
+    assert list(f & 3) == [0, 1, 2]
+    assert a.stats()["flagged"] == 2
+
+
+def test_mismatched_shapes_are_rejected_whole(collected):
+    a = modeltap.Agent("m", sink=collected, metrics_interval=None)
+    a.log_batch(np.zeros((2, 3)), np.zeros(2))
+    assert a.log_batch(np.zeros((4, 5)), np.zeros(4)) == []  # wrong width
+    assert a.log_batch(np.zeros((4, 3)), np.zeros(3)) == []  # wrong prediction count
+    assert a.log_batch(np.zeros((4, 3)), np.zeros(4), np.zeros((3, 2))) == []
+    s = a.stats()
+    assert s["invalid"] == 12
+    a.flush(10)
+    assert a.stats()["shipped"] == 2
+    a.close()
+
+
+def test_categorical_columns_in_arrays(collected):
+    a = modeltap.Agent(
+        "m", features=["x", "store"], categorical=["store"], sink=collected, metrics_interval=None
+    )
+    a.log_batch(np.array([[0.5, 3], [1.5, 4], [2.5, 3]]), np.zeros(3))
+    a.flush(10)
+    a.close()
+    b = collected.batches()[0]
+    assert b["categories"]["store"] == ["3", "4", "3"]
