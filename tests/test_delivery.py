@@ -167,3 +167,31 @@ def test_property_every_record_is_accounted_for(ops, buffer):
     assert len(shipped) == len(set(shipped)) == s["shipped"]
     assert set(shipped) <= set(accepted)
     assert s["shipped"] + s["dropped_full"] == len(accepted)
+
+
+def test_log_batch_larger_than_the_ring_waits_for_a_healthy_drain(collected):
+    a = modeltap.Agent("m", sink=collected, buffer_size=1024, metrics_interval=None)
+    X = np.random.default_rng(0).normal(size=(50_000, 4))
+    ids = a.log_batch(X, np.zeros(50_000))
+    assert a.flush(20)
+    a.close()
+    s = a.stats()
+    assert s["dropped_full"] == 0
+    assert s["shipped"] == 50_000
+    assert collected.rows()["request_ids"] == ids
+
+
+def test_log_batch_against_a_stuck_exporter_drops_without_hanging():
+    gate = threading.Event()
+    a = modeltap.Agent(
+        "m", sink=lambda d: gate.wait(60), buffer_size=256, batch_size=64, metrics_interval=None
+    )
+    t0 = time.monotonic()
+    a.log_batch(np.zeros((100_000, 4)), np.zeros(100_000))
+    assert time.monotonic() - t0 < 10
+    s = a.stats()
+    assert s["dropped_full"] > 90_000
+    assert_adds_up(s)
+    gate.set()
+    a.close(timeout_s=10)
+    assert_adds_up(a.stats())

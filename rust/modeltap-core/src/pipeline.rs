@@ -347,6 +347,11 @@ impl Pipeline {
         }
     }
 
+    /// Records the drain thread has taken out of the ring so far.
+    pub fn consumed(&self) -> u64 {
+        self.ring.get().map_or(0, |r| r.head_pos() as u64)
+    }
+
     /// True while the ring has no free slot.
     pub fn is_full(&self) -> bool {
         self.ring.get().is_some_and(|r| r.len() >= r.capacity())

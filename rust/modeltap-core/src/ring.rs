@@ -83,6 +83,11 @@ impl<T> Ring<T> {
         self.push_with_pos(write).is_some()
     }
 
+    /// Position (count of pops before this one) the next consumer takes.
+    pub fn head_pos(&self) -> usize {
+        self.head.load(Ordering::Acquire)
+    }
+
     /// Position (count of pushes before this one) the next producer claims.
     pub fn tail_pos(&self) -> usize {
         self.tail.load(Ordering::Acquire)

@@ -27,6 +27,9 @@ use crate::parse::{check, number, to_str, vector};
 const MAX_VOCAB: usize = 65_536;
 /// Inline probability width when the first record carries none.
 const DEFAULT_PROB_CAP: usize = 4;
+/// How long `log_batch` waits for a drain thread that makes no progress
+/// before dropping the rest of a batch that does not fit the ring.
+const BULK_STALL: Duration = Duration::from_millis(20);
 /// `RowCategory.feature_index` of a prediction label carried as a string.
 pub const LABEL_OVERFLOW: u32 = u32::MAX;
 const PROBLEM_FLAGS: u32 =
@@ -965,6 +968,7 @@ impl Recorder {
         let (ids, flagged) = py.detach(|| {
             let mut ids = Vec::with_capacity(n);
             let mut flagged = 0u64;
+            let mut stalled = false;
             for r in 0..n {
                 let id = if given.is_some() { 0 } else { random_u128() };
                 ids.push(id);
@@ -1033,8 +1037,29 @@ impl Recorder {
                         }
                         std::thread::sleep(Duration::from_micros(50));
                     }
-                } else {
-                    pipe.push(&mut fill);
+                } else if stalled || !pipe.try_push(&mut fill) {
+                    // A bulk call may wait while the drain thread is making
+                    // room; once it stops making progress (the exporter is
+                    // stuck), the rest of the batch is dropped without waiting.
+                    let mut progress_at = Instant::now();
+                    let mut seen = pipe.consumed();
+                    loop {
+                        if stalled || pipe.is_stopping() {
+                            pipe.push(|_| {});
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_micros(50));
+                        if pipe.try_push(&mut fill) {
+                            break;
+                        }
+                        let now_consumed = pipe.consumed();
+                        if now_consumed != seen {
+                            seen = now_consumed;
+                            progress_at = Instant::now();
+                        } else if progress_at.elapsed() >= BULK_STALL {
+                            stalled = true;
+                        }
+                    }
                 }
                 if flags & PROBLEM_FLAGS != 0 {
                     flagged += 1;

@@ -1,0 +1,58 @@
+"""The ``modeltap`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import modeltap
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modeltap",
+        description="Telemetry for machine-learning models in production.",
+    )
+    p.add_argument("--version", action="version", version=f"modeltap {modeltap.__version__}")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of modeltap's own log messages (default: WARNING)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="serve a synthetic model, log its traffic, print the agent's counters",
+        description=(
+            "Serve a small synthetic 3-class model (20 features), log every "
+            "prediction through a modeltap Agent (Agent.log, @agent.monitor, "
+            "log_batch), decode every batch again to check the round trip, and "
+            "print the agent's counters and the cost of logging."
+        ),
+    )
+    demo.add_argument(
+        "--requests", type=int, default=20_000, help="single requests to serve (default 20000)"
+    )
+    demo.add_argument(
+        "--batch-rows", type=int, default=100_000, help="rows of the log_batch call (default 100000)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from modeltap import demo
+
+        return demo.main(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
