@@ -127,9 +127,9 @@ def test_categorical_not_among_features_is_a_config_error():
 
 
 def test_bad_configuration_raises_at_construction():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="on_full"):
         modeltap.Agent("m", on_full="wait")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="model"):
         modeltap.Agent("")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="metrics_interval"):
         modeltap.Agent("m", metrics_interval=0)

@@ -78,7 +78,9 @@ def test_categorical_strings_and_ints_travel_as_codes(collected):
     assert b["categories"]["bucket"] == ["3", "7", "3", "7", "1", "1"]
     # codes are small integers, equal for equal values
     codes = b["features"][:, 1]
-    assert codes[0] == codes[2] and codes[1] == codes[5] and np.isnan(codes[3])
+    assert codes[0] == codes[2]
+    assert codes[1] == codes[5]
+    assert np.isnan(codes[3])
     np.testing.assert_array_equal(b["features"][:, 0], [0, 1, 2, 3, 4, 9.5])
 
 

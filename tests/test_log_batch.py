@@ -17,7 +17,8 @@ def test_round_trip(collected, dtype, order):
     P = rng.dirichlet(np.ones(3), size=5000)
     a = modeltap.Agent("m", sink=collected, metrics_interval=None)
     ids = a.log_batch(X, y, P, latency_s=0.002)
-    assert len(ids) == 5000 and len(set(ids)) == 5000
+    assert len(ids) == 5000
+    assert len(set(ids)) == 5000
     assert a.flush(10)
     a.close()
     got = collected.rows()

@@ -6,8 +6,22 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "DEBUG_BUILD",
+    "SCHEMA_VERSION",
+    "BatchDecodeError",
+    "InvalidRecord",
+    "Recorder",
+    "UnsupportedSchemaVersion",
+    "__version__",
+    "_after_fork",
+    "decode_batch",
+    "random_id",
+]
+
 __version__: str
 SCHEMA_VERSION: int
+DEBUG_BUILD: bool
 
 class InvalidRecord(ValueError):
     """A record modeltap cannot accept (raised only in strict mode)."""
@@ -38,10 +52,10 @@ class Recorder:
         version: str,
         agent_id: str,
         params: Mapping[str, str] | None = None,
-        host: str = "",
+        host: str = ...,
         pid: int = 0,
         start_unix_nano: int = 0,
-        agent_version: str = "",
+        agent_version: str = ...,
         features: Sequence[str] | None = None,
         categorical: Sequence[str] = ...,
         buffer_size: int = 65536,

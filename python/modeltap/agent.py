@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import inspect
 import logging
@@ -264,21 +265,17 @@ class Agent:
         """
         try:
             if not (isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)):
-                try:
+                # What cannot be converted, the recorder rejects with a clear message.
+                with contextlib.suppress(TypeError, ValueError):
                     X = np.asarray(X, dtype=np.float64)
-                except (TypeError, ValueError):
-                    pass  # the recorder rejects it with a clear message
             if isinstance(X, np.ndarray) and X.ndim == 1 and X.size > 0:
                 X = X.reshape(1, -1)
-            return cast(
-                "list[str]",
-                self._rec.log_batch(
-                    X,
-                    predictions,
-                    probabilities,
-                    latency_s=latency_s,
-                    request_ids=request_ids,
-                ),
+            return self._rec.log_batch(
+                X,
+                predictions,
+                probabilities,
+                latency_s=latency_s,
+                request_ids=request_ids,
             )
         except _core.InvalidRecord:
             raise
@@ -307,8 +304,13 @@ class Agent:
         target = cast("Callable[..., Any]", fn)
         pick = _input_picker(target, features_arg)
 
-        def record(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any,
-                   t0: float, err: BaseException | None) -> None:
+        def record(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            out: Any,
+            t0: float,
+            err: BaseException | None,
+        ) -> None:
             latency = time.perf_counter() - t0
             try:
                 x = pick(args, kwargs)
@@ -374,17 +376,17 @@ class Agent:
         ``logged`` is their sum. ``flagged`` counts kept records with
         missing or bad values, ``inference_errors`` records logged with an
         error, ``errors`` the agent's own failures."""
-        return cast("dict[str, int]", self._rec.stats())
+        return self._rec.stats()
 
     @property
     def feature_names(self) -> list[str] | None:
         """Feature names in force (``None`` until fixed by the first record)."""
-        return cast("list[str] | None", self._rec.feature_names)
+        return self._rec.feature_names
 
     @property
     def categorical(self) -> list[str]:
         """Categorical feature names."""
-        return cast("list[str]", self._rec.categorical)
+        return self._rec.categorical
 
     @property
     def buffer_size(self) -> int:
@@ -407,6 +409,8 @@ def _input_picker(
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         params = []
+    name: str | None
+    index: int | None
     if isinstance(features_arg, str):
         name = features_arg
         index = params.index(name) if name in params else None

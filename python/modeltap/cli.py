@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         "--requests", type=int, default=20_000, help="single requests to serve (default 20000)"
     )
     demo.add_argument(
-        "--batch-rows", type=int, default=100_000, help="rows of the log_batch call (default 100000)"
+        "--batch-rows",
+        type=int,
+        default=100_000,
+        help="rows of the log_batch call (default 100000)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p

@@ -95,10 +95,10 @@ def run(requests: int = 20_000, batch_rows: int = 100_000, seed: int = 0) -> Dem
         except ValueError:
             errors_seen += 1
     Xb = rng.normal(size=(batch_rows, N_FEATURES))
-    t0 = time.perf_counter()
+    tb = time.perf_counter()
     Pb = model.predict_proba(Xb)
     agent.log_batch(Xb, Pb.argmax(axis=1), Pb)
-    batch_s = time.perf_counter() - t0
+    batch_s = time.perf_counter() - tb
     time.sleep(0.3)  # let the sampler take a reading or two
     agent.flush(30)
     agent.close()
@@ -107,9 +107,10 @@ def run(requests: int = 20_000, batch_rows: int = 100_000, seed: int = 0) -> Dem
     samples = [s for d in decoded for s in d["system"]]
     gpu = "absent (no NVML)"
     if samples and "gpus" in samples[-1]:
-        gpu = ", ".join(
-            f"{g['name']} {g['utilization_percent']:.0f}%" for g in samples[-1]["gpus"]
-        ) or "NVML present, no GPU"
+        gpu = (
+            ", ".join(f"{g['name']} {g['utilization_percent']:.0f}%" for g in samples[-1]["gpus"])
+            or "NVML present, no GPU"
+        )
     stats = agent.stats()
     return DemoResult(
         requests=requests,
@@ -138,8 +139,18 @@ def render(r: DemoResult) -> str:
         "",
         "agent counters",
     ]
-    for k in ("logged", "shipped", "pending", "dropped_full", "invalid", "flagged",
-              "inference_errors", "errors", "batches", "bytes"):
+    for k in (
+        "logged",
+        "shipped",
+        "pending",
+        "dropped_full",
+        "invalid",
+        "flagged",
+        "inference_errors",
+        "errors",
+        "batches",
+        "bytes",
+    ):
         lines.append(f"  {k:<17}{s[k]:>14,}")
     rows_per_s = r.batch_rows / max(r.timings.get("log_batch_s", 0.0), 1e-9)
     lines += [

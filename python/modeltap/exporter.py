@@ -84,7 +84,7 @@ class Exporter:
 
     def _run(self) -> None:
         while True:
-            item = self._rec.take_batch(0.25)
+            item = self._rec.take_batch(1.0)
             if item is None:
                 if self._rec.finished():
                     return
@@ -105,7 +105,5 @@ class Exporter:
                 self._rec.settle(seq, "discarded")
                 left += n
             if left:
-                log.warning(
-                    "modeltap: shutdown timeout reached; %d records not delivered", left
-                )
+                log.warning("modeltap: shutdown timeout reached; %d records not delivered", left)
         self._dest.close(max(deadline - time.monotonic(), 0.0))

@@ -39,6 +39,9 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f64>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// `(index, name, utilization_percent, memory_used, memory_total, temperature_c)`.
+type GpuTuple = (u32, String, f64, u64, u64, f64);
+
 /// A record that cannot be accepted, with the reason.
 struct Reject(String);
 
@@ -1176,7 +1179,7 @@ impl Recorder {
         system_cpu_percent: f64,
         system_memory_used_bytes: u64,
         system_memory_total_bytes: u64,
-        gpus: Option<Vec<(u32, String, f64, u64, u64, f64)>>,
+        gpus: Option<Vec<GpuTuple>>,
     ) {
         let gpu_available = gpus.is_some();
         let gpus = gpus

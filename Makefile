@@ -1,0 +1,45 @@
+# Developer tasks. `make test` is the one command that checks everything
+# (CI runs it through .ci/run); `make demo` runs the main job.
+PY ?= python3
+PIP ?= $(PY) -m pip
+
+.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-rust clean
+
+install:  ## build (release) and install modeltap
+	$(PIP) install .
+
+dev:  ## build and install modeltap with the test and lint tools
+	$(PIP) install ".[dev]"
+
+demo: install
+	modeltap demo
+
+lint:  ## formatting, clippy, ruff, mypy, stub check
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(PY) -m ruff check python tests benches
+	$(PY) -m ruff format --check python tests benches
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest modeltap._core
+
+rust-test:  ## the core's unit, property and pipeline tests
+	cargo test -p modeltap-core
+
+unsafe-check:  ## loom models and Miri (or valgrind) over the lock-free ring
+	bash scripts/check-unsafe.sh
+
+py-test:  ## the Python test suite against the installed package
+	$(PY) -m pytest
+
+test: dev lint rust-test unsafe-check py-test
+
+bench:  ## end-to-end Python bench (release build, OTel baseline)
+	$(PIP) install ".[bench]"
+	$(PY) benches/bench_agent.py
+
+bench-rust:  ## criterion benches of the ring
+	cargo bench -p modeltap-core --bench ring
+
+clean:
+	cargo clean
+	rm -rf dist build .pytest_cache .ruff_cache .mypy_cache .hypothesis
