@@ -34,6 +34,7 @@ import modeltap
 from modeltap import _core
 
 FEATURES = 20
+AGENTS: list[modeltap.Agent] = []
 
 
 def make_record(seed: int = 0) -> dict[str, Any]:
@@ -70,6 +71,8 @@ def contenders(
     agent_d = modeltap.Agent("bench", "1.0", metrics_interval=None)
     log_d = agent_d.log
     out["modeltap Agent.log (dict)"] = (lambda: log_d(xd, pred, pl), agent_d.close)
+    for a in (agent, agent_l, agent_d):
+        AGENTS.append(a)
 
     logger = logging.getLogger("bench.jsonlines")
     logger.propagate = False
@@ -273,6 +276,7 @@ def main() -> int:
         cs = contenders(rec, tmp)
         for name, (fn, _) in cs.items():
             results["back_to_back_ns"][name] = back_to_back(fn, rounds, per_round)
+        dropped = sum(a.stats()["dropped_full"] for a in AGENTS)
         for _, close in cs.values():
             close()
     for kind in ("numpy row", "list"):
@@ -292,6 +296,7 @@ def main() -> int:
     for name, ns in b2b.items():
         vs_otel = f"{otel_ns / ns:>11.1f}x" if otel_ns else "n/a"
         print(f"| {name:<42} | {ns:>9,.0f} | {json_ns / ns:>11.1f}x | {vs_otel:>12} |")
+    print(f"(records dropped by the agents during these loops: {dropped:,})")
     print("\nPaced with sleeps between calls (per-call latency; CPU outside the caller)")
     print(
         f"| {'call @ rate':<42} | {'p50 ns':>8} | {'p99 ns':>8} | "
