@@ -17,11 +17,21 @@ from modeltap._core import (
 from modeltap._core import __version__ as __version__
 from modeltap.agent import Agent
 
+
+def __getattr__(name: str) -> object:
+    # The collector side needs duckdb and pyarrow; import it only when used.
+    if name == "Store":
+        from modeltap.collector.store import Store
+
+        return Store
+    raise AttributeError(f"module 'modeltap' has no attribute {name!r}")
+
 __all__ = [
     "SCHEMA_VERSION",
     "Agent",
     "BatchDecodeError",
     "InvalidRecord",
+    "Store",
     "UnsupportedSchemaVersion",
     "__version__",
     "decode_batch",

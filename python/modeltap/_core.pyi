@@ -16,6 +16,8 @@ __all__ = [
     "__version__",
     "_after_fork",
     "decode_batch",
+    "decode_export_response",
+    "encode_export_response",
     "random_id",
 ]
 
@@ -40,6 +42,12 @@ def _after_fork() -> None:
 
 def decode_batch(data: bytes) -> dict[str, Any]:
     """Decodes an encoded batch into numpy columns and lists."""
+
+def encode_export_response(accepted: bool, duplicate: bool, n_records: int) -> bytes:
+    """Encodes the collector's ExportResponse."""
+
+def decode_export_response(data: bytes) -> tuple[bool, bool, int]:
+    """Decodes an ExportResponse into (accepted, duplicate, n_records)."""
 
 @final
 class Recorder:

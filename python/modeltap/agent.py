@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -26,7 +27,14 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from modeltap import _core
-from modeltap.exporter import DiscardDestination, Exporter, SinkDestination
+from modeltap.exporter import (
+    Destination,
+    DiscardDestination,
+    Exporter,
+    GrpcDestination,
+    SinkDestination,
+)
+from modeltap.spool import Spool
 from modeltap.system import SystemReading, SystemSampler
 
 log = logging.getLogger("modeltap")
@@ -37,7 +45,7 @@ _live: weakref.WeakSet[Agent] = weakref.WeakSet()
 # Recorders inherited from a parent process across fork(). Their threads do
 # not exist in the child, and a lock may have been held by one of them at the
 # moment of the fork, so they are never touched again, not even to be freed.
-_abandoned: list[_core.Recorder] = []
+_abandoned: list[object] = []
 
 
 def _after_fork_in_child() -> None:
@@ -49,6 +57,31 @@ def _after_fork_in_child() -> None:
 def _close_all_at_exit() -> None:
     for agent in list(_live):
         agent.close()
+
+
+_sigterm_installed = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Delivers (or spools) what the agents hold, then dies of SIGTERM as the
+    process would have without modeltap."""
+    _close_all_at_exit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm_handler() -> None:
+    """Only where nobody else handles SIGTERM: servers that install their own
+    handler exit through it, and interpreter exit closes the agents."""
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _sigterm_installed = True
+    except (ValueError, OSError):
+        pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -64,8 +97,9 @@ class Agent:
     model, version:
         Identify the model on every batch.
     collector:
-        Address of a ``modeltap collector``; ``None`` keeps everything local
-        (stats still work; batches go to ``sink`` if given, else nowhere).
+        ``HOST:PORT`` of a ``modeltap collector``; ``None`` keeps everything
+        local (stats still work; batches go to ``sink`` if given, else
+        nowhere).
     features:
         Feature names, in order. Without them the schema comes from the first
         record (dict keys, or ``f0..fN`` for arrays and lists).
@@ -96,6 +130,17 @@ class Agent:
     sink:
         A callable taking each encoded batch (``bytes``); used when
         ``collector`` is ``None``.
+    spool_dir, spool_max_bytes:
+        A directory for the disk spool that holds batches while the
+        collector is unreachable (replayed in order when it is back, or by
+        the next agent started with the same directory), and its size cap.
+        Only what overflows the cap is dropped (``stats()["dropped_spool"]``).
+    compression:
+        ``"gzip"`` to compress batches on the wire.
+    export_timeout:
+        Deadline of one Export call, in seconds.
+    retry_window:
+        How long a batch is retried before it goes to the spool.
     """
 
     log: Callable[..., str]
@@ -117,13 +162,20 @@ class Agent:
         flush_interval: float = 1.0,
         metrics_interval: float | None = 5.0,
         sink: Callable[[bytes], object] | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 1 << 30,
+        compression: str | None = None,
+        export_timeout: float = 10.0,
+        retry_window: float = 5.0,
     ) -> None:
         if not model:
             raise ValueError("model must be a non-empty name")
-        if collector is not None:
-            raise ValueError(
-                "this modeltap build ships batches through sink= only; pass collector=None"
-            )
+        if collector is not None and sink is not None:
+            raise ValueError("give either collector= or sink=, not both")
+        if compression not in (None, "gzip"):
+            raise ValueError(f"compression must be None or 'gzip', not {compression!r}")
+        if spool_dir is not None and collector is None:
+            raise ValueError("spool_dir= needs collector=")
         if on_full not in ("drop", "block"):
             raise ValueError(f"on_full must be 'drop' or 'block', not {on_full!r}")
         if metrics_interval is not None and metrics_interval <= 0:
@@ -144,10 +196,16 @@ class Agent:
         }
         self._metrics_interval = metrics_interval
         self._sink = sink
+        self._spool_dir = spool_dir
+        self._spool_max_bytes = int(spool_max_bytes)
+        self._compression = compression
+        self._export_timeout = float(export_timeout)
+        self._retry_window = float(retry_window)
         self._lock = threading.Lock()
         self._closed = False
         self._start()
         _live.add(self)
+        _install_sigterm_handler()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -171,11 +229,25 @@ class Agent:
         )
         # The hot path: no Python frame between the caller and the ring.
         self.log = self._rec.log
-        dest = (
-            SinkDestination(self._sink, self._rec.count_error)
-            if self._sink is not None
-            else DiscardDestination()
-        )
+        dest: Destination
+        if self.collector is not None:
+            spool = (
+                Spool(self._spool_dir, self.agent_id, self._spool_max_bytes)
+                if self._spool_dir is not None
+                else None
+            )
+            dest = GrpcDestination(
+                self.collector,
+                self._rec,
+                spool=spool,
+                compression=self._compression,
+                timeout_s=self._export_timeout,
+                retry_window_s=self._retry_window,
+            )
+        elif self._sink is not None:
+            dest = SinkDestination(self._sink, self._rec.count_error)
+        else:
+            dest = DiscardDestination()
         self._exporter = Exporter(self._rec, dest)
         self._exporter.start()
         self._sampler: SystemSampler | None = None
@@ -215,14 +287,25 @@ class Agent:
         What was in the parent's ring is the parent's to ship."""
         if self._closed:
             return
-        _abandoned.append(self._rec)
+        # The parent's recorder, exporter (its gRPC channel, its spool's
+        # locks) stay referenced so that nothing of theirs runs in the child.
+        _abandoned.append((self._rec, self._exporter))
         self._lock = threading.Lock()
         self._start()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Blocks until every record logged before the call has reached its
-        destination, or ``timeout_s`` passes. Returns True when all did."""
-        return bool(self._rec.flush(float(timeout_s)))
+        """Blocks until every record logged before the call has been
+        acknowledged by its destination, retrying while ``timeout_s`` lasts.
+        With a collector and a spool, batches the collector did not take
+        within the retry window are in the spool (durable, replayed later).
+        Returns True when everything, spool included, was delivered."""
+        deadline = time.monotonic() + float(timeout_s)
+        ok = bool(self._rec.flush(float(timeout_s)))
+        dest = self._exporter.destination
+        spool = getattr(dest, "spool", None)
+        while spool is not None and spool.pending_records() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return ok and (spool is None or spool.pending_records() == 0)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Delivers what is in the ring within ``timeout_s`` (default
@@ -375,8 +458,15 @@ class Agent:
         ``discarded``, ``dropped_full``, ``dropped_spool`` or ``invalid``;
         ``logged`` is their sum. ``flagged`` counts kept records with
         missing or bad values, ``inference_errors`` records logged with an
-        error, ``errors`` the agent's own failures."""
-        return self._rec.stats()
+        error, ``errors`` the agent's own failures. With a spool:
+        ``spool_recovered`` (records of earlier processes delivered from the
+        spool) and ``spool_corrupt`` (records lost to damaged spool files)."""
+        s = self._rec.stats()
+        dest = self._exporter.destination
+        if isinstance(dest, GrpcDestination):
+            s["spool_recovered"] = dest.recovered
+            s["spool_corrupt"] = dest.spool_corrupt
+        return s
 
     @property
     def feature_names(self) -> list[str] | None:

@@ -43,6 +43,37 @@ def _parser() -> argparse.ArgumentParser:
         help="rows of the log_batch call (default 100000)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    col = sub.add_parser(
+        "collector",
+        help="run the collector daemon (gRPC in, DuckDB store)",
+        description=(
+            "Run the collector daemon: a gRPC server (modeltap.v1.Collector plus the "
+            "standard grpc.health.v1 service) that decodes agents' batches and stores "
+            "them exactly once in a DuckDB database, acknowledging a batch only after "
+            "its transaction is durably committed. SIGTERM/SIGINT stop accepting "
+            "calls, finish those in flight and close the store cleanly."
+        ),
+    )
+    col.add_argument(
+        "--listen",
+        default="127.0.0.1:7317",
+        metavar="HOST:PORT",
+        help="address to serve gRPC on (default 127.0.0.1:7317; port 0 picks a free one)",
+    )
+    col.add_argument(
+        "--store",
+        default="./modeltap.duckdb",
+        metavar="PATH",
+        help="DuckDB database file (default ./modeltap.duckdb; created if missing)",
+    )
+    col.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="largest batch accepted, in MiB; larger ones get RESOURCE_EXHAUSTED (default 64)",
+    )
     return p
 
 
@@ -54,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modeltap import demo
 
         return demo.main(args)
+    if args.command == "collector":
+        from modeltap.collector import serve
+
+        return serve(args.listen, args.store, args.max_message_mb)
     return 2
 
 

@@ -316,3 +316,29 @@ pub fn decode_batch<'py>(
     }
     Ok(d)
 }
+
+/// Encodes the collector's `ExportResponse`.
+#[pyfunction]
+pub fn encode_export_response<'py>(
+    py: Python<'py>,
+    accepted: bool,
+    duplicate: bool,
+    n_records: u32,
+) -> Bound<'py, PyBytes> {
+    use prost::Message;
+    let msg = proto::ExportResponse {
+        accepted,
+        duplicate,
+        n_records,
+    };
+    PyBytes::new(py, &msg.encode_to_vec())
+}
+
+/// Decodes an `ExportResponse` into `(accepted, duplicate, n_records)`.
+#[pyfunction]
+pub fn decode_export_response(data: &[u8]) -> PyResult<(bool, bool, u32)> {
+    use prost::Message;
+    let m = proto::ExportResponse::decode(data)
+        .map_err(|e| crate::errors::BatchDecodeError::new_err(format!("malformed ExportResponse: {e}")))?;
+    Ok((m.accepted, m.duplicate, m.n_records))
+}

@@ -38,6 +38,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(random_id, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::encode_export_response, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_export_response, m)?)?;
     m.add_class::<recorder::Recorder>()?;
     Ok(())
 }

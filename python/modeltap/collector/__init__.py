@@ -1,0 +1,8 @@
+"""The ``modeltap collector`` daemon: a grpc.aio server that takes batches
+from agents, decodes them natively and writes them durably, exactly once, to
+an embedded DuckDB store."""
+
+from modeltap.collector.server import CollectorServer, serve
+from modeltap.collector.store import Store, StoreUnavailable, StoreWriter
+
+__all__ = ["CollectorServer", "Store", "StoreUnavailable", "StoreWriter", "serve"]

@@ -1,0 +1,152 @@
+"""The collector's gRPC server (grpc.aio): ``modeltap.v1.Collector/Export``
+plus the standard health checking service.
+
+Batches arrive as bytes (no Python protobuf objects), are decoded natively
+on a small thread pool, and are acknowledged only once the store has
+committed them durably. Status codes: undecodable or inconsistent bytes →
+INVALID_ARGUMENT; a batch from a newer schema version → FAILED_PRECONDITION;
+a message over ``--max-message-mb`` → RESOURCE_EXHAUSTED (from grpc itself);
+the store cannot be written → UNAVAILABLE (agents retry or spool), with the
+health service reporting NOT_SERVING until writes succeed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from modeltap import _core
+from modeltap.collector.store import StoreUnavailable, StoreWriter, decode
+
+log = logging.getLogger("modeltap.collector")
+
+SERVICE = "modeltap.v1.Collector"
+DEFAULT_LISTEN = "127.0.0.1:7317"
+DEFAULT_STORE = "./modeltap.duckdb"
+
+
+class CollectorServer:
+    """One collector: a gRPC server in front of one store."""
+
+    def __init__(
+        self,
+        listen: str = DEFAULT_LISTEN,
+        store: str | os.PathLike[str] = DEFAULT_STORE,
+        *,
+        max_message_mb: float = 64.0,
+        decode_workers: int = 2,
+    ) -> None:
+        self.listen = listen
+        self.store_path = store
+        self.max_message_bytes = int(max_message_mb * 1024 * 1024)
+        self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="modeltap-decode")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.health = health_aio.HealthServicer()
+        self.writer = StoreWriter(store, on_health=self._health_changed)
+        self.server: Any = None
+        self.port = 0
+        self.received = 0
+        self.rejected = 0
+
+    def _health_changed(self, ok: bool, reason: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+        def apply() -> None:
+            for name in ("", SERVICE):
+                asyncio.ensure_future(self.health.set(name, status))
+
+        loop.call_soon_threadsafe(apply)
+
+    async def start(self) -> int:
+        """Opens the store, starts serving; returns the bound port."""
+        self._loop = asyncio.get_running_loop()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ]
+        )
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(self.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.listen}")
+        await asyncio.to_thread(self.writer.start)
+        self._health_changed(self.writer.healthy, self.writer.reason)
+        await self.server.start()
+        return int(self.port)
+
+    async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        loop = asyncio.get_running_loop()
+        self.received += 1
+        try:
+            batch = await loop.run_in_executor(self._pool, decode, request)
+        except _core.UnsupportedSchemaVersion as e:
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except _core.BatchDecodeError as e:
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            duplicate, n = await asyncio.wrap_future(self.writer.submit(batch))
+        except StoreUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
+        return _core.encode_export_response(True, duplicate, n)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stops accepting calls, finishes those in flight, closes the store."""
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        await asyncio.to_thread(self.writer.stop)
+        self._pool.shutdown(wait=True)
+
+
+async def _main(listen: str, store: str, max_message_mb: float) -> int:
+    server = CollectorServer(listen, store, max_message_mb=max_message_mb)
+    port = await server.start()
+    host = listen.rsplit(":", 1)[0]
+    print(f"modeltap collector listening on {host}:{port}, store {store}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight batches")
+    await server.stop()
+    print(
+        f"modeltap collector stopped: {server.writer.stored_batches} batches "
+        f"({server.writer.stored_records} records) stored, "
+        f"{server.writer.duplicates} duplicates ignored",
+        flush=True,
+    )
+    return 0
+
+
+def serve(
+    listen: str = DEFAULT_LISTEN, store: str = DEFAULT_STORE, max_message_mb: float = 64.0
+) -> int:
+    """Runs a collector until SIGTERM or SIGINT; returns the exit status."""
+    try:
+        return asyncio.run(_main(listen, store, max_message_mb))
+    except OSError as e:
+        print(f"modeltap collector: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,663 @@
+"""The collector's store: an embedded DuckDB database written in bulk from
+Arrow columns, one transaction per group of batches, deduplicated on
+``(agent_id, batch_seq)``.
+
+Durability: DuckDB appends each committed transaction to its write-ahead log
+(``<store>.wal``) and calls ``fdatasync`` on it before ``COMMIT`` returns
+(checked with ``strace -e trace=fdatasync``). When a commit creates the WAL
+file (the first one after a checkpoint), the writer also ``fsync``-s the
+store's directory so the new file's entry survives a power cut. A batch is
+acknowledged to its agent only after all of that, so an acknowledged batch
+is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from modeltap import _core
+
+log = logging.getLogger("modeltap.collector")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    agent_id VARCHAR NOT NULL,
+    batch_seq UBIGINT NOT NULL,
+    model VARCHAR,
+    version VARCHAR,
+    host VARCHAR,
+    pid UINTEGER,
+    agent_start TIMESTAMPTZ,
+    agent_version VARCHAR,
+    params MAP(VARCHAR, VARCHAR),
+    n_records UINTEGER,
+    n_bytes UBIGINT,
+    created_at TIMESTAMPTZ,
+    received_at TIMESTAMPTZ,
+    PRIMARY KEY (agent_id, batch_seq)
+);
+CREATE TABLE IF NOT EXISTS feature_schemas (
+    schema_id VARCHAR PRIMARY KEY,
+    model VARCHAR,
+    version VARCHAR,
+    feature_names VARCHAR[],
+    feature_kinds VARCHAR[],
+    categorical_names VARCHAR[],
+    first_seen TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    ts TIMESTAMPTZ,
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    batch_seq UBIGINT,
+    schema_id VARCHAR,
+    request_id VARCHAR,
+    trace_id VARCHAR,
+    span_id VARCHAR,
+    features DOUBLE[],
+    categories VARCHAR[],
+    prediction DOUBLE,
+    prediction_label VARCHAR,
+    outputs DOUBLE[],
+    probabilities DOUBLE[],
+    latency_s DOUBLE,
+    flags UINTEGER,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    attributes MAP(VARCHAR, VARCHAR)
+);
+CREATE TABLE IF NOT EXISTS errors (
+    ts TIMESTAMPTZ,
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    request_id VARCHAR,
+    error_type VARCHAR,
+    error_message VARCHAR
+);
+CREATE TABLE IF NOT EXISTS system_metrics (
+    ts TIMESTAMPTZ,
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    host VARCHAR,
+    pid UINTEGER,
+    process_cpu_percent DOUBLE,
+    rss_bytes UBIGINT,
+    threads UINTEGER,
+    system_cpu_percent DOUBLE,
+    system_memory_used_bytes UBIGINT,
+    system_memory_total_bytes UBIGINT,
+    gpu_index INTEGER,
+    gpu_name VARCHAR,
+    gpu_utilization_percent DOUBLE,
+    gpu_memory_used_bytes UBIGINT,
+    gpu_memory_total_bytes UBIGINT,
+    gpu_temperature_celsius DOUBLE
+);
+"""
+
+TS = pa.timestamp("ns", tz="UTC")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be written right now; the batch was not stored."""
+
+
+@dataclass
+class DecodedBatch:
+    """A batch decoded and turned into Arrow tables, ready to insert."""
+
+    agent_id: str
+    batch_seq: int
+    n_records: int
+    n_bytes: int
+    model: dict[str, Any]
+    created_ns: int
+    schema: tuple[str, list[str], list[str], list[str]] | None
+    predictions: pa.Table | None
+    errors: pa.Table | None
+    system: pa.Table | None
+    future: Future[tuple[bool, int]] = field(default_factory=Future)
+
+
+def _schema_id(model: str, version: str, names: list[str], kinds: list[str]) -> str:
+    h = hashlib.sha256("\x1f".join([model, version, *names, "|", *kinds]).encode())
+    return h.hexdigest()[:16]
+
+
+def _ts(ns: np.ndarray) -> pa.Array:
+    return pa.array(ns.astype(np.int64, copy=False)).cast(TS)
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), pa.array([value]))
+
+
+def decode(data: bytes) -> DecodedBatch:
+    """Decodes (natively, GIL released for the protobuf work) and builds the
+    Arrow tables. Raises ``modeltap.BatchDecodeError`` for bad bytes."""
+    d = _core.decode_batch(data)
+    n = int(d["n_records"])
+    m = d["model"] or {}
+    model, version, agent_id = m.get("model", ""), m.get("version", ""), d["agent_id"]
+    names: list[str] = d["feature_names"]
+    kinds: list[str] = d["feature_kinds"]
+    cat_names = [nm for nm, k in zip(names, kinds, strict=True) if k == "categorical"]
+    schema = None
+    predictions = errors = None
+    if n:
+        sid = _schema_id(model, version, names, kinds)
+        schema = (sid, names, kinds, cat_names)
+        nf = len(names)
+        feats = np.array(d["features"], dtype=np.float64, copy=True).reshape(n, nf)
+        if cat_names:
+            feats[:, [i for i, k in enumerate(kinds) if k == "categorical"]] = np.nan
+            cats = d["categories"]
+            flat = [v for row in zip(*(cats[c] for c in cat_names), strict=True) for v in row]
+            categories: pa.Array = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * len(cat_names) + 1, len(cat_names), dtype=np.int32)),
+                pa.array(flat, pa.string()),
+            )
+        else:
+            categories = pa.nulls(n, pa.list_(pa.string()))
+        features = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * nf + 1, nf, dtype=np.int32)), pa.array(feats.ravel())
+        )
+        preds = np.asarray(d["predictions"], dtype=np.float64)
+        kinds_p = d["prediction_kind"]
+        labels = d["labels"]
+        first = preds if preds.ndim == 1 else preds[:, 0]
+        first = first.copy()
+        is_label = np.fromiter((k == "label" for k in kinds_p), dtype=bool, count=n)
+        first[is_label] = np.nan
+        if preds.ndim == 2:
+            w = preds.shape[1]
+            outputs: pa.Array = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * w + 1, w, dtype=np.int32)), pa.array(preds.ravel())
+            )
+        else:
+            outputs = pa.nulls(n, pa.list_(pa.float64()))
+        probs = np.asarray(d["probabilities"], dtype=np.float64)
+        counts = np.asarray(d["probability_count"], dtype=np.int32)
+        if probs.size:
+            k = probs.shape[1]
+            keep = np.arange(k)[None, :] < counts[:, None]
+            offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(counts, out=offsets[1:])
+            probabilities: pa.Array = pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(probs[keep]), mask=pa.array(counts == 0)
+            )
+        else:
+            probabilities = pa.nulls(n, pa.list_(pa.float64()))
+        err_type: list[str | None] = [None] * n
+        err_msg: list[str | None] = [None] * n
+        for row, ty, msg in d["errors"]:
+            err_type[row] = ty
+            err_msg[row] = msg
+        attrs: list[list[tuple[str, str]] | None] = [None] * n
+        for row, a in d["attributes"].items():
+            attrs[row] = list(a.items())
+        ts = _ts(d["timestamp_unix_nano"])
+        rid = pa.array(d["request_ids"], pa.string())
+        predictions = pa.table(
+            {
+                "ts": ts,
+                "model": _repeat(model, n),
+                "version": _repeat(version, n),
+                "agent_id": _repeat(agent_id, n),
+                "batch_seq": pa.array(np.full(n, d["batch_seq"], dtype=np.uint64)),
+                "schema_id": _repeat(sid, n),
+                "request_id": rid,
+                "trace_id": pa.array(d["trace_ids"], pa.string()),
+                "span_id": pa.array(d["span_ids"], pa.string()),
+                "features": features,
+                "categories": categories,
+                "prediction": pa.array(first),
+                "prediction_label": pa.array(labels, pa.string()),
+                "outputs": outputs,
+                "probabilities": probabilities,
+                "latency_s": pa.array(np.asarray(d["latency_s"]), from_pandas=True),
+                "flags": pa.array(np.asarray(d["flags"], dtype=np.uint32)),
+                "error_type": pa.array(err_type, pa.string()),
+                "error_message": pa.array(err_msg, pa.string()),
+                "attributes": pa.array(attrs, pa.map_(pa.string(), pa.string())),
+            }
+        )
+        if d["errors"]:
+            rows = [r for r, _, _ in d["errors"]]
+            errors = pa.table(
+                {
+                    "ts": ts.take(pa.array(rows)),
+                    "model": pa.array([model] * len(rows)),
+                    "version": pa.array([version] * len(rows)),
+                    "agent_id": pa.array([agent_id] * len(rows)),
+                    "request_id": rid.take(pa.array(rows)),
+                    "error_type": pa.array([t for _, t, _ in d["errors"]]),
+                    "error_message": pa.array([e for _, _, e in d["errors"]]),
+                }
+            )
+    system = _system_table(d["system"], model, version, agent_id, m)
+    return DecodedBatch(
+        agent_id=agent_id,
+        batch_seq=int(d["batch_seq"]),
+        n_records=n,
+        n_bytes=len(data),
+        model=m,
+        created_ns=int(d["created_unix_nano"]),
+        schema=schema,
+        predictions=predictions,
+        errors=errors,
+        system=system,
+    )
+
+
+def _system_table(
+    samples: list[dict[str, Any]], model: str, version: str, agent_id: str, m: dict[str, Any]
+) -> pa.Table | None:
+    rows: list[dict[str, Any]] = []
+    for s in samples:
+        base = {
+            "ts": s["unix_nano"],
+            "model": model,
+            "version": version,
+            "agent_id": agent_id,
+            "host": m.get("host"),
+            "pid": m.get("pid"),
+            "process_cpu_percent": s["process_cpu_percent"],
+            "rss_bytes": s["rss_bytes"],
+            "threads": s["threads"],
+            "system_cpu_percent": s["system_cpu_percent"],
+            "system_memory_used_bytes": s["system_memory_used_bytes"],
+            "system_memory_total_bytes": s["system_memory_total_bytes"],
+        }
+        gpus = s.get("gpus")
+        if not gpus:  # absent (no NVML) or no GPU: NULL GPU columns, never zeros
+            rows.append(base)
+        for g in gpus or []:
+            rows.append(
+                {
+                    **base,
+                    "gpu_index": g["index"],
+                    "gpu_name": g["name"],
+                    "gpu_utilization_percent": g["utilization_percent"],
+                    "gpu_memory_used_bytes": g["memory_used_bytes"],
+                    "gpu_memory_total_bytes": g["memory_total_bytes"],
+                    "gpu_temperature_celsius": g["temperature_celsius"],
+                }
+            )
+    if not rows:
+        return None
+    cols = [
+        ("ts", pa.int64()),
+        ("model", pa.string()),
+        ("version", pa.string()),
+        ("agent_id", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.uint32()),
+        ("process_cpu_percent", pa.float64()),
+        ("rss_bytes", pa.uint64()),
+        ("threads", pa.uint32()),
+        ("system_cpu_percent", pa.float64()),
+        ("system_memory_used_bytes", pa.uint64()),
+        ("system_memory_total_bytes", pa.uint64()),
+        ("gpu_index", pa.int32()),
+        ("gpu_name", pa.string()),
+        ("gpu_utilization_percent", pa.float64()),
+        ("gpu_memory_used_bytes", pa.uint64()),
+        ("gpu_memory_total_bytes", pa.uint64()),
+        ("gpu_temperature_celsius", pa.float64()),
+    ]
+    t = pa.table({c: pa.array([r.get(c) for r in rows], ty) for c, ty in cols})
+    return t.set_column(0, "ts", t.column("ts").cast(TS))
+
+
+class StoreWriter:
+    """Owns the DuckDB connection on one thread and writes groups of
+    batches, each group in one transaction (group commit). Reports its
+    health through ``on_health(serving, reason)``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        on_health: Callable[[bool, str], None] | None = None,
+        max_group: int = 64,
+        retry_s: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self._on_health = on_health or (lambda ok, why: None)
+        self.max_group = max_group
+        self.retry_s = retry_s
+        self._q: queue.Queue[DecodedBatch | None] = queue.Queue()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._thread = threading.Thread(target=self._run, name="modeltap-store", daemon=True)
+        self._wal_ino: int | None = None
+        self.healthy = False
+        self.reason = "not opened yet"
+        self.stored_batches = 0
+        self.stored_records = 0
+        self.duplicates = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Opens the store (or keeps trying) and starts the writer thread."""
+        self._open()
+        self._thread.start()
+
+    def submit(self, batch: DecodedBatch) -> Future[tuple[bool, int]]:
+        """Queues a batch; the future gives ``(duplicate, n_records)`` once
+        the batch is durably stored, or raises :class:`StoreUnavailable`."""
+        self._q.put(batch)
+        return batch.future
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Writes what is queued, then closes the store cleanly."""
+        self._q.put(None)
+        self._thread.join(timeout_s)
+
+    def _set_health(self, ok: bool, reason: str) -> None:
+        if ok != self.healthy or reason != self.reason:
+            (log.info if ok else log.error)("store %s: %s", self.path, reason)
+        self.healthy, self.reason = ok, reason
+        with contextlib.suppress(Exception):
+            self._on_health(ok, reason)
+
+    def _open(self) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(str(self.path))
+            con.execute(SCHEMA)
+            con.execute("CHECKPOINT")
+        except Exception as e:
+            self._con = None
+            self._set_health(False, f"cannot open: {e}")
+            return False
+        self._con = con
+        self._set_health(True, "serving")
+        return True
+
+    def _close(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(Exception):
+                self._con.close()
+        self._con = None
+
+    # -- the writer thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            try:
+                first = self._q.get(timeout=self.retry_s)
+            except queue.Empty:
+                if self._con is None:
+                    self._open()
+                continue
+            group: list[DecodedBatch] = []
+            if first is None:
+                stopping = True
+            else:
+                group.append(first)
+            while len(group) < self.max_group:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                else:
+                    group.append(nxt)
+            if group:
+                self._write_group(group)
+            if stopping:
+                self._close()
+                return
+
+    def _write_group(self, group: list[DecodedBatch]) -> None:
+        if self._con is None and not self._open():
+            for b in group:
+                b.future.set_exception(StoreUnavailable(self.reason))
+            return
+        con = self._con
+        assert con is not None
+        results: list[tuple[bool, int]] = []
+        try:
+            con.execute("BEGIN TRANSACTION")
+            seen: set[tuple[str, int]] = set()
+            for b in group:
+                key = (b.agent_id, b.batch_seq)
+                dup = key in seen or (
+                    con.execute(
+                        "SELECT 1 FROM batches WHERE agent_id = ? AND batch_seq = ?", key
+                    ).fetchone()
+                    is not None
+                )
+                if not dup:
+                    self._insert(con, b)
+                    seen.add(key)
+                results.append((dup, b.n_records))
+            con.execute("COMMIT")
+            self._sync_directory()
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            self._close()
+            self._set_health(False, f"write failed: {e}")
+            for b in group:
+                b.future.set_exception(StoreUnavailable(str(e)))
+            return
+        for b, (dup, n) in zip(group, results, strict=True):
+            if dup:
+                self.duplicates += 1
+            else:
+                self.stored_batches += 1
+                self.stored_records += n
+            b.future.set_result((dup, n))
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, b: DecodedBatch) -> None:
+        m = b.model
+        now = time.time_ns()
+        params = m.get("params") or {}
+        con.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, make_timestamptz(? // 1000), ?, "
+            "MAP(?::VARCHAR[], ?::VARCHAR[]), ?, ?, make_timestamptz(? // 1000), "
+            "make_timestamptz(? // 1000))",
+            [
+                b.agent_id,
+                b.batch_seq,
+                m.get("model"),
+                m.get("version"),
+                m.get("host"),
+                m.get("pid"),
+                m.get("agent_start_unix_nano", 0),
+                m.get("agent_version"),
+                list(params.keys()),
+                list(params.values()),
+                b.n_records,
+                b.n_bytes,
+                b.created_ns,
+                now,
+            ],
+        )
+        if b.schema is not None:
+            sid, names, kinds, cats = b.schema
+            con.execute(
+                "INSERT OR IGNORE INTO feature_schemas VALUES (?, ?, ?, ?, ?, ?, "
+                "make_timestamptz(? // 1000))",
+                [sid, m.get("model"), m.get("version"), names, kinds, cats, now],
+            )
+        for table, data in (
+            ("predictions", b.predictions),
+            ("errors", b.errors),
+            ("system_metrics", b.system),
+        ):
+            if data is not None:
+                con.register("_incoming", data)
+                try:
+                    con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+                finally:
+                    con.unregister("_incoming")
+
+    def _sync_directory(self) -> None:
+        """fsync the store's directory when a commit has created the WAL."""
+        wal = Path(str(self.path) + ".wal")
+        try:
+            ino = wal.stat().st_ino
+        except FileNotFoundError:
+            self._wal_ino = None
+            return
+        if ino != self._wal_ino:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._wal_ino = ino
+
+
+def _ns(t: dt.datetime | str | int | float | None) -> int | None:
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        return int(t)
+    if isinstance(t, str):
+        t = dt.datetime.fromisoformat(t)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1e9)
+
+
+class Store:
+    """Reads a collector's store from Python, returning Arrow tables (or
+    pandas DataFrames). DuckDB lets one process write a database file at a
+    time: open the store while the collector is stopped, or a copy of it.
+
+    >>> with modeltap.Store("modeltap.duckdb") as store:           # doctest: +SKIP
+    ...     df = store.predictions("fraud", since="2026-01-01", as_pandas=True)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = True) -> None:
+        self.path = str(path)
+        self.con = duckdb.connect(self.path, read_only=read_only)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self.con.close()
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Runs any SQL query; returns an Arrow table."""
+        rel = self.con.sql(query, params=list(params) if params else None)
+        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+        return fetch()
+
+    def models(self) -> pa.Table:
+        """Each (model, version) with its record count and time range."""
+        return self.sql(
+            "SELECT model, version, count(*) AS records, min(ts) AS first, max(ts) AS last "
+            "FROM predictions GROUP BY ALL ORDER BY model, version"
+        )
+
+    def predictions(
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        since: dt.datetime | str | int | None = None,
+        until: dt.datetime | str | int | None = None,
+        *,
+        expand: bool = True,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Predictions of a model (and version) in ``[since, until)``
+        (datetimes, ISO strings or Unix nanoseconds), oldest first. With
+        ``expand`` (and one feature schema in the result) each feature and
+        each categorical value becomes a column of its own."""
+        where, params = self._filter(model, version, since, until)
+        t = self.sql(f"SELECT * FROM predictions {where} ORDER BY ts", params)
+        if expand and t.num_rows:
+            t = self._expand(t)
+        return t.to_pandas() if as_pandas else t
+
+    def errors(
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        since: dt.datetime | str | int | None = None,
+        until: dt.datetime | str | int | None = None,
+    ) -> pa.Table:
+        """Errors logged with predictions."""
+        where, params = self._filter(model, version, since, until)
+        return self.sql(f"SELECT * FROM errors {where} ORDER BY ts", params)
+
+    def system_metrics(self, model: str | None = None) -> pa.Table:
+        """System samples (GPU columns are NULL where NVML was absent)."""
+        where, params = self._filter(model, None, None, None)
+        return self.sql(f"SELECT * FROM system_metrics {where} ORDER BY ts", params)
+
+    @staticmethod
+    def _filter(
+        model: str | None,
+        version: str | None,
+        since: dt.datetime | str | int | None,
+        until: dt.datetime | str | int | None,
+    ) -> tuple[str, list[Any]]:
+        conds, params = [], []
+        if model is not None:
+            conds.append("model = ?")
+            params.append(model)
+        if version is not None:
+            conds.append("version = ?")
+            params.append(version)
+        if (s := _ns(since)) is not None:
+            conds.append("ts >= make_timestamptz(? // 1000)")
+            params.append(s)
+        if (u := _ns(until)) is not None:
+            conds.append("ts < make_timestamptz(? // 1000)")
+            params.append(u)
+        return ("WHERE " + " AND ".join(conds)) if conds else "", params
+
+    def _expand(self, t: pa.Table) -> pa.Table:
+        ids = pc.unique(t.column("schema_id")).to_pylist()
+        if len(ids) != 1:
+            return t
+        row = self.con.execute(
+            "SELECT feature_names, feature_kinds, categorical_names FROM feature_schemas "
+            "WHERE schema_id = ?",
+            [ids[0]],
+        ).fetchone()
+        if row is None:
+            return t
+        names, kinds, cats = row
+        feats = t.column("features")
+        catcol = t.column("categories")
+        out = t.drop_columns(["features", "categories"])
+        for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+            if kind == "categorical":
+                out = out.append_column(name, pc.list_element(catcol, cats.index(name)))
+            else:
+                out = out.append_column(name, pc.list_element(feats, i))
+        return out
