@@ -26,6 +26,7 @@ def __getattr__(name: str) -> object:
         return Store
     raise AttributeError(f"module 'modeltap' has no attribute {name!r}")
 
+
 __all__ = [
     "SCHEMA_VERSION",
     "Agent",

@@ -92,6 +92,8 @@ RETRYABLE = frozenset(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        # Our own channel closing under an in-flight call at shutdown.
+        grpc.StatusCode.CANCELLED,
     }
 )
 
@@ -109,7 +111,8 @@ class GrpcDestination:
     batch is retried until it goes through (the agent's ring then fills and
     drops, counted) or, at shutdown, discarded and counted. Statuses that
     cannot succeed on retry (INVALID_ARGUMENT, UNAUTHENTICATED,
-    PERMISSION_DENIED, ...) are logged and the batch discarded."""
+    PERMISSION_DENIED, ...), and a batch larger than the collector accepts,
+    are logged and the batch discarded."""
 
     def __init__(
         self,
@@ -161,8 +164,10 @@ class GrpcDestination:
             return "ok"
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
-            self.last_error = f"{code}: {e.details() if hasattr(e, 'details') else e}"
-            if code in RETRYABLE:
+            details = str(e.details() if hasattr(e, "details") else e)
+            self.last_error = f"{code}: {details}"
+            too_large = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
+            if code in RETRYABLE and not too_large:
                 return "retry"
             log.error("modeltap: collector %s refused a batch: %s", self.target, self.last_error)
             return "fatal"

@@ -50,6 +50,7 @@ class CollectorServer:
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="modeltap-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.health = health_aio.HealthServicer()
         self.writer = StoreWriter(store, on_health=self._health_changed)
         self.server: Any = None
@@ -69,7 +70,9 @@ class CollectorServer:
 
         def apply() -> None:
             for name in ("", SERVICE):
-                asyncio.ensure_future(self.health.set(name, status))
+                task = asyncio.ensure_future(self.health.set(name, status))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
         loop.call_soon_threadsafe(apply)
 
@@ -95,7 +98,9 @@ class CollectorServer:
         await self.server.start()
         return int(self.port)
 
-    async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _export(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
         loop = asyncio.get_running_loop()
         self.received += 1
         try:

@@ -625,7 +625,8 @@ class Store:
         since: dt.datetime | str | int | None,
         until: dt.datetime | str | int | None,
     ) -> tuple[str, list[Any]]:
-        conds, params = [], []
+        conds: list[str] = []
+        params: list[Any] = []
         if model is not None:
             conds.append("model = ?")
             params.append(model)

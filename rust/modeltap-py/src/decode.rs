@@ -338,7 +338,8 @@ pub fn encode_export_response<'py>(
 #[pyfunction]
 pub fn decode_export_response(data: &[u8]) -> PyResult<(bool, bool, u32)> {
     use prost::Message;
-    let m = proto::ExportResponse::decode(data)
-        .map_err(|e| crate::errors::BatchDecodeError::new_err(format!("malformed ExportResponse: {e}")))?;
+    let m = proto::ExportResponse::decode(data).map_err(|e| {
+        crate::errors::BatchDecodeError::new_err(format!("malformed ExportResponse: {e}"))
+    })?;
     Ok((m.accepted, m.duplicate, m.n_records))
 }
