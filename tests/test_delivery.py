@@ -114,6 +114,7 @@ def test_memory_is_bounded_by_buffer_size():
         sink=lambda d: gate.wait(60),
         buffer_size=1024,
         batch_size=256,
+        max_pending_records=4096,
         metrics_interval=None,
     )
     x = np.zeros(20)
@@ -182,7 +183,12 @@ def test_log_batch_larger_than_the_ring_waits_for_a_healthy_drain(collected):
 def test_log_batch_against_a_stuck_exporter_drops_without_hanging():
     gate = threading.Event()
     a = modeltap.Agent(
-        "m", sink=lambda d: gate.wait(60), buffer_size=256, batch_size=64, metrics_interval=None
+        "m",
+        sink=lambda d: gate.wait(60),
+        buffer_size=256,
+        batch_size=64,
+        max_pending_records=1024,
+        metrics_interval=None,
     )
     t0 = time.monotonic()
     a.log_batch(np.zeros((100_000, 4)), np.zeros(100_000))

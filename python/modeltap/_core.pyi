@@ -40,7 +40,7 @@ def random_id() -> str:
 def _after_fork() -> None:
     """Reseeds the id generators; called in a child after fork."""
 
-def decode_batch(data: bytes) -> dict[str, Any]:
+def decode_batch(data: bytes, *, columns: bool = False) -> dict[str, Any]:
     """Decodes an encoded batch into numpy columns and lists."""
 
 def encode_export_response(accepted: bool, duplicate: bool, n_records: int) -> bytes:

@@ -41,6 +41,8 @@ log = logging.getLogger("modeltap")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+PENDING_RECORDS = 262_144
+
 _live: weakref.WeakSet[Agent] = weakref.WeakSet()
 # Recorders inherited from a parent process across fork(). Their threads do
 # not exist in the child, and a lock may have been held by one of them at the
@@ -141,6 +143,12 @@ class Agent:
         Deadline of one Export call, in seconds.
     retry_window:
         How long a batch is retried before it goes to the spool.
+    max_pending_records:
+        Records in encoded batches that may wait for delivery (at least two
+        batches). Past that the drain thread stops, the ring fills, and new
+        records are dropped and counted: memory stays bounded by
+        ``buffer_size + max_pending_records + batch_size`` records however
+        fast they arrive or however long the collector is away.
     """
 
     log: Callable[..., str]
@@ -158,7 +166,7 @@ class Agent:
         on_full: str = "drop",
         shutdown_timeout: float = 5.0,
         strict: bool = False,
-        batch_size: int = 4096,
+        batch_size: int = 8192,
         flush_interval: float = 1.0,
         metrics_interval: float | None = 5.0,
         sink: Callable[[bytes], object] | None = None,
@@ -167,6 +175,7 @@ class Agent:
         compression: str | None = None,
         export_timeout: float = 10.0,
         retry_window: float = 5.0,
+        max_pending_records: int = PENDING_RECORDS,
     ) -> None:
         if not model:
             raise ValueError("model must be a non-empty name")
@@ -191,6 +200,9 @@ class Agent:
         self._cfg: dict[str, Any] = {
             "buffer_size": int(buffer_size),
             "batch_size": int(batch_size),
+            # Encoded batches waiting for the exporter: bounded in records,
+            # so memory stays bounded whatever the batch size.
+            "max_pending_batches": max(2, int(max_pending_records) // max(int(batch_size), 1)),
             "flush_interval_s": float(flush_interval),
             "on_full": on_full,
         }

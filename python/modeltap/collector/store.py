@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS system_metrics (
 """
 
 TS = pa.timestamp("ns", tz="UTC")
+CHECKPOINT_THRESHOLD = "256MB"
 
 
 class StoreUnavailable(Exception):
@@ -152,10 +153,17 @@ def _repeat(value: str, n: int) -> pa.Array:
     return pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), pa.array([value]))
 
 
+def _hex_strings(data: bytes, width: int, n: int, valid: np.ndarray | None = None) -> pa.Array:
+    """Arrow strings over a buffer of fixed-width hex ids, without copying."""
+    offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
+    mask = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), n, [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def decode(data: bytes) -> DecodedBatch:
     """Decodes (natively, GIL released for the protobuf work) and builds the
     Arrow tables. Raises ``modeltap.BatchDecodeError`` for bad bytes."""
-    d = _core.decode_batch(data)
+    d = _core.decode_batch(data, columns=True)
     n = int(d["n_records"])
     m = d["model"] or {}
     model, version, agent_id = m.get("model", ""), m.get("version", ""), d["agent_id"]
@@ -168,8 +176,9 @@ def decode(data: bytes) -> DecodedBatch:
         sid = _schema_id(model, version, names, kinds)
         schema = (sid, names, kinds, cat_names)
         nf = len(names)
-        feats = np.array(d["features"], dtype=np.float64, copy=True).reshape(n, nf)
+        feats = np.asarray(d["features"], dtype=np.float64).reshape(n, nf)
         if cat_names:
+            feats = feats.copy()
             feats[:, [i for i, k in enumerate(kinds) if k == "categorical"]] = np.nan
             cats = d["categories"]
             flat = [v for row in zip(*(cats[c] for c in cat_names), strict=True) for v in row]
@@ -183,12 +192,13 @@ def decode(data: bytes) -> DecodedBatch:
             pa.array(np.arange(0, n * nf + 1, nf, dtype=np.int32)), pa.array(feats.ravel())
         )
         preds = np.asarray(d["predictions"], dtype=np.float64)
-        kinds_p = d["prediction_kind"]
+        first = (preds if preds.ndim == 1 else preds[:, 0]).copy()
         labels = d["labels"]
-        first = preds if preds.ndim == 1 else preds[:, 0]
-        first = first.copy()
-        is_label = np.fromiter((k == "label" for k in kinds_p), dtype=bool, count=n)
-        first[is_label] = np.nan
+        if labels is not None:
+            first[np.asarray(d["prediction_kind"]) == 2] = np.nan
+            label_col: pa.Array = pa.array(labels, pa.string())
+        else:
+            label_col = pa.nulls(n, pa.string())
         if preds.ndim == 2:
             w = preds.shape[1]
             outputs: pa.Array = pa.ListArray.from_arrays(
@@ -198,26 +208,58 @@ def decode(data: bytes) -> DecodedBatch:
             outputs = pa.nulls(n, pa.list_(pa.float64()))
         probs = np.asarray(d["probabilities"], dtype=np.float64)
         counts = np.asarray(d["probability_count"], dtype=np.int32)
-        if probs.size:
+        if probs.size and counts.any():
             k = probs.shape[1]
-            keep = np.arange(k)[None, :] < counts[:, None]
-            offsets = np.zeros(n + 1, dtype=np.int32)
-            np.cumsum(counts, out=offsets[1:])
+            if (counts == k).all():
+                offsets = np.arange(0, n * k + 1, k, dtype=np.int32)
+                values = probs.ravel()
+                mask = None
+            else:
+                keep = np.arange(k)[None, :] < counts[:, None]
+                offsets = np.zeros(n + 1, dtype=np.int32)
+                np.cumsum(counts, out=offsets[1:])
+                values = probs[keep]
+                mask = pa.array(counts == 0)
             probabilities: pa.Array = pa.ListArray.from_arrays(
-                pa.array(offsets), pa.array(probs[keep]), mask=pa.array(counts == 0)
+                pa.array(offsets), pa.array(values), mask=mask
             )
         else:
             probabilities = pa.nulls(n, pa.list_(pa.float64()))
-        err_type: list[str | None] = [None] * n
-        err_msg: list[str | None] = [None] * n
-        for row, ty, msg in d["errors"]:
-            err_type[row] = ty
-            err_msg[row] = msg
-        attrs: list[list[tuple[str, str]] | None] = [None] * n
-        for row, a in d["attributes"].items():
-            attrs[row] = list(a.items())
+        if d["errors"]:
+            err_type: list[str | None] = [None] * n
+            err_msg: list[str | None] = [None] * n
+            for row, ty, msg in d["errors"]:
+                err_type[row] = ty
+                err_msg[row] = msg
+            err_type_col: pa.Array = pa.array(err_type, pa.string())
+            err_msg_col: pa.Array = pa.array(err_msg, pa.string())
+        else:
+            err_type_col = err_msg_col = pa.nulls(n, pa.string())
+        map_type = pa.map_(pa.string(), pa.string())
+        if d["attributes"]:
+            attrs: list[list[tuple[str, str]] | None] = [None] * n
+            for row, a in d["attributes"].items():
+                attrs[row] = list(a.items())
+            attr_col: pa.Array = pa.array(attrs, map_type)
+        else:
+            attr_col = pa.nulls(n, map_type)
         ts = _ts(d["timestamp_unix_nano"])
-        rid = pa.array(d["request_ids"], pa.string())
+        rid = _hex_strings(d["request_id_hex"], 32, n)
+        if d["request_id_text"]:
+            ids = rid.to_pylist()
+            for row, text in d["request_id_text"]:
+                ids[row] = text
+            rid = pa.array(ids, pa.string())
+        trace = (
+            _hex_strings(d["trace_id_hex"], 32, n, d["trace_id_valid"])
+            if d["trace_id_hex"] is not None
+            else pa.nulls(n, pa.string())
+        )
+        span = (
+            _hex_strings(d["span_id_hex"], 16, n, d["span_id_valid"])
+            if d["span_id_hex"] is not None
+            else pa.nulls(n, pa.string())
+        )
         predictions = pa.table(
             {
                 "ts": ts,
@@ -227,30 +269,31 @@ def decode(data: bytes) -> DecodedBatch:
                 "batch_seq": pa.array(np.full(n, d["batch_seq"], dtype=np.uint64)),
                 "schema_id": _repeat(sid, n),
                 "request_id": rid,
-                "trace_id": pa.array(d["trace_ids"], pa.string()),
-                "span_id": pa.array(d["span_ids"], pa.string()),
+                "trace_id": trace,
+                "span_id": span,
                 "features": features,
                 "categories": categories,
                 "prediction": pa.array(first),
-                "prediction_label": pa.array(labels, pa.string()),
+                "prediction_label": label_col,
                 "outputs": outputs,
                 "probabilities": probabilities,
                 "latency_s": pa.array(np.asarray(d["latency_s"]), from_pandas=True),
                 "flags": pa.array(np.asarray(d["flags"], dtype=np.uint32)),
-                "error_type": pa.array(err_type, pa.string()),
-                "error_message": pa.array(err_msg, pa.string()),
-                "attributes": pa.array(attrs, pa.map_(pa.string(), pa.string())),
+                "error_type": err_type_col,
+                "error_message": err_msg_col,
+                "attributes": attr_col,
             }
         )
         if d["errors"]:
-            rows = [r for r, _, _ in d["errors"]]
+            rows = pa.array([r for r, _, _ in d["errors"]])
+            k = len(d["errors"])
             errors = pa.table(
                 {
-                    "ts": ts.take(pa.array(rows)),
-                    "model": pa.array([model] * len(rows)),
-                    "version": pa.array([version] * len(rows)),
-                    "agent_id": pa.array([agent_id] * len(rows)),
-                    "request_id": rid.take(pa.array(rows)),
+                    "ts": ts.take(rows),
+                    "model": pa.array([model] * k),
+                    "version": pa.array([version] * k),
+                    "agent_id": pa.array([agent_id] * k),
+                    "request_id": rid.take(rows),
                     "error_type": pa.array([t for _, t, _ in d["errors"]]),
                     "error_message": pa.array([e for _, _, e in d["errors"]]),
                 }
@@ -332,8 +375,9 @@ def _system_table(
 
 class StoreWriter:
     """Owns the DuckDB connection on one thread and writes groups of
-    batches, each group in one transaction (group commit). Reports its
-    health through ``on_health(serving, reason)``."""
+    batches, each group in one transaction (group commit: up to
+    ``group_records`` records, waiting at most ``linger_s`` for more after
+    the first). Reports its health through ``on_health(serving, reason)``."""
 
     def __init__(
         self,
@@ -341,8 +385,12 @@ class StoreWriter:
         on_health: Callable[[bool, str], None] | None = None,
         max_group: int = 64,
         retry_s: float = 1.0,
+        linger_s: float = 0.02,
+        group_records: int = 65_536,
     ) -> None:
         self.path = Path(path)
+        self.linger_s = linger_s
+        self.group_records = group_records
         self._on_health = on_health or (lambda ok, why: None)
         self.max_group = max_group
         self.retry_s = retry_s
@@ -350,6 +398,7 @@ class StoreWriter:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._thread = threading.Thread(target=self._run, name="modeltap-store", daemon=True)
         self._wal_ino: int | None = None
+        self._schemas: set[str] = set()  # feature schemas known to be stored
         self.healthy = False
         self.reason = "not opened yet"
         self.stored_batches = 0
@@ -384,7 +433,15 @@ class StoreWriter:
     def _open(self) -> bool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(self.path))
+            # One thread: the collector is one writer on a small machine, and
+            # DuckDB's parallel insert costs more than it gains at this size.
+            con = duckdb.connect(
+                str(self.path),
+                # Checkpoints compress the newest row group again each time;
+                # a larger WAL between checkpoints means each row group is
+                # compressed about once instead of at every commit.
+                config={"threads": 1, "checkpoint_threshold": CHECKPOINT_THRESHOLD},
+            )
             con.execute(SCHEMA)
             con.execute("CHECKPOINT")
         except Exception as e:
@@ -413,19 +470,26 @@ class StoreWriter:
                     self._open()
                 continue
             group: list[DecodedBatch] = []
+            records = 0
             if first is None:
                 stopping = True
             else:
                 group.append(first)
-            while len(group) < self.max_group:
+                records = first.n_records
+            # Group commit: a transaction costs about the same for one batch
+            # as for many, so wait a little for more to arrive.
+            deadline = time.monotonic() + self.linger_s
+            while not stopping and len(group) < self.max_group and records < self.group_records:
+                left = deadline - time.monotonic()
                 try:
-                    nxt = self._q.get_nowait()
+                    nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stopping = True
                 else:
                     group.append(nxt)
+                    records += nxt.n_records
             if group:
                 self._write_group(group)
             if stopping:
@@ -439,22 +503,11 @@ class StoreWriter:
             return
         con = self._con
         assert con is not None
-        results: list[tuple[bool, int]] = []
         try:
             con.execute("BEGIN TRANSACTION")
-            seen: set[tuple[str, int]] = set()
-            for b in group:
-                key = (b.agent_id, b.batch_seq)
-                dup = key in seen or (
-                    con.execute(
-                        "SELECT 1 FROM batches WHERE agent_id = ? AND batch_seq = ?", key
-                    ).fetchone()
-                    is not None
-                )
-                if not dup:
-                    self._insert(con, b)
-                    seen.add(key)
-                results.append((dup, b.n_records))
+            fresh, dup = self._dedup(con, group)
+            if fresh:
+                self._insert(con, fresh)
             con.execute("COMMIT")
             self._sync_directory()
         except Exception as e:
@@ -465,57 +518,100 @@ class StoreWriter:
             for b in group:
                 b.future.set_exception(StoreUnavailable(str(e)))
             return
-        for b, (dup, n) in zip(group, results, strict=True):
-            if dup:
+        for b in group:
+            is_dup = id(b) in dup
+            if is_dup:
                 self.duplicates += 1
             else:
                 self.stored_batches += 1
-                self.stored_records += n
-            b.future.set_result((dup, n))
+                self.stored_records += b.n_records
+            b.future.set_result((is_dup, b.n_records))
 
-    def _insert(self, con: duckdb.DuckDBPyConnection, b: DecodedBatch) -> None:
-        m = b.model
-        now = time.time_ns()
-        params = m.get("params") or {}
-        con.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, make_timestamptz(? // 1000), ?, "
-            "MAP(?::VARCHAR[], ?::VARCHAR[]), ?, ?, make_timestamptz(? // 1000), "
-            "make_timestamptz(? // 1000))",
-            [
-                b.agent_id,
-                b.batch_seq,
-                m.get("model"),
-                m.get("version"),
-                m.get("host"),
-                m.get("pid"),
-                m.get("agent_start_unix_nano", 0),
-                m.get("agent_version"),
-                list(params.keys()),
-                list(params.values()),
-                b.n_records,
-                b.n_bytes,
-                b.created_ns,
-                now,
-            ],
+    @staticmethod
+    def _dedup(
+        con: duckdb.DuckDBPyConnection, group: list[DecodedBatch]
+    ) -> tuple[list[DecodedBatch], set[int]]:
+        """Splits a group into batches not stored yet and duplicates (already
+        in the store, or twice in the group)."""
+        keys = pa.table(
+            {
+                "agent_id": pa.array([b.agent_id for b in group], pa.string()),
+                "batch_seq": pa.array([b.batch_seq for b in group], pa.uint64()),
+            }
         )
-        if b.schema is not None:
-            sid, names, kinds, cats = b.schema
-            con.execute(
-                "INSERT OR IGNORE INTO feature_schemas VALUES (?, ?, ?, ?, ?, ?, "
-                "make_timestamptz(? // 1000))",
-                [sid, m.get("model"), m.get("version"), names, kinds, cats, now],
-            )
-        for table, data in (
-            ("predictions", b.predictions),
-            ("errors", b.errors),
-            ("system_metrics", b.system),
-        ):
-            if data is not None:
-                con.register("_incoming", data)
-                try:
-                    con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
-                finally:
-                    con.unregister("_incoming")
+        con.register("_keys", keys)
+        try:
+            known = {
+                (a, int(q))
+                for a, q in con.execute(
+                    "SELECT agent_id, batch_seq FROM batches JOIN _keys USING (agent_id, batch_seq)"
+                ).fetchall()
+            }
+        finally:
+            con.unregister("_keys")
+        fresh: list[DecodedBatch] = []
+        dup: set[int] = set()
+        for b in group:
+            key = (b.agent_id, b.batch_seq)
+            if key in known:
+                dup.add(id(b))
+            else:
+                known.add(key)
+                fresh.append(b)
+        return fresh, dup
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, group: list[DecodedBatch]) -> None:
+        now = time.time_ns()
+        models = [b.model for b in group]
+        batches = pa.table(
+            {
+                "agent_id": pa.array([b.agent_id for b in group], pa.string()),
+                "batch_seq": pa.array([b.batch_seq for b in group], pa.uint64()),
+                "model": pa.array([m.get("model") for m in models], pa.string()),
+                "version": pa.array([m.get("version") for m in models], pa.string()),
+                "host": pa.array([m.get("host") for m in models], pa.string()),
+                "pid": pa.array([m.get("pid") for m in models], pa.uint32()),
+                "agent_start": pa.array(
+                    [m.get("agent_start_unix_nano", 0) for m in models], pa.int64()
+                ).cast(TS),
+                "agent_version": pa.array([m.get("agent_version") for m in models], pa.string()),
+                "params": pa.array(
+                    [list((m.get("params") or {}).items()) for m in models],
+                    pa.map_(pa.string(), pa.string()),
+                ),
+                "n_records": pa.array([b.n_records for b in group], pa.uint32()),
+                "n_bytes": pa.array([b.n_bytes for b in group], pa.uint64()),
+                "created_at": pa.array([b.created_ns for b in group], pa.int64()).cast(TS),
+                "received_at": pa.array([now] * len(group), pa.int64()).cast(TS),
+            }
+        )
+        self._append(con, "batches", [batches])
+        for b in group:
+            if b.schema is not None and b.schema[0] not in self._schemas:
+                sid, names, kinds, cats = b.schema
+                con.execute(
+                    "INSERT OR IGNORE INTO feature_schemas VALUES (?, ?, ?, ?, ?, ?, "
+                    "make_timestamptz(? // 1000))",
+                    [sid, b.model.get("model"), b.model.get("version"), names, kinds, cats, now],
+                )
+                self._schemas.add(sid)
+        self._append(con, "predictions", [b.predictions for b in group])
+        self._append(con, "errors", [b.errors for b in group])
+        self._append(con, "system_metrics", [b.system for b in group])
+
+    @staticmethod
+    def _append(
+        con: duckdb.DuckDBPyConnection, table: str, parts: Sequence[pa.Table | None]
+    ) -> None:
+        tables = [t for t in parts if t is not None]
+        if not tables:
+            return
+        data = pa.concat_tables(tables, promote_options="permissive")
+        con.register("_incoming", data)
+        try:
+            con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+        finally:
+            con.unregister("_incoming")
 
     def _sync_directory(self) -> None:
         """fsync the store's directory when a commit has created the WAL."""

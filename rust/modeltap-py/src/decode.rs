@@ -138,10 +138,20 @@ fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'p
 ///
 /// Raises `BatchDecodeError` for bytes that are not a valid batch and
 /// `UnsupportedSchemaVersion` for batches of a newer format.
+///
+/// With `columns=True` (the collector's form) per-row Python objects are
+/// avoided: `request_ids` becomes `request_id_hex` (bytes, 32 hex digits a
+/// row) plus `request_id_text` (list of (row, id) for caller-given ids);
+/// `trace_ids` / `span_ids` become `trace_id_hex` / `span_id_hex` (bytes, or
+/// None when no row has one) with `trace_id_valid` / `span_id_valid`
+/// (bool arrays); `prediction_kind` becomes a uint8 array of codes (0
+/// number, 1 int, 2 label, 3 vector); `labels` is None when no row has one.
 #[pyfunction]
+#[pyo3(signature = (data, *, columns=false))]
 pub fn decode_batch<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyBytes>,
+    columns: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let bytes = data.as_bytes();
     let b = py
@@ -177,21 +187,58 @@ pub fn decode_batch<'py>(
         b.timestamp_unix_nano.clone().into_pyarray(py),
     )?;
 
-    let mut req: Vec<Option<String>> = b
-        .request_ids
-        .chunks_exact(16)
-        .map(|c| {
-            if c.iter().all(|&x| x == 0) {
-                None
+    if columns {
+        let mut hex = vec![0u8; 32 * n];
+        for (r, c) in b.request_ids.chunks_exact(16).enumerate() {
+            let mut buf = [0u8; 32];
+            modeltap_core::ids::hex_u128(
+                u128::from_be_bytes(c.try_into().unwrap_or([0; 16])),
+                &mut buf,
+            );
+            hex[32 * r..32 * r + 32].copy_from_slice(&buf);
+        }
+        d.set_item("request_id_hex", PyBytes::new(py, &hex))?;
+        let text: Vec<(u32, String)> = b
+            .request_id_text
+            .iter()
+            .map(|r| (r.row, r.value.clone()))
+            .collect();
+        d.set_item("request_id_text", text)?;
+        for (key, ids, width) in [
+            ("trace_id", &b.trace_ids, 16usize),
+            ("span_id", &b.span_ids, 8),
+        ] {
+            let valid: Vec<bool> = ids
+                .chunks_exact(width)
+                .map(|c| c.iter().any(|&x| x != 0))
+                .collect();
+            if valid.iter().any(|&v| v) {
+                let hex: String = ids.chunks_exact(width).map(hex_bytes).collect();
+                d.set_item(format!("{key}_hex"), PyBytes::new(py, hex.as_bytes()))?;
+                d.set_item(format!("{key}_valid"), valid.into_pyarray(py))?;
             } else {
-                Some(hex_bytes(c))
+                d.set_item(format!("{key}_hex"), py.None())?;
+                d.set_item(format!("{key}_valid"), py.None())?;
             }
-        })
-        .collect();
-    for r in &b.request_id_text {
-        req[r.row as usize] = Some(r.value.clone());
+        }
     }
-    d.set_item("request_ids", req)?;
+    if !columns {
+        let mut req: Vec<Option<String>> = b
+            .request_ids
+            .chunks_exact(16)
+            .map(|c| {
+                if c.iter().all(|&x| x == 0) {
+                    None
+                } else {
+                    Some(hex_bytes(c))
+                }
+            })
+            .collect();
+        for r in &b.request_id_text {
+            req[r.row as usize] = Some(r.value.clone());
+        }
+        d.set_item("request_ids", req)?;
+    }
 
     let features = Array2::from_shape_vec((n, nf), b.features.clone())
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
@@ -276,8 +323,23 @@ pub fn decode_batch<'py>(
     {
         labels[o.row as usize] = Some(o.value.clone());
     }
-    d.set_item("prediction_kind", pk)?;
-    d.set_item("labels", labels)?;
+    if columns {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let codes: Vec<u8> = b
+            .prediction_kind
+            .iter()
+            .map(|&k| k.clamp(0, 3) as u8)
+            .collect();
+        d.set_item("prediction_kind", codes.into_pyarray(py))?;
+        if labels.iter().any(Option::is_some) {
+            d.set_item("labels", labels)?;
+        } else {
+            d.set_item("labels", py.None())?;
+        }
+    } else {
+        d.set_item("prediction_kind", pk)?;
+        d.set_item("labels", labels)?;
+    }
     if preds.ncols() == 1 {
         d.set_item("predictions", preds.column(0).to_owned().into_pyarray(py))?;
     } else {
@@ -296,8 +358,10 @@ pub fn decode_batch<'py>(
     )?;
     d.set_item("latency_s", PyArray1::from_vec(py, b.latency_s.clone()))?;
     d.set_item("flags", b.flags.clone().into_pyarray(py))?;
-    d.set_item("trace_ids", id_list(py, &b.trace_ids, 16)?)?;
-    d.set_item("span_ids", id_list(py, &b.span_ids, 8)?)?;
+    if !columns {
+        d.set_item("trace_ids", id_list(py, &b.trace_ids, 16)?)?;
+        d.set_item("span_ids", id_list(py, &b.span_ids, 8)?)?;
+    }
     let errors: Vec<(u32, String, String)> = b
         .errors
         .iter()
