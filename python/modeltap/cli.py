@@ -27,10 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="serve a synthetic model, log its traffic, print the agent's counters",
         description=(
-            "Serve a small synthetic 3-class model (20 features), log every "
-            "prediction through a modeltap Agent (Agent.log, @agent.monitor, "
-            "log_batch), decode every batch again to check the round trip, and "
-            "print the agent's counters and the cost of logging."
+            "Start a collector (on a thread of this process, writing a DuckDB store), "
+            "serve a small synthetic 3-class model (20 features) whose every "
+            "prediction is logged through a modeltap Agent (Agent.log, "
+            "@agent.monitor, log_batch) and shipped to that collector, then query "
+            "the store with SQL and print the agent's counters, the cost of logging "
+            "and what the store holds."
         ),
     )
     demo.add_argument(
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         help="rows of the log_batch call (default 100000)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument(
+        "--store",
+        metavar="PATH",
+        help="DuckDB file the demo's collector writes (default: a temporary file, removed after)",
+    )
 
     col = sub.add_parser(
         "collector",

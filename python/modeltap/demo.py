@@ -3,8 +3,10 @@ an agent, and report the agent's counters and the cost of logging."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,26 +48,93 @@ class DemoResult:
     system_samples: int
     gpu: str
     errors_seen: int
+    store: str = ""
+    stored_rows: int = 0
+    stored_ids: int = 0
+    by_label: list[tuple[str, int]] = field(default_factory=list)
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    stored_errors: list[tuple[str, int]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def run(requests: int = 20_000, batch_rows: int = 100_000, seed: int = 0) -> DemoResult:
-    """Runs the demo: ``requests`` single predictions through
-    ``@agent.monitor`` plus explicit ``Agent.log`` calls, one
-    ``log_batch`` of ``batch_rows`` rows, a few failing requests, then a
-    flush; every batch is decoded again to check the round trip."""
+def run(
+    requests: int = 20_000,
+    batch_rows: int = 100_000,
+    seed: int = 0,
+    store: str | None = None,
+) -> DemoResult:
+    """Runs the demo end to end: a collector (on a thread of this process,
+    storing into ``store`` or a temporary DuckDB file), an agent shipping to
+    it, ``requests`` single predictions through ``Agent.log`` and
+    ``@agent.monitor``, a few failing requests, one ``log_batch`` of
+    ``batch_rows`` rows; then the store is queried with SQL."""
+    from modeltap.collector import BackgroundCollector, Store
+
+    tmp = None
+    if store is None:
+        tmp = tempfile.TemporaryDirectory(prefix="modeltap-demo-")
+        store = str(Path(tmp.name) / "demo.duckdb")
     model = SyntheticModel(seed)
     rng = np.random.default_rng(seed + 1)
-    delivered: list[bytes] = []
-    agent = modeltap.Agent(
-        "demo-credit",
-        "1.0.0",
-        params={"threshold": 0.5},
-        sink=delivered.append,
-        metrics_interval=0.25,
-        flush_interval=0.2,
-    )
+    collector = BackgroundCollector(store).start()
+    try:
+        agent = modeltap.Agent(
+            "demo-credit",
+            "1.0.0",
+            collector=collector.addr,
+            params={"threshold": 0.5},
+            metrics_interval=0.25,
+            flush_interval=0.2,
+        )
+        result = _serve(agent, model, rng, requests, batch_rows)
+    finally:
+        collector.stop()
+    with Store(store) as s:
+        result.store = store
+        row = s.sql(
+            "SELECT count(*) AS n, count(DISTINCT request_id) AS ids, "
+            "quantile_cont(latency_s, 0.5) * 1e3 AS p50, "
+            "quantile_cont(latency_s, 0.99) * 1e3 AS p99 FROM predictions"
+        ).to_pylist()[0]
+        result.stored_rows, result.stored_ids = int(row["n"]), int(row["ids"])
+        result.latency_ms = (float(row["p50"] or 0), float(row["p99"] or 0))
+        result.by_label = [
+            (str(r["label"]), int(r["n"]))
+            for r in s.sql(
+                "SELECT coalesce(prediction_label, CASE WHEN isnan(prediction) "
+                "THEN '(none)' ELSE CAST(prediction AS VARCHAR) END) AS label, "
+                "count(*) AS n FROM predictions GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
+            ).to_pylist()
+        ]
+        result.stored_errors = [
+            (str(r["error_type"]), int(r["n"]))
+            for r in s.sql(
+                "SELECT error_type, count(*) AS n FROM errors GROUP BY 1 ORDER BY 2 DESC"
+            ).to_pylist()
+        ]
+        samples = s.sql(
+            "SELECT count(*) AS n, count(gpu_index) AS g, max(gpu_name) AS name FROM system_metrics"
+        ).to_pylist()[0]
+        result.system_samples = int(samples["n"])
+        result.gpu = (
+            f"{samples['name']} ({samples['g']} readings)"
+            if samples["g"]
+            else "absent (no NVML): GPU columns NULL"
+        )
+    if tmp is not None:
+        tmp.cleanup()
+    else:
+        result.timings["kept"] = 1.0
+    return result
 
+
+def _serve(
+    agent: modeltap.Agent,
+    model: SyntheticModel,
+    rng: np.random.Generator,
+    requests: int,
+    batch_rows: int,
+) -> DemoResult:
     @agent.monitor
     def predict(x: np.ndarray) -> str:
         if not np.isfinite(x).all():
@@ -97,20 +166,13 @@ def run(requests: int = 20_000, batch_rows: int = 100_000, seed: int = 0) -> Dem
     Xb = rng.normal(size=(batch_rows, N_FEATURES))
     tb = time.perf_counter()
     Pb = model.predict_proba(Xb)
-    agent.log_batch(Xb, Pb.argmax(axis=1), Pb)
+    per_row = (time.perf_counter() - tb) / batch_rows
+    labels = [CLASSES[i] for i in Pb.argmax(axis=1)]
+    agent.log_batch(Xb, labels, Pb, latency_s=per_row)
     batch_s = time.perf_counter() - tb
     time.sleep(0.3)  # let the sampler take a reading or two
     agent.flush(30)
     agent.close()
-
-    decoded = [modeltap.decode_batch(b) for b in delivered]
-    samples = [s for d in decoded for s in d["system"]]
-    gpu = "absent (no NVML)"
-    if samples and "gpus" in samples[-1]:
-        gpu = (
-            ", ".join(f"{g['name']} {g['utilization_percent']:.0f}%" for g in samples[-1]["gpus"])
-            or "NVML present, no GPU"
-        )
     stats = agent.stats()
     return DemoResult(
         requests=requests,
@@ -118,12 +180,12 @@ def run(requests: int = 20_000, batch_rows: int = 100_000, seed: int = 0) -> Dem
         log_ns_p50=float(np.percentile(log_ns, 50)),
         log_ns_p99=float(np.percentile(log_ns, 99)),
         predict_ns_p50=float(np.percentile(predict_ns, 50)),
-        records_decoded=sum(d["n_records"] for d in decoded),
-        batches=len(decoded),
-        bytes=sum(len(b) for b in delivered),
+        records_decoded=0,
+        batches=stats["batches"],
+        bytes=stats["bytes"],
         stats=stats,
-        system_samples=len(samples),
-        gpu=gpu,
+        system_samples=0,
+        gpu="",
         errors_seen=errors_seen,
         timings={"log_batch_s": batch_s},
     )
@@ -133,7 +195,7 @@ def render(r: DemoResult) -> str:
     """The demo's report as text."""
     s = r.stats
     lines = [
-        "modeltap demo: synthetic 3-class model, 20 features",
+        "modeltap demo: synthetic 3-class model, 20 features, agent -> collector -> DuckDB",
         f"  served {r.requests:,} requests (+{r.requests // 10:,} through @agent.monitor, "
         f"{r.errors_seen} failing) and one log_batch of {r.batch_rows:,} rows",
         "",
@@ -143,6 +205,7 @@ def render(r: DemoResult) -> str:
         "logged",
         "shipped",
         "pending",
+        "spooled",
         "dropped_full",
         "invalid",
         "flagged",
@@ -153,6 +216,7 @@ def render(r: DemoResult) -> str:
     ):
         lines.append(f"  {k:<17}{s[k]:>14,}")
     rows_per_s = r.batch_rows / max(r.timings.get("log_batch_s", 0.0), 1e-9)
+    ok = r.stored_rows == s["shipped"] == r.stored_ids
     lines += [
         "",
         "timings",
@@ -161,10 +225,12 @@ def render(r: DemoResult) -> str:
         f"  Agent.log p99     {r.log_ns_p99:>11,.0f} ns",
         f"  log_batch         {rows_per_s:>11,.0f} rows/s (incl. model)",
         "",
-        "round trip",
-        f"  batches decoded   {r.batches:>14,}",
-        f"  records decoded   {r.records_decoded:>14,}"
-        f"   {'== shipped' if r.records_decoded == s['shipped'] else '!= shipped (BUG)'}",
+        f"collector store ({r.store if r.timings.get('kept') else 'a temporary DuckDB file'})",
+        f"  predictions       {r.stored_rows:>14,}   distinct request ids {r.stored_ids:,}"
+        f"   {'== shipped' if ok else '!= shipped (BUG)'}",
+        f"  latency p50/p99   {r.latency_ms[0] * 1e3:>11,.1f} / {r.latency_ms[1] * 1e3:,.1f} µs",
+        "  predictions by class: " + ", ".join(f"{k} {v:,}" for k, v in r.by_label),
+        "  errors: " + (", ".join(f"{k} {v}" for k, v in r.stored_errors) or "none"),
         f"  system samples    {r.system_samples:>14,}   GPU: {r.gpu}",
     ]
     return "\n".join(lines)
@@ -172,7 +238,10 @@ def render(r: DemoResult) -> str:
 
 def main(args: Any) -> int:
     """Entry point of ``modeltap demo``."""
-    result = run(requests=args.requests, batch_rows=args.batch_rows, seed=args.seed)
+    result = run(
+        requests=args.requests, batch_rows=args.batch_rows, seed=args.seed, store=args.store
+    )
     print(render(result))
-    ok = result.records_decoded == result.stats["shipped"] and result.stats["pending"] == 0
+    s = result.stats
+    ok = result.stored_rows == s["shipped"] == s["logged"] and s["pending"] == 0
     return 0 if ok else 1

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -155,3 +156,37 @@ def serve(
     except OSError as e:
         print(f"modeltap collector: {e}", file=sys.stderr)
         return 1
+
+
+class BackgroundCollector:
+    """A collector running on a thread of the current process (for demos,
+    notebooks and tests). Use as a context manager; ``addr`` is where agents
+    send."""
+
+    def __init__(self, store: str | os.PathLike[str], listen: str = "127.0.0.1:0") -> None:
+        self.server = CollectorServer(listen, store)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="modeltap-collector", daemon=True
+        )
+        self.addr = ""
+
+    def start(self) -> BackgroundCollector:
+        """Starts serving; returns self."""
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
+        self.addr = f"{self.server.listen.rsplit(':', 1)[0]}:{port}"
+        return self
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Finishes in-flight calls and closes the store."""
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> BackgroundCollector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
