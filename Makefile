@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-rust clean
+.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-ingest bench-rust clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -36,6 +36,10 @@ test: dev lint rust-test unsafe-check py-test
 bench:  ## end-to-end Python bench (release build, OTel baseline)
 	$(PIP) install ".[bench]"
 	$(PY) benches/bench_agent.py
+
+bench-ingest:  ## agents -> collector -> DuckDB against one message per record
+	$(PIP) install ".[bench]"
+	$(PY) benches/bench_ingest.py
 
 bench-rust:  ## criterion benches of the ring
 	cargo bench -p modeltap-core --bench ring
