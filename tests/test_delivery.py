@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 import modeltap
 
-PLACES = ("pending", "shipped", "spooled", "discarded", "dropped_full", "dropped_spool", "invalid")
+PLACES = (
+    "pending",
+    "shipped",
+    "spooled",
+    "discarded",
+    "sampled_out",
+    "dropped_full",
+    "dropped_spool",
+    "invalid",
+)
 
 
 def assert_adds_up(s):

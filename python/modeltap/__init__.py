@@ -10,12 +10,15 @@ from modeltap._core import (
     SCHEMA_VERSION,
     BatchDecodeError,
     InvalidRecord,
+    ReferenceFormatError,
     UnsupportedSchemaVersion,
     decode_batch,
     random_id,
 )
 from modeltap._core import __version__ as __version__
 from modeltap.agent import Agent
+from modeltap.drift import DriftReport
+from modeltap.reference import Reference
 
 
 def __getattr__(name: str) -> object:
@@ -31,7 +34,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "Agent",
     "BatchDecodeError",
+    "DriftReport",
     "InvalidRecord",
+    "Reference",
+    "ReferenceFormatError",
     "Store",
     "UnsupportedSchemaVersion",
     "__version__",

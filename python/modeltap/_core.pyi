@@ -12,13 +12,20 @@ __all__ = [
     "BatchDecodeError",
     "InvalidRecord",
     "Recorder",
+    "ReferenceFormatError",
     "UnsupportedSchemaVersion",
     "__version__",
     "_after_fork",
+    "assemble_reference",
+    "build_categorical_column",
+    "build_numeric_column",
     "decode_batch",
     "decode_export_response",
+    "drift",
     "encode_export_response",
+    "merge_profiles",
     "random_id",
+    "reference_info",
 ]
 
 __version__: str
@@ -33,6 +40,53 @@ class BatchDecodeError(ValueError):
 
 class UnsupportedSchemaVersion(BatchDecodeError):
     """A batch written by a newer modeltap."""
+
+class ReferenceFormatError(ValueError):
+    """Not a reference file, a damaged one, or one from a newer modeltap."""
+
+def build_numeric_column(
+    name: str,
+    role_name: str,
+    class_index: int,
+    values: npt.NDArray[np.float64],
+    bins: int = 10,
+    equal_width: bool = False,
+) -> tuple[bytes, bytes]:
+    """A numeric reference column: (spec, profile) as encoded bytes."""
+
+def build_categorical_column(
+    name: str,
+    role_name: str,
+    class_index: int,
+    values: Sequence[str],
+    counts: Sequence[int],
+    missing: int,
+    max_categories: int = ...,
+) -> tuple[bytes, bytes]:
+    """A categorical reference column from distinct values and counts."""
+
+def assemble_reference(
+    model: str,
+    version: str,
+    columns: Sequence[tuple[bytes, bytes]],
+    rows: int,
+    created_unix_nano: int,
+) -> bytes:
+    """A reference file from encoded columns."""
+
+def reference_info(data: bytes) -> dict[str, Any]:
+    """Checks a reference file and describes it."""
+
+def merge_profiles(parts: Sequence[bytes]) -> bytes | None:
+    """Merges encoded window profiles."""
+
+def drift(
+    reference: bytes,
+    window: bytes,
+    rules: Mapping[str, tuple[str, float]] | None = None,
+    defaults: Mapping[str, tuple[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Drift of a window profile against a reference."""
 
 def random_id() -> str:
     """A random 128-bit id as 32 hex digits."""
@@ -73,7 +127,11 @@ class Recorder:
         on_full: str = "drop",
         strict: bool = False,
         warn_interval_s: float = 10.0,
+        reference: bytes | None = None,
+        window_s: float = 60.0,
+        sample_rate: float = 1.0,
     ) -> Recorder: ...
+    def profile(self, since_unix_nano: int = 0, until_unix_nano: int = ...) -> bytes | None: ...
     def log(
         self,
         features: Any,

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from modeltap import _core
+from modeltap.drift import DriftReport, Rules, compute
 from modeltap.exporter import (
     Destination,
     DiscardDestination,
@@ -34,6 +35,7 @@ from modeltap.exporter import (
     GrpcDestination,
     SinkDestination,
 )
+from modeltap.reference import Reference
 from modeltap.spool import Spool
 from modeltap.system import SystemReading, SystemSampler
 
@@ -143,6 +145,15 @@ class Agent:
         Deadline of one Export call, in seconds.
     retry_window:
         How long a batch is retried before it goes to the spool.
+    reference:
+        A :class:`modeltap.Reference` (or the path of a reference file). The
+        agent takes its feature names and categorical columns from it, and
+        profiles every record against it for :meth:`drift`.
+    window_s:
+        Width of the tumbling event-time windows records are profiled in.
+    sample_rate:
+        Share of records shipped as raw rows (the rest count as
+        ``sampled_out``); every record is profiled either way.
     max_pending_records:
         Records in encoded batches that may wait for delivery (at least two
         batches). Past that the drain thread stops, the ring fills, and new
@@ -176,9 +187,19 @@ class Agent:
         export_timeout: float = 10.0,
         retry_window: float = 5.0,
         max_pending_records: int = PENDING_RECORDS,
+        reference: Reference | str | os.PathLike[str] | None = None,
+        window_s: float = 60.0,
+        sample_rate: float = 1.0,
     ) -> None:
         if not model:
             raise ValueError("model must be a non-empty name")
+        if reference is not None and not isinstance(reference, Reference):
+            reference = Reference.load(reference)
+        self.reference = reference
+        if reference is not None:
+            if features is None:
+                features = reference.feature_names
+            categorical = list(dict.fromkeys([*categorical, *reference.categorical]))
         if collector is not None and sink is not None:
             raise ValueError("give either collector= or sink=, not both")
         if compression not in (None, "gzip"):
@@ -207,6 +228,9 @@ class Agent:
             "on_full": on_full,
         }
         self._metrics_interval = metrics_interval
+        self._cfg["reference"] = reference.to_bytes() if reference is not None else None
+        self._cfg["window_s"] = float(window_s)
+        self._cfg["sample_rate"] = float(sample_rate)
         self._sink = sink
         self._spool_dir = spool_dir
         self._spool_max_bytes = int(spool_max_bytes)
@@ -462,12 +486,36 @@ class Agent:
             self._rec.count_error()
             log.exception("modeltap: failed to record a prediction")
 
+    # -- drift ----------------------------------------------------------------
+
+    def drift(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        rules: Rules | None = None,
+        defaults: Rules | None = None,
+    ) -> DriftReport:
+        """Drift of this agent's records against its reference, from the
+        window profiles it keeps locally (the last 1440 windows), optionally
+        only the windows starting in ``[since, until)`` (Unix seconds).
+        Records still in the ring are included once :meth:`flush` ran."""
+        if self.reference is None:
+            raise ValueError("this agent has no reference: Agent(..., reference=...)")
+        lo = 0 if since is None else int(since * 1e9)
+        hi = 2**64 - 1 if until is None else int(until * 1e9)
+        profile = self._rec.profile(lo, hi)
+        if profile is None:
+            profile = b""
+        return compute(self.reference.to_bytes(), profile, rules, defaults)
+
     # -- introspection ------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         """Delivery counters. Every record handed to the agent is in exactly
         one of ``pending`` (ring or unsent batch), ``shipped``, ``spooled``,
-        ``discarded``, ``dropped_full``, ``dropped_spool`` or ``invalid``;
+        ``discarded``, ``sampled_out``, ``dropped_full``, ``dropped_spool``
+        or ``invalid``;
         ``logged`` is their sum. ``flagged`` counts kept records with
         missing or bad values, ``inference_errors`` records logged with an
         error, ``errors`` the agent's own failures. With a spool:

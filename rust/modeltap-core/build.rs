@@ -8,6 +8,7 @@ fn main() {
     let files = [
         root.join("modeltap/v1/batch.proto"),
         root.join("modeltap/v1/collector.proto"),
+        root.join("modeltap/v1/profile.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -6,8 +6,10 @@ pub mod batch;
 pub mod error;
 pub mod ids;
 pub mod pipeline;
+pub mod profile;
 pub mod record;
 pub mod ring;
+pub mod stats;
 mod sync;
 
 /// Types generated from `protos/modeltap/v1/*.proto`.

@@ -14,6 +14,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{encode, BatchBuilder, Schema, VocabEntry, VocabMirror};
+use crate::profile::{merge_window, Compiled, Profiler};
 use crate::proto;
 use crate::record::Slot;
 use crate::ring::Ring;
@@ -32,6 +33,16 @@ pub struct PipelineConfig {
     pub max_pending_batches: usize,
     /// Identity and metadata written on every batch.
     pub model: proto::ModelInfo,
+    /// The reference window profiles are binned against (without one,
+    /// windows count records, errors and latencies only).
+    pub reference: Option<Arc<Compiled>>,
+    /// Width of the tumbling event-time windows.
+    pub window: Duration,
+    /// Share of records kept as raw rows in batches; every record is
+    /// profiled either way.
+    pub sample_rate: f64,
+    /// Windows kept locally for `Pipeline::profile`.
+    pub max_windows: usize,
 }
 
 impl Default for PipelineConfig {
@@ -42,6 +53,10 @@ impl Default for PipelineConfig {
             flush_interval: Duration::from_secs(1),
             max_pending_batches: 64,
             model: proto::ModelInfo::default(),
+            reference: None,
+            window: Duration::from_secs(60),
+            sample_rate: 1.0,
+            max_windows: 1440,
         }
     }
 }
@@ -63,6 +78,8 @@ pub struct Counters {
     pub dropped_spool: AtomicU64,
     /// Records with no destination (local-only agents) or refused for good.
     pub discarded: AtomicU64,
+    /// Records profiled but not kept as raw rows (`sample_rate`).
+    pub sampled_out: AtomicU64,
     /// Records kept but flagged (missing, non-finite or bad values).
     pub flagged: AtomicU64,
     /// Records logged with an inference error.
@@ -92,6 +109,8 @@ pub struct Stats {
     pub dropped_spool: u64,
     /// No destination, or refused for good.
     pub discarded: u64,
+    /// Profiled only (sampled out of the raw rows).
+    pub sampled_out: u64,
     /// Rejected as invalid.
     pub invalid: u64,
     /// Kept but flagged.
@@ -202,6 +221,7 @@ pub struct Pipeline {
     pub counters: Counters,
     vocab: Mutex<Vec<VocabEntry>>,
     system: Mutex<Vec<proto::SystemSample>>,
+    history: Mutex<std::collections::BTreeMap<u64, proto::WindowProfile>>,
     out: Mutex<OutQueue>,
     items_cv: Condvar,
     space_cv: Condvar,
@@ -243,6 +263,7 @@ impl Pipeline {
             counters: Counters::default(),
             vocab: Mutex::new(Vec::new()),
             system: Mutex::new(Vec::new()),
+            history: Mutex::new(std::collections::BTreeMap::new()),
             out: Mutex::new(OutQueue::default()),
             items_cv: Condvar::new(),
             space_cv: Condvar::new(),
@@ -386,9 +407,11 @@ impl Pipeline {
         let dropped_full = g(&c.dropped_full);
         let dropped_spool = g(&c.dropped_spool);
         let discarded = g(&c.discarded);
+        let sampled_out = g(&c.sampled_out);
         let invalid = g(&c.invalid);
         let logged = g(&c.logged);
-        let settled = shipped + spooled + dropped_full + dropped_spool + discarded + invalid;
+        let settled =
+            shipped + spooled + dropped_full + dropped_spool + discarded + sampled_out + invalid;
         Stats {
             logged,
             pending: logged.saturating_sub(settled),
@@ -397,6 +420,7 @@ impl Pipeline {
             dropped_full,
             dropped_spool,
             discarded,
+            sampled_out,
             invalid,
             flagged: g(&c.flagged),
             inference_errors: g(&c.inference_errors),
@@ -404,6 +428,32 @@ impl Pipeline {
             batches: g(&c.batches),
             bytes: g(&c.bytes),
             in_ring: self.ring.get().map_or(0, |r| r.len() as u64),
+        }
+    }
+
+    /// The merged profile of the local windows starting in
+    /// `[since, until)` (Unix ns), or `None` when there are none.
+    pub fn profile(&self, since: u64, until: u64) -> Option<proto::WindowProfile> {
+        let h = lock(&self.history);
+        let mut out: Option<proto::WindowProfile> = None;
+        for w in h.range(since..until).map(|(_, w)| w) {
+            match out.as_mut() {
+                Some(acc) => merge_window(acc, w),
+                None => out = Some(w.clone()),
+            }
+        }
+        out
+    }
+
+    fn remember(&self, parts: &[proto::WindowProfile]) {
+        let mut h = lock(&self.history);
+        for p in parts {
+            h.entry(p.window_start_unix_nano)
+                .and_modify(|w| merge_window(w, p))
+                .or_insert_with(|| p.clone());
+        }
+        while h.len() > self.cfg.max_windows.max(1) {
+            h.pop_first();
         }
     }
 
@@ -570,23 +620,19 @@ impl Pipeline {
     fn seal(
         &self,
         builder: &mut BatchBuilder,
-        vocab: &mut VocabMirror,
+        vocab: &VocabMirror,
+        profiler: Option<&mut Profiler>,
         seq: &mut u64,
-        force_system: bool,
     ) {
-        vocab.extend(lock(&self.vocab).drain(..));
+        let profiles = profiler.map(Profiler::take).unwrap_or_default();
         let system = std::mem::take(&mut *lock(&self.system));
-        if builder.is_empty() && (system.is_empty() || !force_system) {
-            if !system.is_empty() {
-                // Keep them for the next batch.
-                let mut s = lock(&self.system);
-                let later = std::mem::replace(&mut *s, system);
-                s.extend(later);
-            }
+        if builder.is_empty() && system.is_empty() && profiles.is_empty() {
             return;
         }
         let n = builder.len() as u64;
-        let msg = builder.seal(&self.cfg.model, *seq, vocab, system, now_unix_nano());
+        self.remember(&profiles);
+        let mut msg = builder.seal(&self.cfg.model, *seq, vocab, system, now_unix_nano());
+        msg.profiles = profiles;
         let bytes = encode(&msg);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -601,11 +647,18 @@ impl Pipeline {
     }
 
     fn drain_loop(self: Arc<Self>) {
+        use rand::{Rng, SeedableRng};
         // Idle wake-ups cost CPU on every serving host; a quarter of the
         // flush interval keeps batches on time without waking per record.
         let tick = (self.cfg.flush_interval / 4)
             .clamp(Duration::from_millis(1), Duration::from_millis(250));
+        let window_ns = u64::try_from(self.cfg.window.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(crate::ids::random_u64());
+        let sample_rate = self.cfg.sample_rate;
         let mut builder: Option<BatchBuilder> = None;
+        let mut profiler: Option<Profiler> = None;
         let mut vocab = VocabMirror::default();
         let mut seq: u64 = 0;
         let mut popped: u64 = 0;
@@ -627,20 +680,51 @@ impl Pipeline {
                 if !Arc::ptr_eq(b.schema(), schema) && b.is_empty() {
                     *b = BatchBuilder::new(Arc::clone(schema));
                 }
+                let prof = profiler.get_or_insert_with(|| {
+                    let compiled =
+                        self.cfg.reference.clone().unwrap_or_else(|| {
+                            Arc::new(Compiled::new(proto::Reference::default()))
+                        });
+                    Profiler::new(compiled, schema, window_ns)
+                });
+                // Categories and labels announced before the records that use
+                // them: learn them before popping.
+                let fresh: Vec<VocabEntry> = lock(&self.vocab).drain(..).collect();
+                if !fresh.is_empty() {
+                    prof.on_vocab(&fresh);
+                    vocab.extend(fresh);
+                }
+                let mut sampled_out = 0u64;
                 loop {
                     while b.len() < self.cfg.batch_size {
-                        if ring.pop_with(|slot| b.push(slot)).is_none() {
+                        let got = ring.pop_with(|slot| {
+                            prof.add(slot, &mut || lock(&self.vocab).drain(..).collect());
+                            if sample_rate >= 1.0 || rng.random::<f64>() < sample_rate {
+                                b.push(slot);
+                            } else {
+                                slot.side = None;
+                                sampled_out += 1;
+                            }
+                        });
+                        if got.is_none() {
                             break;
                         }
                         popped += 1;
                         batch_started.get_or_insert_with(Instant::now);
                     }
                     if b.len() >= self.cfg.batch_size {
-                        self.seal(b, &mut vocab, &mut seq, true);
+                        vocab.extend(prof.drain_learned());
+                        self.seal(b, &vocab, Some(prof), &mut seq);
                         batch_started = None;
                     } else {
                         break;
                     }
+                }
+                vocab.extend(prof.drain_learned());
+                if sampled_out > 0 {
+                    self.counters
+                        .sampled_out
+                        .fetch_add(sampled_out, Ordering::AcqRel);
                 }
             }
             let target = self.flush_target.load(Ordering::Acquire);
@@ -648,7 +732,7 @@ impl Pipeline {
             let age_due = batch_started.is_some_and(|t| t.elapsed() >= self.cfg.flush_interval);
             let system_due = last_system.elapsed() >= self.cfg.flush_interval;
             if flush_now || age_due || stopping || (system_due && !lock(&self.system).is_empty()) {
-                self.seal(b, &mut vocab, &mut seq, true);
+                self.seal(b, &vocab, profiler.as_mut(), &mut seq);
                 batch_started = None;
                 last_system = Instant::now();
             }

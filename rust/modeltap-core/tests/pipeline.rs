@@ -21,6 +21,7 @@ fn pipeline(batch_size: usize, capacity: usize) -> std::sync::Arc<Pipeline> {
             agent_id: "a".repeat(32),
             ..Default::default()
         },
+        ..PipelineConfig::default()
     })
     .unwrap();
     p.init_schema(Schema {

@@ -374,6 +374,17 @@ pub fn decode_batch<'py>(
     }
     d.set_item("attributes", attrs)?;
     d.set_item("system", system_list(py, &b.system)?)?;
+    let profiles = PyList::empty(py);
+    for w in &b.profiles {
+        use prost::Message;
+        profiles.append((
+            w.window_start_unix_nano,
+            w.window_nano,
+            w.records,
+            PyBytes::new(py, &w.encode_to_vec()),
+        ))?;
+    }
+    d.set_item("profiles", profiles)?;
     match &b.spans {
         Some(s) => d.set_item("spans", spans_dict(py, s)?)?,
         None => d.set_item("spans", py.None())?,

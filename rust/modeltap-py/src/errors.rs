@@ -29,6 +29,13 @@ create_exception!(
     "A batch written by a newer modeltap than this one: upgrade to read it."
 );
 
+create_exception!(
+    _core,
+    ReferenceFormatError,
+    PyValueError,
+    "A reference file that is not one, is damaged, or was written by a newer modeltap."
+);
+
 /// Maps a codec error to its exception.
 pub fn codec_err(e: &CodecError) -> PyErr {
     match e {

@@ -2,6 +2,7 @@
 //! live here; the work is done in the core with the GIL released.
 
 mod decode;
+mod drift;
 mod errors;
 mod parse;
 mod recorder;
@@ -40,6 +41,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode::decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(decode::encode_export_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_export_response, m)?)?;
+    m.add(
+        "ReferenceFormatError",
+        py.get_type::<errors::ReferenceFormatError>(),
+    )?;
+    m.add_function(wrap_pyfunction!(drift::build_numeric_column, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::build_categorical_column, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::assemble_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::reference_info, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::merge_profiles, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::drift, m)?)?;
     m.add_class::<recorder::Recorder>()?;
     Ok(())
 }

@@ -541,7 +541,8 @@ impl Recorder {
     #[pyo3(signature = (*, model, version, agent_id, params=None, host=String::new(), pid=0,
         start_unix_nano=0, agent_version=String::new(), features=None, categorical=Vec::new(),
         buffer_size=65536, batch_size=4096, flush_interval_s=1.0, max_pending_batches=64,
-        on_full="drop", strict=false, warn_interval_s=10.0))]
+        on_full="drop", strict=false, warn_interval_s=10.0, reference=None, window_s=60.0,
+        sample_rate=1.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -562,7 +563,25 @@ impl Recorder {
         on_full: &str,
         strict: bool,
         warn_interval_s: f64,
+        reference: Option<Vec<u8>>,
+        window_s: f64,
+        sample_rate: f64,
     ) -> PyResult<Self> {
+        if !(window_s.is_finite() && window_s > 0.0) {
+            return Err(PyValueError::new_err(
+                "window_s must be a positive number of seconds",
+            ));
+        }
+        if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+            return Err(PyValueError::new_err("sample_rate must be in (0, 1]"));
+        }
+        let reference = match reference {
+            Some(bytes) => Some(Arc::new(modeltap_core::profile::Compiled::new(
+                modeltap_core::profile::decode_reference(&bytes)
+                    .map_err(|e| crate::errors::ReferenceFormatError::new_err(e.to_string()))?,
+            ))),
+            None => None,
+        };
         let block = match on_full {
             "drop" => false,
             "block" => true,
@@ -607,6 +626,10 @@ impl Recorder {
                 agent_start_unix_nano: start_unix_nano,
                 agent_version,
             },
+            reference,
+            window: Duration::from_secs_f64(window_s),
+            sample_rate,
+            max_windows: 1440,
         };
         let pipe = Pipeline::start(cfg).map_err(|e| {
             pyo3::exceptions::PyOSError::new_err(format!("cannot start the drain thread: {e}"))
@@ -1151,6 +1174,7 @@ impl Recorder {
             ("dropped_full", s.dropped_full),
             ("dropped_spool", s.dropped_spool),
             ("discarded", s.discarded),
+            ("sampled_out", s.sampled_out),
             ("invalid", s.invalid),
             ("flagged", s.flagged),
             ("inference_errors", s.inference_errors),
@@ -1205,6 +1229,22 @@ impl Recorder {
             system_memory_used_bytes,
             system_memory_total_bytes,
         });
+    }
+
+    /// The merged profile of this agent's windows starting in
+    /// `[since_unix_nano, until_unix_nano)` (encoded `WindowProfile`), or
+    /// `None` when there are none. The last 1440 windows are kept.
+    #[pyo3(signature = (since_unix_nano=0, until_unix_nano=u64::MAX))]
+    fn profile<'py>(
+        &self,
+        py: Python<'py>,
+        since_unix_nano: u64,
+        until_unix_nano: u64,
+    ) -> Option<Bound<'py, PyBytes>> {
+        use prost::Message;
+        self.pipe
+            .profile(since_unix_nano, until_unix_nano)
+            .map(|w| PyBytes::new(py, &w.encode_to_vec()))
     }
 
     /// Feature names in force (`None` until the first record fixes them).

@@ -1,0 +1,267 @@
+"""References: the profile of training (or validation) data that production
+traffic is compared with."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from modeltap import _core
+
+DEFAULT_BINS = 10
+
+
+def _to_columns(data: Any, feature_names: Sequence[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """Column name → a NumPy array or an Arrow array, from a 2-D array, a
+    pandas or polars DataFrame, or an Arrow table."""
+    mod = type(data).__module__
+    if mod.startswith("polars"):
+        data = data.to_arrow()
+        mod = "pyarrow"
+    if mod.startswith("pyarrow"):
+        names = list(data.column_names)
+        return names, {n: data.column(n) for n in names}
+    if mod.startswith("pandas"):
+        names = [str(c) for c in data.columns]
+        return names, {str(c): data[c] for c in data.columns}
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        raise ValueError(f"reference data must be 2-D (rows x features), got shape {arr.shape}")
+    names = (
+        list(feature_names) if feature_names is not None else [f"f{i}" for i in range(arr.shape[1])]
+    )
+    if len(names) != arr.shape[1]:
+        raise ValueError(f"{len(names)} feature names for {arr.shape[1]} columns")
+    return names, {n: arr[:, i] for i, n in enumerate(names)}
+
+
+def _is_numeric(col: Any) -> bool:
+    import pyarrow as pa
+
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        t = col.type
+        return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
+    dtype = getattr(col, "dtype", None)
+    if dtype is None:
+        return False
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.number) or np.dtype(dtype) == np.bool_)
+    except TypeError:
+        return False  # pandas extension dtypes such as "category" or "string"
+
+
+def _numeric_values(col: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        col = col.cast(pa.float64())
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(col, dtype=np.float64)
+
+
+def _category_counts(col: Any) -> tuple[list[str], list[int], int]:
+    """Distinct values as strings (integral numbers without a decimal
+    point, as the agent writes them), their counts and the number of
+    missing values, without a per-row Python loop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        arr = col.combine_chunks()
+    elif isinstance(col, pa.Array):
+        arr = col
+    else:
+        values = col.to_numpy() if hasattr(col, "to_numpy") else np.asarray(col)
+        arr = pa.array(values, from_pandas=True)  # NaN and None become nulls
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_floating(arr.type):
+        arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
+        valid = arr.drop_null()
+        if len(valid) == 0 or pc.all(pc.equal(pc.floor(valid), valid)).as_py():
+            arr = arr.cast(pa.int64())
+    vc = pc.value_counts(arr.cast(pa.string()).drop_null())
+    values = vc.field("values").to_pylist()
+    counts = vc.field("counts").to_pylist()
+    return [str(v) for v in values], [int(c) for c in counts], int(arr.null_count)
+
+
+class Reference:
+    """A profile of reference data: per numeric column, quantile bins (10 by
+    default, or equal-width), a fine 200-quantile histogram that serves as a
+    mergeable quantile sketch, min, max, mean, std and missing rate; per
+    categorical column, category frequencies (the most frequent
+    ``max_categories``, the rest as "other"). Production windows are binned
+    against it, so drift is computed from counts."""
+
+    def __init__(self, data: bytes) -> None:
+        self._bytes = bytes(data)
+        self._info = _core.reference_info(self._bytes)
+
+    # -- building ------------------------------------------------------------
+
+    @classmethod
+    def from_data(
+        cls,
+        X: Any,
+        feature_names: Sequence[str] | None = None,
+        categorical: Iterable[str] = (),
+        bins: int = DEFAULT_BINS,
+        *,
+        equal_width: bool = False,
+        predictions: Any = None,
+        probabilities: Any = None,
+        max_categories: int = 1000,
+        model: str = "",
+        version: str = "",
+    ) -> Reference:
+        """Profiles ``X`` (a 2-D array, a pandas or polars DataFrame, or an
+        Arrow table). Columns listed in ``categorical``, and non-numeric
+        columns, are categorical. ``predictions`` (numbers: numeric; ints or
+        strings: categorical) and ``probabilities`` (rows x classes) profile
+        the model's outputs for prediction drift."""
+        if bins < 1:
+            raise ValueError("bins must be at least 1")
+        names, cols = _to_columns(X, feature_names)
+        cat = set(categorical)
+        unknown = cat - set(names)
+        if unknown:
+            raise ValueError(f"categorical columns {sorted(unknown)} are not in the data")
+        built: list[tuple[bytes, bytes]] = []
+        rows = 0
+        for name in names:
+            col = cols[name]
+            rows = max(rows, len(col))
+            built.append(
+                _build(name, "feature", 0, col, name in cat, bins, equal_width, max_categories)
+            )
+        if predictions is not None:
+            pred = predictions
+            numeric = _is_numeric(np.asarray(pred) if not hasattr(pred, "dtype") else pred)
+            if numeric and np.issubdtype(np.asarray(pred).dtype, np.integer):
+                numeric = False  # class ids
+            built.append(
+                _build(
+                    "prediction",
+                    "prediction",
+                    0,
+                    pred,
+                    not numeric,
+                    bins,
+                    equal_width,
+                    max_categories,
+                )
+            )
+        if probabilities is not None:
+            P = np.asarray(probabilities, dtype=np.float64)
+            if P.ndim != 2:
+                raise ValueError("probabilities must be 2-D (rows x classes)")
+            for j in range(P.shape[1]):
+                built.append(
+                    _build(
+                        f"probability_{j}",
+                        "probability",
+                        j,
+                        P[:, j],
+                        False,
+                        bins,
+                        equal_width,
+                        max_categories,
+                    )
+                )
+        data = _core.assemble_reference(model, version, built, rows, time.time_ns())
+        return cls(data)
+
+    # -- files -----------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the reference file (atomically)."""
+        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(self._bytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Reference:
+        """Reads a reference file; raises ``modeltap.ReferenceFormatError`` for
+        a file that is not one, is damaged, or comes from a newer modeltap."""
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def to_bytes(self) -> bytes:
+        """The file contents."""
+        return self._bytes
+
+    # -- description -----------------------------------------------------------
+
+    @property
+    def columns(self) -> list[dict[str, Any]]:
+        """Per column: name, kind, role and its reference statistics."""
+        return list(self._info["columns"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature columns, in order."""
+        return [c["name"] for c in self._info["columns"] if c["role"] == "feature"]
+
+    @property
+    def categorical(self) -> list[str]:
+        """Categorical feature columns."""
+        return [
+            c["name"]
+            for c in self._info["columns"]
+            if c["role"] == "feature" and c["kind"] == "categorical"
+        ]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the binning; profiles carry it."""
+        return str(self._info["fingerprint"])
+
+    @property
+    def rows(self) -> int:
+        """Rows profiled."""
+        return int(self._info["rows"])
+
+    @property
+    def model(self) -> str:
+        """Model name recorded in the reference (may be empty)."""
+        return str(self._info["model"])
+
+    @property
+    def version(self) -> str:
+        """Model version recorded in the reference (may be empty)."""
+        return str(self._info["version"])
+
+    def __repr__(self) -> str:
+        kinds = [c["kind"][0] for c in self._info["columns"]]
+        return (
+            f"Reference({self.rows:,} rows, {kinds.count('n')} numeric and "
+            f"{kinds.count('c')} categorical columns, fingerprint {self.fingerprint})"
+        )
+
+
+def _build(
+    name: str,
+    role: str,
+    class_index: int,
+    col: Any,
+    categorical: bool,
+    bins: int,
+    equal_width: bool,
+    max_categories: int,
+) -> tuple[bytes, bytes]:
+    if not categorical and _is_numeric(col):
+        return _core.build_numeric_column(
+            name, role, class_index, _numeric_values(col), bins, equal_width
+        )
+    values, counts, missing = _category_counts(col)
+    return _core.build_categorical_column(
+        name, role, class_index, values, counts, missing, max_categories
+    )

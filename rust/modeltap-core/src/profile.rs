@@ -1,0 +1,828 @@
+//! References and window profiles: per-column histograms over bins fixed by
+//! the reference, plus moments, extremes, missing and out-of-range counts.
+//! Profiles are mergeable (counts add, moments combine, extremes take the
+//! min/max), so window profiles from many agents and time ranges combine
+//! into one without re-reading records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::proto;
+
+/// Fine bins of a numeric reference: quantiles at 1/FINE_BINS steps, so
+/// each holds at most about 1/FINE_BINS of the reference mass. This bounds
+/// the error of sketch-based statistics (KS, Wasserstein).
+pub const FINE_BINS: usize = 200;
+/// Most categories a categorical reference keeps (the rest are "other").
+pub const MAX_CATEGORIES: usize = 1000;
+/// Latency buckets: bucket i holds latencies in [2^((i-1)/4), 2^(i/4)) µs,
+/// bucket 0 everything below 1 µs, the last everything above.
+pub const LATENCY_BUCKETS: usize = 96;
+
+/// Reference file format version this build writes and the newest it reads.
+pub const REFERENCE_FORMAT: u32 = 1;
+
+/// Latency bucket of a duration in seconds.
+#[inline]
+pub fn latency_bucket(seconds: f64) -> usize {
+    let us = seconds * 1e6;
+    if us.is_nan() || us < 1.0 {
+        return 0;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let b = (us.log2() * 4.0) as usize + 1;
+    b.min(LATENCY_BUCKETS - 1)
+}
+
+/// Number of `cuts` strictly below `v` (the fine bin of `v`), branch-free.
+#[inline]
+pub fn bin_of(cuts: &[f64], v: f64) -> usize {
+    let mut size = cuts.len();
+    if size == 0 {
+        return 0;
+    }
+    let mut base = 0usize;
+    while size > 1 {
+        let half = size / 2;
+        let mid = base + half;
+        base = if cuts[mid] < v { mid } else { base };
+        size -= half;
+    }
+    base + usize::from(cuts[base] < v)
+}
+
+/// The `q`-quantile (inverse CDF) of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// An empty column profile shaped for `spec`.
+pub fn empty_profile(
+    spec: &proto::ColumnSpec,
+    shift: f64,
+    ref_min: f64,
+    ref_max: f64,
+) -> proto::ColumnProfile {
+    let n = match spec.numeric.as_ref() {
+        Some(num) if spec.kind == proto::ColumnKind::Numeric as i32 => num.cuts.len() + 1,
+        _ => spec.categorical.as_ref().map_or(0, |c| c.categories.len()) + 2,
+    };
+    proto::ColumnProfile {
+        counts: vec![0; n],
+        shift,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        ref_min,
+        ref_max,
+        ..Default::default()
+    }
+}
+
+/// Adds a numeric value to a column profile.
+#[inline]
+pub fn add_numeric(p: &mut proto::ColumnProfile, cuts: &[f64], v: f64) {
+    if v.is_nan() {
+        p.missing += 1;
+        return;
+    }
+    p.counts[bin_of(cuts, v)] += 1;
+    p.n += 1;
+    if v.is_finite() {
+        let d = v - p.shift;
+        p.sum += d;
+        p.sum_sq += d * d;
+        if v < p.ref_min {
+            p.below_min += 1;
+            p.below_sum += p.ref_min - v;
+        } else if v > p.ref_max {
+            p.above_max += 1;
+            p.above_sum += v - p.ref_max;
+        }
+    } else {
+        p.nonfinite += 1;
+        if v < 0.0 {
+            p.below_min += 1;
+        } else {
+            p.above_max += 1;
+        }
+    }
+    p.min = p.min.min(v);
+    p.max = p.max.max(v);
+}
+
+/// Adds a categorical value (a bucket index; `None` for missing).
+#[inline]
+pub fn add_category(p: &mut proto::ColumnProfile, bucket: Option<usize>) {
+    match bucket {
+        Some(b) => {
+            p.counts[b] += 1;
+            p.n += 1;
+        }
+        None => p.missing += 1,
+    }
+}
+
+/// Merges `b` into `a` (same spec).
+pub fn merge_column(a: &mut proto::ColumnProfile, b: &proto::ColumnProfile) {
+    if a.counts.len() < b.counts.len() {
+        a.counts.resize(b.counts.len(), 0);
+    }
+    for (x, y) in a.counts.iter_mut().zip(&b.counts) {
+        *x += y;
+    }
+    // Sums are kept relative to a shift; bring b's onto a's.
+    #[allow(clippy::cast_precision_loss)]
+    let (nb, delta) = ((b.n - b.nonfinite) as f64, b.shift - a.shift);
+    if b.n > b.nonfinite {
+        a.sum_sq += b.sum_sq + 2.0 * delta * b.sum + nb * delta * delta;
+        a.sum += b.sum + nb * delta;
+    }
+    a.missing += b.missing;
+    a.nonfinite += b.nonfinite;
+    a.n += b.n;
+    a.min = a.min.min(b.min);
+    a.max = a.max.max(b.max);
+    a.below_min += b.below_min;
+    a.above_max += b.above_max;
+    a.below_sum += b.below_sum;
+    a.above_sum += b.above_sum;
+}
+
+/// Merges window profile `b` into `a`; `a` keeps the earlier start and
+/// covers both.
+pub fn merge_window(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
+    if a.columns.is_empty() && a.records == 0 {
+        a.reference_fingerprint.clone_from(&b.reference_fingerprint);
+        a.columns.clone_from(&b.columns);
+        a.window_start_unix_nano = b.window_start_unix_nano;
+        a.window_nano = b.window_nano;
+    } else {
+        let a_end = a.window_start_unix_nano + a.window_nano;
+        let b_end = b.window_start_unix_nano + b.window_nano;
+        let start = a.window_start_unix_nano.min(b.window_start_unix_nano);
+        a.window_start_unix_nano = start;
+        a.window_nano = a_end.max(b_end) - start;
+        for (x, y) in a.columns.iter_mut().zip(&b.columns) {
+            merge_column(x, y);
+        }
+    }
+    a.records += b.records;
+    a.errors += b.errors;
+    a.flagged += b.flagged;
+    if a.latency_counts.len() < b.latency_counts.len() {
+        a.latency_counts.resize(b.latency_counts.len(), 0);
+    }
+    for (x, y) in a.latency_counts.iter_mut().zip(&b.latency_counts) {
+        *x += y;
+    }
+    a.latency_sum += b.latency_sum;
+}
+
+/// Builds a numeric column spec and the reference's profile of it.
+pub fn build_numeric(
+    name: &str,
+    role: proto::ColumnRole,
+    class_index: u32,
+    values: &[f64],
+    bins: usize,
+    equal_width: bool,
+) -> (proto::ColumnSpec, proto::ColumnProfile) {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let finite: Vec<f64> = sorted.iter().copied().filter(|v| v.is_finite()).collect();
+    let bins = bins.max(1);
+    let (mut psi_cuts, mut cuts) = (Vec::new(), Vec::new());
+    if let (Some(&lo), Some(&hi)) = (finite.first(), finite.last()) {
+        for i in 1..bins {
+            #[allow(clippy::cast_precision_loss)]
+            let q = i as f64 / bins as f64;
+            psi_cuts.push(if equal_width {
+                lo + q * (hi - lo)
+            } else {
+                quantile(&finite, q)
+            });
+        }
+        for i in 1..FINE_BINS {
+            #[allow(clippy::cast_precision_loss)]
+            cuts.push(quantile(&finite, i as f64 / FINE_BINS as f64));
+        }
+        cuts.extend_from_slice(&psi_cuts);
+        cuts.push(hi);
+    }
+    psi_cuts.sort_by(f64::total_cmp);
+    psi_cuts.dedup();
+    cuts.sort_by(f64::total_cmp);
+    cuts.dedup();
+    let psi_bin: Vec<u32> = (0..=cuts.len())
+        .map(|j| {
+            let upper = cuts.get(j).copied().unwrap_or(f64::INFINITY);
+            u32::try_from(psi_cuts.partition_point(|&p| p < upper)).unwrap_or(u32::MAX)
+        })
+        .collect();
+    let spec = proto::ColumnSpec {
+        name: name.to_owned(),
+        kind: proto::ColumnKind::Numeric as i32,
+        role: role as i32,
+        class_index,
+        numeric: Some(proto::NumericSpec {
+            n_psi_bins: u32::try_from(psi_cuts.len() + 1).unwrap_or(u32::MAX),
+            cuts,
+            psi_bin,
+            equal_width,
+        }),
+        categorical: None,
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let mean = if finite.is_empty() {
+        0.0
+    } else {
+        finite.iter().sum::<f64>() / finite.len() as f64
+    };
+    let (lo, hi) = (
+        finite.first().copied().unwrap_or(0.0),
+        finite.last().copied().unwrap_or(0.0),
+    );
+    let mut prof = empty_profile(&spec, mean, lo, hi);
+    let cuts = &spec.numeric.as_ref().map_or(&[][..], |n| &n.cuts[..]);
+    for &v in values {
+        add_numeric(&mut prof, cuts, v);
+    }
+    (spec, prof)
+}
+
+/// Builds a categorical column spec from distinct values and their counts.
+pub fn build_categorical(
+    name: &str,
+    role: proto::ColumnRole,
+    class_index: u32,
+    values: Vec<(String, u64)>,
+    missing: u64,
+    max_categories: usize,
+) -> (proto::ColumnSpec, proto::ColumnProfile) {
+    let mut values = values;
+    values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let keep = values.len().min(max_categories.max(1));
+    let complete = keep == values.len();
+    let other: u64 = values[keep..].iter().map(|v| v.1).sum();
+    values.truncate(keep);
+    let spec = proto::ColumnSpec {
+        name: name.to_owned(),
+        kind: proto::ColumnKind::Categorical as i32,
+        role: role as i32,
+        class_index,
+        numeric: None,
+        categorical: Some(proto::CategoricalSpec {
+            categories: values.iter().map(|v| v.0.clone()).collect(),
+            complete,
+        }),
+    };
+    let mut prof = empty_profile(&spec, 0.0, 0.0, 0.0);
+    for (i, (_, c)) in values.iter().enumerate() {
+        prof.counts[i] = *c;
+    }
+    prof.counts[keep] = other;
+    prof.n = values.iter().map(|v| v.1).sum::<u64>() + other;
+    prof.missing = missing;
+    (spec, prof)
+}
+
+/// A fingerprint of the column specs (FNV-1a of their encoding).
+pub fn fingerprint(columns: &[proto::ColumnSpec]) -> String {
+    use prost::Message;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in columns {
+        for b in c.encode_to_vec() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// A reference compiled for fast profiling.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The reference itself.
+    pub reference: proto::Reference,
+    /// Column index by name.
+    pub by_name: HashMap<String, usize>,
+    /// Category → bucket, per categorical column.
+    pub buckets: Vec<HashMap<String, usize>>,
+}
+
+impl Compiled {
+    /// Compiles a reference.
+    pub fn new(reference: proto::Reference) -> Self {
+        let by_name = reference
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let buckets = reference
+            .columns
+            .iter()
+            .map(|c| {
+                c.categorical.as_ref().map_or_else(HashMap::new, |cat| {
+                    cat.categories
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (v.clone(), i))
+                        .collect()
+                })
+            })
+            .collect();
+        Self {
+            reference,
+            by_name,
+            buckets,
+        }
+    }
+
+    /// Bucket of a categorical value in column `col`: a category, "other"
+    /// (the reference had more values than it kept) or "unseen".
+    pub fn bucket(&self, col: usize, value: &str) -> usize {
+        let map = &self.buckets[col];
+        if let Some(&b) = map.get(value) {
+            return b;
+        }
+        let complete = self.reference.columns[col]
+            .categorical
+            .as_ref()
+            .is_none_or(|c| c.complete);
+        if complete {
+            map.len() + 1 // unseen
+        } else {
+            map.len() // other
+        }
+    }
+
+    /// An empty window profile for this reference.
+    pub fn empty_window(&self, start: u64, width: u64) -> proto::WindowProfile {
+        proto::WindowProfile {
+            window_start_unix_nano: start,
+            window_nano: width,
+            reference_fingerprint: self.reference.fingerprint.clone(),
+            columns: self
+                .reference
+                .columns
+                .iter()
+                .zip(&self.reference.profiles)
+                .map(|(spec, rp)| {
+                    #[allow(clippy::cast_precision_loss)]
+                    let finite = rp.n.saturating_sub(rp.nonfinite);
+                    let mean = if finite > 0 {
+                        rp.shift + rp.sum / finite as f64
+                    } else {
+                        0.0
+                    };
+                    empty_profile(spec, mean, rp.ref_min, rp.ref_max)
+                })
+                .collect(),
+            latency_counts: vec![0; LATENCY_BUCKETS],
+            ..Default::default()
+        }
+    }
+}
+
+/// Builds the window profiles of an agent's records on its drain thread.
+/// Each record updates the profile of its event-time window; `take` hands
+/// over what was added since the last call (parts of windows, which merge).
+#[derive(Debug)]
+pub struct Profiler {
+    compiled: Arc<Compiled>,
+    window_ns: u64,
+    /// Per schema feature: the reference column it feeds.
+    feature_cols: Vec<Option<usize>>,
+    /// Per schema feature: agent category code → bucket.
+    cat_maps: Vec<Vec<u32>>,
+    label_map: Vec<u32>,
+    pred_col: Option<usize>,
+    prob_cols: Vec<(usize, usize)>,
+    int_buckets: HashMap<i64, usize>,
+    cuts: Vec<Vec<f64>>,
+    numeric: Vec<bool>,
+    windows: Vec<proto::WindowProfile>,
+    n_features: usize,
+    out_cap: usize,
+    learned: Vec<crate::batch::VocabEntry>,
+}
+
+const UNMAPPED: u32 = u32::MAX;
+
+impl Profiler {
+    /// A profiler for records of `schema` against `compiled`.
+    pub fn new(compiled: Arc<Compiled>, schema: &crate::batch::Schema, window_ns: u64) -> Self {
+        let r = &compiled.reference;
+        let feature_cols = schema
+            .feature_names
+            .iter()
+            .map(|n| {
+                compiled
+                    .by_name
+                    .get(n)
+                    .copied()
+                    .filter(|&i| r.columns[i].role == proto::ColumnRole::Feature as i32)
+            })
+            .collect();
+        let pred_col = r
+            .columns
+            .iter()
+            .position(|c| c.role == proto::ColumnRole::Prediction as i32);
+        let prob_cols = r
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.role == proto::ColumnRole::Probability as i32)
+            .map(|(i, c)| (c.class_index as usize, i))
+            .collect();
+        let cuts = r
+            .columns
+            .iter()
+            .map(|c| {
+                c.numeric
+                    .as_ref()
+                    .map(|n| n.cuts.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let numeric = r
+            .columns
+            .iter()
+            .map(|c| c.kind == proto::ColumnKind::Numeric as i32)
+            .collect();
+        Self {
+            window_ns: window_ns.max(1),
+            feature_cols,
+            cat_maps: vec![Vec::new(); schema.n_features()],
+            label_map: Vec::new(),
+            pred_col,
+            prob_cols,
+            int_buckets: HashMap::new(),
+            cuts,
+            numeric,
+            windows: Vec::new(),
+            n_features: schema.n_features(),
+            out_cap: schema.out_cap,
+            learned: Vec::new(),
+            compiled,
+        }
+    }
+
+    /// Learns the buckets of newly interned categories and labels.
+    pub fn on_vocab(&mut self, entries: &[crate::batch::VocabEntry]) {
+        use crate::batch::VocabTarget;
+        for e in entries {
+            let (map, col) = match e.target {
+                VocabTarget::Feature(f) => {
+                    let f = f as usize;
+                    let Some(col) = self.feature_cols.get(f).copied().flatten() else {
+                        continue;
+                    };
+                    (&mut self.cat_maps[f], col)
+                }
+                VocabTarget::Label => {
+                    let Some(col) = self.pred_col else { continue };
+                    (&mut self.label_map, col)
+                }
+            };
+            if self.compiled.reference.columns[col].kind != proto::ColumnKind::Categorical as i32 {
+                continue;
+            }
+            let code = e.code as usize;
+            if map.len() <= code {
+                map.resize(code + 1, UNMAPPED);
+            }
+            map[code] = u32::try_from(self.compiled.bucket(col, &e.value)).unwrap_or(UNMAPPED);
+        }
+    }
+
+    fn window(&mut self, unix_nano: u64) -> usize {
+        let start = unix_nano - unix_nano % self.window_ns;
+        if let Some(i) = self
+            .windows
+            .iter()
+            .rposition(|w| w.window_start_unix_nano == start)
+        {
+            return i;
+        }
+        self.windows
+            .push(self.compiled.empty_window(start, self.window_ns));
+        self.windows.len() - 1
+    }
+
+    /// Vocabulary entries fetched through `refresh` since the last call
+    /// (the batch builder needs them too).
+    pub fn drain_learned(&mut self) -> Vec<crate::batch::VocabEntry> {
+        std::mem::take(&mut self.learned)
+    }
+
+    /// A code not learned yet was announced after the last refresh: fetch
+    /// the announcements now (rare: once per new category).
+    fn learn(&mut self, refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>) {
+        let fresh = refresh();
+        self.on_vocab(&fresh);
+        self.learned.extend(fresh);
+    }
+
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn code_known(&self, slot: &crate::record::Slot) -> bool {
+        use crate::record::PredictionKind;
+        for (f, col) in self.feature_cols.iter().enumerate() {
+            if let Some(col) = *col {
+                let v = slot.values[f];
+                if !self.numeric[col] && !v.is_nan() && self.cat_maps[f].len() <= v as usize {
+                    return false;
+                }
+            }
+        }
+        if let Some(col) = self.pred_col {
+            let v = slot
+                .values
+                .get(self.n_features)
+                .copied()
+                .unwrap_or(f64::NAN);
+            if !self.numeric[col]
+                && slot.prediction_kind == PredictionKind::Label
+                && !v.is_nan()
+                && self.label_map.len() <= v as usize
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Adds one record; `refresh` fetches vocabulary announcements when the
+    /// record uses a code this profiler has not learned yet.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn add(
+        &mut self,
+        slot: &crate::record::Slot,
+        refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+    ) {
+        if !self.code_known(slot) {
+            self.learn(refresh);
+        }
+        use crate::record::{flags, PredictionKind, SlotKind};
+        if slot.kind != SlotKind::Record {
+            return;
+        }
+        let wi = self.window(slot.unix_nano);
+        let nf = self.n_features;
+        let side = slot.side.as_deref();
+        let w = &mut self.windows[wi];
+        w.records += 1;
+        if slot.flags & flags::ERROR != 0 {
+            w.errors += 1;
+        }
+        if slot.flags
+            & (flags::MISSING | flags::NONFINITE | flags::BAD_VALUE | flags::NO_PREDICTION)
+            != 0
+        {
+            w.flagged += 1;
+        }
+        if !slot.latency_s.is_nan() {
+            w.latency_counts[latency_bucket(slot.latency_s)] += 1;
+            w.latency_sum += slot.latency_s;
+        }
+        for (f, col) in self.feature_cols.iter().enumerate() {
+            let Some(col) = *col else { continue };
+            let v = slot.values[f];
+            let cp = &mut w.columns[col];
+            if self.numeric[col] {
+                add_numeric(cp, &self.cuts[col], v);
+            } else if v.is_nan() {
+                let overflow = side.and_then(|s| {
+                    s.categories
+                        .iter()
+                        .find(|(i, _)| *i as usize == f)
+                        .map(|(_, v)| v)
+                });
+                add_category(cp, overflow.map(|v| self.compiled.bucket(col, v)));
+            } else {
+                let b = self.cat_maps[f]
+                    .get(v as usize)
+                    .copied()
+                    .unwrap_or(UNMAPPED);
+                add_category(cp, (b != UNMAPPED).then_some(b as usize));
+            }
+        }
+        if let Some(col) = self.pred_col {
+            let outputs: &[f64] = match side.and_then(|s| s.outputs.as_deref()) {
+                Some(o) => o,
+                None => &slot.values[nf..nf + usize::from(slot.n_outputs).min(self.out_cap)],
+            };
+            let first = outputs.first().copied();
+            let cp = &mut w.columns[col];
+            if slot.flags & flags::NO_PREDICTION != 0 || first.is_none() {
+                cp.missing += 1;
+            } else if self.numeric[col] {
+                add_numeric(cp, &self.cuts[col], first.unwrap_or(f64::NAN));
+            } else {
+                let v = first.unwrap_or(f64::NAN);
+                let bucket = match slot.prediction_kind {
+                    PredictionKind::Label if !v.is_nan() => {
+                        let b = self.label_map.get(v as usize).copied().unwrap_or(UNMAPPED);
+                        (b != UNMAPPED).then_some(b as usize)
+                    }
+                    _ if v.is_nan() => None,
+                    _ => {
+                        let key = v as i64;
+                        let compiled = &self.compiled;
+                        Some(
+                            *self
+                                .int_buckets
+                                .entry(key)
+                                .or_insert_with(|| compiled.bucket(col, &key.to_string())),
+                        )
+                    }
+                };
+                add_category(cp, bucket);
+            }
+        }
+        if !self.prob_cols.is_empty() {
+            let start = nf + self.out_cap;
+            let probs: &[f64] = match side.and_then(|s| s.probabilities.as_deref()) {
+                Some(p) => p,
+                None if slot.n_probabilities == u16::MAX => &[],
+                None => &slot.values[start..start + usize::from(slot.n_probabilities)],
+            };
+            for &(class, col) in &self.prob_cols {
+                let v = probs.get(class).copied().unwrap_or(f64::NAN);
+                add_numeric(&mut w.columns[col], &self.cuts[col], v);
+            }
+        }
+    }
+
+    /// The window profiles added since the last call.
+    pub fn take(&mut self) -> Vec<proto::WindowProfile> {
+        std::mem::take(&mut self.windows)
+    }
+}
+
+/// Errors reading a reference file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReferenceError {
+    /// Not a modeltap reference file.
+    #[error("not a modeltap reference file (bad magic header)")]
+    BadMagic,
+    /// Written by a newer modeltap.
+    #[error("reference format {0} is newer than this build reads (up to {REFERENCE_FORMAT}); upgrade modeltap")]
+    TooNew(u32),
+    /// Damaged contents.
+    #[error("corrupt reference file: {0}")]
+    Corrupt(String),
+}
+
+/// Magic header of reference files.
+pub const MAGIC: &[u8; 8] = b"MTREF\x00\x01\x00";
+
+/// Encodes a reference as a file: magic, then the protobuf message.
+pub fn encode_reference(r: &proto::Reference) -> Vec<u8> {
+    use prost::Message;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&r.encode_to_vec());
+    out
+}
+
+/// Decodes and checks a reference file.
+pub fn decode_reference(bytes: &[u8]) -> Result<proto::Reference, ReferenceError> {
+    use prost::Message;
+    let body = bytes
+        .strip_prefix(&MAGIC[..])
+        .ok_or(ReferenceError::BadMagic)?;
+    let r = proto::Reference::decode(body).map_err(|e| ReferenceError::Corrupt(e.to_string()))?;
+    if r.format_version > REFERENCE_FORMAT {
+        return Err(ReferenceError::TooNew(r.format_version));
+    }
+    if r.format_version == 0 {
+        return Err(ReferenceError::Corrupt("format version missing".into()));
+    }
+    if r.profiles.len() != r.columns.len() {
+        return Err(ReferenceError::Corrupt(
+            "profiles and columns differ in number".into(),
+        ));
+    }
+    for (c, p) in r.columns.iter().zip(&r.profiles) {
+        let want = match (&c.numeric, &c.categorical) {
+            (Some(n), _) => {
+                if n.psi_bin.len() != n.cuts.len() + 1 {
+                    return Err(ReferenceError::Corrupt(format!(
+                        "column {}: bin map",
+                        c.name
+                    )));
+                }
+                n.cuts.len() + 1
+            }
+            (None, Some(cat)) => cat.categories.len() + 2,
+            (None, None) => {
+                return Err(ReferenceError::Corrupt(format!(
+                    "column {}: no spec",
+                    c.name
+                )))
+            }
+        };
+        if p.counts.len() != want {
+            return Err(ReferenceError::Corrupt(format!(
+                "column {}: counts",
+                c.name
+            )));
+        }
+    }
+    if r.fingerprint != fingerprint(&r.columns) {
+        return Err(ReferenceError::Corrupt(
+            "fingerprint does not match the columns".into(),
+        ));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_of_matches_partition_point() {
+        let cuts = [-1.0, 0.0, 0.5, 2.0, 7.0];
+        for v in [
+            -5.0,
+            -1.0,
+            -0.5,
+            0.0,
+            0.1,
+            0.5,
+            1.0,
+            2.0,
+            3.0,
+            7.0,
+            8.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(bin_of(&cuts, v), cuts.partition_point(|&c| c < v), "{v}");
+        }
+        assert_eq!(bin_of(&[], 3.0), 0);
+        assert_eq!(bin_of(&[1.0], 1.0), 0);
+        assert_eq!(bin_of(&[1.0], 1.5), 1);
+    }
+
+    #[test]
+    fn numeric_reference_bins_hold_its_mass() {
+        let values: Vec<f64> = (0..10_000).map(|i| f64::from(i) / 10.0).collect();
+        let (spec, prof) = build_numeric("x", proto::ColumnRole::Feature, 0, &values, 10, false);
+        let num = spec.numeric.unwrap();
+        assert_eq!(num.n_psi_bins, 10);
+        assert_eq!(prof.n, 10_000);
+        let mut psi = vec![0u64; 10];
+        for (j, c) in prof.counts.iter().enumerate() {
+            psi[num.psi_bin[j] as usize] += c;
+        }
+        assert!(psi.iter().all(|&c| c == 1000), "{psi:?}");
+        assert!(prof
+            .counts
+            .iter()
+            .all(|&c| c <= 10_000 / FINE_BINS as u64 + 1));
+    }
+
+    #[test]
+    fn reference_file_round_trip_and_errors() {
+        let (spec, prof) = build_numeric(
+            "x",
+            proto::ColumnRole::Feature,
+            0,
+            &[1.0, 2.0, 3.0],
+            2,
+            false,
+        );
+        let cols = vec![spec];
+        let r = proto::Reference {
+            format_version: REFERENCE_FORMAT,
+            fingerprint: fingerprint(&cols),
+            columns: cols,
+            profiles: vec![prof],
+            ..Default::default()
+        };
+        let bytes = encode_reference(&r);
+        assert_eq!(decode_reference(&bytes).unwrap(), r);
+        assert_eq!(decode_reference(b"nope"), Err(ReferenceError::BadMagic));
+        let mut future = r.clone();
+        future.format_version = 9;
+        assert_eq!(
+            decode_reference(&encode_reference(&future)),
+            Err(ReferenceError::TooNew(9))
+        );
+        let mut cut = bytes.clone();
+        cut.truncate(bytes.len() - 5);
+        assert!(matches!(
+            decode_reference(&cut),
+            Err(ReferenceError::Corrupt(_))
+        ));
+    }
+}

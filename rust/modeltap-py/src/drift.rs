@@ -1,0 +1,326 @@
+//! References, profiles and drift: thin wrappers over `modeltap_core::profile`
+//! and `modeltap_core::stats`.
+
+use std::collections::HashMap;
+
+use modeltap_core::profile::{self, ReferenceError};
+use modeltap_core::proto;
+use modeltap_core::stats::{column_drift, Decision, Rule};
+use numpy::PyReadonlyArray1;
+use prost::Message;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::errors::{BatchDecodeError, ReferenceFormatError};
+
+fn role(s: &str) -> PyResult<proto::ColumnRole> {
+    Ok(match s {
+        "feature" => proto::ColumnRole::Feature,
+        "prediction" => proto::ColumnRole::Prediction,
+        "probability" => proto::ColumnRole::Probability,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown column role {other:?}"
+            )))
+        }
+    })
+}
+
+fn reference_err(e: &ReferenceError) -> PyErr {
+    ReferenceFormatError::new_err(e.to_string())
+}
+
+/// A numeric reference column: `(spec, profile)` as encoded bytes.
+#[pyfunction]
+#[pyo3(signature = (name, role_name, class_index, values, bins=10, equal_width=false))]
+pub fn build_numeric_column<'py>(
+    py: Python<'py>,
+    name: &str,
+    role_name: &str,
+    class_index: u32,
+    values: PyReadonlyArray1<'py, f64>,
+    bins: usize,
+    equal_width: bool,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let r = role(role_name)?;
+    let v = values.as_array();
+    let owned: Vec<f64> = v.iter().copied().collect();
+    let (spec, prof) =
+        py.detach(|| profile::build_numeric(name, r, class_index, &owned, bins, equal_width));
+    Ok((
+        PyBytes::new(py, &spec.encode_to_vec()),
+        PyBytes::new(py, &prof.encode_to_vec()),
+    ))
+}
+
+/// A categorical reference column from distinct values and their counts.
+#[pyfunction]
+#[pyo3(signature = (name, role_name, class_index, values, counts, missing, max_categories=profile::MAX_CATEGORIES))]
+#[allow(clippy::too_many_arguments)]
+pub fn build_categorical_column<'py>(
+    py: Python<'py>,
+    name: &str,
+    role_name: &str,
+    class_index: u32,
+    values: Vec<String>,
+    counts: Vec<u64>,
+    missing: u64,
+    max_categories: usize,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    if values.len() != counts.len() {
+        return Err(PyValueError::new_err("values and counts differ in length"));
+    }
+    let (spec, prof) = profile::build_categorical(
+        name,
+        role(role_name)?,
+        class_index,
+        values.into_iter().zip(counts).collect(),
+        missing,
+        max_categories,
+    );
+    Ok((
+        PyBytes::new(py, &spec.encode_to_vec()),
+        PyBytes::new(py, &prof.encode_to_vec()),
+    ))
+}
+
+/// Assembles a reference file from encoded columns.
+#[pyfunction]
+pub fn assemble_reference<'py>(
+    py: Python<'py>,
+    model: String,
+    version: String,
+    columns: Vec<(Vec<u8>, Vec<u8>)>,
+    rows: u64,
+    created_unix_nano: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut specs = Vec::new();
+    let mut profiles = Vec::new();
+    for (s, p) in columns {
+        specs.push(
+            proto::ColumnSpec::decode(&s[..]).map_err(|e| PyValueError::new_err(e.to_string()))?,
+        );
+        profiles.push(
+            proto::ColumnProfile::decode(&p[..])
+                .map_err(|e| PyValueError::new_err(e.to_string()))?,
+        );
+    }
+    let r = proto::Reference {
+        format_version: profile::REFERENCE_FORMAT,
+        model,
+        version,
+        fingerprint: profile::fingerprint(&specs),
+        columns: specs,
+        profiles,
+        created_unix_nano,
+        rows,
+    };
+    Ok(PyBytes::new(py, &profile::encode_reference(&r)))
+}
+
+/// Checks a reference file and describes it.
+#[pyfunction]
+pub fn reference_info<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let r = profile::decode_reference(data).map_err(|e| reference_err(&e))?;
+    let d = PyDict::new(py);
+    d.set_item("model", &r.model)?;
+    d.set_item("version", &r.version)?;
+    d.set_item("rows", r.rows)?;
+    d.set_item("fingerprint", &r.fingerprint)?;
+    d.set_item("created_unix_nano", r.created_unix_nano)?;
+    let cols = PyList::empty(py);
+    for (c, p) in r.columns.iter().zip(&r.profiles) {
+        let cd = PyDict::new(py);
+        cd.set_item("name", &c.name)?;
+        let categorical = c.kind == proto::ColumnKind::Categorical as i32;
+        cd.set_item(
+            "kind",
+            if categorical {
+                "categorical"
+            } else {
+                "numeric"
+            },
+        )?;
+        cd.set_item(
+            "role",
+            match c.role {
+                1 => "prediction",
+                2 => "probability",
+                _ => "feature",
+            },
+        )?;
+        cd.set_item("class_index", c.class_index)?;
+        cd.set_item("n", p.n)?;
+        cd.set_item("missing", p.missing)?;
+        if let Some(n) = &c.numeric {
+            let finite = p.n.saturating_sub(p.nonfinite);
+            #[allow(clippy::cast_precision_loss)]
+            let (mean, var) = if finite > 0 {
+                let m = p.sum / finite as f64;
+                (p.shift + m, (p.sum_sq / finite as f64 - m * m).max(0.0))
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            cd.set_item("min", p.ref_min)?;
+            cd.set_item("max", p.ref_max)?;
+            cd.set_item("mean", mean)?;
+            cd.set_item("std", var.sqrt())?;
+            cd.set_item("psi_bins", n.n_psi_bins)?;
+            cd.set_item("fine_bins", n.cuts.len() + 1)?;
+        }
+        if let Some(cat) = &c.categorical {
+            cd.set_item("categories", cat.categories.clone())?;
+            cd.set_item("complete", cat.complete)?;
+        }
+        cols.append(cd)?;
+    }
+    d.set_item("columns", cols)?;
+    Ok(d)
+}
+
+/// Merges encoded window profiles into one.
+#[pyfunction]
+pub fn merge_profiles<'py>(
+    py: Python<'py>,
+    parts: Vec<Vec<u8>>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let merged = py.detach(|| -> Result<Option<proto::WindowProfile>, String> {
+        let mut acc: Option<proto::WindowProfile> = None;
+        for p in &parts {
+            let w = proto::WindowProfile::decode(&p[..]).map_err(|e| e.to_string())?;
+            match acc.as_mut() {
+                Some(a) => {
+                    if a.reference_fingerprint != w.reference_fingerprint
+                        && !w.columns.is_empty()
+                        && !a.columns.is_empty()
+                    {
+                        return Err(format!(
+                            "profiles against different references ({} and {})",
+                            a.reference_fingerprint, w.reference_fingerprint
+                        ));
+                    }
+                    profile::merge_window(a, &w);
+                }
+                None => acc = Some(w),
+            }
+        }
+        Ok(acc)
+    });
+    match merged.map_err(BatchDecodeError::new_err)? {
+        Some(m) => Ok(Some(PyBytes::new(py, &m.encode_to_vec()))),
+        None => Ok(None),
+    }
+}
+
+/// Drift of a (merged) window profile against a reference.
+///
+/// `rules` maps column names to `(statistic, threshold)`; `defaults` maps
+/// "numeric" / "categorical" to the same. Returns `{"columns": [...],
+/// "records", "errors", "flagged", "window_start_unix_nano", "window_nano",
+/// "latency_counts", "latency_sum"}`.
+#[pyfunction]
+#[pyo3(signature = (reference, window, rules=None, defaults=None))]
+pub fn drift<'py>(
+    py: Python<'py>,
+    reference: &[u8],
+    window: &[u8],
+    rules: Option<HashMap<String, (String, f64)>>,
+    defaults: Option<HashMap<String, (String, f64)>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let r = profile::decode_reference(reference).map_err(|e| reference_err(&e))?;
+    let w = proto::WindowProfile::decode(window)
+        .map_err(|e| BatchDecodeError::new_err(e.to_string()))?;
+    let parse = |m: Option<HashMap<String, (String, f64)>>| -> PyResult<HashMap<String, Rule>> {
+        m.unwrap_or_default()
+            .into_iter()
+            .map(|(k, (stat, thr))| {
+                let decision = Decision::parse(&stat).ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "unknown statistic {stat:?} (psi, js, ks, wasserstein, hellinger)"
+                    ))
+                })?;
+                Ok((
+                    k,
+                    Rule {
+                        decision,
+                        threshold: thr,
+                    },
+                ))
+            })
+            .collect()
+    };
+    let rules = parse(rules)?;
+    let defaults = parse(defaults)?;
+    if !w.columns.is_empty() && w.reference_fingerprint != r.fingerprint {
+        return Err(PyValueError::new_err(format!(
+            "the profile was built against reference {} but {} was given",
+            w.reference_fingerprint, r.fingerprint
+        )));
+    }
+    let rows = py.detach(|| {
+        r.columns
+            .iter()
+            .zip(&r.profiles)
+            .enumerate()
+            .map(|(i, (spec, rp))| {
+                let categorical = spec.kind == proto::ColumnKind::Categorical as i32;
+                let rule = rules.get(&spec.name).copied().or_else(|| {
+                    defaults
+                        .get(if categorical {
+                            "categorical"
+                        } else {
+                            "numeric"
+                        })
+                        .copied()
+                });
+                let empty;
+                let cp = if let Some(c) = w.columns.get(i) {
+                    c
+                } else {
+                    empty = profile::empty_profile(spec, 0.0, rp.ref_min, rp.ref_max);
+                    &empty
+                };
+                column_drift(spec, rp, cp, rule)
+            })
+            .collect::<Vec<_>>()
+    });
+    let out = PyDict::new(py);
+    let cols = PyList::empty(py);
+    for c in rows {
+        let d = PyDict::new(py);
+        d.set_item("feature", c.name)?;
+        d.set_item("kind", c.kind)?;
+        d.set_item("role", c.role)?;
+        d.set_item("n_ref", c.n_ref)?;
+        d.set_item("n_cur", c.n_cur)?;
+        d.set_item("psi", c.psi)?;
+        d.set_item("ks", c.ks)?;
+        d.set_item("ks_pvalue", c.ks_pvalue)?;
+        d.set_item("js", c.js)?;
+        d.set_item("wasserstein", c.wasserstein)?;
+        d.set_item("chi2", c.chi2)?;
+        d.set_item("chi2_pvalue", c.chi2_pvalue)?;
+        d.set_item("hellinger", c.hellinger)?;
+        d.set_item("missing_ref", c.missing_ref)?;
+        d.set_item("missing_cur", c.missing_cur)?;
+        d.set_item("out_of_range", c.out_of_range)?;
+        d.set_item("mean_ref", c.mean_ref)?;
+        d.set_item("mean_cur", c.mean_cur)?;
+        d.set_item("std_ref", c.std_ref)?;
+        d.set_item("std_cur", c.std_cur)?;
+        d.set_item("statistic", c.decided_by.name())?;
+        d.set_item("threshold", c.threshold)?;
+        d.set_item("drifted", c.drifted)?;
+        cols.append(d)?;
+    }
+    out.set_item("columns", cols)?;
+    out.set_item("records", w.records)?;
+    out.set_item("errors", w.errors)?;
+    out.set_item("flagged", w.flagged)?;
+    out.set_item("window_start_unix_nano", w.window_start_unix_nano)?;
+    out.set_item("window_nano", w.window_nano)?;
+    out.set_item("latency_counts", w.latency_counts)?;
+    out.set_item("latency_sum", w.latency_sum)?;
+    Ok(out)
+}
