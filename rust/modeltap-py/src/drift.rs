@@ -167,6 +167,16 @@ pub fn reference_info<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
             cd.set_item("mean", mean)?;
             cd.set_item("std", var.sqrt())?;
             cd.set_item("psi_bins", n.n_psi_bins)?;
+            // The PSI bins' cuts: the fine cuts where the PSI bin changes.
+            let psi_cuts: Vec<f64> = n
+                .cuts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| n.psi_bin[j + 1] != n.psi_bin[*j])
+                .map(|(_, &c)| c)
+                .collect();
+            cd.set_item("psi_cuts", psi_cuts)?;
+            cd.set_item("cuts", n.cuts.clone())?;
             cd.set_item("fine_bins", n.cuts.len() + 1)?;
         }
         if let Some(cat) = &c.categorical {

@@ -1,0 +1,208 @@
+"""Drift statistics against independent numpy/scipy computations, and the
+drift decision on data where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from scipy.spatial.distance import jensenshannon
+
+import modeltap
+from modeltap import _core
+
+EPS = 1e-4
+
+
+def psi_bins(ref: modeltap.Reference, name: str) -> np.ndarray:
+    col = next(c for c in ref.columns if c["name"] == name)
+    return np.asarray(col["psi_cuts"])
+
+
+def binned(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    # bin i = (cuts[i-1], cuts[i]]: the number of cuts strictly below v
+    idx = np.searchsorted(cuts, values, side="left")
+    return np.bincount(idx, minlength=len(cuts) + 1)
+
+
+def numpy_psi(r_counts, c_counts):
+    p = np.maximum(r_counts / r_counts.sum(), EPS)
+    q = np.maximum(c_counts / c_counts.sum(), EPS)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def agent_report(ref, rows, **kw):
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None, **kw)
+    for r in rows:
+        a.log(r, 0)
+    a.flush(10)
+    rep = a.drift()
+    a.close()
+    return rep, a
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(42)
+    ref = rng.normal(size=(50_000, 3))
+    cur = rng.normal(size=(20_000, 3))
+    cur[:, 0] = cur[:, 0] * 1.3 + 0.4
+    cur[:, 1] = rng.exponential(size=20_000)
+    return ref, cur
+
+
+def test_numeric_statistics_match_numpy_and_scipy(data):
+    ref_x, cur_x = data
+    ref = modeltap.Reference.from_data(ref_x)
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None)
+    a.log_batch(cur_x, np.zeros(len(cur_x)))
+    a.flush(10)
+    rep = a.drift()
+    a.close()
+    for j, name in enumerate(["f0", "f1", "f2"]):
+        row = rep[name]
+        cuts = psi_bins(ref, name)
+        rc, cc = binned(ref_x[:, j], cuts), binned(cur_x[:, j], cuts)
+        # PSI and chi-square: the same bins, to 1e-9
+        assert row["psi"] == pytest.approx(numpy_psi(rc, cc), abs=1e-9, rel=1e-9)
+        p = np.maximum(rc / rc.sum(), EPS)
+        p = p / p.sum()
+        chi = sps.chisquare(cc, p * cc.sum())
+        assert row["chi2"] == pytest.approx(chi.statistic, rel=1e-9)
+        assert row["chi2_pvalue"] == pytest.approx(chi.pvalue, rel=1e-6, abs=1e-300)
+        # JS and Hellinger over the same bins, to 1e-9
+        pr, pc_ = rc / rc.sum(), cc / cc.sum()
+        assert row["js"] == pytest.approx(jensenshannon(pr, pc_, base=2), abs=1e-9)
+        hel = np.sqrt(max(0.0, 1 - np.sum(np.sqrt(pr * pc_))))
+        assert row["hellinger"] == pytest.approx(hel, abs=1e-9)
+        # KS: within the documented bound (largest fine bin's reference mass)
+        ks = sps.ks_2samp(ref_x[:, j], cur_x[:, j])
+        bound = 1 / 200 + 1e-3
+        assert abs(row["ks"] - ks.statistic) <= bound, (name, row["ks"], ks.statistic)
+        # Wasserstein, normalised by the reference std: within 2 % of the
+        # reference std of the exact value
+        w = sps.wasserstein_distance(ref_x[:, j], cur_x[:, j]) / ref_x[:, j].std()
+        assert row["wasserstein"] == pytest.approx(w, abs=0.02), name
+        # moments and rates
+        assert row["mean_cur"] == pytest.approx(cur_x[:, j].mean(), rel=1e-9, abs=1e-12)
+        assert row["std_cur"] == pytest.approx(cur_x[:, j].std(), rel=1e-6)
+        oor = np.mean((cur_x[:, j] < ref_x[:, j].min()) | (cur_x[:, j] > ref_x[:, j].max()))
+        assert row["out_of_range"] == pytest.approx(oor, abs=1e-12)
+
+
+def test_categorical_statistics_match(data):
+    rng = np.random.default_rng(3)
+    ref_c = rng.choice(["a", "b", "c", "d"], size=30_000, p=[0.4, 0.3, 0.2, 0.1])
+    cur_c = rng.choice(["a", "b", "c", "z"], size=10_000, p=[0.25, 0.25, 0.3, 0.2])
+    ref = modeltap.Reference.from_data(pd.DataFrame({"c": ref_c}))
+    rep, _ = agent_report(ref, [[v] for v in cur_c])
+    row = rep["c"]
+    cats = next(c for c in ref.columns if c["name"] == "c")["categories"]
+    buckets = [*cats, "<other>", "<unseen>"]
+    rc = np.array([np.sum(ref_c == k) for k in cats] + [0, 0])
+    cc = np.array([np.sum(cur_c == k) for k in cats] + [0, np.sum(~np.isin(cur_c, cats))])
+    assert len(buckets) == len(rc)
+    assert row["psi"] == pytest.approx(numpy_psi(rc, cc), abs=1e-9)
+    p = np.maximum(rc / rc.sum(), EPS)
+    p = p / p.sum()
+    chi = sps.chisquare(cc, p * cc.sum())
+    assert row["chi2"] == pytest.approx(chi.statistic, rel=1e-9)
+    assert row["js"] == pytest.approx(jensenshannon(rc / rc.sum(), cc / cc.sum(), base=2), abs=1e-9)
+    assert row["out_of_range"] == pytest.approx(np.mean(cur_c == "z"), abs=1e-12)  # unseen
+    assert row["drifted"]
+
+
+def test_exactly_the_drifted_features_are_flagged():
+    rng = np.random.default_rng(7)
+    n_ref, n_cur = 100_000, 100_000
+    names = [f"x{i}" for i in range(20)]
+    ref_x = rng.normal(size=(n_ref, 20))
+    cur_x = rng.normal(size=(n_cur, 20))
+    cur_x[:, 0] += 0.6  # mean shifts of at least 0.6 sigma
+    cur_x[:, 3] -= 0.8
+    cur_x[:, 7] += 1.0
+    cur_x[:, 11] *= 1.6  # scale changes of at least 1.6x
+    cur_x[:, 15] *= 2.0
+    cur_x[:, 19] += 0.05  # negligible: must not be flagged
+    ref_df = pd.DataFrame(ref_x, columns=names)
+    ref_df["country"] = rng.choice(["de", "fr", "it"], size=n_ref, p=[0.5, 0.3, 0.2])
+    ref_df["device"] = rng.choice(["ios", "android", "web"], size=n_ref, p=[0.4, 0.4, 0.2])
+    ref = modeltap.Reference.from_data(ref_df)
+    country = rng.choice(["de", "fr", "it"], size=n_cur, p=[0.2, 0.3, 0.5])  # drifts
+    device = rng.choice(["ios", "android", "web"], size=n_cur, p=[0.41, 0.39, 0.2])  # does not
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None)
+    for i in range(n_cur):
+        a.log([*cur_x[i].tolist(), country[i], device[i]], 1)
+    a.flush(30)
+    rep = a.drift()
+    a.close()
+    assert sorted(rep.drifted) == sorted(["x0", "x3", "x7", "x11", "x15", "country"])
+    assert rep["x19"]["psi"] < 0.01
+    # p-values flag the negligible shift all the same: that is why they do not decide
+    assert rep["x19"]["ks_pvalue"] < 0.05
+    assert rep.records == n_cur
+    df = rep.to_pandas()
+    assert df.loc["x0", "drifted"]
+    assert "x0" in repr(rep)
+    assert "<table>" in rep._repr_html_()
+
+
+def test_merging_four_agents_equals_one():
+    rng = np.random.default_rng(11)
+    ref_x = rng.normal(size=(20_000, 4))
+    ref_df = pd.DataFrame(ref_x, columns=list("abcd"))
+    ref_df["k"] = rng.choice(["u", "v", "w"], size=20_000)
+    ref = modeltap.Reference.from_data(ref_df)
+    cur = rng.normal(loc=0.3, size=(8_000, 4))
+    ks = rng.choice(["u", "v", "w", "new"], size=8_000)
+    rows = [[*cur[i].tolist(), ks[i]] for i in range(8_000)]
+    one = modeltap.Agent("m", reference=ref, metrics_interval=None, window_s=3600)
+    parts = [
+        modeltap.Agent("m", reference=ref, metrics_interval=None, window_s=3600) for _ in range(4)
+    ]
+    for i, r in enumerate(rows):
+        one.log(r, 0)
+        parts[i % 4].log(r, 0)
+    profiles = []
+    for a in [one, *parts]:
+        a.flush(10)
+    whole = one.drift()
+    profiles = [a._rec.profile() for a in parts]
+    merged = _core.merge_profiles(profiles)
+    from modeltap.drift import compute
+
+    combined = compute(ref.to_bytes(), merged)
+    for r1, r2 in zip(whole.rows, combined.rows, strict=True):
+        for k in ("psi", "ks", "js", "wasserstein", "chi2", "hellinger", "mean_cur", "std_cur"):
+            v1, v2 = r1[k], r2[k]
+            if np.isnan(v1):
+                assert np.isnan(v2)
+            else:
+                assert v2 == pytest.approx(v1, rel=1e-9, abs=1e-12), (r1["feature"], k)
+    assert combined.records == whole.records == 8_000
+    for a in [one, *parts]:
+        a.close()
+
+
+def test_thresholds_are_configurable(data):
+    ref_x, cur_x = data
+    ref = modeltap.Reference.from_data(ref_x)
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None)
+    a.log_batch(cur_x, np.zeros(len(cur_x)))
+    a.flush(10)
+    default = a.drift()
+    strict = a.drift(rules={"f2": ("ks", 0.0)}, defaults={"numeric": ("psi", 100.0)})
+    a.close()
+    assert "f1" in default.drifted
+    assert strict.drifted == ["f2"]
+    assert strict["f2"]["statistic"] == "ks"
+    with pytest.raises(ValueError, match="unknown statistic"):
+        modeltap.drift.compute(ref.to_bytes(), b"", {"f0": ("magic", 1.0)})
+
+
+def test_drift_without_reference_is_a_clear_error():
+    a = modeltap.Agent("m", metrics_interval=None)
+    with pytest.raises(ValueError, match="no reference"):
+        a.drift()
+    a.close()
