@@ -94,3 +94,37 @@ def test_categorical_columns_in_arrays(collected):
     a.close()
     b = collected.batches()[0]
     assert b["categories"]["store"] == ["3", "4", "3"]
+
+
+def test_dataframes_and_arrow_tables_with_categorical_columns(collected):
+    import pandas as pd
+    import polars as pl
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    df = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n)})
+    df["city"] = rng.choice(["paris", "rome", None], size=n)
+    df["tier"] = pd.Categorical(rng.choice(["gold", "silver"], size=n))
+    ref = modeltap.Reference.from_data(df)
+    a = modeltap.Agent("m", reference=ref, sink=collected, metrics_interval=None)
+    shuffled = df[["tier", "city", "y", "x"]]  # column order does not matter
+    ids = a.log_batch(shuffled, np.zeros(n))
+    ids += a.log_batch(pa.Table.from_pandas(df), np.zeros(n))
+    ids += a.log_batch(pl.from_pandas(df), np.zeros(n))
+    assert len(ids) == 3 * n
+    assert a.log_batch(df.drop(columns=["y"]), np.zeros(n)) == []  # a column missing
+    assert a.flush(10)
+    rep = a.drift()
+    a.close()
+    assert a.stats()["invalid"] == n
+    got = collected.batches()
+    cities = [c for b in got for c in b["categories"]["city"]]
+    tiers = [c for b in got for c in b["categories"]["tier"]]
+    want_city = [None if pd.isna(v) else v for v in df["city"]]
+    assert cities == want_city * 3
+    assert tiers == list(df["tier"].astype(str)) * 3
+    xs = np.concatenate([b["features"][:, b["feature_names"].index("x")] for b in got])
+    np.testing.assert_array_equal(xs, np.tile(df["x"].to_numpy(), 3))
+    assert rep.drifted == []  # the same data as the reference
+    assert rep["city"]["missing_cur"] == pytest.approx(df["city"].isna().mean())

@@ -378,12 +378,21 @@ class Agent:
 
         ``X`` is a 2-D array of shape (rows, features); float32 and float64
         arrays, C or F order, are read in place, other array-likes converted
-        once. ``predictions`` holds one value (or vector) per row;
+        once. ``X`` may also be a pandas or polars DataFrame or an Arrow table
+        whose columns are the features (any order), categorical (string)
+        columns included: each distinct value is interned once, with no
+        per-row Python loop. ``predictions`` holds one value (or vector) per row;
         ``probabilities`` is an optional (rows, classes) array; ``latency_s``
         is one number for all rows or one per row.
         """
         try:
-            if not (isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)):
+            coded = False
+            if _is_frame(X):
+                X = self._frame_matrix(X, predictions, probabilities)
+                if X is None:
+                    return []
+                coded = True
+            elif not (isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)):
                 # What cannot be converted, the recorder rejects with a clear message.
                 with contextlib.suppress(TypeError, ValueError):
                     X = np.asarray(X, dtype=np.float64)
@@ -395,6 +404,7 @@ class Agent:
                 probabilities,
                 latency_s=latency_s,
                 request_ids=request_ids,
+                coded=coded,
             )
         except _core.InvalidRecord:
             raise
@@ -404,6 +414,65 @@ class Agent:
             self._rec.count_error()
             log.exception("modeltap: log_batch failed")
             return []
+
+    def _frame_matrix(self, X: Any, predictions: Any, probabilities: Any) -> np.ndarray | None:
+        """A pandas/polars DataFrame or Arrow table as a float64 matrix in
+        schema order, categorical columns as vocabulary codes (each distinct
+        value interned once, no per-row Python loop)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = _as_arrow(X)
+        names = [str(c) for c in table.column_names]
+        if self._rec.feature_names is None:
+            strings = [
+                n
+                for n in names
+                if not (
+                    pa.types.is_integer(table.column(n).type)
+                    or pa.types.is_floating(table.column(n).type)
+                    or pa.types.is_boolean(table.column(n).type)
+                )
+            ]
+            pred = np.asarray(predictions) if not isinstance(predictions, list) else None
+            out_w = pred.shape[1] if pred is not None and pred.ndim == 2 else 1
+            prob_w = None if probabilities is None else np.asarray(probabilities).shape[1]
+            self._rec.init_schema(names, strings, out_w, prob_w)
+        schema = self._rec.feature_names or []
+        missing = [n for n in schema if n not in names]
+        extra = [n for n in names if n not in schema]
+        if missing or extra:
+            self._rec.reject(
+                table.num_rows,
+                f"DataFrame columns do not match the features: missing {missing}, unknown {extra}",
+            )
+            return None
+        cats = set(self._rec.categorical)
+        out = np.empty((table.num_rows, len(schema)), dtype=np.float64)
+        for i, name in enumerate(schema):
+            col = table.column(name).combine_chunks()
+            if name in cats:
+                if pa.types.is_dictionary(col.type):
+                    col = col.dictionary_decode()
+                if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+                    if pa.types.is_floating(col.type):
+                        col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+                        col = col.cast(pa.int64())
+                    col = col.cast(pa.string())
+                enc = col.dictionary_encode()
+                codes = np.asarray(
+                    self._rec.intern(i, enc.dictionary.to_pylist()), dtype=np.float64
+                )
+                idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                vals = np.where(
+                    idx >= 0, codes[np.maximum(idx, 0)] if len(codes) else np.nan, np.nan
+                )
+                out[:, i] = vals
+            else:
+                out[:, i] = (
+                    pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+                )
+        return out
 
     def monitor(
         self,
@@ -549,6 +618,22 @@ class Agent:
             f"Agent(model={self.model!r}, version={self.version!r}, "
             f"agent_id={self.agent_id[:8]}…, logged={s['logged']}, pending={s['pending']})"
         )
+
+
+def _is_frame(X: Any) -> bool:
+    mod = type(X).__module__
+    return mod.startswith(("pandas", "polars", "pyarrow")) and hasattr(X, "columns")
+
+
+def _as_arrow(X: Any) -> Any:
+    import pyarrow as pa
+
+    mod = type(X).__module__
+    if mod.startswith("pyarrow"):
+        return X
+    if mod.startswith("polars"):
+        return X.to_arrow()
+    return pa.Table.from_pandas(X, preserve_index=False)
 
 
 def _input_picker(

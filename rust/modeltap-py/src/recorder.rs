@@ -156,6 +156,19 @@ impl Recorder {
         out_width: usize,
         prob_width: Option<usize>,
     ) -> Result<Arc<Schema>, Reject> {
+        self.schema_with(py, names, &[], n_features, out_width, prob_width)
+    }
+
+    /// Like `schema_for`, with categorical columns named by the caller too.
+    fn schema_with(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        extra_categorical: &[String],
+        n_features: usize,
+        out_width: usize,
+        prob_width: Option<usize>,
+    ) -> Result<Arc<Schema>, Reject> {
         if let Some(s) = self.pipe.schema() {
             return Ok(Arc::clone(s));
         }
@@ -165,7 +178,7 @@ impl Recorder {
             (None, None) => (0..n_features).map(|i| format!("f{i}")).collect(),
         };
         let mut categorical = vec![false; names.len()];
-        for c in &self.declared_cat {
+        for c in self.declared_cat.iter().chain(extra_categorical) {
             match names.iter().position(|n| n == c) {
                 Some(i) => categorical[i] = true,
                 None => {
@@ -811,7 +824,8 @@ impl Recorder {
 
     /// Logs a batch of predictions from a 2-D float array; returns the
     /// request ids. See `modeltap.Agent.log_batch`.
-    #[pyo3(signature = (x, predictions, probabilities=None, *, latency_s=None, request_ids=None))]
+    #[pyo3(signature = (x, predictions, probabilities=None, *, latency_s=None, request_ids=None,
+        coded=false))]
     fn log_batch<'py>(
         &self,
         py: Python<'py>,
@@ -820,6 +834,7 @@ impl Recorder {
         probabilities: Option<&Bound<'py, PyAny>>,
         latency_s: Option<&Bound<'py, PyAny>>,
         request_ids: Option<&Bound<'py, PyAny>>,
+        coded: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let x64;
         let x32;
@@ -940,7 +955,24 @@ impl Recorder {
         let mut cat_codes: Vec<f64> = Vec::new();
         let mut cat_side: Vec<Option<Box<Side>>> = Vec::new();
         let mut cat_flags: Vec<u32> = Vec::new();
-        if has_cat {
+        if has_cat && coded {
+            // Categorical columns already hold vocabulary codes (see
+            // `intern`): only missing values need flagging.
+            cat_codes = vec![0.0; n * nf];
+            cat_side = (0..n).map(|_| None).collect();
+            cat_flags = vec![0; n];
+            for r in 0..n {
+                for (c, &is_cat) in schema.categorical.iter().enumerate() {
+                    if is_cat {
+                        let v = view.get(r, c);
+                        if v.is_nan() {
+                            cat_flags[r] |= flags::MISSING;
+                        }
+                        cat_codes[r * nf + c] = v;
+                    }
+                }
+            }
+        } else if has_cat {
             cat_codes = vec![0.0; n * nf];
             cat_side = (0..n).map(|_| None).collect();
             cat_flags = vec![0; n];
@@ -1104,6 +1136,59 @@ impl Recorder {
             Some(g) => PyList::new(py, g),
             None => PyList::new(py, ids.into_iter().map(|id| hex_py(py, id))),
         }
+    }
+
+    /// Rejects `n` records the Python layer found invalid: raises
+    /// `InvalidRecord` in strict mode, else counts them and warns.
+    #[pyo3(name = "reject")]
+    fn reject_records(&self, py: Python<'_>, n: u64, message: &str) -> PyResult<()> {
+        self.reject(py, n, message)
+    }
+
+    /// Fixes the schema (when no record has yet) from feature names and
+    /// categorical names; returns the feature names in force.
+    #[pyo3(signature = (names, categorical, out_width=1, prob_width=None))]
+    fn init_schema(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        categorical: Vec<String>,
+        out_width: usize,
+        prob_width: Option<usize>,
+    ) -> PyResult<Vec<String>> {
+        let n = names.len();
+        self.schema_with(py, Some(names), &categorical, n, out_width, prob_width)
+            .map(|s| s.feature_names.clone())
+            .map_err(|Reject(msg)| PyValueError::new_err(msg))
+    }
+
+    /// Vocabulary codes of categorical `values` for feature `feature`
+    /// (interning new ones); NaN for missing values and for values past the
+    /// vocabulary's capacity.
+    #[pyo3(name = "intern")]
+    fn intern_values(
+        &self,
+        py: Python<'_>,
+        feature: usize,
+        values: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<f64>> {
+        let Some(Some(dict)) = self.cat_dicts.get().and_then(|d| d.get(feature)) else {
+            return Err(PyValueError::new_err(format!(
+                "feature {feature} is not categorical"
+            )));
+        };
+        let target = VocabTarget::Feature(u32::try_from(feature).unwrap_or(u32::MAX));
+        Ok(values
+            .iter()
+            .map(|v| {
+                if v.is_none() {
+                    f64::NAN
+                } else {
+                    self.intern(py, dict.bind(py), v, target)
+                        .unwrap_or(f64::NAN)
+                }
+            })
+            .collect())
     }
 
     /// Waits up to `timeout_s` for the next encoded batch:
