@@ -826,6 +826,7 @@ impl Recorder {
     /// request ids. See `modeltap.Agent.log_batch`.
     #[pyo3(signature = (x, predictions, probabilities=None, *, latency_s=None, request_ids=None,
         coded=false))]
+    #[allow(clippy::too_many_arguments)]
     fn log_batch<'py>(
         &self,
         py: Python<'py>,
