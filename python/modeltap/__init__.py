@@ -17,6 +17,7 @@ from modeltap._core import (
 )
 from modeltap._core import __version__ as __version__
 from modeltap.agent import Agent
+from modeltap.client import Client
 from modeltap.drift import DriftReport
 from modeltap.reference import Reference
 
@@ -34,6 +35,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Agent",
     "BatchDecodeError",
+    "Client",
     "DriftReport",
     "InvalidRecord",
     "Reference",

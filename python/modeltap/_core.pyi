@@ -20,10 +20,17 @@ __all__ = [
     "build_categorical_column",
     "build_numeric_column",
     "decode_batch",
+    "decode_drift_request",
     "decode_export_response",
+    "decode_reference_upload",
+    "decode_text_response",
     "drift",
+    "encode_drift_request",
     "encode_export_response",
+    "encode_reference_upload",
+    "encode_text_response",
     "merge_profiles",
+    "profile_fingerprint",
     "random_id",
     "reference_info",
 ]
@@ -88,6 +95,7 @@ def drift(
 ) -> dict[str, Any]:
     """Drift of a window profile against a reference."""
 
+def profile_fingerprint(data: bytes) -> str: ...
 def random_id() -> str:
     """A random 128-bit id as 32 hex digits."""
 
@@ -102,6 +110,19 @@ def encode_export_response(accepted: bool, duplicate: bool, n_records: int) -> b
 
 def decode_export_response(data: bytes) -> tuple[bool, bool, int]:
     """Decodes an ExportResponse into (accepted, duplicate, n_records)."""
+
+def encode_reference_upload(model: str, version: str, reference: bytes) -> bytes: ...
+def decode_reference_upload(data: bytes) -> tuple[str, str, bytes]: ...
+def encode_drift_request(
+    model: str,
+    version: str,
+    from_unix_nano: int,
+    to_unix_nano: int,
+    rules: Sequence[str] = ...,
+) -> bytes: ...
+def decode_drift_request(data: bytes) -> tuple[str, str, int, int, list[str]]: ...
+def encode_text_response(text: str) -> bytes: ...
+def decode_text_response(data: bytes) -> str: ...
 
 @final
 class Recorder:

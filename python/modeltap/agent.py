@@ -279,6 +279,11 @@ class Agent:
                 compression=self._compression,
                 timeout_s=self._export_timeout,
                 retry_window_s=self._retry_window,
+                reference=(
+                    (self.model, self.version, self.reference.to_bytes())
+                    if self.reference is not None
+                    else None
+                ),
             )
         elif self._sink is not None:
             dest = SinkDestination(self._sink, self._rec.count_error)

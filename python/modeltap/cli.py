@@ -81,6 +81,76 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="largest batch accepted, in MiB; larger ones get RESOURCE_EXHAUSTED (default 64)",
     )
+    col.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="[MODEL:VERSION=]PATH",
+        help=(
+            "register a reference file for drift (repeatable); MODEL:VERSION defaults to "
+            "what the file records"
+        ),
+    )
+
+    dr = sub.add_parser(
+        "drift",
+        help="drift of a model against its reference, from the collector's profiles",
+        description=(
+            "Print the drift of a model (per feature and model output: PSI, KS, "
+            "Jensen-Shannon, Wasserstein, chi-square, Hellinger, and the decision) over "
+            "a time range, merged from every agent's stored window profiles. Asks a "
+            "running collector (--collector) or reads a store file (--store) directly."
+        ),
+    )
+    dr.add_argument("--model", required=True, help="model name")
+    dr.add_argument("--version", help="model version (default: the newest with profiles)")
+    when = dr.add_mutually_exclusive_group()
+    when.add_argument("--since", help="a duration back from now (90s, 15m, 1h, 7d) or a time")
+    when.add_argument("--from", dest="from_", metavar="TIME", help="start (ISO time)")
+    dr.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
+    src = dr.add_mutually_exclusive_group()
+    src.add_argument(
+        "--collector",
+        default="127.0.0.1:7317",
+        metavar="HOST:PORT",
+        help="collector to ask (default 127.0.0.1:7317)",
+    )
+    src.add_argument("--store", metavar="PATH", help="read this store file instead")
+    dr.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="COLUMN=STATISTIC:THRESHOLD",
+        help="decide COLUMN by STATISTIC (psi, js, ks, wasserstein, hellinger) >= THRESHOLD",
+    )
+    dr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ref = sub.add_parser("reference", help="build reference files")
+    refsub = ref.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
+    build = refsub.add_parser(
+        "build",
+        help="profile a Parquet or CSV file into a reference file",
+        description=(
+            "Profile training or validation data (a Parquet or CSV file) into a "
+            "reference file: quantile bins, a fine quantile histogram, moments and "
+            "missing rates per numeric column; category frequencies per categorical "
+            "column. Non-numeric columns are categorical."
+        ),
+    )
+    build.add_argument("data", help="a .parquet or .csv file")
+    build.add_argument("--out", required=True, help="reference file to write")
+    build.add_argument(
+        "--categorical", default="", metavar="A,B", help="columns to treat as categorical"
+    )
+    build.add_argument("--bins", type=int, default=10, help="PSI bins per numeric column (10)")
+    build.add_argument(
+        "--equal-width", action="store_true", help="equal-width instead of quantile bins"
+    )
+    build.add_argument(
+        "--prediction", metavar="COLUMN", help="column holding the model's predictions"
+    )
+    build.add_argument("--model", default="", help="model name to record in the file")
+    build.add_argument("--model-version", default="", help="model version to record in the file")
     return p
 
 
@@ -95,8 +165,125 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collector":
         from modeltap.collector import serve
 
-        return serve(args.listen, args.store, args.max_message_mb)
+        return serve(args.listen, args.store, args.max_message_mb, args.reference)
+    if args.command == "drift":
+        return _drift(args)
+    if args.command == "reference":
+        return _reference_build(args)
     return 2
+
+
+def _drift(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from modeltap.client import Client, parse_time
+    from modeltap.collector.server import parse_rules
+
+    rules = parse_rules(args.rule)
+    since = args.since if args.since is not None else args.from_
+    try:
+        if args.store:
+            from modeltap.collector.store import Store
+
+            with Store(args.store) as store:
+                report = store.drift(
+                    args.model, args.version, parse_time(since), parse_time(args.to), rules=rules
+                )
+        else:
+            with Client(args.collector) as client:
+                report = client.drift(args.model, args.version, since, args.to, rules=rules)
+    except LookupError as e:
+        print(f"modeltap drift: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        details = e.details() if hasattr(e, "details") else str(e)
+        print(f"modeltap drift: {details}", file=sys.stderr)
+        return 1
+    if args.json:
+        rows = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in report.rows
+        ]
+        print(json.dumps({"records": report.records, "columns": rows}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from modeltap.drift import _fmt
+
+    t = Table(title=f"{args.model} drift: {report.records:,} records, {report._span()}")
+    heads = (
+        "feature",
+        "kind",
+        "psi",
+        "ks",
+        "ks_pvalue",
+        "js",
+        "wasserstein",
+        "chi2",
+        "hellinger",
+        "out_of_range",
+        "drifted",
+    )
+    for h in heads:
+        t.add_column(h, justify="left" if h in ("feature", "kind") else "right")
+    for r in report.rows:
+        style = "bold red" if r["drifted"] else None
+        t.add_row(*(_fmt(r[h]) for h in heads), style=style)
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+    print(f"{len(report.drifted)} of {len(report.rows)} columns drifted")
+    return 0
+
+
+def _reference_build(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from rich.progress import Progress
+
+    from modeltap.reference import Reference
+
+    path = args.data
+    batches = []
+    with Progress(transient=True) as progress:
+        if path.endswith((".parquet", ".pq")):
+            f = pq.ParquetFile(path)
+            task = progress.add_task(f"reading {path}", total=f.metadata.num_rows)
+            for b in f.iter_batches(batch_size=65536):
+                batches.append(b)
+                progress.advance(task, b.num_rows)
+        elif path.endswith((".csv", ".csv.gz")):
+            import os
+
+            task = progress.add_task(f"reading {path}", total=os.path.getsize(path))
+            reader = pacsv.open_csv(path)
+            done = 0
+            for b in reader:
+                batches.append(b)
+                done += b.nbytes
+                progress.update(task, completed=min(done, os.path.getsize(path)))
+        else:
+            print("modeltap reference build: DATA must be .parquet or .csv", file=sys.stderr)
+            return 2
+    table = pa.Table.from_batches(batches)
+    cats = [c for c in args.categorical.split(",") if c]
+    preds = None
+    if args.prediction:
+        preds = table.column(args.prediction).to_numpy()
+        table = table.drop_columns([args.prediction])
+    ref = Reference.from_data(
+        table,
+        categorical=cats,
+        bins=args.bins,
+        equal_width=args.equal_width,
+        predictions=preds,
+        model=args.model,
+        version=args.model_version,
+    )
+    ref.save(args.out)
+    print(f"{ref!r} -> {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

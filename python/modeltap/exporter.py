@@ -125,8 +125,11 @@ class GrpcDestination:
         retry_window_s: float = 5.0,
         max_backoff_s: float = 5.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        reference: tuple[str, str, bytes] | None = None,
     ) -> None:
         self.target = target
+        # (model, version, reference file) to register before the first batch
+        self._reference = reference
         self._rec = recorder
         self.spool = spool
         self.timeout_s = timeout_s
@@ -190,7 +193,24 @@ class GrpcDestination:
 
     # -- delivery ------------------------------------------------------------
 
+    def _register_reference(self) -> None:
+        """Registers the agent's reference, once; retried with later batches."""
+        if self._reference is None:
+            return
+        model, version, ref = self._reference
+        try:
+            call: Any = self._channel.unary_unary("/modeltap.v1.Collector/RegisterReference")
+            call(_core.encode_reference_upload(model, version, ref), timeout=self.timeout_s)
+            self._reference = None
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code not in RETRYABLE:
+                self._rec.count_error()
+                log.error("modeltap: collector refused the reference: %s", e)
+                self._reference = None
+
     def deliver(self, data: bytes, n_records: int) -> str:
+        self._register_reference()
         if self.spool is not None and self.spool.backlog():
             return self._to_spool(data, n_records)
         started = time.monotonic()

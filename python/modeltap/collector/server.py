@@ -13,7 +13,9 @@ health service reporting NOT_SERVING until writes succeed again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -26,7 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from modeltap import _core
-from modeltap.collector.store import StoreUnavailable, StoreWriter, decode
+from modeltap.collector.store import (
+    StoreUnavailable,
+    StoreWriter,
+    decode,
+    drift_data,
+    register_reference,
+)
 
 log = logging.getLogger("modeltap.collector")
 
@@ -87,7 +95,12 @@ class CollectorServer:
             ]
         )
         handler = grpc.method_handlers_generic_handler(
-            SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export)}
+            SERVICE,
+            {
+                "Export": grpc.unary_unary_rpc_method_handler(self._export),
+                "RegisterReference": grpc.unary_unary_rpc_method_handler(self._register),
+                "Drift": grpc.unary_unary_rpc_method_handler(self._drift),
+            },
         )
         self.server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -118,6 +131,44 @@ class CollectorServer:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
         return _core.encode_export_response(True, duplicate, n)
 
+    async def _register(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        try:
+            model, version, data = _core.decode_reference_upload(request)
+            _core.reference_info(data)
+        except (_core.BatchDecodeError, _core.ReferenceFormatError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            fp = await asyncio.wrap_future(
+                self.writer.run(lambda con: register_reference(con, model, version, data))
+            )
+        except StoreUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
+        return _core.encode_text_response(fp)
+
+    async def _drift(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        try:
+            model, version, lo, hi, rule_texts = _core.decode_drift_request(request)
+            rules = parse_rules(rule_texts)
+        except (_core.BatchDecodeError, ValueError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            data = await asyncio.wrap_future(
+                self.writer.run(
+                    lambda con: drift_data(
+                        con, model, version or None, lo or None, hi or None, rules
+                    )
+                )
+            )
+        except LookupError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except StoreUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
+        return _core.encode_text_response(json.dumps(_json_safe(data)))
+
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stops accepting calls, finishes those in flight, closes the store."""
         if self.server is not None:
@@ -126,9 +177,63 @@ class CollectorServer:
         self._pool.shutdown(wait=True)
 
 
-async def _main(listen: str, store: str, max_message_mb: float) -> int:
+def parse_rules(texts: list[str]) -> dict[str, tuple[str, float]]:
+    """``column=statistic:threshold`` texts as drift rules."""
+    out: dict[str, tuple[str, float]] = {}
+    for t in texts:
+        try:
+            name, rule = t.split("=", 1)
+            stat, thr = rule.split(":", 1)
+            out[name] = (stat, float(thr))
+        except ValueError:
+            raise ValueError(f"bad rule {t!r}: expected column=statistic:threshold") from None
+    return out
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _registrar(model: str, version: str, data: bytes) -> Any:
+    def job(con: Any) -> str:
+        return register_reference(con, model, version, data)
+
+    return job
+
+
+def _load_references(specs: list[str]) -> list[tuple[str, str, bytes]]:
+    """``[MODEL:VERSION=]PATH`` specs as (model, version, file bytes)."""
+    out = []
+    for spec in specs:
+        target, _, path = spec.rpartition("=")
+        with open(path, "rb") as f:
+            data = f.read()
+        info = _core.reference_info(data)
+        if target:
+            model, _, version = target.partition(":")
+        else:
+            model, version = info["model"], info["version"]
+        if not model:
+            raise ValueError(f"{path}: give the model as MODEL:VERSION={path}")
+        out.append((model, version, data))
+    return out
+
+
+async def _main(
+    listen: str, store: str, max_message_mb: float, references: list[str] | None = None
+) -> int:
+    refs = _load_references(references or [])
     server = CollectorServer(listen, store, max_message_mb=max_message_mb)
     port = await server.start()
+    for model, version, data in refs:
+        fp = await asyncio.wrap_future(server.writer.run(_registrar(model, version, data)))
+        log.info("registered reference %s for %s %s", fp, model, version)
     host = listen.rsplit(":", 1)[0]
     print(f"modeltap collector listening on {host}:{port}, store {store}", flush=True)
     stop = asyncio.Event()
@@ -148,12 +253,15 @@ async def _main(listen: str, store: str, max_message_mb: float) -> int:
 
 
 def serve(
-    listen: str = DEFAULT_LISTEN, store: str = DEFAULT_STORE, max_message_mb: float = 64.0
+    listen: str = DEFAULT_LISTEN,
+    store: str = DEFAULT_STORE,
+    max_message_mb: float = 64.0,
+    references: list[str] | None = None,
 ) -> int:
     """Runs a collector until SIGTERM or SIGINT; returns the exit status."""
     try:
-        return asyncio.run(_main(listen, store, max_message_mb))
-    except OSError as e:
+        return asyncio.run(_main(listen, store, max_message_mb, references))
+    except (OSError, ValueError, _core.ReferenceFormatError) as e:
         print(f"modeltap collector: {e}", file=sys.stderr)
         return 1
 

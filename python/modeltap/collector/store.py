@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +93,25 @@ CREATE TABLE IF NOT EXISTS errors (
     error_type VARCHAR,
     error_message VARCHAR
 );
+CREATE TABLE IF NOT EXISTS window_profiles (
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    batch_seq UBIGINT,
+    window_start TIMESTAMPTZ,
+    window_s DOUBLE,
+    reference_fingerprint VARCHAR,
+    records UBIGINT,
+    profile BLOB
+);
+CREATE TABLE IF NOT EXISTS "references" (
+    model VARCHAR,
+    version VARCHAR,
+    fingerprint VARCHAR,
+    registered_at TIMESTAMPTZ,
+    reference BLOB,
+    PRIMARY KEY (model, version, fingerprint)
+);
 CREATE TABLE IF NOT EXISTS system_metrics (
     ts TIMESTAMPTZ,
     model VARCHAR,
@@ -124,6 +143,14 @@ class StoreUnavailable(Exception):
 
 
 @dataclass
+class Job:
+    """Work for the writer thread's connection (reads, reference writes)."""
+
+    fn: Callable[[duckdb.DuckDBPyConnection], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
 class DecodedBatch:
     """A batch decoded and turned into Arrow tables, ready to insert."""
 
@@ -137,6 +164,7 @@ class DecodedBatch:
     predictions: pa.Table | None
     errors: pa.Table | None
     system: pa.Table | None
+    profiles: pa.Table | None = None
     future: Future[tuple[bool, int]] = field(default_factory=Future)
 
 
@@ -299,6 +327,27 @@ def decode(data: bytes) -> DecodedBatch:
                 }
             )
     system = _system_table(d["system"], model, version, agent_id, m)
+    profiles = None
+    if d["profiles"]:
+        from modeltap import _core as core
+
+        ps = d["profiles"]
+        k = len(ps)
+        profiles = pa.table(
+            {
+                "model": pa.array([model] * k, pa.string()),
+                "version": pa.array([version] * k, pa.string()),
+                "agent_id": pa.array([agent_id] * k, pa.string()),
+                "batch_seq": pa.array([int(d["batch_seq"])] * k, pa.uint64()),
+                "window_start": pa.array([p[0] for p in ps], pa.int64()).cast(TS),
+                "window_s": pa.array([p[1] / 1e9 for p in ps], pa.float64()),
+                "reference_fingerprint": pa.array(
+                    [core.profile_fingerprint(p[3]) for p in ps], pa.string()
+                ),
+                "records": pa.array([p[2] for p in ps], pa.uint64()),
+                "profile": pa.array([bytes(p[3]) for p in ps], pa.binary()),
+            }
+        )
     return DecodedBatch(
         agent_id=agent_id,
         batch_seq=int(d["batch_seq"]),
@@ -310,6 +359,7 @@ def decode(data: bytes) -> DecodedBatch:
         predictions=predictions,
         errors=errors,
         system=system,
+        profiles=profiles,
     )
 
 
@@ -394,7 +444,7 @@ class StoreWriter:
         self._on_health = on_health or (lambda ok, why: None)
         self.max_group = max_group
         self.retry_s = retry_s
-        self._q: queue.Queue[DecodedBatch | None] = queue.Queue()
+        self._q: queue.Queue[DecodedBatch | Job | None] = queue.Queue()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._thread = threading.Thread(target=self._run, name="modeltap-store", daemon=True)
         self._wal_ino: int | None = None
@@ -417,6 +467,12 @@ class StoreWriter:
         the batch is durably stored, or raises :class:`StoreUnavailable`."""
         self._q.put(batch)
         return batch.future
+
+    def run(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Future[Any]:
+        """Runs ``fn(connection)`` on the writer thread, between groups."""
+        job = Job(fn)
+        self._q.put(job)
+        return job.future
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Writes what is queued, then closes the store cleanly."""
@@ -469,7 +525,11 @@ class StoreWriter:
                 if self._con is None:
                     self._open()
                 continue
+            if isinstance(first, Job):
+                self._run_job(first)
+                continue
             group: list[DecodedBatch] = []
+            jobs: list[Job] = []
             records = 0
             if first is None:
                 stopping = True
@@ -487,14 +547,27 @@ class StoreWriter:
                     break
                 if nxt is None:
                     stopping = True
+                elif isinstance(nxt, Job):
+                    jobs.append(nxt)
                 else:
                     group.append(nxt)
                     records += nxt.n_records
             if group:
                 self._write_group(group)
+            for job in jobs:
+                self._run_job(job)
             if stopping:
                 self._close()
                 return
+
+    def _run_job(self, job: Job) -> None:
+        if self._con is None and not self._open():
+            job.future.set_exception(StoreUnavailable(self.reason))
+            return
+        try:
+            job.future.set_result(job.fn(self._con))  # type: ignore[arg-type]
+        except Exception as e:
+            job.future.set_exception(e)
 
     def _write_group(self, group: list[DecodedBatch]) -> None:
         if self._con is None and not self._open():
@@ -598,6 +671,7 @@ class StoreWriter:
         self._append(con, "predictions", [b.predictions for b in group])
         self._append(con, "errors", [b.errors for b in group])
         self._append(con, "system_metrics", [b.system for b in group])
+        self._append(con, "window_profiles", [b.profiles for b in group])
 
     @staticmethod
     def _append(
@@ -628,6 +702,67 @@ class StoreWriter:
             finally:
                 os.close(fd)
             self._wal_ino = ino
+
+
+def register_reference(
+    con: duckdb.DuckDBPyConnection, model: str, version: str, data: bytes
+) -> str:
+    """Stores a reference for (model, version); returns its fingerprint."""
+    info = _core.reference_info(data)
+    con.execute(
+        'INSERT OR REPLACE INTO "references" VALUES (?, ?, ?, now(), ?)',
+        [model, version, info["fingerprint"], data],
+    )
+    return str(info["fingerprint"])
+
+
+def drift_data(
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    version: str | None,
+    since_ns: int | None,
+    until_ns: int | None,
+    rules: Mapping[str, tuple[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Drift of (model, version) over ``[since, until)`` from the stored
+    window profiles, merged natively, against the newest reference
+    registered for it (with a matching fingerprint)."""
+    if not version:
+        row = con.execute(
+            "SELECT version FROM window_profiles WHERE model = ? "
+            "ORDER BY window_start DESC LIMIT 1",
+            [model],
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"no profiles stored for model {model!r}")
+        version = str(row[0])
+    ref = con.execute(
+        'SELECT reference, fingerprint FROM "references" WHERE model = ? AND version = ? '
+        "ORDER BY registered_at DESC LIMIT 1",
+        [model, version],
+    ).fetchone()
+    if ref is None:
+        raise LookupError(f"no reference registered for {model} {version}")
+    data, fingerprint = bytes(ref[0]), str(ref[1])
+    conds = ["model = ?", "version = ?", "reference_fingerprint = ?"]
+    params: list[Any] = [model, version, fingerprint]
+    if since_ns is not None:
+        conds.append("window_start >= make_timestamptz(? // 1000)")
+        params.append(since_ns)
+    if until_ns is not None:
+        conds.append("window_start < make_timestamptz(? // 1000)")
+        params.append(until_ns)
+    blobs = [
+        bytes(r[0])
+        for r in con.execute(
+            f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params
+        ).fetchall()
+    ]
+    merged = _core.merge_profiles(blobs) if blobs else None
+    out = dict(_core.drift(data, merged or b"", dict(rules or {}), {}))
+    out["model"], out["version"] = model, version
+    out["profiles_merged"] = len(blobs)
+    return out
 
 
 def _ns(t: dt.datetime | str | int | float | None) -> int | None:
@@ -708,6 +843,21 @@ class Store:
         """Errors logged with predictions."""
         where, params = self._filter(model, version, since, until)
         return self.sql(f"SELECT * FROM errors {where} ORDER BY ts", params)
+
+    def drift(
+        self,
+        model: str,
+        version: str | None = None,
+        since: dt.datetime | str | int | None = None,
+        until: dt.datetime | str | int | None = None,
+        *,
+        rules: Mapping[str, tuple[str, float]] | None = None,
+    ) -> Any:
+        """Drift of a model (newest version unless given) over a time range,
+        merged from the stored window profiles of every agent."""
+        from modeltap.drift import DriftReport
+
+        return DriftReport(drift_data(self.con, model, version, _ns(since), _ns(until), rules))
 
     def system_metrics(self, model: str | None = None) -> pa.Table:
         """System samples (GPU columns are NULL where NVML was absent)."""

@@ -418,3 +418,90 @@ pub fn decode_export_response(data: &[u8]) -> PyResult<(bool, bool, u32)> {
     })?;
     Ok((m.accepted, m.duplicate, m.n_records))
 }
+
+/// Encodes a `ReferenceUpload`.
+#[pyfunction]
+pub fn encode_reference_upload<'py>(
+    py: Python<'py>,
+    model: String,
+    version: String,
+    reference: Vec<u8>,
+) -> Bound<'py, PyBytes> {
+    use prost::Message;
+    let m = proto::ReferenceUpload {
+        model,
+        version,
+        reference,
+    };
+    PyBytes::new(py, &m.encode_to_vec())
+}
+
+/// Decodes a `ReferenceUpload` into `(model, version, reference_bytes)`.
+#[pyfunction]
+pub fn decode_reference_upload<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<(String, String, Bound<'py, PyBytes>)> {
+    use prost::Message;
+    let m = proto::ReferenceUpload::decode(data).map_err(|e| {
+        crate::errors::BatchDecodeError::new_err(format!("malformed ReferenceUpload: {e}"))
+    })?;
+    Ok((m.model, m.version, PyBytes::new(py, &m.reference)))
+}
+
+/// Encodes a `DriftRequest`.
+#[pyfunction]
+#[pyo3(signature = (model, version, from_unix_nano, to_unix_nano, rules=Vec::new()))]
+pub fn encode_drift_request<'py>(
+    py: Python<'py>,
+    model: String,
+    version: String,
+    from_unix_nano: u64,
+    to_unix_nano: u64,
+    rules: Vec<String>,
+) -> Bound<'py, PyBytes> {
+    use prost::Message;
+    let m = proto::DriftRequest {
+        model,
+        version,
+        from_unix_nano,
+        to_unix_nano,
+        rules,
+    };
+    PyBytes::new(py, &m.encode_to_vec())
+}
+
+/// Decodes a `DriftRequest` into `(model, version, from, to, rules)`.
+#[pyfunction]
+pub fn decode_drift_request(data: &[u8]) -> PyResult<(String, String, u64, u64, Vec<String>)> {
+    use prost::Message;
+    let m = proto::DriftRequest::decode(data).map_err(|e| {
+        crate::errors::BatchDecodeError::new_err(format!("malformed DriftRequest: {e}"))
+    })?;
+    Ok((
+        m.model,
+        m.version,
+        m.from_unix_nano,
+        m.to_unix_nano,
+        m.rules,
+    ))
+}
+
+/// Encodes a one-string-field response (`RegisterResponse` or
+/// `DriftResponse`: both carry their text in field 1).
+#[pyfunction]
+pub fn encode_text_response<'py>(py: Python<'py>, text: String) -> Bound<'py, PyBytes> {
+    use prost::Message;
+    let m = proto::DriftResponse { report_json: text };
+    PyBytes::new(py, &m.encode_to_vec())
+}
+
+/// Decodes a one-string-field response.
+#[pyfunction]
+pub fn decode_text_response(data: &[u8]) -> PyResult<String> {
+    use prost::Message;
+    let m = proto::DriftResponse::decode(data).map_err(|e| {
+        crate::errors::BatchDecodeError::new_err(format!("malformed response: {e}"))
+    })?;
+    Ok(m.report_json)
+}

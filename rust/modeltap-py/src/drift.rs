@@ -334,3 +334,11 @@ pub fn drift<'py>(
     out.set_item("latency_sum", w.latency_sum)?;
     Ok(out)
 }
+
+/// The reference fingerprint an encoded window profile was built against.
+#[pyfunction]
+pub fn profile_fingerprint(data: &[u8]) -> PyResult<String> {
+    proto::WindowProfile::decode(data)
+        .map(|w| w.reference_fingerprint)
+        .map_err(|e| BatchDecodeError::new_err(e.to_string()))
+}

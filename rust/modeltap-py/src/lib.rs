@@ -41,6 +41,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode::decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(decode::encode_export_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_export_response, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::encode_reference_upload, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_reference_upload, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::encode_drift_request, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_drift_request, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::encode_text_response, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_text_response, m)?)?;
     m.add(
         "ReferenceFormatError",
         py.get_type::<errors::ReferenceFormatError>(),
@@ -51,6 +57,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::reference_info, m)?)?;
     m.add_function(wrap_pyfunction!(drift::merge_profiles, m)?)?;
     m.add_function(wrap_pyfunction!(drift::drift, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::profile_fingerprint, m)?)?;
     m.add_class::<recorder::Recorder>()?;
     Ok(())
 }
