@@ -92,7 +92,7 @@ def test_time_ranges_select_windows(tmp_path, ref_and_rows):
 
 
 def test_cli_reference_build_collector_flag_and_drift(tmp_path, ref_and_rows):
-    ref, rows = ref_and_rows
+    _ref, rows = ref_and_rows
     rng = np.random.default_rng(1)
     train = pd.DataFrame(rng.normal(size=(5000, 5)), columns=list("abcde"))
     train["shop"] = rng.choice(["n", "s", "e"], size=5000)
@@ -115,7 +115,7 @@ def test_cli_reference_build_collector_flag_and_drift(tmp_path, ref_and_rows):
     )
     assert out.returncode == 0, out.stderr
     built = modeltap.Reference.load(tmp_path / "ref.mtref")
-    assert built.feature_names == list("abcde") + ["shop"]
+    assert built.feature_names == [*list("abcde"), "shop"]
     assert built.categorical == ["shop"]
     csv = subprocess.run(
         [
