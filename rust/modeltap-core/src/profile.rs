@@ -51,6 +51,108 @@ pub fn bin_of(cuts: &[f64], v: f64) -> usize {
     base + usize::from(cuts[base] < v)
 }
 
+/// Finds fine bins in O(1): a uniform grid over the cuts' range whose cells
+/// hold the first candidate bin, then a short forward scan. Equivalent to
+/// [`bin_of`].
+#[derive(Debug, Clone, Default)]
+pub struct Binner {
+    cuts: Vec<f64>,
+    lo: f64,
+    scale: f64,
+    table: Vec<u32>,
+}
+
+impl Binner {
+    /// A binner for `cuts` (strictly increasing).
+    pub fn new(cuts: &[f64]) -> Self {
+        let cuts = cuts.to_vec();
+        let (Some(&lo), Some(&hi)) = (cuts.first(), cuts.last()) else {
+            return Self {
+                cuts,
+                lo: 0.0,
+                scale: 0.0,
+                table: vec![0],
+            };
+        };
+        let cells = (cuts.len() * 8).next_power_of_two().max(64);
+        #[allow(clippy::cast_precision_loss)]
+        let scale = if hi > lo {
+            cells as f64 / (hi - lo)
+        } else {
+            0.0
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let table = (0..=cells)
+            .map(|c| {
+                let x = lo + c as f64 / scale.max(f64::MIN_POSITIVE);
+                // first bin whose upper cut is >= the cell's start
+                u32::try_from(bin_of(&cuts, x)).unwrap_or(u32::MAX)
+            })
+            .collect();
+        Self {
+            cuts,
+            lo,
+            scale,
+            table,
+        }
+    }
+
+    /// The fine bin of `v` (`v` not NaN).
+    #[inline]
+    pub fn bin(&self, v: f64) -> usize {
+        let t = (v - self.lo) * self.scale;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let cell = if t >= 0.0 {
+            (t as usize).min(self.table.len() - 1)
+        } else {
+            0
+        };
+        let mut b = self.table[cell] as usize;
+        let n = self.cuts.len();
+        // A cell's start can lie below its first candidate's lower cut only
+        // by rounding; values below the first cut land in bin 0.
+        while b > 0 && self.cuts[b - 1] >= v {
+            b -= 1;
+        }
+        while b < n && self.cuts[b] < v {
+            b += 1;
+        }
+        b
+    }
+}
+
+/// Adds a numeric value with a precomputed binner.
+#[inline]
+pub fn add_numeric_binned(p: &mut proto::ColumnProfile, binner: &Binner, v: f64) {
+    if v.is_nan() {
+        p.missing += 1;
+        return;
+    }
+    p.counts[binner.bin(v)] += 1;
+    p.n += 1;
+    if v.is_finite() {
+        let d = v - p.shift;
+        p.sum += d;
+        p.sum_sq += d * d;
+        if v < p.ref_min {
+            p.below_min += 1;
+            p.below_sum += p.ref_min - v;
+        } else if v > p.ref_max {
+            p.above_max += 1;
+            p.above_sum += v - p.ref_max;
+        }
+    } else {
+        p.nonfinite += 1;
+        if v < 0.0 {
+            p.below_min += 1;
+        } else {
+            p.above_max += 1;
+        }
+    }
+    p.min = p.min.min(v);
+    p.max = p.max.max(v);
+}
+
 /// The `q`-quantile (inverse CDF) of sorted values.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     #[allow(
@@ -406,7 +508,12 @@ pub struct Profiler {
     pred_col: Option<usize>,
     prob_cols: Vec<(usize, usize)>,
     int_buckets: HashMap<i64, usize>,
-    cuts: Vec<Vec<f64>>,
+    binners: Vec<Binner>,
+    /// (feature, column) of numeric feature columns, for the hot loop.
+    numeric_features: Vec<(usize, usize)>,
+    /// (feature, column) of categorical feature columns.
+    categorical_features: Vec<(usize, usize)>,
+    current: usize,
     numeric: Vec<bool>,
     windows: Vec<proto::WindowProfile>,
     n_features: usize,
@@ -420,7 +527,7 @@ impl Profiler {
     /// A profiler for records of `schema` against `compiled`.
     pub fn new(compiled: Arc<Compiled>, schema: &crate::batch::Schema, window_ns: u64) -> Self {
         let r = &compiled.reference;
-        let feature_cols = schema
+        let feature_cols: Vec<Option<usize>> = schema
             .feature_names
             .iter()
             .map(|n| {
@@ -442,20 +549,30 @@ impl Profiler {
             .filter(|(_, c)| c.role == proto::ColumnRole::Probability as i32)
             .map(|(i, c)| (c.class_index as usize, i))
             .collect();
-        let cuts = r
+        let binners: Vec<Binner> = r
             .columns
             .iter()
             .map(|c| {
                 c.numeric
                     .as_ref()
-                    .map(|n| n.cuts.clone())
+                    .map(|n| Binner::new(&n.cuts))
                     .unwrap_or_default()
             })
             .collect();
-        let numeric = r
+        let numeric: Vec<bool> = r
             .columns
             .iter()
             .map(|c| c.kind == proto::ColumnKind::Numeric as i32)
+            .collect();
+        let numeric_features = feature_cols
+            .iter()
+            .enumerate()
+            .filter_map(|(f, c)| c.filter(|&c| numeric[c]).map(|c| (f, c)))
+            .collect();
+        let categorical_features = feature_cols
+            .iter()
+            .enumerate()
+            .filter_map(|(f, c)| c.filter(|&c| !numeric[c]).map(|c| (f, c)))
             .collect();
         Self {
             window_ns: window_ns.max(1),
@@ -465,7 +582,10 @@ impl Profiler {
             pred_col,
             prob_cols,
             int_buckets: HashMap::new(),
-            cuts,
+            binners,
+            numeric_features,
+            categorical_features,
+            current: 0,
             numeric,
             windows: Vec::new(),
             n_features: schema.n_features(),
@@ -592,13 +712,13 @@ impl Profiler {
             w.latency_counts[latency_bucket(slot.latency_s)] += 1;
             w.latency_sum += slot.latency_s;
         }
-        for (f, col) in self.feature_cols.iter().enumerate() {
-            let Some(col) = *col else { continue };
+        for &(f, col) in &self.numeric_features {
+            add_numeric_binned(&mut w.columns[col], &self.binners[col], slot.values[f]);
+        }
+        for &(f, col) in &self.categorical_features {
             let v = slot.values[f];
             let cp = &mut w.columns[col];
-            if self.numeric[col] {
-                add_numeric(cp, &self.cuts[col], v);
-            } else if v.is_nan() {
+            if v.is_nan() {
                 let overflow = side.and_then(|s| {
                     s.categories
                         .iter()
@@ -624,7 +744,7 @@ impl Profiler {
             if slot.flags & flags::NO_PREDICTION != 0 || first.is_none() {
                 cp.missing += 1;
             } else if self.numeric[col] {
-                add_numeric(cp, &self.cuts[col], first.unwrap_or(f64::NAN));
+                add_numeric_binned(cp, &self.binners[col], first.unwrap_or(f64::NAN));
             } else {
                 let v = first.unwrap_or(f64::NAN);
                 let bucket = match slot.prediction_kind {
@@ -656,13 +776,14 @@ impl Profiler {
             };
             for &(class, col) in &self.prob_cols {
                 let v = probs.get(class).copied().unwrap_or(f64::NAN);
-                add_numeric(&mut w.columns[col], &self.cuts[col], v);
+                add_numeric_binned(&mut w.columns[col], &self.binners[col], v);
             }
         }
     }
 
     /// The window profiles added since the last call.
     pub fn take(&mut self) -> Vec<proto::WindowProfile> {
+        self.current = 0;
         std::mem::take(&mut self.windows)
     }
 }
@@ -771,6 +892,27 @@ mod tests {
         assert_eq!(bin_of(&[], 3.0), 0);
         assert_eq!(bin_of(&[1.0], 1.0), 0);
         assert_eq!(bin_of(&[1.0], 1.5), 1);
+    }
+
+    #[test]
+    fn binner_matches_bin_of() {
+        let values: Vec<f64> = (0..5000)
+            .map(|i| (f64::from(i) * 0.37).sin() * f64::from(i % 17))
+            .collect();
+        let (spec, _) = build_numeric("x", proto::ColumnRole::Feature, 0, &values, 10, false);
+        let cuts = spec.numeric.unwrap().cuts;
+        let b = Binner::new(&cuts);
+        let mut probes: Vec<f64> = values.clone();
+        probes.extend(cuts.iter().copied());
+        probes.extend([-1e9, 1e9, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0]);
+        for &v in &probes {
+            assert_eq!(b.bin(v), bin_of(&cuts, v), "{v}");
+        }
+        let single = Binner::new(&[2.0]);
+        assert_eq!(single.bin(1.0), 0);
+        assert_eq!(single.bin(2.0), 0);
+        assert_eq!(single.bin(3.0), 1);
+        assert_eq!(Binner::new(&[]).bin(5.0), 0);
     }
 
     #[test]
