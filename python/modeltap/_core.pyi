@@ -30,6 +30,7 @@ __all__ = [
     "encode_reference_upload",
     "encode_text_response",
     "merge_profiles",
+    "profile_columns",
     "profile_fingerprint",
     "random_id",
     "reference_info",
@@ -96,6 +97,13 @@ def drift(
     """Drift of a window profile against a reference."""
 
 def profile_fingerprint(data: bytes) -> str: ...
+def profile_columns(
+    reference: bytes,
+    numeric: Sequence[tuple[int, npt.NDArray[np.float64]]],
+    categorical: Sequence[tuple[int, npt.NDArray[np.int32], Sequence[str]]],
+    start_unix_nano: int = 0,
+    width_nano: int = 0,
+) -> bytes: ...
 def random_id() -> str:
     """A random 128-bit id as 32 hex digits."""
 

@@ -176,6 +176,75 @@ class Reference:
         data = _core.assemble_reference(model, version, built, rows, time.time_ns())
         return cls(data)
 
+    # -- comparing data --------------------------------------------------------
+
+    def profile(
+        self,
+        data: Any,
+        *,
+        predictions: Any = None,
+        probabilities: Any = None,
+        feature_names: Sequence[str] | None = None,
+    ) -> bytes:
+        """Profiles a whole dataset against this reference (natively, a
+        column per thread): the encoded window profile that
+        :func:`modeltap.drift.compute` and :meth:`drift` read."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        _names, cols = _to_columns(data, feature_names or self.feature_names)
+        numeric: list[tuple[int, np.ndarray]] = []
+        categorical: list[tuple[int, np.ndarray, list[str]]] = []
+        index = {c["name"]: i for i, c in enumerate(self._info["columns"])}
+        kinds = {c["name"]: c["kind"] for c in self._info["columns"]}
+        wanted = dict(cols)
+        if predictions is not None:
+            wanted["prediction"] = predictions
+        if probabilities is not None:
+            P = np.asarray(probabilities, dtype=np.float64)
+            for j in range(P.shape[1]):
+                wanted[f"probability_{j}"] = P[:, j]
+        missing = [n for n in self.feature_names if n not in wanted]
+        if missing:
+            raise ValueError(f"data lacks the reference's features {missing}")
+        for name, col in wanted.items():
+            if name not in index:
+                continue
+            i = index[name]
+            if kinds[name] == "numeric":
+                numeric.append((i, np.ascontiguousarray(_numeric_values(col))))
+                continue
+            arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if not isinstance(arr, pa.Array):
+                values = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
+                arr = pa.array(values, from_pandas=True)
+            if pa.types.is_dictionary(arr.type):
+                arr = arr.dictionary_decode()
+            if pa.types.is_floating(arr.type):
+                arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
+                arr = arr.cast(pa.int64())
+            enc = arr.cast(pa.string()).dictionary_encode()
+            codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
+            categorical.append((i, codes, enc.dictionary.to_pylist()))
+        return _core.profile_columns(self._bytes, numeric, categorical)
+
+    def drift(
+        self,
+        data: Any,
+        *,
+        predictions: Any = None,
+        probabilities: Any = None,
+        rules: Any = None,
+        defaults: Any = None,
+    ) -> Any:
+        """Drift of a whole dataset (a 2-D array, a pandas or polars
+        DataFrame, an Arrow table) against this reference: a
+        :class:`modeltap.DriftReport`."""
+        from modeltap.drift import compute
+
+        prof = self.profile(data, predictions=predictions, probabilities=probabilities)
+        return compute(self._bytes, prof, rules, defaults)
+
     # -- files -----------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -342,3 +342,110 @@ pub fn profile_fingerprint(data: &[u8]) -> PyResult<String> {
         .map(|w| w.reference_fingerprint)
         .map_err(|e| BatchDecodeError::new_err(e.to_string()))
 }
+
+/// Profiles whole columns against a reference (offline data, no agent):
+/// `numeric` is a list of `(column_index, float64 array)`, `categorical` of
+/// `(column_index, int32 codes (-1 for missing), dictionary of values)`.
+/// Columns are profiled in parallel with the GIL released. Returns an
+/// encoded window profile covering `[start, start + width)`.
+#[pyfunction]
+#[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0))]
+pub fn profile_columns<'py>(
+    py: Python<'py>,
+    reference: &[u8],
+    numeric: Vec<(usize, PyReadonlyArray1<'py, f64>)>,
+    categorical: Vec<(usize, PyReadonlyArray1<'py, i32>, Vec<String>)>,
+    start_unix_nano: u64,
+    width_nano: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let r = profile::decode_reference(reference).map_err(|e| reference_err(&e))?;
+    let compiled = profile::Compiled::new(r);
+    let ncols = compiled.reference.columns.len();
+    for (i, _) in &numeric {
+        if *i >= ncols || compiled.reference.columns[*i].numeric.is_none() {
+            return Err(PyValueError::new_err(format!(
+                "column {i} is not a numeric reference column"
+            )));
+        }
+    }
+    for (i, _, _) in &categorical {
+        if *i >= ncols || compiled.reference.columns[*i].categorical.is_none() {
+            return Err(PyValueError::new_err(format!(
+                "column {i} is not a categorical reference column"
+            )));
+        }
+    }
+    let num: Vec<(usize, &[f64])> = numeric
+        .iter()
+        .map(|(i, a)| a.as_slice().map(|s| (*i, s)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| PyValueError::new_err("numeric columns must be contiguous float64 arrays"))?;
+    let cat: Vec<(usize, &[i32], &Vec<String>)> = categorical
+        .iter()
+        .map(|(i, a, d)| a.as_slice().map(|s| (*i, s, d)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| PyValueError::new_err("category codes must be contiguous int32 arrays"))?;
+    let rows = num
+        .first()
+        .map(|c| c.1.len())
+        .or_else(|| cat.first().map(|c| c.1.len()))
+        .unwrap_or(0);
+    if num.iter().any(|c| c.1.len() != rows) || cat.iter().any(|c| c.1.len() != rows) {
+        return Err(PyValueError::new_err("columns differ in length"));
+    }
+    let window = py.detach(|| {
+        let mut w = compiled.empty_window(start_unix_nano, width_nano);
+        let mut jobs: Vec<(usize, proto::ColumnProfile)> = Vec::new();
+        let work = |col: usize| -> proto::ColumnProfile {
+            let mut p = w.columns[col].clone();
+            if let Some(&(_, values)) = num.iter().find(|c| c.0 == col) {
+                let spec = compiled.reference.columns[col].numeric.as_ref();
+                let binner = profile::Binner::new(spec.map_or(&[][..], |n| &n.cuts[..]));
+                for &v in values {
+                    profile::add_numeric_binned(&mut p, &binner, v);
+                }
+            } else if let Some(&(_, codes, dict)) = cat.iter().find(|c| c.0 == col) {
+                let buckets: Vec<usize> = dict.iter().map(|v| compiled.bucket(col, v)).collect();
+                for &c in codes {
+                    let b = usize::try_from(c)
+                        .ok()
+                        .and_then(|c| buckets.get(c).copied());
+                    profile::add_category(&mut p, b);
+                }
+            }
+            p
+        };
+        let cols: Vec<usize> = num
+            .iter()
+            .map(|c| c.0)
+            .chain(cat.iter().map(|c| c.0))
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(cols.len().max(1));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let cols = &cols;
+                    let work = &work;
+                    s.spawn(move || {
+                        cols.iter()
+                            .skip(t)
+                            .step_by(threads)
+                            .map(|&c| (c, work(c)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                jobs.extend(h.join().unwrap_or_default());
+            }
+        });
+        for (c, p) in jobs {
+            w.columns[c] = p;
+        }
+        w.records = rows as u64;
+        w
+    });
+    Ok(PyBytes::new(py, &window.encode_to_vec()))
+}

@@ -58,6 +58,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::merge_profiles, m)?)?;
     m.add_function(wrap_pyfunction!(drift::drift, m)?)?;
     m.add_function(wrap_pyfunction!(drift::profile_fingerprint, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::profile_columns, m)?)?;
     m.add_class::<recorder::Recorder>()?;
     Ok(())
 }

@@ -1,0 +1,221 @@
+"""Drift of 1,000,000 current rows (20 numeric + 2 categorical features)
+against a 100,000-row reference, in the same run: modeltap (profile every
+row, then every statistic), scipy's ks_2samp plus a numpy PSI per feature,
+and Evidently's data-drift preset. Each runs in a fresh process so its peak
+memory can be reported.
+
+    python benches/bench_drift.py
+    python benches/bench_drift.py --rows 200000           # quicker
+    python benches/bench_drift.py --evidently-python PATH # Evidently's interpreter
+
+Evidently is not a modeltap dependency: give the Python of an environment
+that has it (``make bench-drift`` builds one in .bench/evidently-venv). The
+modeltap contender is ``Reference.drift(current)`` (every row profiled
+natively, a column per thread, then every statistic); the same through an
+Agent (log_batch, drain-thread profiling, ``agent.drift()``) is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+NUMERIC = 20
+
+
+def make_data(rows: int, ref_rows: int) -> tuple[Any, Any]:
+    import pandas as pd
+
+    rng = np.random.default_rng(2024)
+
+    def frame(n: int, shift: bool) -> Any:
+        X = rng.normal(size=(n, NUMERIC))
+        if shift:
+            X[:, :5] += 0.6
+        df = pd.DataFrame(X, columns=[f"x{i}" for i in range(NUMERIC)])
+        p = [0.2, 0.3, 0.5] if shift else [0.5, 0.3, 0.2]
+        df["country"] = rng.choice(["de", "fr", "it"], size=n, p=p)
+        df["device"] = rng.choice(["ios", "android", "web"], size=n)
+        return df
+
+    return frame(ref_rows, False), frame(rows, True)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_modeltap(ref_df: Any, cur_df: Any) -> dict[str, Any]:
+    import modeltap
+
+    t0 = time.perf_counter()
+    ref = modeltap.Reference.from_data(ref_df)
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = ref.drift(cur_df)
+    elapsed = time.perf_counter() - t0
+    drift_peak = peak()
+    assert report.records == len(cur_df), report.records
+    # the same through an agent: every row logged, profiled on the drain thread
+    t1 = time.perf_counter()
+    agent = modeltap.Agent(
+        "bench", reference=ref, metrics_interval=None, sample_rate=1e-6, window_s=86400
+    )
+    agent.log_batch(cur_df, np.zeros(len(cur_df)))
+    agent.flush(120)
+    via_agent = agent.drift()
+    agent_s = time.perf_counter() - t1
+    agent.close()
+    assert sorted(via_agent.drifted) == sorted(report.drifted)
+    return {
+        "seconds": elapsed,
+        "reference_seconds": t_ref,
+        "agent_seconds": agent_s,
+        "drifted": sorted(report.drifted),
+        "peak_at": drift_peak,
+    }
+
+
+def run_scipy(ref_df: Any, cur_df: Any) -> dict[str, Any]:
+    from scipy import stats
+
+    t0 = time.perf_counter()
+    drifted = []
+    for c in ref_df.columns:
+        r, q = ref_df[c].to_numpy(), cur_df[c].to_numpy()
+        if r.dtype.kind == "f":
+            stats.ks_2samp(r, q)
+            edges = np.unique(np.quantile(r, np.linspace(0, 1, 11)))
+            edges[0], edges[-1] = -np.inf, np.inf
+            pr = np.histogram(r, edges)[0] / len(r)
+            pq = np.histogram(q, edges)[0] / len(q)
+        else:
+            cats, rc = np.unique(r, return_counts=True)
+            qc = np.array([np.sum(q == k) for k in cats])
+            pr, pq = rc / rc.sum(), qc / max(qc.sum(), 1)
+            stats.chisquare(qc, pr * qc.sum())
+        pr, pq = np.maximum(pr, 1e-4), np.maximum(pq, 1e-4)
+        if np.sum((pq - pr) * np.log(pq / pr)) >= 0.2:
+            drifted.append(c)
+    return {"seconds": time.perf_counter() - t0, "drifted": sorted(drifted)}
+
+
+def run_evidently(ref_df: Any, cur_df: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        from evidently import Report
+        from evidently.presets import DataDriftPreset
+
+        snap = Report([DataDriftPreset()]).run(reference_data=ref_df, current_data=cur_df)
+        snap.dict()
+    except ImportError:
+        from evidently.metric_preset import DataDriftPreset
+        from evidently.report import Report
+
+        rep = Report(metrics=[DataDriftPreset()])
+        rep.run(reference_data=ref_df, current_data=cur_df)
+        rep.as_dict()
+    return {"seconds": time.perf_counter() - t0}
+
+
+WORKERS = {"modeltap": run_modeltap, "scipy": run_scipy, "evidently": run_evidently}
+
+
+def worker(name: str, rows: int, ref_rows: int) -> None:
+    ref_df, cur_df = make_data(rows, ref_rows)
+    base = rss()
+    out = WORKERS[name](ref_df, cur_df)
+    # modeltap reports the peak before its agent run (timed separately)
+    out["peak_extra_bytes"] = max(out.pop("peak_at", peak()) - base, 0)
+    print(json.dumps(out))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--ref-rows", type=int, default=100_000)
+    ap.add_argument(
+        "--evidently-python", default=str(HERE.parent / ".bench/evidently-venv/bin/python")
+    )
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.rows, args.ref_rows)
+        return 0
+    results: dict[str, Any] = {}
+    for name in ("modeltap", "scipy", "evidently"):
+        py = sys.executable
+        if name == "evidently":
+            if not Path(args.evidently_python).exists():
+                print(f"no Evidently environment at {args.evidently_python}: left out")
+                continue
+            py = args.evidently_python
+        p = subprocess.run(
+            [
+                py,
+                __file__,
+                "--worker",
+                name,
+                "--rows",
+                str(args.rows),
+                "--ref-rows",
+                str(args.ref_rows),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if p.returncode != 0:
+            print(f"{name} failed:\n{p.stderr[-2000:]}")
+            continue
+        results[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    mt = results["modeltap"]["seconds"]
+    print(
+        f"{args.rows:,} current rows x ({NUMERIC} numeric + 2 categorical) against "
+        f"{args.ref_rows:,} reference rows, {os.cpu_count()} CPUs"
+    )
+    print("| contender | seconds | x modeltap | peak extra memory (MiB) |")
+    print("|---|---:|---:|---:|")
+    labels = {
+        "modeltap": "modeltap (profile every row + PSI, KS, JS, Wasserstein, chi2, Hellinger)",
+        "scipy": "scipy ks_2samp + numpy PSI per feature",
+        "evidently": "Evidently data-drift preset",
+    }
+    for name, r in results.items():
+        print(
+            f"| {labels[name]} | {r['seconds']:.2f} | {r['seconds'] / mt:,.1f} | "
+            f"{r['peak_extra_bytes'] / 2**20:,.0f} |"
+        )
+    ref_s = results["modeltap"].get("reference_seconds", 0.0)
+    print(f"\nmodeltap reference build (once, ahead of time): {ref_s:.2f} s")
+    agent_s = results["modeltap"].get("agent_seconds", 0.0)
+    print(f"modeltap through an Agent (log_batch, drain-thread profiles, drift()): {agent_s:.2f} s")
+    print(f"drifted (modeltap): {results['modeltap']['drifted']}")
+    if "scipy" in results:
+        print(f"drifted (numpy PSI >= 0.2): {results['scipy']['drifted']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
