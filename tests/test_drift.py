@@ -206,3 +206,37 @@ def test_drift_without_reference_is_a_clear_error():
     with pytest.raises(ValueError, match="no reference"):
         a.drift()
     a.close()
+
+
+def test_reference_drift_of_a_dataset_equals_the_agent_path():
+    rng = np.random.default_rng(21)
+    ref_df = pd.DataFrame(rng.normal(size=(30_000, 3)), columns=["a", "b", "c"])
+    ref_df["k"] = rng.choice(["p", "q", "r"], size=30_000)
+    ref = modeltap.Reference.from_data(ref_df)
+    cur = pd.DataFrame(rng.normal(0.3, 1.2, size=(10_000, 3)), columns=["a", "b", "c"])
+    cur.loc[::7, "b"] = np.nan
+    cur["k"] = rng.choice(["p", "q", "s", None], size=10_000)
+    offline = ref.drift(cur)
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None)
+    a.log_batch(cur, np.zeros(len(cur)))
+    a.flush(10)
+    online = a.drift()
+    a.close()
+    assert offline.records == online.records == 10_000
+    for r1, r2 in zip(online.rows, offline.rows, strict=True):
+        for k in (
+            "psi",
+            "ks",
+            "js",
+            "wasserstein",
+            "chi2",
+            "hellinger",
+            "missing_cur",
+            "out_of_range",
+        ):
+            if np.isnan(r1[k]):
+                assert np.isnan(r2[k])
+            else:
+                assert r2[k] == pytest.approx(r1[k], rel=1e-9, abs=1e-12), (r1["feature"], k)
+    with pytest.raises(ValueError, match="lacks"):
+        ref.drift(cur.drop(columns=["a"]))

@@ -215,6 +215,9 @@ class Reference:
                 numeric.append((i, np.ascontiguousarray(_numeric_values(col))))
                 continue
             arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if type(arr).__module__.startswith("pandas"):
+                # Arrow-backed pandas strings convert without a copy.
+                arr = pa.Array.from_pandas(arr)
             if not isinstance(arr, pa.Array):
                 values = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
                 arr = pa.array(values, from_pandas=True)
@@ -223,7 +226,9 @@ class Reference:
             if pa.types.is_floating(arr.type):
                 arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
                 arr = arr.cast(pa.int64())
-            enc = arr.cast(pa.string()).dictionary_encode()
+            if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+                arr = arr.cast(pa.string())
+            enc = arr.dictionary_encode()
             codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
             categorical.append((i, codes, enc.dictionary.to_pylist()))
         return _core.profile_columns(self._bytes, numeric, categorical)

@@ -401,9 +401,7 @@ pub fn profile_columns<'py>(
             if let Some(&(_, values)) = num.iter().find(|c| c.0 == col) {
                 let spec = compiled.reference.columns[col].numeric.as_ref();
                 let binner = profile::Binner::new(spec.map_or(&[][..], |n| &n.cuts[..]));
-                for &v in values {
-                    profile::add_numeric_binned(&mut p, &binner, v);
-                }
+                profile::add_numeric_slice(&mut p, &binner, values);
             } else if let Some(&(_, codes, dict)) = cat.iter().find(|c| c.0 == col) {
                 let buckets: Vec<usize> = dict.iter().map(|v| compiled.bucket(col, v)).collect();
                 for &c in codes {
