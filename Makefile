@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-ingest bench-rust clean
+.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-ingest bench-drift bench-rust clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -41,8 +41,15 @@ bench-ingest:  ## agents -> collector -> DuckDB against one message per record
 	$(PIP) install ".[bench]"
 	$(PY) benches/bench_ingest.py
 
-bench-rust:  ## criterion benches of the ring
+bench-drift:  ## drift of 1M rows: modeltap vs scipy+numpy vs Evidently (own venv)
+	$(PIP) install ".[dev]"
+	test -x .bench/evidently-venv/bin/python || ( $(PY) -m venv .bench/evidently-venv && \
+		.bench/evidently-venv/bin/pip install evidently "pandas<3" )
+	$(PY) benches/bench_drift.py
+
+bench-rust:  ## criterion benches of the ring and the profiler
 	cargo bench -p modeltap-core --bench ring
+	cargo bench -p modeltap-core --bench profile
 
 clean:
 	cargo clean
