@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         help="largest batch accepted, in MiB; larger ones get RESOURCE_EXHAUSTED (default 64)",
     )
     col.add_argument(
+        "--log-level",
+        dest="collector_log_level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of the collector's log messages (default: INFO)",
+    )
+    col.add_argument(
         "--reference",
         action="append",
         default=[],
@@ -157,7 +163,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    level = args.log_level
+    if args.command == "collector":
+        level = args.collector_log_level or "INFO"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from modeltap import demo
 
@@ -210,22 +219,10 @@ def _drift(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from modeltap.drift import _fmt
+    from modeltap.drift import TABLE, _fmt
 
     t = Table(title=f"{args.model} drift: {report.records:,} records, {report._span()}")
-    heads = (
-        "feature",
-        "kind",
-        "psi",
-        "ks",
-        "ks_pvalue",
-        "js",
-        "wasserstein",
-        "chi2",
-        "hellinger",
-        "out_of_range",
-        "drifted",
-    )
+    heads = TABLE
     for h in heads:
         t.add_column(h, justify="left" if h in ("feature", "kind") else "right")
     for r in report.rows:

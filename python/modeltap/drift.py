@@ -40,6 +40,22 @@ COLUMNS = (
 
 Rules = Mapping[str, tuple[str, float]]
 
+# The columns tables (HTML, the CLI) show.
+TABLE = (
+    "feature",
+    "kind",
+    "psi",
+    "ks",
+    "ks_pvalue",
+    "js",
+    "wasserstein",
+    "chi2",
+    "hellinger",
+    "missing_cur",
+    "out_of_range",
+    "drifted",
+)
+
 
 def compute(
     reference: bytes,
@@ -131,20 +147,7 @@ class DriftReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        head = (
-            "feature",
-            "kind",
-            "psi",
-            "ks",
-            "ks_pvalue",
-            "js",
-            "wasserstein",
-            "chi2",
-            "hellinger",
-            "missing_cur",
-            "out_of_range",
-            "drifted",
-        )
+        head = TABLE
         rows = []
         for r in self.rows:
             style = ' style="background:#fde2e1"' if r["drifted"] else ""

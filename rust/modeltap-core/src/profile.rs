@@ -126,31 +126,9 @@ impl Binner {
 pub fn add_numeric_binned(p: &mut proto::ColumnProfile, binner: &Binner, v: f64) {
     if v.is_nan() {
         p.missing += 1;
-        return;
-    }
-    p.counts[binner.bin(v)] += 1;
-    p.n += 1;
-    if v.is_finite() {
-        let d = v - p.shift;
-        p.sum += d;
-        p.sum_sq += d * d;
-        if v < p.ref_min {
-            p.below_min += 1;
-            p.below_sum += p.ref_min - v;
-        } else if v > p.ref_max {
-            p.above_max += 1;
-            p.above_sum += v - p.ref_max;
-        }
     } else {
-        p.nonfinite += 1;
-        if v < 0.0 {
-            p.below_min += 1;
-        } else {
-            p.above_max += 1;
-        }
+        add_in_bin(p, binner.bin(v), v);
     }
-    p.min = p.min.min(v);
-    p.max = p.max.max(v);
 }
 
 /// Adds a whole column of values (the offline path): the same result as
@@ -238,14 +216,20 @@ pub fn empty_profile(
     }
 }
 
-/// Adds a numeric value to a column profile.
+/// Adds a numeric value to a column profile, finding its bin in `cuts`.
 #[inline]
 pub fn add_numeric(p: &mut proto::ColumnProfile, cuts: &[f64], v: f64) {
     if v.is_nan() {
         p.missing += 1;
-        return;
+    } else {
+        add_in_bin(p, bin_of(cuts, v), v);
     }
-    p.counts[bin_of(cuts, v)] += 1;
+}
+
+/// Adds a non-NaN value whose fine bin is known.
+#[inline]
+fn add_in_bin(p: &mut proto::ColumnProfile, bin: usize, v: f64) {
+    p.counts[bin] += 1;
     p.n += 1;
     if v.is_finite() {
         let d = v - p.shift;
