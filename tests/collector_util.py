@@ -54,9 +54,12 @@ class Collector:
         )
         if wait:
             assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
-            assert "listening on" in line, line
-            self.output += line
+            for _ in range(50):  # log lines may come first
+                line = self.proc.stdout.readline()
+                self.output += line
+                if "listening on" in line or not line:
+                    break
+            assert "listening on" in line, self.output
         return self
 
     def health(self) -> int:
