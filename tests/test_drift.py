@@ -240,3 +240,23 @@ def test_reference_drift_of_a_dataset_equals_the_agent_path():
                 assert r2[k] == pytest.approx(r1[k], rel=1e-9, abs=1e-12), (r1["feature"], k)
     with pytest.raises(ValueError, match="lacks"):
         ref.drift(cur.drop(columns=["a"]))
+
+
+def test_sample_rate_keeps_some_rows_and_profiles_every_record():
+    rng = np.random.default_rng(4)
+    ref = modeltap.Reference.from_data(rng.normal(size=(5000, 2)))
+    got = []
+    a = modeltap.Agent("m", reference=ref, sink=got.append, sample_rate=0.1, metrics_interval=None)
+    a.log_batch(rng.normal(size=(20_000, 2)), np.zeros(20_000))
+    assert a.flush(10)
+    rep = a.drift()
+    a.close()
+    s = a.stats()
+    rows = sum(modeltap.decode_batch(b)["n_records"] for b in got)
+    assert rep.records == 20_000  # every record profiled
+    assert s["shipped"] == rows
+    assert s["sampled_out"] == 20_000 - rows
+    assert 1_500 < rows < 2_500  # about 10 %
+    assert s["logged"] == s["shipped"] + s["sampled_out"]
+    with pytest.raises(ValueError, match="sample_rate"):
+        modeltap.Agent("m", sample_rate=0.0)
