@@ -367,3 +367,39 @@ def test_sigterm_delivers_what_the_ring_holds(tmp_path):
     col.stop()
     _, feats = stored(tmp_path / "store.duckdb")
     np.testing.assert_array_equal(np.sort(feats[:, 0]), np.arange(5000.0))
+
+
+def test_spool_reader_skips_damage_and_resumes():
+    import tempfile
+    from pathlib import Path
+
+    from modeltap.spool import Corrupt, Frame, Spool, encode_frame, read_frame_at
+
+    with tempfile.TemporaryDirectory() as d:
+        seg = Path(d) / "x-00000001.spool"
+        frames = [encode_frame(bytes([i]) * (100 + i), i + 1) for i in range(5)]
+        data = bytearray(b"".join(frames))
+        start2 = len(frames[0])
+        data[start2 + 5] ^= 0x40  # damage the second frame's header
+        data += frames[0][:10]  # and a torn frame at the end
+        seg.write_bytes(bytes(data))
+        got, offset = [], 0
+        while (item := read_frame_at(seg, offset)) is not None:
+            got.append(item)
+            offset = item.end
+        kinds = [type(x).__name__ for x in got]
+        assert kinds == ["Frame", "Corrupt", "Frame", "Frame", "Frame", "Corrupt"]
+        assert [x.n_records for x in got if isinstance(x, Frame)] == [1, 3, 4, 5]
+        assert isinstance(got[-1], Corrupt)
+        # the same through a Spool adopting the segment
+        sp = Spool(d, "other-agent", 1 << 20)
+        assert sp.adopted_pending == 1 + 3 + 4 + 5
+        seen = []
+        while (nxt := sp.next()) is not None:
+            item, adopted = nxt
+            assert adopted
+            seen.append(item.n_records if isinstance(item, Frame) else -1)
+            sp.ack(item, adopted)
+        assert [x for x in seen if x > 0] == [1, 3, 4, 5]
+        assert not seg.exists()
+        sp.close()

@@ -108,6 +108,25 @@ def _frames(path: Path, data: bytes) -> Iterator[Frame | Corrupt]:
         pos = end
 
 
+def read_frame_at(path: Path, offset: int) -> Frame | Corrupt | None:
+    """The frame at ``offset`` (reading only its header and payload), the
+    bad stretch starting there, or None at the end of the segment."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(HEADER_SIZE)
+        if not head:
+            return None
+        if len(head) == HEADER_SIZE:
+            magic, version, _, _, _, n, length, pcrc = _HEAD.unpack_from(head)
+            (crc,) = _HEAD_CRC.unpack_from(head, _HEAD.size)
+            if magic == MAGIC and version == VERSION and zlib.crc32(head[: _HEAD.size]) == crc:
+                payload = f.read(length)
+                if len(payload) == length and zlib.crc32(payload) == pcrc:
+                    return Frame(path, offset + HEADER_SIZE + length, n, payload)
+    # Damaged or torn: let the scanning reader find where good frames resume.
+    return next(iter(read_frames(path, offset)), None)
+
+
 def _resync(data: bytes, pos: int) -> int:
     """Offset of the next header with a valid CRC at or after ``pos``."""
     while True:
@@ -249,7 +268,11 @@ class Spool:
     def _next(self) -> tuple[Frame | Corrupt, bool] | None:
         while self._queue:
             seg = self._queue[0]
-            for item in read_frames(seg.path, seg.offset):
+            try:
+                item = read_frame_at(seg.path, seg.offset)
+            except FileNotFoundError:
+                item = None
+            if item is not None:
                 return item, seg.adopted
             if seg.path == self._active_path:
                 return None
