@@ -35,7 +35,7 @@ from modeltap.exporter import (
     GrpcDestination,
     SinkDestination,
 )
-from modeltap.reference import Reference
+from modeltap.reference import Reference, categorical_strings
 from modeltap.spool import Spool
 from modeltap.system import SystemReading, SystemSampler
 
@@ -457,13 +457,7 @@ class Agent:
         for i, name in enumerate(schema):
             col = table.column(name).combine_chunks()
             if name in cats:
-                if pa.types.is_dictionary(col.type):
-                    col = col.dictionary_decode()
-                if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
-                    if pa.types.is_floating(col.type):
-                        col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
-                        col = col.cast(pa.int64())
-                    col = col.cast(pa.string())
+                col = categorical_strings(col)
                 enc = col.dictionary_encode()
                 codes = np.asarray(
                     self._rec.intern(i, enc.dictionary.to_pylist()), dtype=np.float64

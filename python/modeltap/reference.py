@@ -63,19 +63,18 @@ def _numeric_values(col: Any) -> np.ndarray:
     return np.asarray(col, dtype=np.float64)
 
 
-def _category_counts(col: Any) -> tuple[list[str], list[int], int]:
-    """Distinct values as strings (integral numbers without a decimal
-    point, as the agent writes them), their counts and the number of
-    missing values, without a per-row Python loop."""
+def categorical_strings(col: Any) -> Any:
+    """A categorical column (NumPy, pandas, Arrow) as an Arrow string array,
+    missing values (None, NaN) as nulls, integral numbers without a decimal
+    point: the values as the agent and references spell them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(col, pa.ChunkedArray):
-        arr = col.combine_chunks()
-    elif isinstance(col, pa.Array):
-        arr = col
-    else:
-        values = col.to_numpy() if hasattr(col, "to_numpy") else np.asarray(col)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if type(arr).__module__.startswith("pandas"):
+        arr = pa.Array.from_pandas(arr)  # Arrow-backed strings: no copy
+    if not isinstance(arr, pa.Array):
+        values = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
         arr = pa.array(values, from_pandas=True)  # NaN and None become nulls
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
@@ -84,7 +83,18 @@ def _category_counts(col: Any) -> tuple[list[str], list[int], int]:
         valid = arr.drop_null()
         if len(valid) == 0 or pc.all(pc.equal(pc.floor(valid), valid)).as_py():
             arr = arr.cast(pa.int64())
-    vc = pc.value_counts(arr.cast(pa.string()).drop_null())
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())
+    return arr
+
+
+def _category_counts(col: Any) -> tuple[list[str], list[int], int]:
+    """Distinct values as strings, their counts and the number of missing
+    values, without a per-row Python loop."""
+    import pyarrow.compute as pc
+
+    arr = categorical_strings(col)
+    vc = pc.value_counts(arr.drop_null())
     values = vc.field("values").to_pylist()
     counts = vc.field("counts").to_pylist()
     return [str(v) for v in values], [int(c) for c in counts], int(arr.null_count)
@@ -189,8 +199,6 @@ class Reference:
         """Profiles a whole dataset against this reference (natively, a
         column per thread): the encoded window profile that
         :func:`modeltap.drift.compute` and :meth:`drift` read."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
         _names, cols = _to_columns(data, feature_names or self.feature_names)
         numeric: list[tuple[int, np.ndarray]] = []
@@ -214,20 +222,7 @@ class Reference:
             if kinds[name] == "numeric":
                 numeric.append((i, np.ascontiguousarray(_numeric_values(col))))
                 continue
-            arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-            if type(arr).__module__.startswith("pandas"):
-                # Arrow-backed pandas strings convert without a copy.
-                arr = pa.Array.from_pandas(arr)
-            if not isinstance(arr, pa.Array):
-                values = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
-                arr = pa.array(values, from_pandas=True)
-            if pa.types.is_dictionary(arr.type):
-                arr = arr.dictionary_decode()
-            if pa.types.is_floating(arr.type):
-                arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
-                arr = arr.cast(pa.int64())
-            if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-                arr = arr.cast(pa.string())
+            arr = categorical_strings(col)
             enc = arr.dictionary_encode()
             codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
             categorical.append((i, codes, enc.dictionary.to_pylist()))

@@ -329,8 +329,6 @@ def decode(data: bytes) -> DecodedBatch:
     system = _system_table(d["system"], model, version, agent_id, m)
     profiles = None
     if d["profiles"]:
-        from modeltap import _core as core
-
         ps = d["profiles"]
         k = len(ps)
         profiles = pa.table(
@@ -342,7 +340,7 @@ def decode(data: bytes) -> DecodedBatch:
                 "window_start": pa.array([p[0] for p in ps], pa.int64()).cast(TS),
                 "window_s": pa.array([p[1] / 1e9 for p in ps], pa.float64()),
                 "reference_fingerprint": pa.array(
-                    [core.profile_fingerprint(p[3]) for p in ps], pa.string()
+                    [_core.profile_fingerprint(p[3]) for p in ps], pa.string()
                 ),
                 "records": pa.array([p[2] for p in ps], pa.uint64()),
                 "profile": pa.array([bytes(p[3]) for p in ps], pa.binary()),
@@ -704,6 +702,18 @@ class StoreWriter:
             self._wal_ino = ino
 
 
+def _time_range(
+    conds: list[str], params: list[Any], column: str, since: int | None, until: int | None
+) -> None:
+    """Adds ``since <= column < until`` (Unix ns, either may be None)."""
+    if since is not None:
+        conds.append(f"{column} >= make_timestamptz(? // 1000)")
+        params.append(since)
+    if until is not None:
+        conds.append(f"{column} < make_timestamptz(? // 1000)")
+        params.append(until)
+
+
 def register_reference(
     con: duckdb.DuckDBPyConnection, model: str, version: str, data: bytes
 ) -> str:
@@ -746,12 +756,7 @@ def drift_data(
     data, fingerprint = bytes(ref[0]), str(ref[1])
     conds = ["model = ?", "version = ?", "reference_fingerprint = ?"]
     params: list[Any] = [model, version, fingerprint]
-    if since_ns is not None:
-        conds.append("window_start >= make_timestamptz(? // 1000)")
-        params.append(since_ns)
-    if until_ns is not None:
-        conds.append("window_start < make_timestamptz(? // 1000)")
-        params.append(until_ns)
+    _time_range(conds, params, "window_start", since_ns, until_ns)
     blobs = [
         bytes(r[0])
         for r in con.execute(
@@ -879,12 +884,7 @@ class Store:
         if version is not None:
             conds.append("version = ?")
             params.append(version)
-        if (s := _ns(since)) is not None:
-            conds.append("ts >= make_timestamptz(? // 1000)")
-            params.append(s)
-        if (u := _ns(until)) is not None:
-            conds.append("ts < make_timestamptz(? // 1000)")
-            params.append(u)
+        _time_range(conds, params, "ts", _ns(since), _ns(until))
         return ("WHERE " + " AND ".join(conds)) if conds else "", params
 
     def _expand(self, t: pa.Table) -> pa.Table:

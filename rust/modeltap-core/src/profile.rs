@@ -254,6 +254,20 @@ fn add_in_bin(p: &mut proto::ColumnProfile, bin: usize, v: f64) {
     p.max = p.max.max(v);
 }
 
+/// Mean and standard deviation of a numeric column profile (NaN without
+/// finite values; the sums cover finite values only).
+#[allow(clippy::cast_precision_loss)]
+pub fn moments(p: &proto::ColumnProfile) -> (f64, f64) {
+    let n = p.n.saturating_sub(p.nonfinite);
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = n as f64;
+    let mean = p.sum / n;
+    let var = (p.sum_sq / n - mean * mean).max(0.0);
+    (p.shift + mean, var.sqrt())
+}
+
 /// Adds a categorical value (a bucket index; `None` for missing).
 #[inline]
 pub fn add_category(p: &mut proto::ColumnProfile, bucket: Option<usize>) {
@@ -513,14 +527,9 @@ impl Compiled {
                 .iter()
                 .zip(&self.reference.profiles)
                 .map(|(spec, rp)| {
-                    #[allow(clippy::cast_precision_loss)]
-                    let finite = rp.n.saturating_sub(rp.nonfinite);
-                    let mean = if finite > 0 {
-                        rp.shift + rp.sum / finite as f64
-                    } else {
-                        0.0
-                    };
-                    empty_profile(spec, mean, rp.ref_min, rp.ref_max)
+                    let (mean, _) = moments(rp);
+                    let shift = if mean.is_nan() { 0.0 } else { mean };
+                    empty_profile(spec, shift, rp.ref_min, rp.ref_max)
                 })
                 .collect(),
             latency_counts: vec![0; LATENCY_BUCKETS],
@@ -690,12 +699,10 @@ impl Profiler {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn code_known(&self, slot: &crate::record::Slot) -> bool {
         use crate::record::PredictionKind;
-        for (f, col) in self.feature_cols.iter().enumerate() {
-            if let Some(col) = *col {
-                let v = slot.values[f];
-                if !self.numeric[col] && !v.is_nan() && self.cat_maps[f].len() <= v as usize {
-                    return false;
-                }
+        for &(f, _) in &self.categorical_features {
+            let v = slot.values[f];
+            if !v.is_nan() && self.cat_maps[f].len() <= v as usize {
+                return false;
             }
         }
         if let Some(col) = self.pred_col {

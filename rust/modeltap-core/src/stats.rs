@@ -35,6 +35,7 @@
 
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
+use crate::profile::moments;
 use crate::proto;
 
 /// Floor of a bin proportion in PSI and chi-square.
@@ -232,19 +233,6 @@ pub fn ks_pvalue(d: f64, n: u64, m: u64) -> f64 {
         sign = -sign;
     }
     (2.0 * sum).clamp(0.0, 1.0)
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn moments(p: &proto::ColumnProfile) -> (f64, f64) {
-    // Sums cover the finite values only.
-    let n = p.n.saturating_sub(p.nonfinite);
-    if n == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let n = n as f64;
-    let mean = p.sum / n;
-    let var = (p.sum_sq / n - mean * mean).max(0.0);
-    (p.shift + mean, var.sqrt())
 }
 
 /// KS D over fine bins.

@@ -154,18 +154,11 @@ pub fn reference_info<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
         cd.set_item("n", p.n)?;
         cd.set_item("missing", p.missing)?;
         if let Some(n) = &c.numeric {
-            let finite = p.n.saturating_sub(p.nonfinite);
-            #[allow(clippy::cast_precision_loss)]
-            let (mean, var) = if finite > 0 {
-                let m = p.sum / finite as f64;
-                (p.shift + m, (p.sum_sq / finite as f64 - m * m).max(0.0))
-            } else {
-                (f64::NAN, f64::NAN)
-            };
+            let (mean, std) = profile::moments(p);
             cd.set_item("min", p.ref_min)?;
             cd.set_item("max", p.ref_max)?;
             cd.set_item("mean", mean)?;
-            cd.set_item("std", var.sqrt())?;
+            cd.set_item("std", std)?;
             cd.set_item("psi_bins", n.n_psi_bins)?;
             // The PSI bins' cuts: the fine cuts where the PSI bin changes.
             let psi_cuts: Vec<f64> = n
