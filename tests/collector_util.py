@@ -94,6 +94,11 @@ class Collector:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def rss(self) -> int:
+        """The collector process's resident memory, in bytes."""
+        assert self.proc is not None
+        return rss_bytes(self.proc.pid)
+
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -135,3 +140,192 @@ def expected_features(k: int, n: int, nf: int = 20):
     i = np.arange(n, dtype=np.float64)[:, None]
     j = np.arange(nf, dtype=np.float64)[None, :]
     return k * 1_000_000 + i + j / 64
+
+
+# -- protobuf wire format, for building hostile messages from real ones --------
+
+VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = data[i]
+        out |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            return out, i
+        shift += 7
+
+
+def _put_varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def pb_parse(data: bytes) -> list[list[Any]]:
+    """A message's fields, in wire order, as ``[number, wire_type, value]``
+    (value: int for varint and fixed, bytes for length-delimited)."""
+    fields: list[list[Any]] = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        num, wt = key >> 3, key & 7
+        if wt == VARINT:
+            v, i = _varint(data, i)
+        elif wt == FIXED64:
+            v = int.from_bytes(data[i : i + 8], "little")
+            i += 8
+        elif wt == FIXED32:
+            v = int.from_bytes(data[i : i + 4], "little")
+            i += 4
+        elif wt == LEN:
+            n, i = _varint(data, i)
+            v = data[i : i + n]
+            i += n
+        else:
+            raise ValueError(f"wire type {wt}")
+        fields.append([num, wt, v])
+    return fields
+
+
+def pb_build(fields: list[list[Any]]) -> bytes:
+    """The inverse of :func:`pb_parse` (same order, so prost's canonical
+    encoding round-trips byte for byte)."""
+    out = bytearray()
+    for num, wt, v in fields:
+        out += _put_varint(num << 3 | wt)
+        if wt == VARINT:
+            out += _put_varint(v)
+        elif wt == FIXED64:
+            out += (v & ((1 << 64) - 1)).to_bytes(8, "little")
+        elif wt == FIXED32:
+            out += (v & 0xFFFFFFFF).to_bytes(4, "little")
+        else:
+            out += _put_varint(len(v)) + bytes(v)
+    return bytes(out)
+
+
+def pb_get(fields: list[list[Any]], num: int) -> list[Any]:
+    return [f for f in fields if f[0] == num]
+
+
+def pb_set(fields: list[list[Any]], num: int, wt: int, value: Any) -> list[list[Any]]:
+    """Replaces field ``num`` (or appends it), keeping field order."""
+    out = [f for f in fields if f[0] != num]
+    out.append([num, wt, value])
+    out.sort(key=lambda f: f[0])
+    return out
+
+
+def packed_varints(data: bytes) -> list[int]:
+    out, i = [], 0
+    while i < len(data):
+        v, i = _varint(data, i)
+        out.append(v)
+    return out
+
+
+def pack_varints(values: list[int]) -> bytes:
+    return b"".join(_put_varint(v) for v in values)
+
+
+REF_MAGIC = b"MTREF\x00\x01\x00"
+
+
+def fnv_fingerprint(columns: list[bytes]) -> str:
+    """The reference's fingerprint (FNV-1a of its encoded column specs)."""
+    h = 0xCBF29CE484222325
+    for c in columns:
+        for b in c:
+            h ^= b
+            h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def rebuild_reference(data: bytes, edit_column: Any) -> bytes:
+    """A reference file whose column specs went through ``edit_column``
+    (fields of a ColumnSpec → fields, or None to keep it), with a fingerprint
+    that matches them: damage the fingerprint check cannot see."""
+    assert data.startswith(REF_MAGIC)
+    top = pb_parse(data[len(REF_MAGIC) :])
+    cols = []
+    for f in top:
+        if f[0] == 4:
+            edited = edit_column(pb_parse(f[2]))
+            if edited is not None:
+                f[2] = pb_build(edited)
+            cols.append(f[2])
+    for f in top:
+        if f[0] == 8:
+            f[2] = fnv_fingerprint(cols).encode()
+    return REF_MAGIC + pb_build(top)
+
+
+def reference_fingerprint(data: bytes) -> str:
+    """The fingerprint a reference file's columns hash to."""
+    top = pb_parse(data[len(REF_MAGIC) :])
+    return fnv_fingerprint([f[2] for f in top if f[0] == 4])
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(pid)
+
+
+def export(addr: str, data: bytes, timeout: float = 10.0) -> tuple[grpc.StatusCode, str, bytes]:
+    """One Export call: (status code, details, response bytes)."""
+    with grpc.insecure_channel(addr) as ch:
+        call = ch.unary_unary("/modeltap.v1.Collector/Export")
+        try:
+            return grpc.StatusCode.OK, "", call(data, timeout=timeout)
+        except grpc.RpcError as e:
+            return e.code(), e.details() or "", b""
+
+
+def encoded_batches(
+    n_batches: int = 1,
+    rows: int = 100,
+    *,
+    model: str = "m",
+    version: str = "1",
+    features: int = 3,
+    reference: Any = None,
+    metrics: bool = False,
+    seed: int = 0,
+) -> list[bytes]:
+    """Real batches, encoded by a real agent (sink instead of a collector)."""
+    import numpy as np
+
+    import modeltap
+
+    got: list[bytes] = []
+    a = modeltap.Agent(
+        model,
+        version,
+        sink=got.append,
+        reference=reference,
+        metrics_interval=0.01 if metrics else None,
+        batch_size=rows,
+    )
+    rng = np.random.default_rng(seed)
+    for _ in range(n_batches):
+        if metrics:
+            time.sleep(0.03)
+        a.log_batch(rng.normal(size=(rows, features)), rng.integers(0, 3, rows))
+        a.flush(10)
+    a.close()
+    return got

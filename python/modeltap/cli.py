@@ -82,6 +82,32 @@ def _parser() -> argparse.ArgumentParser:
         help="largest batch accepted, in MiB; larger ones get RESOURCE_EXHAUSTED (default 64)",
     )
     col.add_argument(
+        "--memory-limit",
+        default="1GB",
+        metavar="SIZE",
+        help=(
+            "DuckDB's memory limit (its memory_limit setting: 1GB, 512MiB, 25%%; "
+            "default 1GB; DuckDB's own default is 80%% of RAM)"
+        ),
+    )
+    col.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="calls served at once; more get RESOURCE_EXHAUSTED and agents back off (default 256)",
+    )
+    col.add_argument(
+        "--max-pending-mb",
+        type=_positive_float,
+        default=128.0,
+        metavar="MB",
+        help=(
+            "batches received but not yet stored, in MiB; past it new batches get "
+            "RESOURCE_EXHAUSTED and agents back off (default 128)"
+        ),
+    )
+    col.add_argument(
         "--log-level",
         dest="collector_log_level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -160,6 +186,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -174,7 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collector":
         from modeltap.collector import serve
 
-        return serve(args.listen, args.store, args.max_message_mb, args.reference)
+        return serve(
+            args.listen,
+            args.store,
+            args.max_message_mb,
+            args.reference,
+            memory_limit=args.memory_limit,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_pending_mb=args.max_pending_mb,
+        )
     if args.command == "drift":
         return _drift(args)
     if args.command == "reference":

@@ -1,18 +1,38 @@
-"""The collector's gRPC server (grpc.aio): ``modeltap.v1.Collector/Export``
-plus the standard health checking service.
+"""The collector's gRPC server (grpc.aio): ``modeltap.v1.Collector/Export``,
+``RegisterReference`` and ``Drift``, plus the standard health checking
+service.
 
 Batches arrive as bytes (no Python protobuf objects), are decoded natively
-on a small thread pool, and are acknowledged only once the store has
-committed them durably. Status codes: undecodable or inconsistent bytes →
-INVALID_ARGUMENT; a batch from a newer schema version → FAILED_PRECONDITION;
-a message over ``--max-message-mb`` → RESOURCE_EXHAUSTED (from grpc itself);
-the store cannot be written → UNAVAILABLE (agents retry or spool), with the
-health service reporting NOT_SERVING until writes succeed again.
+on a small thread pool, checked against the range of every column they go
+to, and are acknowledged only once the store has committed them durably.
+
+Status codes say what the caller should do:
+
+- INVALID_ARGUMENT: never retry: bytes that are not a batch, an
+  inconsistent batch, a value out of its column's range, a batch that would
+  expand past its bound, a batch the store refused; a reference that is not
+  valid; a bad drift rule or time.
+- FAILED_PRECONDITION: a batch from a newer schema version; a drift whose
+  stored reference or profiles cannot be used.
+- NOT_FOUND: drift of a model with no profiles or no reference.
+- RESOURCE_EXHAUSTED (retry with backoff): over ``max_concurrent_rpcs``
+  (grpc itself), over ``max_pending_mb`` of batches received and not yet
+  stored, the store's queue full, DuckDB over its memory limit; a message
+  over ``max_message_mb`` (grpc itself; "larger than max", never retried).
+- UNAVAILABLE (retry, then spool): the store cannot be written, or its
+  writer thread is being restarted; health reports NOT_SERVING until writes
+  succeed again.
+- INTERNAL: an unexpected failure of the collector's own, with its message.
+
+A watchdog checks the store's writer thread every ``watchdog_s``: a dead
+one (it should never die: every failure is caught) is restarted, a stalled
+one (one write or job for more than ``stall_s``) makes health NOT_SERVING.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +40,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,8 +51,13 @@ from grpc_health.v1.health import aio as health_aio
 
 from modeltap import _core
 from modeltap.collector.store import (
+    MAX_UNIX_NANO,
+    BatchRejected,
+    Overloaded,
+    StoredDataInvalid,
     StoreUnavailable,
     StoreWriter,
+    check_memory_limit,
     decode,
     drift_data,
     register_reference,
@@ -41,10 +68,55 @@ log = logging.getLogger("modeltap.collector")
 SERVICE = "modeltap.v1.Collector"
 DEFAULT_LISTEN = "127.0.0.1:7317"
 DEFAULT_STORE = "./modeltap.duckdb"
+DEFAULT_MEMORY_LIMIT = "1GB"
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+DEFAULT_MAX_PENDING_MB = 128.0
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+Code = grpc.StatusCode
+
+
+class _Refusal(Exception):
+    """An RPC answered with a status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _status(e: BaseException, *, arguments: bool = False) -> _Refusal:
+    """The status for a failure. ``arguments``: a plain ValueError is the
+    caller's bad argument (drift rules), not a bug of ours."""
+    if isinstance(e, _Refusal):
+        return e
+    if isinstance(e, _core.UnsupportedSchemaVersion):
+        return _Refusal(Code.FAILED_PRECONDITION, str(e))
+    if isinstance(e, (_core.BatchDecodeError, BatchRejected, _core.ReferenceFormatError)):
+        return _Refusal(Code.INVALID_ARGUMENT, str(e))
+    if isinstance(e, StoredDataInvalid):
+        return _Refusal(Code.FAILED_PRECONDITION, str(e))
+    if isinstance(e, LookupError):
+        return _Refusal(Code.NOT_FOUND, str(e))
+    if isinstance(e, Overloaded):
+        return _Refusal(Code.RESOURCE_EXHAUSTED, f"collector overloaded, retry later: {e}")
+    if isinstance(e, StoreUnavailable):
+        return _Refusal(Code.UNAVAILABLE, f"store unavailable: {e}")
+    if arguments and isinstance(e, ValueError):
+        return _Refusal(Code.INVALID_ARGUMENT, str(e))
+    log.error("internal error", exc_info=e)
+    return _Refusal(Code.INTERNAL, f"internal error: {type(e).__name__}: {e}")
 
 
 class CollectorServer:
-    """One collector: a gRPC server in front of one store."""
+    """One collector: a gRPC server in front of one store.
+
+    Bounds: ``max_concurrent_rpcs`` calls at once (more get
+    RESOURCE_EXHAUSTED from grpc), ``max_pending_mb`` of batches received
+    and not yet answered (more get RESOURCE_EXHAUSTED), the writer's queue
+    (see :class:`StoreWriter`), DuckDB's ``memory_limit``."""
 
     def __init__(
         self,
@@ -53,37 +125,84 @@ class CollectorServer:
         *,
         max_message_mb: float = 64.0,
         decode_workers: int = 2,
+        max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+        max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
+        memory_limit: str = DEFAULT_MEMORY_LIMIT,
+        watchdog_s: float = 0.5,
+        stall_s: float = 60.0,
+        writer_options: dict[str, Any] | None = None,
     ) -> None:
         self.listen = listen
         self.store_path = store
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.max_pending_bytes = int(max_pending_mb * 1024 * 1024)
+        self.watchdog_s = watchdog_s
+        self.stall_s = stall_s
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="modeltap-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._serving: int | None = None
         self.health = health_aio.HealthServicer()
-        self.writer = StoreWriter(store, on_health=self._health_changed)
+        self.writer = StoreWriter(
+            store,
+            on_health=self._health_changed,
+            memory_limit=check_memory_limit(memory_limit),
+            **(writer_options or {}),
+        )
         self.server: Any = None
         self.port = 0
         self.received = 0
-        self.rejected = 0
+        self.rejected = 0  # answered INVALID_ARGUMENT or FAILED_PRECONDITION
+        self.shed = 0  # answered RESOURCE_EXHAUSTED
+        self.internal = 0  # answered INTERNAL
+        self.pending_bytes = 0  # bytes of Export requests not answered yet
+        self.peak_pending_bytes = 0
+
+    # -- health --------------------------------------------------------------
 
     def _health_changed(self, ok: bool, reason: str) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._refresh_health)
 
-        def apply() -> None:
-            for name in ("", SERVICE):
-                task = asyncio.ensure_future(self.health.set(name, status))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+    def serving(self) -> tuple[bool, str]:
+        """Whether the collector can store batches now, and why not."""
+        w = self.writer
+        if not w.alive():
+            return False, "the store writer is not running"
+        busy = w.busy_for()
+        if busy > self.stall_s:
+            return False, f"the store writer has been stuck on one write for {busy:.0f} s"
+        return w.healthy, w.reason
 
-        loop.call_soon_threadsafe(apply)
+    def _refresh_health(self, force: bool | None = None) -> None:
+        ok = self.serving()[0] if force is None else force
+        status = SERVING if ok else NOT_SERVING
+        if status == self._serving:
+            return
+        self._serving = status
+        for name in ("", SERVICE):
+            task = asyncio.ensure_future(self.health.set(name, status))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog_s)
+            try:
+                if not self.writer.alive():
+                    self._refresh_health(False)
+                    self.writer.revive()
+                else:
+                    self._refresh_health()
+            except Exception:
+                log.exception("collector watchdog")
+
+    # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> int:
         """Opens the store, starts serving; returns the bound port."""
@@ -92,7 +211,8 @@ class CollectorServer:
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
-            ]
+            ],
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
         )
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -108,54 +228,109 @@ class CollectorServer:
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         await asyncio.to_thread(self.writer.start)
-        self._health_changed(self.writer.healthy, self.writer.reason)
+        self._refresh_health()
+        self._watchdog = asyncio.ensure_future(self._watch())
         await self.server.start()
         return int(self.port)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stops accepting calls, finishes those in flight, closes the store."""
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await asyncio.to_thread(self.writer.stop)
+        self._pool.shutdown(wait=True)
+
+    # -- RPCs ----------------------------------------------------------------
+
+    async def _answer(
+        self,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+        work: Callable[[], Any],
+        *,
+        arguments: bool = False,
+    ) -> bytes:
+        """Runs ``work`` (a coroutine function), turning every failure into
+        the status it deserves; never lets an exception out as UNKNOWN."""
+        try:
+            return bytes(await work())
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # native panics included
+            r = _status(e, arguments=arguments)
+        if r.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION):
+            self.rejected += 1
+        elif r.code == Code.RESOURCE_EXHAUSTED:
+            self.shed += 1
+        elif r.code == Code.INTERNAL:
+            self.internal += 1
+        await context.abort(r.code, r.details)
+        raise AssertionError("unreachable: abort raises")
 
     async def _export(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        loop = asyncio.get_running_loop()
         self.received += 1
-        try:
-            batch = await loop.run_in_executor(self._pool, decode, request)
-        except _core.UnsupportedSchemaVersion as e:
-            self.rejected += 1
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        except _core.BatchDecodeError as e:
-            self.rejected += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        try:
-            duplicate, n = await asyncio.wrap_future(self.writer.submit(batch))
-        except StoreUnavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
-        return _core.encode_export_response(True, duplicate, n)
+        size = len(request)
+
+        async def work() -> bytes:
+            if not self.writer.alive():
+                self.writer.revive()
+                raise StoreUnavailable("the store writer is restarting")
+            ok, why = self.serving()
+            if not ok:  # fail fast: queueing behind a broken store helps nobody
+                raise StoreUnavailable(why)
+            if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+                raise Overloaded(
+                    f"{self.pending_bytes} bytes of batches pending (limit "
+                    f"{self.max_pending_bytes})"
+                )
+            self.pending_bytes += size
+            self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
+            try:
+                loop = asyncio.get_running_loop()
+                batch = await loop.run_in_executor(self._pool, decode, request)
+                left = context.time_remaining()
+                if left is not None:
+                    batch.deadline = time.monotonic() + left
+                duplicate, n = await asyncio.wrap_future(self.writer.submit(batch))
+            finally:
+                self.pending_bytes -= size
+            return _core.encode_export_response(True, duplicate, n)
+
+        return await self._answer(context, work)
 
     async def _register(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        try:
+        def check() -> tuple[str, str, bytes]:
             model, version, data = _core.decode_reference_upload(request)
-            _core.reference_info(data)
-        except (_core.BatchDecodeError, _core.ReferenceFormatError) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        try:
+            info = _core.reference_info(data)  # every index, every kind/spec pair
+            model = model or str(info["model"])
+            if not model:
+                raise _core.ReferenceFormatError("no model named, in the call or the file")
+            return model, version, data
+
+        async def work() -> bytes:
+            loop = asyncio.get_running_loop()
+            model, version, data = await loop.run_in_executor(self._pool, check)
             fp = await asyncio.wrap_future(
                 self.writer.run(lambda con: register_reference(con, model, version, data))
             )
-        except StoreUnavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
-        return _core.encode_text_response(fp)
+            return _core.encode_text_response(fp)
+
+        return await self._answer(context, work)
 
     async def _drift(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        try:
+        async def work() -> bytes:
             model, version, lo, hi, rule_texts = _core.decode_drift_request(request)
+            for what, t in (("from", lo), ("to", hi)):
+                if t > MAX_UNIX_NANO:
+                    raise ValueError(f"{what}_unix_nano {t} is past the largest time")
             rules = parse_rules(rule_texts)
-        except (_core.BatchDecodeError, ValueError) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        try:
             data = await asyncio.wrap_future(
                 self.writer.run(
                     lambda con: drift_data(
@@ -163,18 +338,9 @@ class CollectorServer:
                     )
                 )
             )
-        except LookupError as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        except StoreUnavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
-        return _core.encode_text_response(json.dumps(_json_safe(data)))
+            return _core.encode_text_response(json.dumps(_json_safe(data)))
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Stops accepting calls, finishes those in flight, closes the store."""
-        if self.server is not None:
-            await self.server.stop(grace_s)
-        await asyncio.to_thread(self.writer.stop)
-        self._pool.shutdown(wait=True)
+        return await self._answer(context, work, arguments=True)
 
 
 def parse_rules(texts: list[str]) -> dict[str, tuple[str, float]]:
@@ -226,10 +392,14 @@ def _load_references(specs: list[str]) -> list[tuple[str, str, bytes]]:
 
 
 async def _main(
-    listen: str, store: str, max_message_mb: float, references: list[str] | None = None
+    listen: str,
+    store: str,
+    max_message_mb: float,
+    references: list[str] | None = None,
+    **options: Any,
 ) -> int:
     refs = _load_references(references or [])
-    server = CollectorServer(listen, store, max_message_mb=max_message_mb)
+    server = CollectorServer(listen, store, max_message_mb=max_message_mb, **options)
     port = await server.start()
     for model, version, data in refs:
         fp = await asyncio.wrap_future(server.writer.run(_registrar(model, version, data)))
@@ -243,10 +413,12 @@ async def _main(
     await stop.wait()
     log.info("shutting down: finishing in-flight batches")
     await server.stop()
+    w = server.writer
     print(
-        f"modeltap collector stopped: {server.writer.stored_batches} batches "
-        f"({server.writer.stored_records} records) stored, "
-        f"{server.writer.duplicates} duplicates ignored",
+        f"modeltap collector stopped: {w.stored_batches} batches "
+        f"({w.stored_records} records) stored, {w.duplicates} duplicates ignored, "
+        f"{server.rejected} refused, {server.shed} shed under load, "
+        f"{w.abandoned} abandoned by their callers",
         flush=True,
     )
     return 0
@@ -257,10 +429,24 @@ def serve(
     store: str = DEFAULT_STORE,
     max_message_mb: float = 64.0,
     references: list[str] | None = None,
+    *,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
 ) -> int:
     """Runs a collector until SIGTERM or SIGINT; returns the exit status."""
     try:
-        return asyncio.run(_main(listen, store, max_message_mb, references))
+        return asyncio.run(
+            _main(
+                listen,
+                store,
+                max_message_mb,
+                references,
+                memory_limit=memory_limit,
+                max_concurrent_rpcs=max_concurrent_rpcs,
+                max_pending_mb=max_pending_mb,
+            )
+        )
     except (OSError, ValueError, _core.ReferenceFormatError) as e:
         print(f"modeltap collector: {e}", file=sys.stderr)
         return 1
@@ -271,8 +457,10 @@ class BackgroundCollector:
     notebooks and tests). Use as a context manager; ``addr`` is where agents
     send."""
 
-    def __init__(self, store: str | os.PathLike[str], listen: str = "127.0.0.1:0") -> None:
-        self.server = CollectorServer(listen, store)
+    def __init__(
+        self, store: str | os.PathLike[str], listen: str = "127.0.0.1:0", **options: Any
+    ) -> None:
+        self.server = CollectorServer(listen, store, **options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="modeltap-collector", daemon=True

@@ -13,16 +13,16 @@ is on disk.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import hashlib
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,8 +138,34 @@ TS = pa.timestamp("ns", tz="UTC")
 CHECKPOINT_THRESHOLD = "256MB"
 
 
+# Largest Unix time in nanoseconds a TIMESTAMPTZ column takes: int64's
+# maximum itself reads back as DuckDB's "infinity".
+MAX_UNIX_NANO = 2**63 - 2
+# What one batch may grow to once decoded into Arrow columns, relative to
+# its bytes on the wire (hex ids are 2.25x; anything far past that is a
+# message built to expand).
+MAX_EXPANSION = 8
+MIN_DECODED_ALLOWANCE = 1 << 20
+
+
 class StoreUnavailable(Exception):
     """The store cannot be written right now; the batch was not stored."""
+
+
+class Overloaded(Exception):
+    """The writer's queue is full: the batch was not queued (retry later)."""
+
+
+class BatchRejected(ValueError):
+    """The store refused this batch's data; it can never be stored."""
+
+
+class StoredDataInvalid(ValueError):
+    """Data already in the store (a reference, a profile) cannot be used."""
+
+
+class WriterError(Exception):
+    """The writer failed on this batch or job for a reason of its own."""
 
 
 @dataclass
@@ -148,6 +174,8 @@ class Job:
 
     fn: Callable[[duckdb.DuckDBPyConnection], Any]
     future: Future[Any] = field(default_factory=Future)
+    nbytes: int = 0
+    n_records: int = 0
 
 
 @dataclass
@@ -165,7 +193,19 @@ class DecodedBatch:
     errors: pa.Table | None
     system: pa.Table | None
     profiles: pa.Table | None = None
+    nbytes: int = 0  # decoded size (Arrow buffers)
+    deadline: float | None = None  # time.monotonic() past which nobody waits
     future: Future[tuple[bool, int]] = field(default_factory=Future)
+
+
+def check_memory_limit(limit: str) -> str:
+    """Checks a DuckDB ``memory_limit`` setting (``"1GB"``, ``"512MiB"``,
+    ``"50%"``); raises ``ValueError`` for one DuckDB does not take."""
+    try:
+        duckdb.connect(":memory:", config={"memory_limit": limit}).close()
+    except duckdb.Error as e:
+        raise ValueError(f"bad memory limit {limit!r}: {e}") from None
+    return limit
 
 
 def _schema_id(model: str, version: str, names: list[str], kinds: list[str]) -> str:
@@ -188,10 +228,49 @@ def _hex_strings(data: bytes, width: int, n: int, valid: np.ndarray | None = Non
     return pa.Array.from_buffers(pa.string(), n, [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+def _out_of_range(what: str, value: object, limit: str) -> _core.BatchDecodeError:
+    return _core.BatchDecodeError(f"out of range: {what} = {value} ({limit})")
+
+
+def _check_unix_nano(what: str, values: Any) -> None:
+    """Unix nanoseconds (uint64 on the wire) must fit a TIMESTAMPTZ column."""
+    a = np.asarray(values)
+    if a.size and int(a.max()) > MAX_UNIX_NANO:
+        raise _out_of_range(what, int(a.max()), f"Unix nanoseconds must be <= {MAX_UNIX_NANO}")
+
+
+def _check_batch(d: Mapping[str, Any]) -> None:
+    """Checks the decoded values whose column is narrower than their wire
+    type, before the batch may join a commit group (one bad value would
+    fail the whole group). The wire's uint32/uint64 fields stored as
+    UINTEGER/UBIGINT (pid, n_records, batch_seq, flags, rss and memory
+    bytes, threads, records) fit by construction; strings are UTF-8 checked
+    by the decoder."""
+    if not d["agent_id"]:
+        raise _core.BatchDecodeError("agent_id is empty: batches are keyed by it and batch_seq")
+    _check_unix_nano("created_unix_nano", d["created_unix_nano"])
+    m = d["model"] or {}
+    _check_unix_nano("model.agent_start_unix_nano", m.get("agent_start_unix_nano", 0))
+    _check_unix_nano("timestamp_unix_nano", d["timestamp_unix_nano"])
+    for s in d["system"]:
+        _check_unix_nano("system.unix_nano", s["unix_nano"])
+        for g in s.get("gpus") or ():
+            if g["index"] > 2**31 - 1:  # gpu_index INTEGER
+                raise _out_of_range("system.gpus.index", g["index"], "must be < 2^31")
+    for start, width, _records, _blob in d["profiles"]:
+        _check_unix_nano("profiles.window_start_unix_nano", start)
+        # merging adds start and width: their sum must stay a time too
+        _check_unix_nano("profiles.window_start_unix_nano + window_nano", start + width)
+
+
 def decode(data: bytes) -> DecodedBatch:
-    """Decodes (natively, GIL released for the protobuf work) and builds the
-    Arrow tables. Raises ``modeltap.BatchDecodeError`` for bad bytes."""
+    """Decodes (natively, GIL released for the protobuf work), checks every
+    value against the range of its column, and builds the Arrow tables.
+    Raises ``modeltap.BatchDecodeError`` for bytes that are not a batch, a
+    value out of its column's range, or a batch that would expand past
+    ``MAX_EXPANSION`` times its size."""
     d = _core.decode_batch(data, columns=True)
+    _check_batch(d)
     n = int(d["n_records"])
     m = d["model"] or {}
     model, version, agent_id = m.get("model", ""), m.get("version", ""), d["agent_id"]
@@ -346,6 +425,12 @@ def decode(data: bytes) -> DecodedBatch:
                 "profile": pa.array([bytes(p[3]) for p in ps], pa.binary()),
             }
         )
+    nbytes = sum(t.nbytes for t in (predictions, errors, system, profiles) if t is not None)
+    if nbytes > max(MAX_EXPANSION * len(data), MIN_DECODED_ALLOWANCE):
+        raise _core.BatchDecodeError(
+            f"out of range: a batch of {len(data)} bytes expands to {nbytes} bytes "
+            f"(at most {MAX_EXPANSION}x)"
+        )
     return DecodedBatch(
         agent_id=agent_id,
         batch_seq=int(d["batch_seq"]),
@@ -358,6 +443,7 @@ def decode(data: bytes) -> DecodedBatch:
         errors=errors,
         system=system,
         profiles=profiles,
+        nbytes=nbytes + len(data),
     )
 
 
@@ -421,11 +507,85 @@ def _system_table(
     return t.set_column(0, "ts", t.column("ts").cast(TS))
 
 
+Item = DecodedBatch | Job
+
+
+def _settle(future: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+    """Resolves a future once; one its caller cancelled (the RPC's deadline
+    passed) or that is already resolved is left alone."""
+    if future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled by its caller in between
+        pass
+
+
+def _classify(e: BaseException) -> str:
+    """What a failed write says: ``"store"`` (the store itself cannot be
+    written: I/O, permissions, an invalidated database), ``"memory"`` (over
+    the memory limit: smaller writes may pass), ``"data"`` (something in the
+    batches) or ``"bug"`` (anything else)."""
+    if isinstance(
+        e,
+        (
+            duckdb.IOException,
+            duckdb.PermissionException,
+            duckdb.FatalException,
+            duckdb.InternalException,
+            duckdb.TransactionException,
+            duckdb.ConnectionException,
+            OSError,
+        ),
+    ):
+        return "store"
+    if isinstance(e, (duckdb.OutOfMemoryException, MemoryError)):
+        return "memory"
+    if isinstance(
+        e,
+        (
+            duckdb.DataError,
+            duckdb.IntegrityError,
+            duckdb.InvalidInputException,
+            pa.ArrowException,
+            OverflowError,
+            UnicodeError,
+            ValueError,
+            TypeError,
+        ),
+    ):
+        return "data"
+    return "bug"
+
+
+def _unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drops a registered Arrow view. In a transaction a failed statement
+    has aborted, DuckDB refuses even this: it must not replace the error
+    that says what failed (the next registration replaces the view)."""
+    with contextlib.suppress(duckdb.Error):
+        con.unregister(name)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 class StoreWriter:
     """Owns the DuckDB connection on one thread and writes groups of
     batches, each group in one transaction (group commit: up to
     ``group_records`` records, waiting at most ``linger_s`` for more after
-    the first). Reports its health through ``on_health(serving, reason)``."""
+    the first). Reports its health through ``on_health(serving, reason)``.
+
+    The queue holds at most ``max_queued_batches`` batches,
+    ``max_queued_records`` records and ``max_queued_bytes`` decoded bytes
+    (one batch is always taken when the queue is empty), and
+    ``max_queued_jobs`` jobs; past that :meth:`submit` and :meth:`run` raise
+    :class:`Overloaded`. A batch whose caller gave up before the writer took
+    it (future cancelled, or ``deadline`` passed) is not written. DuckDB's
+    memory is capped at ``memory_limit``."""
 
     def __init__(
         self,
@@ -435,6 +595,13 @@ class StoreWriter:
         retry_s: float = 1.0,
         linger_s: float = 0.02,
         group_records: int = 65_536,
+        *,
+        max_queued_batches: int = 1024,
+        max_queued_records: int = 1 << 21,
+        max_queued_bytes: int = 256 << 20,
+        max_queued_jobs: int = 64,
+        memory_limit: str = "1GB",
+        max_known_schemas: int = 10_000,
     ) -> None:
         self.path = Path(path)
         self.linger_s = linger_s
@@ -442,40 +609,133 @@ class StoreWriter:
         self._on_health = on_health or (lambda ok, why: None)
         self.max_group = max_group
         self.retry_s = retry_s
-        self._q: queue.Queue[DecodedBatch | Job | None] = queue.Queue()
+        self.max_queued_batches = max_queued_batches
+        self.max_queued_records = max_queued_records
+        self.max_queued_bytes = max_queued_bytes
+        self.max_queued_jobs = max_queued_jobs
+        self.memory_limit = memory_limit
+        self.max_known_schemas = max_known_schemas
+        self._q: collections.deque[Item | None] = collections.deque()
+        self._cv = threading.Condition()
+        self._queued_batches = 0
+        self._queued_records = 0
+        self._queued_bytes = 0
+        self._queued_jobs = 0
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._thread = threading.Thread(target=self._run, name="modeltap-store", daemon=True)
+        self._thread: threading.Thread | None = None
         self._wal_ino: int | None = None
-        self._schemas: set[str] = set()  # feature schemas known to be stored
+        # feature schemas known to be stored (an LRU: one evicted is only
+        # inserted again, OR IGNORE)
+        self._schemas: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._held: list[Item] = []  # taken off the queue, not resolved yet
+        self._busy_since: float | None = None
+        self._stopping = False
         self.healthy = False
         self.reason = "not opened yet"
         self.stored_batches = 0
         self.stored_records = 0
         self.duplicates = 0
+        self.rejected = 0  # batches the store refused (their data)
+        self.abandoned = 0  # batches whose caller gave up before the write
+        self.overloaded = 0  # submissions refused because the queue was full
+        self.restarts = 0  # writer threads started again after dying
+        self.internal_errors = 0
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         """Opens the store (or keeps trying) and starts the writer thread."""
         self._open()
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="modeltap-store", daemon=True)
         self._thread.start()
+
+    def alive(self) -> bool:
+        """Whether the writer thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def busy_for(self) -> float:
+        """Seconds the writer has spent on its current group or job (0 when
+        idle): a store stuck in I/O shows here."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def revive(self) -> bool:
+        """Starts a new writer thread if the current one has died (it should
+        not: every failure is caught; this is the last line). What the dead
+        thread held fails with :class:`StoreUnavailable`; what is queued is
+        written by the new one. Returns whether it had to."""
+        with self._cv:
+            if self._thread is None or self._thread.is_alive() or self._stopping:
+                return False
+            held, self._held = self._held, []
+            self.restarts += 1
+            log.error("store writer thread died; starting a new one")
+            for item in held:
+                _settle(item.future, exc=StoreUnavailable("the store writer restarted"))
+            self._start_thread()
+            return True
+
+    def queued(self) -> dict[str, int]:
+        """What waits in the queue now."""
+        return {
+            "batches": self._queued_batches,
+            "records": self._queued_records,
+            "bytes": self._queued_bytes,
+            "jobs": self._queued_jobs,
+        }
 
     def submit(self, batch: DecodedBatch) -> Future[tuple[bool, int]]:
         """Queues a batch; the future gives ``(duplicate, n_records)`` once
-        the batch is durably stored, or raises :class:`StoreUnavailable`."""
-        self._q.put(batch)
+        the batch is durably stored, or raises :class:`StoreUnavailable`
+        (transient), :class:`BatchRejected` (never storable),
+        :class:`Overloaded` (memory) or :class:`WriterError`. Raises
+        :class:`Overloaded` at once when the queue is full."""
+        with self._cv:
+            if self._stopping:
+                raise StoreUnavailable("the collector is shutting down")
+            if self._queued_batches and (
+                self._queued_batches >= self.max_queued_batches
+                or self._queued_records + batch.n_records > self.max_queued_records
+                or self._queued_bytes + batch.nbytes > self.max_queued_bytes
+            ):
+                self.overloaded += 1
+                raise Overloaded(
+                    f"store queue full ({self._queued_batches} batches, "
+                    f"{self._queued_records} records, {self._queued_bytes} bytes)"
+                )
+            self._queued_batches += 1
+            self._queued_records += batch.n_records
+            self._queued_bytes += batch.nbytes
+            self._q.append(batch)
+            self._cv.notify()
         return batch.future
 
     def run(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Future[Any]:
-        """Runs ``fn(connection)`` on the writer thread, between groups."""
+        """Runs ``fn(connection)`` on the writer thread, between groups.
+        Raises :class:`Overloaded` when ``max_queued_jobs`` are waiting."""
         job = Job(fn)
-        self._q.put(job)
+        with self._cv:
+            if self._stopping:
+                raise StoreUnavailable("the collector is shutting down")
+            if self._queued_jobs >= self.max_queued_jobs:
+                self.overloaded += 1
+                raise Overloaded(f"{self._queued_jobs} store jobs queued")
+            self._queued_jobs += 1
+            self._q.append(job)
+            self._cv.notify()
         return job.future
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Writes what is queued, then closes the store cleanly."""
-        self._q.put(None)
-        self._thread.join(timeout_s)
+        with self._cv:
+            self._stopping = True
+            self._q.append(None)
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def _set_health(self, ok: bool, reason: str) -> None:
         if ok != self.healthy or reason != self.reason:
@@ -494,7 +754,12 @@ class StoreWriter:
                 # Checkpoints compress the newest row group again each time;
                 # a larger WAL between checkpoints means each row group is
                 # compressed about once instead of at every commit.
-                config={"threads": 1, "checkpoint_threshold": CHECKPOINT_THRESHOLD},
+                config={
+                    "threads": 1,
+                    "checkpoint_threshold": CHECKPOINT_THRESHOLD,
+                    # DuckDB's own default is 80 % of the machine's memory.
+                    "memory_limit": self.memory_limit,
+                },
             )
             con.execute(SCHEMA)
             con.execute("CHECKPOINT")
@@ -514,80 +779,140 @@ class StoreWriter:
 
     # -- the writer thread ---------------------------------------------------
 
+    def _take(self, timeout: float) -> Item | bool | None:
+        """The next item (None: stop), or False when nothing came in time."""
+        with self._cv:
+            if not self._q and timeout > 0:
+                self._cv.wait(timeout)
+            if not self._q:
+                return False
+            item = self._q.popleft()
+            if isinstance(item, DecodedBatch):
+                self._queued_batches -= 1
+                self._queued_records -= item.n_records
+                self._queued_bytes -= item.nbytes
+            elif isinstance(item, Job):
+                self._queued_jobs -= 1
+            if item is not None:
+                self._held.append(item)
+            return item
+
     def _run(self) -> None:
-        stopping = False
         while True:
             try:
-                first = self._q.get(timeout=self.retry_s)
-            except queue.Empty:
-                if self._con is None:
-                    self._open()
-                continue
-            if isinstance(first, Job):
-                self._run_job(first)
-                continue
-            group: list[DecodedBatch] = []
-            jobs: list[Job] = []
-            records = 0
-            if first is None:
+                if self._step():
+                    return
+            except BaseException as e:  # the thread must outlive any job
+                self.internal_errors += 1
+                log.exception("store writer: unexpected failure")
+                with contextlib.suppress(BaseException):
+                    if self._con is not None:
+                        self._con.execute("ROLLBACK")
+                err = WriterError(f"internal error in the store writer: {_describe(e)}")
+                for item in self._held:
+                    _settle(item.future, exc=err)
+                time.sleep(0.01)  # a failure that repeats must not spin
+            finally:
+                self._held = []
+                self._busy_since = None
+
+    def _step(self) -> bool:
+        """Takes and handles one group or job; True when stopping."""
+        first = self._take(self.retry_s)
+        if first is False:
+            if self._con is None:
+                self._open()
+            return False
+        self._busy_since = time.monotonic()
+        if isinstance(first, Job):
+            self._run_job(first)
+            return False
+        group: list[DecodedBatch] = []
+        jobs: list[Job] = []
+        records = 0
+        stopping = first is None
+        if isinstance(first, DecodedBatch):
+            group.append(first)
+            records = first.n_records
+        # Group commit: a transaction costs about the same for one batch
+        # as for many, so wait a little for more to arrive.
+        deadline = time.monotonic() + self.linger_s
+        while not stopping and len(group) < self.max_group and records < self.group_records:
+            nxt = self._take(deadline - time.monotonic())
+            if nxt is False:
+                break
+            if nxt is None:
                 stopping = True
+            elif isinstance(nxt, Job):
+                jobs.append(nxt)
+            elif isinstance(nxt, DecodedBatch):
+                group.append(nxt)
+                records += nxt.n_records
+        group = self._claim(group)
+        if group:
+            self._write_group(group)
+        for job in jobs:
+            self._run_job(job)
+        if stopping:
+            self._close()
+            return True
+        return False
+
+    def _claim(self, group: list[DecodedBatch]) -> list[DecodedBatch]:
+        """The batches someone still waits for. Once claimed, a future can
+        no longer be cancelled, so resolving it cannot fail."""
+        now = time.monotonic()
+        out = []
+        for b in group:
+            if b.deadline is not None and now > b.deadline:
+                self.abandoned += 1
+                _settle(b.future, exc=StoreUnavailable("deadline passed while queued"))
+            elif not b.future.set_running_or_notify_cancel():
+                self.abandoned += 1
             else:
-                group.append(first)
-                records = first.n_records
-            # Group commit: a transaction costs about the same for one batch
-            # as for many, so wait a little for more to arrive.
-            deadline = time.monotonic() + self.linger_s
-            while not stopping and len(group) < self.max_group and records < self.group_records:
-                left = deadline - time.monotonic()
-                try:
-                    nxt = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                elif isinstance(nxt, Job):
-                    jobs.append(nxt)
-                else:
-                    group.append(nxt)
-                    records += nxt.n_records
-            if group:
-                self._write_group(group)
-            for job in jobs:
-                self._run_job(job)
-            if stopping:
-                self._close()
-                return
+                out.append(b)
+        return out
 
     def _run_job(self, job: Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
         if self._con is None and not self._open():
             job.future.set_exception(StoreUnavailable(self.reason))
             return
         try:
             job.future.set_result(job.fn(self._con))  # type: ignore[arg-type]
-        except Exception as e:
-            job.future.set_exception(e)
+        except BaseException as e:  # a job fails its own call, never the thread
+            with contextlib.suppress(BaseException):
+                # a job may have failed inside a transaction of its own
+                self._con.execute("ROLLBACK")  # type: ignore[union-attr]
+            if isinstance(e, Exception):
+                job.future.set_exception(e)
+            else:  # e.g. a native panic: not an Exception, must not escape
+                job.future.set_exception(WriterError(_describe(e)))
 
     def _write_group(self, group: list[DecodedBatch]) -> None:
         if self._con is None and not self._open():
             for b in group:
-                b.future.set_exception(StoreUnavailable(self.reason))
+                _settle(b.future, exc=StoreUnavailable(self.reason))
             return
         con = self._con
         assert con is not None
         try:
             con.execute("BEGIN TRANSACTION")
             fresh, dup = self._dedup(con, group)
-            if fresh:
-                self._insert(con, fresh)
+            new_schemas = self._insert(con, fresh) if fresh else []
             con.execute("COMMIT")
+        except BaseException as e:  # classified below
+            self._failed(group, e)
+            return
+        for sid in new_schemas:
+            self._remember_schema(sid)
+        try:
             self._sync_directory()
-        except Exception as e:
-            with contextlib.suppress(Exception):
-                con.execute("ROLLBACK")
-            self._close()
-            self._set_health(False, f"write failed: {e}")
-            for b in group:
-                b.future.set_exception(StoreUnavailable(str(e)))
+        except OSError as e:
+            # Committed, but its directory entry may not be durable: not
+            # acknowledged; the agent's resend is a duplicate, acknowledged.
+            self._store_failed(group, e)
             return
         for b in group:
             is_dup = id(b) in dup
@@ -596,7 +921,63 @@ class StoreWriter:
             else:
                 self.stored_batches += 1
                 self.stored_records += b.n_records
-            b.future.set_result((is_dup, b.n_records))
+            _settle(b.future, (is_dup, b.n_records))
+
+    def _failed(self, group: list[DecodedBatch], e: BaseException) -> None:
+        """A group's transaction failed: find out whose fault it was."""
+        con = self._con
+        rolled_back = False
+        if con is not None:
+            try:
+                con.execute("ROLLBACK")
+                rolled_back = True
+            except BaseException:  # the connection is unusable
+                pass
+            for name in ("_keys", "_incoming"):  # release the group's data
+                _unregister(con, name)
+        kind = _classify(e)
+        if kind == "store" or not rolled_back:
+            self._store_failed(group, e)
+        elif len(group) > 1:
+            # One batch's data (or size) failed the group: write them one by
+            # one so the others commit and only the culprit fails.
+            log.warning(
+                "a group of %d batches failed (%s); writing them one by one",
+                len(group),
+                _describe(e),
+            )
+            for b in group:
+                self._write_group([b])
+        elif kind == "data":
+            self.rejected += 1
+            b = group[0]
+            log.warning(
+                "batch %s/%d refused by the store: %s", b.agent_id, b.batch_seq, _describe(e)
+            )
+            _settle(b.future, exc=BatchRejected(f"the store refused this batch: {_describe(e)}"))
+        elif kind == "memory":
+            _settle(group[0].future, exc=Overloaded(f"store out of memory: {_describe(e)}"))
+        else:
+            self.internal_errors += 1
+            log.error(
+                "batch %s/%d: unexpected store failure",
+                group[0].agent_id,
+                group[0].batch_seq,
+                exc_info=e,
+            )
+            _settle(group[0].future, exc=WriterError(_describe(e)))
+
+    def _store_failed(self, group: list[DecodedBatch], e: BaseException) -> None:
+        self._close()
+        self._set_health(False, f"write failed: {_describe(e)}")
+        for b in group:
+            _settle(b.future, exc=StoreUnavailable(str(e)))
+
+    def _remember_schema(self, sid: str) -> None:
+        self._schemas[sid] = None
+        self._schemas.move_to_end(sid)
+        while len(self._schemas) > self.max_known_schemas:
+            self._schemas.popitem(last=False)
 
     @staticmethod
     def _dedup(
@@ -619,7 +1000,7 @@ class StoreWriter:
                 ).fetchall()
             }
         finally:
-            con.unregister("_keys")
+            _unregister(con, "_keys")
         fresh: list[DecodedBatch] = []
         dup: set[int] = set()
         for b in group:
@@ -631,7 +1012,9 @@ class StoreWriter:
                 fresh.append(b)
         return fresh, dup
 
-    def _insert(self, con: duckdb.DuckDBPyConnection, group: list[DecodedBatch]) -> None:
+    def _insert(self, con: duckdb.DuckDBPyConnection, group: list[DecodedBatch]) -> list[str]:
+        """Inserts the group's rows; returns the feature schemas it added
+        (remembered only once the transaction commits)."""
         now = time.time_ns()
         models = [b.model for b in group]
         batches = pa.table(
@@ -657,19 +1040,23 @@ class StoreWriter:
             }
         )
         self._append(con, "batches", [batches])
+        added: list[str] = []
         for b in group:
             if b.schema is not None and b.schema[0] not in self._schemas:
                 sid, names, kinds, cats = b.schema
+                if sid in added:
+                    continue
                 con.execute(
                     "INSERT OR IGNORE INTO feature_schemas VALUES (?, ?, ?, ?, ?, ?, "
                     "make_timestamptz(? // 1000))",
                     [sid, b.model.get("model"), b.model.get("version"), names, kinds, cats, now],
                 )
-                self._schemas.add(sid)
+                added.append(sid)
         self._append(con, "predictions", [b.predictions for b in group])
         self._append(con, "errors", [b.errors for b in group])
         self._append(con, "system_metrics", [b.system for b in group])
         self._append(con, "window_profiles", [b.profiles for b in group])
+        return added
 
     @staticmethod
     def _append(
@@ -683,7 +1070,7 @@ class StoreWriter:
         try:
             con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
         finally:
-            con.unregister("_incoming")
+            _unregister(con, "_incoming")
 
     def _sync_directory(self) -> None:
         """fsync the store's directory when a commit has created the WAL."""
@@ -736,7 +1123,10 @@ def drift_data(
 ) -> dict[str, Any]:
     """Drift of (model, version) over ``[since, until)`` from the stored
     window profiles, merged natively, against the newest reference
-    registered for it (with a matching fingerprint)."""
+    registered for it (with a matching fingerprint). Raises
+    ``LookupError`` when there is nothing to compare, ``StoredDataInvalid``
+    when the stored reference or profiles cannot be used, ``ValueError``
+    for a bad rule."""
     if not version:
         row = con.execute(
             "SELECT version FROM window_profiles WHERE model = ? "
@@ -754,6 +1144,12 @@ def drift_data(
     if ref is None:
         raise LookupError(f"no reference registered for {model} {version}")
     data, fingerprint = bytes(ref[0]), str(ref[1])
+    try:  # stored by an older collector that checked less, or damaged since
+        info = _core.reference_info(data)
+    except _core.ReferenceFormatError as e:
+        raise StoredDataInvalid(
+            f"the reference stored for {model} {version} is invalid ({e}); register a valid one"
+        ) from e
     conds = ["model = ?", "version = ?", "reference_fingerprint = ?"]
     params: list[Any] = [model, version, fingerprint]
     _time_range(conds, params, "window_start", since_ns, until_ns)
@@ -763,8 +1159,19 @@ def drift_data(
             f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params
         ).fetchall()
     ]
-    merged = _core.merge_profiles(blobs) if blobs else None
-    out = dict(_core.drift(data, merged or b"", dict(rules or {}), {}))
+    if info["fingerprint"] != fingerprint:
+        raise StoredDataInvalid(
+            f"the reference stored for {model} {version} as {fingerprint} is "
+            f"{info['fingerprint']}; register it again"
+        )
+    try:
+        merged = _core.merge_profiles(blobs) if blobs else None
+    except ValueError as e:
+        raise StoredDataInvalid(f"the stored window profiles cannot be merged: {e}") from e
+    try:
+        out = dict(_core.drift(data, merged or b"", dict(rules or {}), {}))
+    except (_core.ReferenceFormatError, _core.BatchDecodeError) as e:
+        raise StoredDataInvalid(f"drift of {model} {version} from stored data: {e}") from e
     out["model"], out["version"] = model, version
     out["profiles_merged"] = len(blobs)
     return out
