@@ -10,6 +10,7 @@ __all__ = [
     "DEBUG_BUILD",
     "SCHEMA_VERSION",
     "BatchDecodeError",
+    "InternalError",
     "InvalidRecord",
     "Recorder",
     "ReferenceFormatError",
@@ -51,6 +52,9 @@ class UnsupportedSchemaVersion(BatchDecodeError):
 
 class ReferenceFormatError(ValueError):
     """Not a reference file, a damaged one, or one from a newer modeltap."""
+
+class InternalError(RuntimeError):
+    """An internal failure caught at the binding boundary (a bug)."""
 
 def build_numeric_column(
     name: str,
