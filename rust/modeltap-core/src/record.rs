@@ -61,6 +61,25 @@ pub struct Side {
     pub name: Option<String>,
 }
 
+impl Side {
+    /// Approximate heap bytes held (for the agent's memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        let s = |x: &String| x.len() + 24;
+        std::mem::size_of::<Self>()
+            + self.request_id.as_ref().map_or(0, s)
+            + self.error.as_ref().map_or(0, |(a, b)| s(a) + s(b))
+            + self
+                .attributes
+                .iter()
+                .map(|(a, b)| s(a) + s(b))
+                .sum::<usize>()
+            + self.categories.iter().map(|(_, v)| s(v) + 8).sum::<usize>()
+            + self.outputs.as_ref().map_or(0, |v| 8 * v.len())
+            + self.probabilities.as_ref().map_or(0, |v| 8 * v.len())
+            + self.name.as_ref().map_or(0, s)
+    }
+}
+
 /// One ring slot's payload. Values are laid out as
 /// `[features (n_features) | outputs (out_cap) | probabilities (prob_cap)]`.
 #[derive(Debug, Default)]
