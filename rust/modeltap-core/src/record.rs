@@ -113,6 +113,9 @@ pub struct Slot {
     pub values: Box<[f64]>,
     /// Rare variable-length parts.
     pub side: Option<Box<Side>>,
+    /// Bytes of the side box charged to the pipeline's side budget (set by
+    /// the pipeline, released when the slot is drained).
+    pub side_charge: usize,
 }
 
 impl Slot {

@@ -29,7 +29,8 @@ fn pipeline(batch_size: usize, capacity: usize) -> std::sync::Arc<Pipeline> {
         categorical: vec![false, true],
         out_cap: 1,
         prob_cap: 2,
-    });
+    })
+    .unwrap();
     p
 }
 
