@@ -205,19 +205,17 @@ def test_forwarding_refuses_cycles():
     b.shutdown()
 
 
-class Color(enum.Enum):
-    RED = "red"
-    GREEN = "green"
-    BLUE = "blue"
-    CYAN = "cyan"
-
+class _Slow:
     def __str__(self) -> str:
         time.sleep(0)  # releases the GIL between reading and interning
-        return self.value
+        return str(self.value)  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         time.sleep(0)
-        return hash(self.value)
+        return hash(self.value)  # type: ignore[attr-defined]
+
+
+Color = enum.Enum("Color", [(f"C{i}", f"c{i}") for i in range(500)], type=_Slow)
 
 
 def test_interning_is_atomic_across_threads():
@@ -227,11 +225,12 @@ def test_interning_is_atomic_across_threads():
     )
     colors = list(Color)
     logged: dict[str, str] = {}
+    assert str(colors[3]) == "c3"
     lock = threading.Lock()
 
     def worker(k: int) -> None:
         for i in range(1_000):
-            c = colors[(i * 7 + k) % len(colors)]
+            c = colors[(i * 7 + k * 131) % len(colors)]
             rid = agent.log([float(i), c], 0)
             with lock:
                 logged[rid] = c.value

@@ -184,6 +184,7 @@ impl BatchBuilder {
         match slot.kind {
             SlotKind::Record => self.push_record(slot),
             SlotKind::Span => self.push_span(slot),
+            SlotKind::Void => {}
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::batch::{encode, BatchBuilder, Schema, VocabEntry, VocabMirror};
 use crate::profile::{merge_window, Compiled, Profiler};
 use crate::proto;
-use crate::record::Slot;
+use crate::record::{Slot, SlotKind};
 use crate::ring::Ring;
 
 /// Settings of a pipeline.
@@ -288,6 +288,16 @@ pub struct Pipeline {
     last_error: Mutex<Option<String>>,
 }
 
+/// What became of an attempt to put a record in the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    Pushed,
+    /// No room (ring, side budget), no ring yet, or shut down.
+    Full,
+    /// The record's writer panicked; the slot was published empty.
+    Failed,
+}
+
 /// Why a schema cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaTooWide {
@@ -429,24 +439,33 @@ impl Pipeline {
     #[inline]
     pub fn push_sized(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
         self.counters.logged.fetch_add(1, Ordering::Relaxed);
-        if !self.try_insert(side_bytes, fill) {
-            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-            return false;
+        if self.insert(side_bytes, fill) == Insert::Pushed {
+            return true;
         }
-        true
+        self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Like [`Pipeline::push_sized`] but does not count a refusal, so the
     /// caller can wait for room and try again (`on_full="block"`, bulk
-    /// logging). Counts `logged` only on success.
+    /// logging). Returns `true` once the record is taken care of: pushed
+    /// (counted as logged), or lost because `fill` panicked (counted as
+    /// logged and dropped, and as an error): trying again cannot help.
     #[inline]
     pub fn try_push(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
-        if self.try_insert(side_bytes, fill) {
-            self.counters.logged.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            self.wake_drain();
-            false
+        match self.insert(side_bytes, fill) {
+            Insert::Pushed => {
+                self.counters.logged.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Insert::Failed => {
+                self.count_dropped(1);
+                true
+            }
+            Insert::Full => {
+                self.wake_drain();
+                false
+            }
         }
     }
 
@@ -457,38 +476,49 @@ impl Pipeline {
         self.counters.dropped_full.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn try_insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
+    fn insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
         let Some(ring) = self
             .ring
             .get()
             .filter(|_| !self.stop.load(Ordering::Relaxed))
         else {
             // No ring yet, or shut down: nothing would ever drain it.
-            return false;
+            return Insert::Full;
         };
         if side_bytes > 0 {
             let before = self.side_used.fetch_add(side_bytes, Ordering::AcqRel);
             if before.saturating_add(side_bytes) > self.cfg.side_bytes() {
                 self.side_used.fetch_sub(side_bytes, Ordering::AcqRel);
-                return false;
+                return Insert::Full;
             }
         }
+        let mut written = true;
         let pushed = ring.push_with_pos(|slot| {
-            fill(slot);
+            let fill = std::panic::AssertUnwindSafe(|| fill(slot));
+            if std::panic::catch_unwind(fill).is_err() {
+                // Half-written: publish nothing the drain would read.
+                slot.reset();
+                slot.kind = SlotKind::Void;
+                written = false;
+            }
             slot.side_charge = side_bytes;
         });
         match pushed {
+            Some(_) if !written => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                Insert::Failed
+            }
             Some(pos) => {
                 if pos & self.wake_mask == self.wake_mask {
                     self.wake_drain();
                 }
-                true
+                Insert::Pushed
             }
             None => {
                 if side_bytes > 0 {
                     self.side_used.fetch_sub(side_bytes, Ordering::AcqRel);
                 }
-                false
+                Insert::Full
             }
         }
     }

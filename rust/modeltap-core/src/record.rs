@@ -11,6 +11,9 @@ pub enum SlotKind {
     Record,
     /// A pipeline stage span.
     Span,
+    /// Nothing: a slot whose writer failed; the drain thread skips it (the
+    /// writer counted the record as dropped).
+    Void,
 }
 
 /// How the prediction of a record is stored in its output values.

@@ -118,6 +118,30 @@ impl Recorder {
         r
     }
 
+    /// Keeps an internal failure (a caught panic) off the inference path:
+    /// outside strict mode the `n` records of the call are counted as
+    /// discarded, the failure as one of the agent's errors, a warning is
+    /// logged and `fallback` is returned.
+    fn contain<'py, T>(
+        &self,
+        py: Python<'py>,
+        n: u64,
+        result: PyResult<T>,
+        fallback: impl FnOnce(Python<'py>) -> PyResult<T>,
+    ) -> PyResult<T> {
+        match result {
+            Err(e) if !self.strict && e.is_instance_of::<crate::errors::InternalError>(py) => {
+                let c = &self.pipe.counters;
+                c.logged.fetch_add(n, Ordering::Relaxed);
+                c.discarded.fetch_add(n, Ordering::Relaxed);
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                self.warn(py, &format!("modeltap failed to record {n} record(s): {e}"));
+                fallback(py)
+            }
+            other => other,
+        }
+    }
+
     fn warn(&self, py: Python<'_>, msg: &str) {
         #[allow(clippy::cast_possible_truncation)]
         let now = self.born.elapsed().as_millis() as u64 + 1;
@@ -332,7 +356,7 @@ impl Recorder {
         error: Option<&Bound<'py, PyAny>>,
         attributes: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        guard(|| {
+        let result = guard(|| {
             self.live().log_one(
                 py,
                 features,
@@ -343,6 +367,9 @@ impl Recorder {
                 error,
                 attributes,
             )
+        });
+        self.live().contain(py, 1, result, |py| {
+            Ok(hex_py(py, modeltap_core::ids::random_u128()).into_any())
         })
     }
 
@@ -361,7 +388,7 @@ impl Recorder {
         request_ids: Option<&Bound<'py, PyAny>>,
         coded: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        guard(|| {
+        let result = guard(|| {
             self.live().log_many(
                 py,
                 x,
@@ -371,7 +398,10 @@ impl Recorder {
                 request_ids,
                 coded,
             )
-        })
+        });
+        let n = x.len().unwrap_or(1) as u64;
+        self.live()
+            .contain(py, n, result, |py| Ok(PyList::empty(py)))
     }
 
     /// After `fork()`: from now on every method of this recorder acts on
