@@ -9,6 +9,7 @@ from __future__ import annotations
 from modeltap._core import (
     SCHEMA_VERSION,
     BatchDecodeError,
+    InternalError,
     InvalidRecord,
     ReferenceFormatError,
     UnsupportedSchemaVersion,
@@ -37,6 +38,7 @@ __all__ = [
     "BatchDecodeError",
     "Client",
     "DriftReport",
+    "InternalError",
     "InvalidRecord",
     "Reference",
     "ReferenceFormatError",

@@ -10,6 +10,7 @@ __all__ = [
     "DEBUG_BUILD",
     "SCHEMA_VERSION",
     "BatchDecodeError",
+    "InternalError",
     "InvalidRecord",
     "Recorder",
     "ReferenceFormatError",
@@ -51,6 +52,9 @@ class UnsupportedSchemaVersion(BatchDecodeError):
 
 class ReferenceFormatError(ValueError):
     """Not a reference file, a damaged one, or one from a newer modeltap."""
+
+class InternalError(RuntimeError):
+    """An internal failure caught at the binding boundary (a bug)."""
 
 def build_numeric_column(
     name: str,
@@ -159,7 +163,10 @@ class Recorder:
         reference: bytes | None = None,
         window_s: float = 60.0,
         sample_rate: float = 1.0,
+        buffer_bytes: int = ...,
     ) -> Recorder: ...
+    def forward_to(self, child: Recorder) -> None: ...
+    def last_error(self) -> str | None: ...
     def profile(self, since_unix_nano: int = 0, until_unix_nano: int = ...) -> bytes | None: ...
     def log(
         self,

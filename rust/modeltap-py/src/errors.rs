@@ -45,3 +45,33 @@ pub fn codec_err(e: &CodecError) -> PyErr {
         }
     }
 }
+
+create_exception!(
+    _core,
+    InternalError,
+    pyo3::exceptions::PyRuntimeError,
+    "An internal failure of modeltap (a bug, caught at the binding boundary): \
+     the call did not complete. The agent's threads and data are unaffected."
+);
+
+/// Runs `f`, turning a Rust panic into `InternalError` so that no public call
+/// raises a `BaseException` (pyo3's `PanicException`) into the caller. Costs
+/// nothing unless a panic happens.
+pub fn guard<T>(f: impl FnOnce() -> pyo3::PyResult<T>) -> pyo3::PyResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(InternalError::new_err(format!(
+            "internal error: {}",
+            panic_message(payload.as_ref())
+        ))),
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}

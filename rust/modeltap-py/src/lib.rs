@@ -47,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode::decode_drift_request, m)?)?;
     m.add_function(wrap_pyfunction!(decode::encode_text_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_text_response, m)?)?;
+    m.add("InternalError", py.get_type::<errors::InternalError>())?;
     m.add(
         "ReferenceFormatError",
         py.get_type::<errors::ReferenceFormatError>(),
