@@ -263,6 +263,77 @@ def _check_batch(d: Mapping[str, Any]) -> None:
         _check_unix_nano("profiles.window_start_unix_nano + window_nano", start + width)
 
 
+def _offsets(what: str, offsets: Any, n: int, n_values: int) -> np.ndarray:
+    """Checks a decoded offsets column (n + 1 entries from 0, never
+    decreasing, ending at the number of values)."""
+    off = np.asarray(offsets, dtype=np.int64)
+    if (
+        off.shape != (n + 1,)
+        or off[0] != 0
+        or off[-1] != n_values
+        or (np.diff(off) < 0).any()
+        or n_values > 2**31 - 1
+    ):
+        raise _core.BatchDecodeError(f"inconsistent {what} offsets")
+    return off
+
+
+def _list(offsets: np.ndarray, values: np.ndarray, null: np.ndarray) -> pa.Array:
+    """An Arrow list over decoded offsets and values (rows in ``null`` are
+    NULL)."""
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values), mask=pa.array(null)
+    )
+
+
+DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _dictionary(what: str, codes: Any, values: list[str], n: int) -> pa.Array:
+    """Strings as a dictionary array over the decoded codes (-1: NULL), so
+    a long value used by many rows is held once."""
+    c = np.asarray(codes, dtype=np.int32)
+    if c.shape != (n,) or (c.size and (c.min() < -1 or c.max() >= len(values))):
+        raise _core.BatchDecodeError(f"inconsistent {what} codes")
+    if not (c >= 0).any():
+        return pa.nulls(n, DICT)
+    return pa.DictionaryArray.from_arrays(pa.array(c, mask=c < 0), pa.array(values, pa.string()))
+
+
+def _categories(d: Mapping[str, Any], cat_names: list[str], n: int) -> pa.Array:
+    """The categorical values of each row in schema order, as a list of
+    dictionary-encoded strings: the columns' codes interleaved row-major
+    into one dictionary (the columns' values one after the other)."""
+    if not cat_names:
+        return pa.nulls(n, pa.list_(DICT))
+    k = len(cat_names)
+    codes = np.empty((n, k), dtype=np.int32)
+    values: list[str] = []
+    for j, name in enumerate(cat_names):
+        c = np.asarray(d["category_codes"][name], dtype=np.int32)
+        v = d["category_values"][name]
+        if c.shape != (n,) or (c.size and (c.min() < -1 or c.max() >= len(v))):
+            raise _core.BatchDecodeError(f"inconsistent category codes of {name!r}")
+        codes[:, j] = np.where(c >= 0, c + len(values), -1)
+        values.extend(v)
+    flat = codes.ravel()
+    strings = pa.DictionaryArray.from_arrays(
+        pa.array(flat, mask=flat < 0), pa.array(values, pa.string())
+    )
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), strings)
+
+
+def _overlay(base: pa.Array, rows: list[tuple[int, Any]], ty: pa.DataType) -> pa.Array:
+    """``base`` with the given rows replaced (by the last value given for
+    each), without a Python object per row of the batch."""
+    if not rows:
+        return base
+    n = len(base)
+    idx = np.arange(n, dtype=np.int64)
+    idx[np.array([r for r, _ in rows], dtype=np.int64)] = n + np.arange(len(rows))
+    return pa.concat_arrays([base.cast(ty), pa.array([v for _, v in rows], ty)]).take(pa.array(idx))
+
+
 def decode(data: bytes) -> DecodedBatch:
     """Decodes (natively, GIL released for the protobuf work), checks every
     value against the range of its column, and builds the Arrow tables.
@@ -285,81 +356,35 @@ def decode(data: bytes) -> DecodedBatch:
         nf = len(names)
         feats = np.asarray(d["features"], dtype=np.float64).reshape(n, nf)
         if cat_names:
-            feats = feats.copy()
+            feats = feats.copy()  # the codes are in the categories column
             feats[:, [i for i, k in enumerate(kinds) if k == "categorical"]] = np.nan
-            # Row-major [row][categorical feature] strings, taken from each
-            # column's dictionary: no per-row Python objects.
-            cols = [
-                pa.array(d["category_values"][c], pa.string()).take(
-                    pa.array(d["category_codes"][c], mask=d["category_codes"][c] < 0)
-                )
-                for c in cat_names
-            ]
-            order = np.arange(len(cat_names))[None, :] * n + np.arange(n)[:, None]
-            flat = pa.concat_arrays(cols).take(pa.array(order.ravel()))
-            categories: pa.Array = pa.ListArray.from_arrays(
-                pa.array(np.arange(0, n * len(cat_names) + 1, len(cat_names), dtype=np.int32)),
-                flat,
-            )
-        else:
-            categories = pa.nulls(n, pa.list_(pa.string()))
         features = pa.ListArray.from_arrays(
             pa.array(np.arange(0, n * nf + 1, nf, dtype=np.int32)), pa.array(feats.ravel())
         )
         kind = np.asarray(d["prediction_kind"])
         pvals = np.asarray(d["prediction_values"], dtype=np.float64)
-        poff = np.asarray(d["prediction_offsets"], dtype=np.int64)
+        poff = _offsets("prediction", d["prediction_offsets"], n, pvals.size)
         has = poff[1:] > poff[:-1]
         first = np.full(n, np.nan)
         first[has] = pvals[poff[:-1][has]]
-        label_codes = np.asarray(d["label_codes"], dtype=np.int32)
-        first[kind == 2] = np.nan
-        if (label_codes >= 0).any():
-            label_col: pa.Array = pa.array(d["label_values"], pa.string()).take(
-                pa.array(label_codes, mask=label_codes < 0)
-            )
-        else:
-            label_col = pa.nulls(n, pa.string())
+        first[kind == 2] = np.nan  # a label's code is no number
+        # Variable-width vectors as Arrow lists straight over the decoded
+        # offsets and values: nothing padded, nothing copied per row.
         vector = kind == 3
-        if vector.any():
-            outputs: pa.Array = pa.LargeListArray.from_arrays(
-                pa.array(poff), pa.array(pvals), mask=pa.array(~vector)
-            ).cast(pa.list_(pa.float64()))
-        else:
-            outputs = pa.nulls(n, pa.list_(pa.float64()))
+        outputs = (
+            _list(poff, pvals, ~vector) if vector.any() else pa.nulls(n, pa.list_(pa.float64()))
+        )
         qvals = np.asarray(d["probability_values"], dtype=np.float64)
-        qoff = np.asarray(d["probability_offsets"], dtype=np.int64)
-        if qvals.size:
-            probabilities: pa.Array = pa.LargeListArray.from_arrays(
-                pa.array(qoff), pa.array(qvals), mask=pa.array(qoff[1:] == qoff[:-1])
-            ).cast(pa.list_(pa.float64()))
-        else:
-            probabilities = pa.nulls(n, pa.list_(pa.float64()))
-        if d["errors"]:
-            err_type: list[str | None] = [None] * n
-            err_msg: list[str | None] = [None] * n
-            for row, ty, msg in d["errors"]:
-                err_type[row] = ty
-                err_msg[row] = msg
-            err_type_col: pa.Array = pa.array(err_type, pa.string())
-            err_msg_col: pa.Array = pa.array(err_msg, pa.string())
-        else:
-            err_type_col = err_msg_col = pa.nulls(n, pa.string())
-        map_type = pa.map_(pa.string(), pa.string())
-        if d["attributes"]:
-            attrs: list[list[tuple[str, str]] | None] = [None] * n
-            for row, a in d["attributes"].items():
-                attrs[row] = list(a.items())
-            attr_col: pa.Array = pa.array(attrs, map_type)
-        else:
-            attr_col = pa.nulls(n, map_type)
+        qoff = _offsets("probability", d["probability_offsets"], n, qvals.size)
+        probabilities = (
+            _list(qoff, qvals, qoff[1:] == qoff[:-1])
+            if qvals.size
+            else pa.nulls(n, pa.list_(pa.float64()))
+        )
         ts = _ts(d["timestamp_unix_nano"])
         rid = _hex_strings(d["request_id_hex"], 32, n)
-        if d["request_id_text"]:
-            ids = rid.to_pylist()
-            for row, text in d["request_id_text"]:
-                ids[row] = text
-            rid = pa.array(ids, pa.string())
+        if d["request_id_text"]:  # caller-given ids replace the generated ones
+            rid = _overlay(rid, d["request_id_text"], pa.string())
         trace = (
             _hex_strings(d["trace_id_hex"], 32, n, d["trace_id_valid"])
             if d["trace_id_hex"] is not None
@@ -370,6 +395,10 @@ def decode(data: bytes) -> DecodedBatch:
             if d["span_id_hex"] is not None
             else pa.nulls(n, pa.string())
         )
+        errs = d["errors"]
+        nulls = pa.nulls(n, pa.string())
+        map_type = pa.map_(pa.string(), pa.string())
+        attrs = d["attributes"]
         predictions = pa.table(
             {
                 "ts": ts,
@@ -382,30 +411,34 @@ def decode(data: bytes) -> DecodedBatch:
                 "trace_id": trace,
                 "span_id": span,
                 "features": features,
-                "categories": categories,
+                "categories": _categories(d, cat_names, n),
                 "prediction": pa.array(first),
-                "prediction_label": label_col,
+                "prediction_label": _dictionary("label", d["label_codes"], d["label_values"], n),
                 "outputs": outputs,
                 "probabilities": probabilities,
                 "latency_s": pa.array(np.asarray(d["latency_s"]), from_pandas=True),
                 "flags": pa.array(np.asarray(d["flags"], dtype=np.uint32)),
-                "error_type": err_type_col,
-                "error_message": err_msg_col,
-                "attributes": attr_col,
+                "error_type": _overlay(nulls, [(r, t) for r, t, _ in errs], pa.string()),
+                "error_message": _overlay(nulls, [(r, e) for r, _, e in errs], pa.string()),
+                "attributes": _overlay(
+                    pa.nulls(n, map_type),
+                    [(r, list(a.items())) for r, a in attrs.items()],
+                    map_type,
+                ),
             }
         )
-        if d["errors"]:
-            rows = pa.array([r for r, _, _ in d["errors"]])
-            k = len(d["errors"])
+        if errs:
+            rows = pa.array(np.array([r for r, _, _ in errs], dtype=np.int64))
+            k = len(errs)
             errors = pa.table(
                 {
                     "ts": ts.take(rows),
-                    "model": pa.array([model] * k),
-                    "version": pa.array([version] * k),
-                    "agent_id": pa.array([agent_id] * k),
+                    "model": _repeat(model, k),
+                    "version": _repeat(version, k),
+                    "agent_id": _repeat(agent_id, k),
                     "request_id": rid.take(rows),
-                    "error_type": pa.array([t for _, t, _ in d["errors"]]),
-                    "error_message": pa.array([e for _, _, e in d["errors"]]),
+                    "error_type": pa.array([t for _, t, _ in errs], pa.string()),
+                    "error_message": pa.array([e for _, _, e in errs], pa.string()),
                 }
             )
     system = _system_table(d["system"], model, version, agent_id, m)
