@@ -36,7 +36,7 @@ from modeltap.exporter import (
     SinkDestination,
 )
 from modeltap.reference import Reference, categorical_strings
-from modeltap.spool import Spool
+from modeltap.spool import open_spool
 from modeltap.system import SystemReading, SystemSampler
 
 log = logging.getLogger("modeltap")
@@ -268,7 +268,9 @@ class Agent:
         dest: Destination
         if self.collector is not None:
             spool = (
-                Spool(self._spool_dir, self.agent_id, self._spool_max_bytes)
+                open_spool(
+                    self._spool_dir, self.agent_id, self._spool_max_bytes, self._rec.count_error
+                )
                 if self._spool_dir is not None
                 else None
             )
