@@ -379,7 +379,9 @@ class Agent:
         acknowledged by its destination, retrying while ``timeout_s`` lasts.
         With a collector and a spool, batches the collector did not take
         within the retry window are in the spool (durable, replayed later).
-        Returns True when everything, spool included, was delivered.
+        Returns True when every such record is settled with nothing left to
+        wait for: delivered (spool included), or refused by the collector for
+        good and counted in ``discarded``.
         Raises ValueError for a NaN timeout; an infinite one waits as long
         as it takes."""
         timeout = _seconds(timeout_s, "timeout_s")

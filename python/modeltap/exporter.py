@@ -494,6 +494,7 @@ class Exporter:
         self._current: tuple[int, int, bytes] | None = None
         self._abandoned = False
         self._say = _Throttle()
+        self.spooled_records = 0  # records ever written to the spool
 
     def start(self) -> None:
         """Starts the thread."""
@@ -507,6 +508,7 @@ class Exporter:
             return "discarded"
         try:
             if spool.append(data, n):
+                self.spooled_records += n
                 return "spooled"
             self._say(
                 "spool-full",
