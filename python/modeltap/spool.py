@@ -341,14 +341,21 @@ class Spool:
             fd = _lock_existing(p)
             if fd is None:
                 continue
-            seg = _Segment(p, fd, 0, True)
-            self._queue.append(seg)
-            size = os.fstat(fd).st_size
-            offset = 0
-            while (item := _frame_at_fd(fd, p, offset, size)) is not None:
-                if isinstance(item, Frame):
-                    self.adopted_pending += item.n_records
-                offset = item.end
+            records = 0
+            try:
+                size = os.fstat(fd).st_size
+                offset = 0
+                while (item := _frame_at_fd(fd, p, offset, size)) is not None:
+                    if isinstance(item, Frame):
+                        records += item.n_records
+                    offset = item.end
+            except OSError as e:
+                # Unreadable now (an I/O error): leave it for a later process.
+                log.warning("modeltap: spool segment %s unreadable (%s); left alone", p.name, e)
+                os.close(fd)
+                continue
+            self._queue.append(_Segment(p, fd, 0, True))
+            self.adopted_pending += records
         if self._queue:
             log.info(
                 "modeltap: adopted %d spool segment(s) with %d records from an earlier process",
