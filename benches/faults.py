@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve()
+# The scenario functions, for tables (benches/bench_trust.py).
+SCENARIOS = ["sigkill_loop", "full_disk_spool"]
 N_FEATURES = 4
 # Record i of agent k has features (k * KEY_BASE + i, i / 2, -i, i % 13):
 # stored rows can be checked for being a logged record with its own values.
@@ -245,6 +247,7 @@ def sigkill_loop(
         "agents_shipped": sum(r["shipped"] for r in results),
         "agents_spooled": sum(r["spooled"] for r in results),
         "agents_dropped": sum(r["dropped_full"] + r["dropped_spool"] for r in results),
+        "dropped": sum(r["dropped_full"] + r["dropped_spool"] for r in results),
         "agents_discarded": sum(r["discarded"] for r in results),
         "agents_pending": sum(r["pending"] for r in results),
         "counters_add_up": all(_adds_up(r) for r in results),
@@ -381,6 +384,7 @@ def _full_disk(
         "own_values": own,
         "spooled": first["spooled"],
         "dropped_spool": first["dropped_spool"],
+        "dropped": first["dropped_spool"] + first["dropped_full"],
         "first_errors": first["errors"],
         "first_counters_add_up": _adds_up(first),
         "first_pending": first["pending"],
@@ -466,8 +470,8 @@ def main() -> None:
         res = _full_disk(int(rest[0]), rest[1], rest[2] if len(rest) > 2 else None, mount=True)
         print(json.dumps(res), flush=True)
         return
-    rows = [sigkill_loop(), full_disk_spool()]
-    cols = ["scenario", "sent", "stored", "lost", "duplicated", "seconds"]
+    rows = [globals()[name]() for name in SCENARIOS]
+    cols = ["scenario", "sent", "stored", "lost", "duplicated", "dropped", "seconds"]
     widths = [
         max(len(str(r[c])) for r in [*rows, dict(zip(cols, cols, strict=True))]) for c in cols
     ]

@@ -44,6 +44,7 @@ log = logging.getLogger("modeltap")
 F = TypeVar("F", bound=Callable[..., Any])
 
 PENDING_RECORDS = 262_144
+DEFAULT_BUFFER_BYTES = 64 << 20
 
 _live: weakref.WeakSet[Agent] = weakref.WeakSet()
 # Recorders inherited from a parent process across fork(). Their threads do
@@ -152,8 +153,15 @@ class Agent:
         Inference parameters (threshold, temperature, ...), sent as strings
         on every batch.
     buffer_size:
-        Ring slots (rounded up to a power of two). Memory is bounded by it
-        however fast records arrive.
+        Most ring slots (rounded up to a power of two).
+    buffer_bytes:
+        Memory budget of the record path in bytes (default 64 MiB), whatever
+        the width of a record: half for the ring's slots (which get fewer
+        than ``buffer_size`` when the schema is wide), an eighth for the
+        variable-length parts beside them (vectors wider than the slot,
+        strings), an eighth for the batch being built and a quarter for
+        batches waiting for the exporter. A record that does not fit is
+        dropped and counted in ``stats()["dropped_full"]``.
     on_full:
         ``"drop"`` (default): a full ring drops the record and counts it in
         ``stats()["dropped_full"]``. ``"block"``: the caller waits for room.
@@ -212,6 +220,7 @@ class Agent:
         categorical: Iterable[str] = (),
         params: Mapping[str, Any] | None = None,
         buffer_size: int = 65536,
+        buffer_bytes: int | None = None,
         on_full: str = "drop",
         shutdown_timeout: float = 5.0,
         strict: bool = False,
@@ -258,6 +267,7 @@ class Agent:
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self._cfg: dict[str, Any] = {
             "buffer_size": int(buffer_size),
+            "buffer_bytes": DEFAULT_BUFFER_BYTES if buffer_bytes is None else int(buffer_bytes),
             "batch_size": int(batch_size),
             # Encoded batches waiting for the exporter: bounded in records,
             # so memory stays bounded whatever the batch size.
@@ -370,9 +380,13 @@ class Agent:
             return
         # The parent's recorder, exporter (its gRPC channel, its spool's
         # locks) stay referenced so that nothing of theirs runs in the child.
-        _abandoned.append((self._rec, self._exporter))
+        parent = self._rec
+        _abandoned.append((parent, self._exporter))
         self._lock = threading.Lock()
         self._start()
+        # A bound `agent.log` the user took before the fork still points at
+        # the parent's recorder: send everything it gets to the child's.
+        parent.forward_to(self._rec)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Blocks until every record logged before the call has been
