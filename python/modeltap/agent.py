@@ -285,7 +285,6 @@ class Agent:
         self._compression = compression
         self._export_timeout = float(export_timeout)
         self._retry_window = float(retry_window)
-        self._lock = threading.Lock()
         self._closed = False
         self._start()
         _live.add(self)
@@ -382,7 +381,6 @@ class Agent:
         # locks) stay referenced so that nothing of theirs runs in the child.
         parent = self._rec
         _abandoned.append((parent, self._exporter))
-        self._lock = threading.Lock()
         self._start()
         # A bound `agent.log` the user took before the fork still points at
         # the parent's recorder: send everything it gets to the child's.
