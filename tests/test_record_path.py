@@ -365,3 +365,32 @@ def test_recorder_arguments_are_checked_not_panicking():
     ]:
         with pytest.raises(ValueError, match=next(iter(kw))):
             _core.Recorder(model="m", version="", agent_id="d" * 32, **kw)
+
+
+def test_huge_strings_are_cut_not_kept_whole():
+    sink = SlowSink(first_sleep=0)
+    agent = modeltap.Agent(
+        "m", features=["x", "c"], categorical=["c"], sink=sink, metrics_interval=None
+    )
+    huge = "x" * (10 << 20)
+    agent.log(
+        [1.0, huge],
+        "label-" + huge,
+        request_id="r" * 100_000,
+        error=RuntimeError(huge),
+        attributes={f"k{i}": huge[:100_000] for i in range(1_000)},
+    )
+    assert agent.flush(10)
+    agent.close()
+    (raw,) = [r for r in sink.raw if modeltap.decode_batch(r)["n_records"]]
+    assert len(raw) < 2 << 20, "a record kept megabytes of text"
+    b = modeltap.decode_batch(raw)
+    assert b["request_ids"][0].startswith("r" * 200)
+    assert "bytes cut" in b["request_ids"][0]
+    assert len(b["request_ids"][0]) <= 256
+    assert b["errors"][0][1] == "RuntimeError"
+    assert len(b["errors"][0][2]) <= 16 * 1024
+    assert len(b["attributes"][0]) == 64
+    assert len(b["categories"]["c"][0]) <= 1024
+    assert len(b["labels"][0]) <= 1024
+    assert agent.stats()["shipped"] == 1

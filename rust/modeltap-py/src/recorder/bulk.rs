@@ -14,7 +14,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
 use super::vocab::float_spelling;
-use super::{flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, PROBLEM_FLAGS};
+use super::{
+    clip, flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
+    PROBLEM_FLAGS,
+};
 use crate::parse::{check, to_str, vector};
 
 /// How long `log_batch` waits for a drain thread that makes no progress
@@ -172,7 +175,10 @@ impl Recorder {
             None => None,
             Some(r) => {
                 let ids: Vec<String> = match r.try_iter() {
-                    Ok(it) => it.filter_map(Result::ok).map(|i| to_str(&i)).collect(),
+                    Ok(it) => it
+                        .filter_map(Result::ok)
+                        .map(|i| clip(to_str(&i), MAX_ID_BYTES))
+                        .collect(),
                     Err(_) => Vec::new(),
                 };
                 if ids.len() != n {

@@ -32,6 +32,29 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use crate::errors::{guard, InvalidRecord};
 use vocab::{canonical, Vocab};
 
+/// Longest caller-given request id kept (bytes); longer ones are cut.
+const MAX_ID_BYTES: usize = 256;
+/// Longest error type, error message, attribute key or value kept (bytes).
+const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most attributes kept per record.
+const MAX_ATTRIBUTES: usize = 64;
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked as cut:
+/// one huge string must not cost the agent unbounded memory.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let cut = s.len() - max;
+    let mut end = max.saturating_sub(32);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("…[{cut} bytes cut]"));
+    s
+}
+
 /// `RowCategory.feature_index` of a prediction label carried as a string.
 pub const LABEL_OVERFLOW: u32 = u32::MAX;
 const PROBLEM_FLAGS: u32 =

@@ -14,7 +14,10 @@ use numpy::PyReadonlyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use super::{flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, PROBLEM_FLAGS};
+use super::{
+    clip, flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, MAX_ATTRIBUTES,
+    MAX_ID_BYTES, MAX_TEXT_BYTES, PROBLEM_FLAGS,
+};
 use crate::errors::InvalidRecord;
 use crate::parse::{check, number, to_str, vector};
 
@@ -119,11 +122,12 @@ impl Recorder {
                     None => f64::NAN,
                 };
                 if let Some(g) = &given {
-                    p.side().request_id = Some(to_str(g));
+                    p.side().request_id = Some(clip(to_str(g), MAX_ID_BYTES));
                 }
                 if let Some(e) = error.filter(|x| !x.is_none()) {
                     p.flags |= flags::ERROR;
-                    p.side().error = Some(error_parts(e));
+                    let (ty, msg) = error_parts(e);
+                    p.side().error = Some((clip(ty, MAX_TEXT_BYTES), clip(msg, MAX_TEXT_BYTES)));
                     self.pipe
                         .counters
                         .inference_errors
@@ -132,8 +136,11 @@ impl Recorder {
                 if let Some(a) = attributes.filter(|x| !x.is_none()) {
                     if let Ok(d) = a.cast::<PyDict>() {
                         let side = p.side();
-                        for (k, v) in d.iter() {
-                            side.attributes.push((to_str(&k), to_str(&v)));
+                        for (k, v) in d.iter().take(MAX_ATTRIBUTES) {
+                            side.attributes.push((
+                                clip(to_str(&k), MAX_TEXT_BYTES),
+                                clip(to_str(&v), MAX_TEXT_BYTES),
+                            ));
                         }
                     } else {
                         p.flags |= flags::BAD_VALUE;

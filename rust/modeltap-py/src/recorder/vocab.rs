@@ -22,12 +22,27 @@ use crate::parse::to_str;
 /// Distinct values kept per vocabulary; values past this travel as strings
 /// beside the record.
 pub const MAX_VOCAB: usize = 65_536;
+/// Bytes of values kept per vocabulary; past this, new values travel as
+/// strings beside the record (charged to the side budget).
+pub const MAX_VOCAB_BYTES: usize = 4 << 20;
+/// Longest categorical value or label kept (bytes); longer ones are cut.
+pub const MAX_VALUE_BYTES: usize = 1024;
 
 /// The canonical spelling of a categorical value, the one references use:
 /// strings as they are, booleans as `true` / `false`, integral floats
 /// without a decimal point, anything else as `str(value)`. `None` for a
 /// missing value (`None`, NaN).
 pub fn canonical<'a>(item: &'a Bound<'_, PyAny>) -> Option<Cow<'a, str>> {
+    spelled(item).map(|v| {
+        if v.len() > MAX_VALUE_BYTES {
+            Cow::Owned(super::clip(v.into_owned(), MAX_VALUE_BYTES))
+        } else {
+            v
+        }
+    })
+}
+
+fn spelled<'a>(item: &'a Bound<'_, PyAny>) -> Option<Cow<'a, str>> {
     if let Ok(s) = item.cast::<PyString>() {
         return Some(match s.to_str() {
             Ok(v) => Cow::Borrowed(v),
@@ -78,7 +93,7 @@ fn is_numpy_bool(item: &Bound<'_, PyAny>) -> bool {
 #[derive(Debug)]
 pub struct Vocab {
     target: VocabTarget,
-    codes: Mutex<HashMap<String, u32>>,
+    codes: Mutex<(HashMap<String, u32>, usize)>,
 }
 
 impl Vocab {
@@ -86,7 +101,7 @@ impl Vocab {
     pub fn new(target: VocabTarget) -> Self {
         Self {
             target,
-            codes: Mutex::new(HashMap::new()),
+            codes: Mutex::new((HashMap::new(), 0)),
         }
     }
 
@@ -94,16 +109,18 @@ impl Vocab {
     /// thread first). `None` when the vocabulary is full: the value then
     /// travels as a string beside the record.
     pub fn code(&self, pipe: &Pipeline, value: &str) -> Option<u32> {
-        let mut codes = self
+        let mut guard = self
             .codes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (codes, bytes) = &mut *guard;
         if let Some(&c) = codes.get(value) {
             return Some(c);
         }
-        if codes.len() >= MAX_VOCAB {
+        if codes.len() >= MAX_VOCAB || *bytes + value.len() > MAX_VOCAB_BYTES {
             return None;
         }
+        *bytes += value.len();
         let code = u32::try_from(codes.len()).ok()?;
         // Announce before the first record with this code is pushed, and
         // under the lock, so codes reach the drain thread in order.
