@@ -13,6 +13,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import modeltap
 from collector_util import (
@@ -646,8 +647,18 @@ def test_pending_batches_and_concurrent_calls_are_shed(tmp_path):
     with BackgroundCollector(tmp_path / "t.duckdb", max_concurrent_rpcs=2) as col:
         gate = threading.Event()
         col.server.writer.run(lambda con: gate.wait(20))
-        threading.Timer(1.0, gate.set).start()
+        health = []
+
+        def probe():  # health checks still answer while exports are shed
+            time.sleep(0.5)
+            with grpc.insecure_channel(col.addr) as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                health.append(stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+            gate.set()
+
+        threading.Thread(target=probe).start()
         codes = asyncio.run(burst(col.addr, raw))
+        assert health == [SERVING]
         assert codes.count(OK) >= 1, codes
         assert codes.count(EXHAUSTED) >= 1, codes
         assert set(codes) <= {OK, EXHAUSTED}

@@ -95,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=256,
         metavar="N",
-        help="calls served at once; more get RESOURCE_EXHAUSTED and agents back off (default 256)",
+        help=(
+            "batches taken at once; more get RESOURCE_EXHAUSTED and agents back off "
+            "(default 256; health checks and reads have 32 calls of their own)"
+        ),
     )
     col.add_argument(
         "--max-pending-mb",

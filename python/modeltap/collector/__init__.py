@@ -3,13 +3,25 @@ from agents, decodes them natively and writes them durably, exactly once, to
 an embedded DuckDB store."""
 
 from modeltap.collector.server import BackgroundCollector, CollectorServer, serve
-from modeltap.collector.store import Store, StoreUnavailable, StoreWriter
+from modeltap.collector.store import (
+    BatchRejected,
+    Overloaded,
+    Store,
+    StoredDataInvalid,
+    StoreUnavailable,
+    StoreWriter,
+    WriterError,
+)
 
 __all__ = [
     "BackgroundCollector",
+    "BatchRejected",
     "CollectorServer",
+    "Overloaded",
     "Store",
     "StoreUnavailable",
     "StoreWriter",
+    "StoredDataInvalid",
+    "WriterError",
     "serve",
 ]

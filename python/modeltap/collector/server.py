@@ -16,7 +16,7 @@ Status codes say what the caller should do:
   stored reference or profiles cannot be used.
 - NOT_FOUND: drift of a model with no profiles or no reference.
 - RESOURCE_EXHAUSTED (retry with backoff): over ``max_concurrent_rpcs``
-  (grpc itself), over ``max_pending_mb`` of batches received and not yet
+  exports at once, over ``max_pending_mb`` of batches received and not yet
   stored, the store's queue full, DuckDB over its memory limit; a message
   over ``max_message_mb`` (grpc itself; "larger than max", never retried).
 - UNAVAILABLE (retry, then spool): the store cannot be written, or its
@@ -71,6 +71,7 @@ DEFAULT_STORE = "./modeltap.duckdb"
 DEFAULT_MEMORY_LIMIT = "1GB"
 DEFAULT_MAX_CONCURRENT_RPCS = 256
 DEFAULT_MAX_PENDING_MB = 128.0
+CONTROL_HEADROOM = 32  # calls beyond max_concurrent_rpcs left to health and reads
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -113,10 +114,12 @@ def _status(e: BaseException, *, arguments: bool = False) -> _Refusal:
 class CollectorServer:
     """One collector: a gRPC server in front of one store.
 
-    Bounds: ``max_concurrent_rpcs`` calls at once (more get
-    RESOURCE_EXHAUSTED from grpc), ``max_pending_mb`` of batches received
-    and not yet answered (more get RESOURCE_EXHAUSTED), the writer's queue
-    (see :class:`StoreWriter`), DuckDB's ``memory_limit``."""
+    Bounds: ``max_concurrent_rpcs`` exports at once (more get
+    RESOURCE_EXHAUSTED; grpc itself refuses calls past that plus
+    ``CONTROL_HEADROOM``, kept for health checks and reads),
+    ``max_pending_mb`` of batches received and not yet answered (more get
+    RESOURCE_EXHAUSTED), the writer's queue (see :class:`StoreWriter`),
+    DuckDB's ``memory_limit``."""
 
     def __init__(
         self,
@@ -158,6 +161,7 @@ class CollectorServer:
         self.shed = 0  # answered RESOURCE_EXHAUSTED
         self.internal = 0  # answered INTERNAL
         self.pending_bytes = 0  # bytes of Export requests not answered yet
+        self.exports_in_flight = 0
         self.peak_pending_bytes = 0
 
     # -- health --------------------------------------------------------------
@@ -212,7 +216,9 @@ class CollectorServer:
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ],
-            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
+            # Exports are limited below this (see _export), so that health
+            # checks and reads still get through while exports are shed.
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs + CONTROL_HEADROOM,
         )
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -275,6 +281,8 @@ class CollectorServer:
         size = len(request)
 
         async def work() -> bytes:
+            if self.exports_in_flight >= self.max_concurrent_rpcs:
+                raise Overloaded(f"{self.exports_in_flight} exports in flight")
             if not self.writer.alive():
                 self.writer.revive()
                 raise StoreUnavailable("the store writer is restarting")
@@ -299,7 +307,11 @@ class CollectorServer:
                 self.pending_bytes -= size
             return _core.encode_export_response(True, duplicate, n)
 
-        return await self._answer(context, work)
+        self.exports_in_flight += 1
+        try:
+            return await self._answer(context, work)
+        finally:
+            self.exports_in_flight -= 1
 
     async def _register(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
