@@ -912,3 +912,29 @@ def test_one_wide_prediction_costs_the_collector_a_few_mib(tmp_path):
             "sum(prediction) AS s FROM predictions"
         ).to_pylist()[0]
     assert r == {"n": 1001, "vectors": 1, "widest": 20_000, "s": sum(range(1000)) + 0.0}
+
+
+def test_drift_merges_stored_parts_a_chunk_at_a_time(tmp_path, ref, monkeypatch):
+    """Many stored profile parts are merged in chunks (bounded memory) to
+    exactly what one merge of all of them gives."""
+    import modeltap.collector.store as store
+
+    rows = encoded_batches(12, 100, reference=ref, seed=4)
+    with BackgroundCollector(tmp_path / "s.duckdb") as col:
+        for b in rows:
+            assert export(col.addr, b)[0] == OK
+        up = _core.encode_reference_upload("m", "1", ref.to_bytes())
+        assert _call(col.addr, "RegisterReference", up)[0] == OK
+    with modeltap.Store(tmp_path / "s.duckdb") as st:
+        whole = st.drift("m", "1")
+        monkeypatch.setattr(store, "MERGE_CHUNK", 5)
+        chunked = st.drift("m", "1")
+        blobs = [
+            bytes(r[0]) for r in st.con.execute("SELECT profile FROM window_profiles").fetchall()
+        ]
+    assert len(blobs) >= 12
+    assert whole.records == chunked.records == 1200
+    assert _core.merge_profiles(blobs) is not None
+    for a, b in zip(whole.rows, chunked.rows, strict=True):
+        for k in ("psi", "ks", "js", "wasserstein"):
+            assert (np.isnan(a[k]) and np.isnan(b[k])) or a[k] == b[k], (a["feature"], k)

@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS system_metrics (
 """
 
 TS = pa.timestamp("ns", tz="UTC")
+MERGE_CHUNK = 1024  # window profile parts merged at a time
 CHECKPOINT_THRESHOLD = "256MB"
 
 
@@ -1189,19 +1190,21 @@ def drift_data(
     conds = ["model = ?", "version = ?", "reference_fingerprint = ?"]
     params: list[Any] = [model, version, fingerprint]
     _time_range(conds, params, "window_start", since_ns, until_ns)
-    blobs = [
-        bytes(r[0])
-        for r in con.execute(
-            f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params
-        ).fetchall()
-    ]
     if info["fingerprint"] != fingerprint:
         raise StoredDataInvalid(
             f"the reference stored for {model} {version} as {fingerprint} is "
             f"{info['fingerprint']}; register it again"
         )
+    # Merged a chunk at a time: a long range holds many parts, and only the
+    # merge so far and one chunk need to be in memory.
+    cur = con.execute(f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params)
+    merged: bytes | None = None
+    parts = 0
     try:
-        merged = _core.merge_profiles(blobs) if blobs else None
+        while chunk := cur.fetchmany(MERGE_CHUNK):
+            parts += len(chunk)
+            blobs = [bytes(r[0]) for r in chunk]
+            merged = _core.merge_profiles(blobs if merged is None else [merged, *blobs])
     except ValueError as e:
         raise StoredDataInvalid(f"the stored window profiles cannot be merged: {e}") from e
     try:
@@ -1209,7 +1212,7 @@ def drift_data(
     except (_core.ReferenceFormatError, _core.BatchDecodeError) as e:
         raise StoredDataInvalid(f"drift of {model} {version} from stored data: {e}") from e
     out["model"], out["version"] = model, version
-    out["profiles_merged"] = len(blobs)
+    out["profiles_merged"] = parts
     return out
 
 
