@@ -841,13 +841,14 @@ class StoreWriter:
                     return
             except BaseException as e:  # the thread must outlive any job
                 self.internal_errors += 1
-                log.exception("store writer: unexpected failure")
-                with contextlib.suppress(BaseException):
-                    if self._con is not None:
-                        self._con.execute("ROLLBACK")
                 err = WriterError(f"internal error in the store writer: {_describe(e)}")
                 for item in self._held:
-                    _settle(item.future, exc=err)
+                    with contextlib.suppress(BaseException):
+                        _settle(item.future, exc=err)
+                with contextlib.suppress(BaseException):
+                    log.error("store writer: unexpected failure", exc_info=e)
+                    if self._con is not None:
+                        self._con.execute("ROLLBACK")
                 time.sleep(0.01)  # a failure that repeats must not spin
             finally:
                 self._held = []
