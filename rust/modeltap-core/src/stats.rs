@@ -140,10 +140,12 @@ pub struct ColumnDrift {
 
 #[allow(clippy::cast_precision_loss)]
 fn rate(a: u64, b: u64) -> f64 {
-    if a + b == 0 {
+    // In f64: the two may add past u64::MAX in a merged profile.
+    let total = a as f64 + b as f64;
+    if total == 0.0 {
         f64::NAN
     } else {
-        a as f64 / (a + b) as f64
+        a as f64 / total
     }
 }
 
