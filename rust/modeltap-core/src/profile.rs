@@ -51,8 +51,10 @@ pub fn latency_bucket(seconds: f64) -> usize {
     if us.is_nan() || us < 1.0 {
         return 0;
     }
+    // Saturating: an infinite latency casts to usize::MAX, and it belongs
+    // in the last bucket, not wrapped into the first.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let b = (us.log2() * 4.0) as usize + 1;
+    let b = ((us.log2() * 4.0) as usize).saturating_add(1);
     b.min(LATENCY_BUCKETS - 1)
 }
 
@@ -1464,6 +1466,16 @@ pub fn decode_reference(bytes: &[u8]) -> Result<proto::Reference, ReferenceError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_cover_every_value() {
+        assert_eq!(latency_bucket(f64::NAN), 0);
+        assert_eq!(latency_bucket(-1.0), 0);
+        assert_eq!(latency_bucket(1e-6), 1);
+        assert_eq!(latency_bucket(1e300), LATENCY_BUCKETS - 1);
+        // found by the reference_read fuzz target: wrapped to bucket 0
+        assert_eq!(latency_bucket(f64::INFINITY), LATENCY_BUCKETS - 1);
+    }
 
     #[test]
     fn bin_of_matches_partition_point() {
