@@ -135,3 +135,89 @@ def expected_features(k: int, n: int, nf: int = 20):
     i = np.arange(n, dtype=np.float64)[:, None]
     j = np.arange(nf, dtype=np.float64)[None, :]
     return k * 1_000_000 + i + j / 64
+
+
+class ScriptedCollector:
+    """A real grpcio server speaking `modeltap.v1.Collector/Export` whose
+    answers a test scripts: `answer(key, attempt)` gets the batch's
+    `(agent_id, batch_seq)` and how many times that batch was sent before,
+    and returns None (accept), a `grpc.StatusCode` (or `(code, details)`) to
+    fail the call with, `"garbage"` (an OK call whose response is not an
+    ExportResponse), or `"hang"` (block until `release()`).
+
+    Accepted batches are kept once each, decoded: `stored` maps
+    `(agent_id, batch_seq)` to the batch; `calls` counts every call per key."""
+
+    def __init__(self, answer: Any = None, *, max_receive_bytes: int | None = None) -> None:
+        import threading
+        from concurrent import futures
+
+        import modeltap
+
+        self._decode = modeltap.decode_batch
+        self._encode_ok = modeltap._core.encode_export_response
+        self.answer = answer or (lambda key, attempt: None)
+        self.lock = threading.Lock()
+        self.calls: dict[tuple[str, int], int] = {}
+        self.stored: dict[tuple[str, int], dict[str, Any]] = {}
+        self._release = threading.Event()
+        options = []
+        if max_receive_bytes is not None:
+            options.append(("grpc.max_receive_message_length", max_receive_bytes))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
+        handler = grpc.method_handlers_generic_handler(
+            "modeltap.v1.Collector",
+            {
+                "Export": grpc.unary_unary_rpc_method_handler(self._export),
+                "RegisterReference": grpc.unary_unary_rpc_method_handler(lambda r, c: b""),
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.addr = f"127.0.0.1:{self.port}"
+        self.server.start()
+
+    def _export(self, request: bytes, context: Any) -> bytes:
+        batch = self._decode(request)
+        key = (batch["agent_id"], int(batch["batch_seq"]))
+        with self.lock:
+            attempt = self.calls.get(key, 0)
+            self.calls[key] = attempt + 1
+        verdict = self.answer(key, attempt)
+        if verdict == "hang":
+            self._release.wait(60)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+        if verdict == "garbage":
+            return b"\xff\xfe not a response"
+        if verdict is not None:
+            code, details = verdict if isinstance(verdict, tuple) else (verdict, "scripted")
+            context.abort(code, details)
+        with self.lock:
+            self.stored.setdefault(key, batch)
+        return self._encode_ok(True, False, int(batch["n_records"]))
+
+    def records(self) -> list[str]:
+        """Request ids of every stored record."""
+        with self.lock:
+            return [r for b in self.stored.values() for r in b["request_ids"]]
+
+    def release(self) -> None:
+        self._release.set()
+
+    def stop(self) -> None:
+        self._release.set()
+        self.server.stop(0).wait(5)
+
+
+def invariant(s: dict[str, int]) -> bool:
+    """The counters add up: every record logged is in exactly one place."""
+    return s["logged"] == (
+        s["pending"]
+        + s["shipped"]
+        + s["spooled"]
+        + s["discarded"]
+        + s["dropped_full"]
+        + s["dropped_spool"]
+        + s["invalid"]
+        + s["sampled_out"]
+    )

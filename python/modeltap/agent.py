@@ -36,7 +36,7 @@ from modeltap.exporter import (
     SinkDestination,
 )
 from modeltap.reference import Reference, categorical_strings
-from modeltap.spool import Spool
+from modeltap.spool import open_spool
 from modeltap.system import SystemReading, SystemSampler
 
 log = logging.getLogger("modeltap")
@@ -44,6 +44,7 @@ log = logging.getLogger("modeltap")
 F = TypeVar("F", bound=Callable[..., Any])
 
 PENDING_RECORDS = 262_144
+DEFAULT_BUFFER_BYTES = 64 << 20
 
 _live: weakref.WeakSet[Agent] = weakref.WeakSet()
 # Recorders inherited from a parent process across fork(). Their threads do
@@ -58,18 +59,43 @@ def _after_fork_in_child() -> None:
         agent._reinit_after_fork()
 
 
-def _close_all_at_exit() -> None:
+def _close_all_at_exit() -> bool:
+    """Closes every live agent, each on its own: one that fails is counted
+    and logged and does not leave the others open. Returns True when an
+    agent was left alone because its ``close()`` is in progress lower on
+    this thread's stack (a signal handler interrupted it)."""
+    interrupted = False
     for agent in list(_live):
-        agent.close()
+        try:
+            if agent._closing_on_this_thread():
+                interrupted = True
+                continue
+            agent.close()
+        except Exception:
+            with contextlib.suppress(Exception):
+                agent._rec.count_error()
+            log.exception("modeltap: closing agent %r failed", getattr(agent, "model", "?"))
+    return interrupted
 
 
 _sigterm_installed = False
+# A SIGTERM that arrived while close() ran on the main thread: acted on once
+# that close() has finished.
+_sigterm_deferred = False
+# Thread ident -> close() calls in progress on that thread.
+_closing_depth: dict[int, int] = {}
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     """Delivers (or spools) what the agents hold, then dies of SIGTERM as the
-    process would have without modeltap."""
-    _close_all_at_exit()
+    process would have without modeltap. A handler that interrupted a
+    ``close()`` cannot wait for it (it is lower on the same stack): it closes
+    the other agents and leaves dying to that ``close()`` when it ends."""
+    global _sigterm_deferred
+    if _close_all_at_exit():
+        _sigterm_deferred = True
+        return
+    _sigterm_deferred = False
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -86,6 +112,19 @@ def _install_sigterm_handler() -> None:
             _sigterm_installed = True
     except (ValueError, OSError):
         pass
+
+
+def _seconds(value: float, what: str) -> float:
+    """A timeout argument: NaN is an error, negative means 0, and anything
+    beyond a (very generous) bound is clamped so that native durations never
+    overflow."""
+    t = float(value)
+    if t != t:
+        raise ValueError(f"{what} must be a number of seconds, not NaN")
+    return min(max(t, 0.0), _MAX_TIMEOUT_S)
+
+
+_MAX_TIMEOUT_S = 1e9
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -114,8 +153,15 @@ class Agent:
         Inference parameters (threshold, temperature, ...), sent as strings
         on every batch.
     buffer_size:
-        Ring slots (rounded up to a power of two). Memory is bounded by it
-        however fast records arrive.
+        Most ring slots (rounded up to a power of two).
+    buffer_bytes:
+        Memory budget of the record path in bytes (default 64 MiB), whatever
+        the width of a record: half for the ring's slots (which get fewer
+        than ``buffer_size`` when the schema is wide), an eighth for the
+        variable-length parts beside them (vectors wider than the slot,
+        strings), an eighth for the batch being built and a quarter for
+        batches waiting for the exporter. A record that does not fit is
+        dropped and counted in ``stats()["dropped_full"]``.
     on_full:
         ``"drop"`` (default): a full ring drops the record and counts it in
         ``stats()["dropped_full"]``. ``"block"``: the caller waits for room.
@@ -174,6 +220,7 @@ class Agent:
         categorical: Iterable[str] = (),
         params: Mapping[str, Any] | None = None,
         buffer_size: int = 65536,
+        buffer_bytes: int | None = None,
         on_full: str = "drop",
         shutdown_timeout: float = 5.0,
         strict: bool = False,
@@ -220,6 +267,7 @@ class Agent:
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self._cfg: dict[str, Any] = {
             "buffer_size": int(buffer_size),
+            "buffer_bytes": DEFAULT_BUFFER_BYTES if buffer_bytes is None else int(buffer_bytes),
             "batch_size": int(batch_size),
             # Encoded batches waiting for the exporter: bounded in records,
             # so memory stays bounded whatever the batch size.
@@ -237,7 +285,6 @@ class Agent:
         self._compression = compression
         self._export_timeout = float(export_timeout)
         self._retry_window = float(retry_window)
-        self._lock = threading.Lock()
         self._closed = False
         self._start()
         _live.add(self)
@@ -268,7 +315,9 @@ class Agent:
         dest: Destination
         if self.collector is not None:
             spool = (
-                Spool(self._spool_dir, self.agent_id, self._spool_max_bytes)
+                open_spool(
+                    self._spool_dir, self.agent_id, self._spool_max_bytes, self._rec.count_error
+                )
                 if self._spool_dir is not None
                 else None
             )
@@ -330,37 +379,78 @@ class Agent:
             return
         # The parent's recorder, exporter (its gRPC channel, its spool's
         # locks) stay referenced so that nothing of theirs runs in the child.
-        _abandoned.append((self._rec, self._exporter))
-        self._lock = threading.Lock()
+        parent = self._rec
+        _abandoned.append((parent, self._exporter))
         self._start()
+        # A bound `agent.log` the user took before the fork still points at
+        # the parent's recorder: send everything it gets to the child's.
+        parent.forward_to(self._rec)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Blocks until every record logged before the call has been
         acknowledged by its destination, retrying while ``timeout_s`` lasts.
         With a collector and a spool, batches the collector did not take
         within the retry window are in the spool (durable, replayed later).
-        Returns True when everything, spool included, was delivered."""
-        deadline = time.monotonic() + float(timeout_s)
-        ok = bool(self._rec.flush(float(timeout_s)))
-        dest = self._exporter.destination
-        spool = getattr(dest, "spool", None)
+        Returns True when every such record is settled with nothing left to
+        wait for: delivered (spool included), or refused by the collector for
+        good and counted in ``discarded``.
+        Raises ValueError for a NaN timeout; an infinite one waits as long
+        as it takes."""
+        timeout = _seconds(timeout_s, "timeout_s")
+        deadline = time.monotonic() + timeout
+        ok = bool(self._rec.flush(timeout))
+        spool = self._exporter.destination.spool
         while spool is not None and spool.pending_records() and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(min(0.02, max(deadline - time.monotonic(), 0.0)))
         return ok and (spool is None or spool.pending_records() == 0)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Delivers what is in the ring within ``timeout_s`` (default
-        ``shutdown_timeout``) and stops the agent's threads. Records logged
-        afterwards are counted as dropped. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        timeout = self.shutdown_timeout if timeout_s is None else float(timeout_s)
-        if self._sampler is not None:
-            self._sampler.stop()
-        self._rec.shutdown()
-        self._exporter.close(timeout)
+        ``shutdown_timeout``) and stops the agent's threads. What could not
+        be delivered by then is spooled (with a spool) or counted as
+        ``discarded``, with a warning giving the count: afterwards
+        ``pending`` is 0 and the counters add up. Records logged afterwards
+        are counted as dropped. Idempotent; a second caller waits for the
+        first to finish, and a call re-entering from a signal handler that
+        interrupted this one returns at once."""
+        timeout = _seconds(self.shutdown_timeout if timeout_s is None else timeout_s, "timeout_s")
+        me = threading.get_ident()
+        # A lock-free test-and-set (one dict operation under the GIL): a
+        # signal handler running close() on a thread that is already inside
+        # close() must neither wait for itself nor start a second one.
+        token = object()
+        done: threading.Event = self.__dict__.setdefault("_close_done", threading.Event())
+        if self.__dict__.setdefault("_close_token", token) is not token:
+            if self.__dict__.get("_close_thread") != me:
+                done.wait(timeout + 1.0)
+            return
+        self._close_thread = me
+        self._closed = True
+        _closing_depth[me] = _closing_depth.get(me, 0) + 1
+        try:
+            deadline = time.monotonic() + timeout
+            if self._sampler is not None:
+                self._sampler.stop(min(1.0, timeout))
+            self._rec.shutdown()
+            self._exporter.close(max(deadline - time.monotonic(), 0.0))
+        finally:
+            done.set()
+            depth = _closing_depth.get(me, 1) - 1
+            if depth:
+                _closing_depth[me] = depth
+            else:
+                _closing_depth.pop(me, None)
+                if _sigterm_deferred and threading.current_thread() is threading.main_thread():
+                    _on_sigterm(signal.SIGTERM, None)
+
+    def _closing_on_this_thread(self) -> bool:
+        """True while this thread is inside this agent's close()."""
+        done = self.__dict__.get("_close_done")
+        return (
+            self.__dict__.get("_close_thread") == threading.get_ident()
+            and done is not None
+            and not done.is_set()
+        )
 
     def __enter__(self) -> Agent:
         return self

@@ -208,49 +208,52 @@ def decode(data: bytes) -> DecodedBatch:
         if cat_names:
             feats = feats.copy()
             feats[:, [i for i, k in enumerate(kinds) if k == "categorical"]] = np.nan
-            cats = d["categories"]
-            flat = [v for row in zip(*(cats[c] for c in cat_names), strict=True) for v in row]
+            # Row-major [row][categorical feature] strings, taken from each
+            # column's dictionary: no per-row Python objects.
+            cols = [
+                pa.array(d["category_values"][c], pa.string()).take(
+                    pa.array(d["category_codes"][c], mask=d["category_codes"][c] < 0)
+                )
+                for c in cat_names
+            ]
+            order = np.arange(len(cat_names))[None, :] * n + np.arange(n)[:, None]
+            flat = pa.concat_arrays(cols).take(pa.array(order.ravel()))
             categories: pa.Array = pa.ListArray.from_arrays(
                 pa.array(np.arange(0, n * len(cat_names) + 1, len(cat_names), dtype=np.int32)),
-                pa.array(flat, pa.string()),
+                flat,
             )
         else:
             categories = pa.nulls(n, pa.list_(pa.string()))
         features = pa.ListArray.from_arrays(
             pa.array(np.arange(0, n * nf + 1, nf, dtype=np.int32)), pa.array(feats.ravel())
         )
-        preds = np.asarray(d["predictions"], dtype=np.float64)
-        first = (preds if preds.ndim == 1 else preds[:, 0]).copy()
-        labels = d["labels"]
-        if labels is not None:
-            first[np.asarray(d["prediction_kind"]) == 2] = np.nan
-            label_col: pa.Array = pa.array(labels, pa.string())
+        kind = np.asarray(d["prediction_kind"])
+        pvals = np.asarray(d["prediction_values"], dtype=np.float64)
+        poff = np.asarray(d["prediction_offsets"], dtype=np.int64)
+        has = poff[1:] > poff[:-1]
+        first = np.full(n, np.nan)
+        first[has] = pvals[poff[:-1][has]]
+        label_codes = np.asarray(d["label_codes"], dtype=np.int32)
+        first[kind == 2] = np.nan
+        if (label_codes >= 0).any():
+            label_col: pa.Array = pa.array(d["label_values"], pa.string()).take(
+                pa.array(label_codes, mask=label_codes < 0)
+            )
         else:
             label_col = pa.nulls(n, pa.string())
-        if preds.ndim == 2:
-            w = preds.shape[1]
-            outputs: pa.Array = pa.ListArray.from_arrays(
-                pa.array(np.arange(0, n * w + 1, w, dtype=np.int32)), pa.array(preds.ravel())
-            )
+        vector = kind == 3
+        if vector.any():
+            outputs: pa.Array = pa.LargeListArray.from_arrays(
+                pa.array(poff), pa.array(pvals), mask=pa.array(~vector)
+            ).cast(pa.list_(pa.float64()))
         else:
             outputs = pa.nulls(n, pa.list_(pa.float64()))
-        probs = np.asarray(d["probabilities"], dtype=np.float64)
-        counts = np.asarray(d["probability_count"], dtype=np.int32)
-        if probs.size and counts.any():
-            k = probs.shape[1]
-            if (counts == k).all():
-                offsets = np.arange(0, n * k + 1, k, dtype=np.int32)
-                values = probs.ravel()
-                mask = None
-            else:
-                keep = np.arange(k)[None, :] < counts[:, None]
-                offsets = np.zeros(n + 1, dtype=np.int32)
-                np.cumsum(counts, out=offsets[1:])
-                values = probs[keep]
-                mask = pa.array(counts == 0)
-            probabilities: pa.Array = pa.ListArray.from_arrays(
-                pa.array(offsets), pa.array(values), mask=mask
-            )
+        qvals = np.asarray(d["probability_values"], dtype=np.float64)
+        qoff = np.asarray(d["probability_offsets"], dtype=np.int64)
+        if qvals.size:
+            probabilities: pa.Array = pa.LargeListArray.from_arrays(
+                pa.array(qoff), pa.array(qvals), mask=pa.array(qoff[1:] == qoff[:-1])
+            ).cast(pa.list_(pa.float64()))
         else:
             probabilities = pa.nulls(n, pa.list_(pa.float64()))
         if d["errors"]:

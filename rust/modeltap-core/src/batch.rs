@@ -11,7 +11,12 @@ use crate::proto;
 use crate::record::{PredictionKind, Slot, SlotKind};
 
 /// The batch schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 1 batches (vectors padded to a common width) are still read.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Fixed bytes a record adds to a batch besides its values (ids, time,
+/// latency, flags, counts), for sizing batches by bytes.
+const ROW_OVERHEAD: usize = 16 + 16 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
 
 /// The feature schema of an agent, fixed by its first record (or by the
 /// `features=` / reference it was given).
@@ -103,6 +108,7 @@ pub struct BatchBuilder {
     used_codes: Vec<Vec<u32>>,
     used_labels: Vec<u32>,
     span_names: BTreeMap<String, u32>,
+    bytes: usize,
 }
 
 fn f64_to_code(v: f64) -> Option<u32> {
@@ -132,8 +138,6 @@ impl BatchBuilder {
                     }
                 })
                 .collect(),
-            n_outputs: row_u32(schema.out_cap),
-            n_probabilities: row_u32(schema.prob_cap),
             ..Default::default()
         };
         Self {
@@ -142,6 +146,7 @@ impl BatchBuilder {
             used_codes: vec![Vec::new(); n],
             used_labels: Vec::new(),
             span_names: BTreeMap::new(),
+            bytes: 0,
         }
     }
 
@@ -163,6 +168,12 @@ impl BatchBuilder {
             .map_or(0, |s| s.start_unix_nano.len())
     }
 
+    /// Approximate bytes the batch holds so far (values, ids and the
+    /// variable-length parts), for sealing batches by size.
+    pub fn byte_size(&self) -> usize {
+        self.bytes
+    }
+
     /// True when neither records nor spans were added.
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.n_spans() == 0
@@ -173,6 +184,7 @@ impl BatchBuilder {
         match slot.kind {
             SlotKind::Record => self.push_record(slot),
             SlotKind::Span => self.push_span(slot),
+            SlotKind::Void => {}
         }
     }
 
@@ -195,33 +207,40 @@ impl BatchBuilder {
                 }
             }
         }
+        let side = slot.side.take().map(|b| *b);
         let out = &values[nf..nf + schema.out_cap];
         let n_out = usize::from(slot.n_outputs).min(schema.out_cap);
-        m.predictions.extend_from_slice(&out[..n_out]);
-        m.predictions
-            .extend(std::iter::repeat_n(f64::NAN, schema.out_cap - n_out));
+        let outputs: &[f64] = match side.as_ref().and_then(|s| s.outputs.as_deref()) {
+            Some(wide) => wide,
+            None => &out[..n_out],
+        };
+        m.predictions.extend_from_slice(outputs);
+        m.prediction_count.push(row_u32(outputs.len()));
         m.prediction_kind
             .push(i32::from(slot.prediction_kind as u8));
-        if slot.prediction_kind == PredictionKind::Label && n_out > 0 {
-            if let Some(code) = f64_to_code(out[0]) {
+        if slot.prediction_kind == PredictionKind::Label {
+            if let Some(code) = outputs.first().copied().and_then(f64_to_code) {
                 self.used_labels.push(code);
             }
         }
-        let probs = &values[nf + schema.out_cap..nf + schema.out_cap + schema.prob_cap];
-        if slot.n_probabilities == u16::MAX {
-            m.probabilities
-                .extend(std::iter::repeat_n(f64::NAN, schema.prob_cap));
-        } else {
-            let n = usize::from(slot.n_probabilities).min(schema.prob_cap);
-            m.probabilities.extend_from_slice(&probs[..n]);
-            m.probabilities
-                .extend(std::iter::repeat_n(f64::NAN, schema.prob_cap - n));
-            m.probability_count.push(row_u32(n));
-        }
+        let start = nf + schema.out_cap;
+        let probs: &[f64] = match side.as_ref().and_then(|s| s.probabilities.as_deref()) {
+            Some(wide) => wide,
+            // Marked as carried beside the slot but the side box is gone:
+            // no probabilities.
+            None if slot.n_probabilities == u16::MAX => &[],
+            None => {
+                let k = usize::from(slot.n_probabilities).min(schema.prob_cap);
+                &values[start..start + k]
+            }
+        };
+        m.probabilities.extend_from_slice(probs);
+        m.probability_count.push(row_u32(probs.len()));
+        self.bytes += 8 * (nf + outputs.len() + probs.len()) + ROW_OVERHEAD;
         m.latency_s.push(slot.latency_s);
         m.flags.push(slot.flags);
-        if let Some(side) = slot.side.take() {
-            let side = *side;
+        if let Some(side) = side {
+            self.bytes += side.heap_bytes();
             if let Some(id) = side.request_id {
                 m.request_id_text.push(proto::RowString { row, value: id });
             }
@@ -245,17 +264,6 @@ impl BatchBuilder {
                     value,
                 });
             }
-            if let Some(values) = side.outputs {
-                m.prediction_overflow.push(proto::RowVector { row, values });
-            }
-            if let Some(values) = side.probabilities {
-                m.probability_count.push(row_u32(values.len()));
-                m.probability_overflow
-                    .push(proto::RowVector { row, values });
-            }
-        } else if slot.n_probabilities == u16::MAX {
-            // Marked as overflowing but the side box is gone: no probabilities.
-            m.probability_count.push(0);
         }
         m.n_records += 1;
     }
@@ -284,6 +292,7 @@ impl BatchBuilder {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         spans.duration_nano.push(slot.latency_s.max(0.0) as u64);
         spans.status.push(u32::from(slot.status));
+        self.bytes += ROW_OVERHEAD;
         if let Some(id) = slot.side.take().and_then(|s| s.request_id) {
             spans.request_ids.push(proto::RowString { row, value: id });
         }
@@ -355,10 +364,67 @@ pub fn encode(batch: &proto::RecordBatch) -> Vec<u8> {
 /// Decodes and validates a batch: every column must have the length the
 /// header promises, and the schema version must be one this build reads.
 pub fn decode(bytes: &[u8]) -> Result<proto::RecordBatch, CodecError> {
-    let batch =
+    let mut batch =
         proto::RecordBatch::decode(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
     validate(&batch)?;
+    if batch.schema_version == 1 {
+        upgrade_v1(&mut batch);
+    }
     Ok(batch)
+}
+
+/// Rewrites a (validated) version 1 batch into the version 2 layout, so
+/// readers see one layout: vectors flat with a count per row.
+fn upgrade_v1(b: &mut proto::RecordBatch) {
+    let n = b.n_records as usize;
+    let w = b.n_outputs as usize;
+    let kinds = std::mem::take(&mut b.prediction_kind);
+    let mut over: BTreeMap<u32, Vec<f64>> = std::mem::take(&mut b.prediction_overflow)
+        .into_iter()
+        .map(|r| (r.row, r.values))
+        .collect();
+    let padded = std::mem::take(&mut b.predictions);
+    let mut counts = Vec::with_capacity(n);
+    for r in 0..n {
+        if let Some(v) = over.remove(&row_u32(r)) {
+            counts.push(row_u32(v.len()));
+            b.predictions.extend(v);
+            continue;
+        }
+        let row = &padded[r * w..(r + 1) * w];
+        let no_prediction = b.flags[r] & crate::record::flags::NO_PREDICTION != 0;
+        let k = if no_prediction {
+            0
+        } else if kinds[r] == PredictionKind::Vector as i32 {
+            // Version 1 padded vectors with NaN: the row ends at its last value.
+            row.iter().rposition(|v| !v.is_nan()).map_or(0, |i| i + 1)
+        } else {
+            row.len().min(1)
+        };
+        counts.push(row_u32(k));
+        b.predictions.extend_from_slice(&row[..k]);
+    }
+    b.prediction_kind = kinds;
+    b.prediction_count = counts;
+    let k = b.n_probabilities as usize;
+    let mut over: BTreeMap<u32, Vec<f64>> = std::mem::take(&mut b.probability_overflow)
+        .into_iter()
+        .map(|r| (r.row, r.values))
+        .collect();
+    let padded = std::mem::take(&mut b.probabilities);
+    for r in 0..n {
+        if let Some(v) = over.remove(&row_u32(r)) {
+            b.probability_count[r] = row_u32(v.len());
+            b.probabilities.extend(v);
+        } else {
+            let c = (b.probability_count[r] as usize).min(k);
+            b.probability_count[r] = row_u32(c);
+            b.probabilities.extend_from_slice(&padded[r * k..r * k + c]);
+        }
+    }
+    b.n_outputs = 0;
+    b.n_probabilities = 0;
+    b.schema_version = SCHEMA_VERSION;
 }
 
 fn check(what: &str, got: usize, want: usize) -> Result<(), CodecError> {
@@ -387,19 +453,50 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
     let n = b.n_records as usize;
     let nf = b.feature_names.len();
     check("feature_kinds", b.feature_kinds.len(), nf)?;
+    if let Some(k) = b.feature_kinds.iter().find(|&&k| !(0..=1).contains(&k)) {
+        return Err(CodecError::Inconsistent(format!(
+            "feature kind {k} is not a known kind"
+        )));
+    }
     check("timestamp_unix_nano", b.timestamp_unix_nano.len(), n)?;
     check("request_ids (bytes)", b.request_ids.len(), 16 * n)?;
     check("trace_ids (bytes)", b.trace_ids.len(), 16 * n)?;
     check("span_ids (bytes)", b.span_ids.len(), 8 * n)?;
-    check("features", b.features.len(), n * nf)?;
+    check("features", b.features.len(), n.saturating_mul(nf))?;
     check("prediction_kind", b.prediction_kind.len(), n)?;
-    check("predictions", b.predictions.len(), n * b.n_outputs as usize)?;
-    check(
-        "probabilities",
-        b.probabilities.len(),
-        n * b.n_probabilities as usize,
-    )?;
+    if let Some(k) = b.prediction_kind.iter().find(|&&k| !(0..=3).contains(&k)) {
+        return Err(CodecError::Inconsistent(format!(
+            "prediction_kind {k} is not a known kind"
+        )));
+    }
     check("probability_count", b.probability_count.len(), n)?;
+    if b.schema_version == 1 {
+        let cells = |w: u32| n.saturating_mul(w as usize);
+        check("predictions", b.predictions.len(), cells(b.n_outputs))?;
+        check(
+            "probabilities",
+            b.probabilities.len(),
+            cells(b.n_probabilities),
+        )?;
+    } else {
+        check("prediction_count", b.prediction_count.len(), n)?;
+        let total = |c: &[u32]| c.iter().map(|&x| u64::from(x)).sum::<u64>();
+        check(
+            "predictions",
+            b.predictions.len(),
+            usize::try_from(total(&b.prediction_count)).unwrap_or(usize::MAX),
+        )?;
+        check(
+            "probabilities",
+            b.probabilities.len(),
+            usize::try_from(total(&b.probability_count)).unwrap_or(usize::MAX),
+        )?;
+        if !b.prediction_overflow.is_empty() || !b.probability_overflow.is_empty() {
+            return Err(CodecError::Inconsistent(
+                "overflow vectors are not used after schema version 1".into(),
+            ));
+        }
+    }
     check("latency_s", b.latency_s.len(), n)?;
     check("flags", b.flags.len(), n)?;
     let row_ok = |row: u32, what: &str| {
@@ -423,8 +520,25 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
     for r in &b.category_overflow {
         row_ok(r.row, "category_overflow")?;
     }
-    for r in b.prediction_overflow.iter().chain(&b.probability_overflow) {
-        row_ok(r.row, "overflow vectors")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &b.prediction_overflow {
+        row_ok(r.row, "prediction overflow")?;
+        if !seen.insert(r.row) {
+            return Err(CodecError::Inconsistent(format!(
+                "prediction overflow names row {} twice",
+                r.row
+            )));
+        }
+    }
+    seen.clear();
+    for r in &b.probability_overflow {
+        row_ok(r.row, "probability overflow")?;
+        if !seen.insert(r.row) {
+            return Err(CodecError::Inconsistent(format!(
+                "probability overflow names row {} twice",
+                r.row
+            )));
+        }
     }
     for d in &b.categories {
         if d.feature_index as usize >= nf {

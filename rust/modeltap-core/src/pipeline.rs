@@ -8,7 +8,7 @@
 //! `invalid`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::batch::{encode, BatchBuilder, Schema, VocabEntry, VocabMirror};
 use crate::profile::{merge_window, Compiled, Profiler};
 use crate::proto;
-use crate::record::Slot;
+use crate::record::{Slot, SlotKind};
 use crate::ring::Ring;
 
 /// Settings of a pipeline.
@@ -43,7 +43,20 @@ pub struct PipelineConfig {
     pub sample_rate: f64,
     /// Windows kept locally for `Pipeline::profile`.
     pub max_windows: usize,
+    /// Memory budget of the record path in bytes, whatever the width of a
+    /// record: half for the ring's slots, an eighth for the variable-length
+    /// parts beside them (wide vectors, strings), an eighth for the batch
+    /// being built and a quarter for sealed batches waiting for the exporter.
+    pub buffer_bytes: usize,
 }
+
+/// Default [`PipelineConfig::buffer_bytes`]: 64 MiB.
+pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
+/// Fewest slots a ring may have; a schema too wide for that many slots in
+/// half the budget is refused.
+pub const MIN_SLOTS: usize = 8;
+/// Bytes a slot costs besides its value row.
+pub const SLOT_OVERHEAD: usize = std::mem::size_of::<Slot>() + 16;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -57,7 +70,43 @@ impl Default for PipelineConfig {
             window: Duration::from_secs(60),
             sample_rate: 1.0,
             max_windows: 1440,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
         }
+    }
+}
+
+impl PipelineConfig {
+    /// Bytes the ring's slots may take.
+    pub fn ring_bytes(&self) -> usize {
+        self.buffer_bytes / 2
+    }
+
+    /// Bytes the variable-length parts of records in the ring may take.
+    pub fn side_bytes(&self) -> usize {
+        self.buffer_bytes / 8
+    }
+
+    /// Bytes at which the batch being built is sealed.
+    pub fn batch_bytes(&self) -> usize {
+        (self.buffer_bytes / 8).max(1)
+    }
+
+    /// Bytes of sealed batches that may wait for the exporter.
+    pub fn pending_bytes(&self) -> usize {
+        self.buffer_bytes / 4
+    }
+
+    /// Ring slots for value rows of `stride` values: `capacity` rounded up
+    /// to a power of two, then halved until the slots fit
+    /// [`PipelineConfig::ring_bytes`]; `None` when not even
+    /// [`MIN_SLOTS`] fit.
+    pub fn slots_for(&self, stride: usize) -> Option<usize> {
+        let per = stride.saturating_mul(8).saturating_add(SLOT_OVERHEAD);
+        let mut cap = self.capacity.max(2).next_power_of_two();
+        while cap > MIN_SLOTS && cap.saturating_mul(per) > self.ring_bytes() {
+            cap /= 2;
+        }
+        (cap.saturating_mul(per) <= self.ring_bytes() || cap < MIN_SLOTS).then_some(cap)
     }
 }
 
@@ -162,7 +211,9 @@ enum OutItem {
 struct OutQueue {
     items: VecDeque<OutItem>,
     n_batches: usize,
-    in_hand: HashMap<u64, u64>,
+    in_hand: HashMap<u64, (u64, usize)>,
+    /// Bytes of the queued and in-hand batches.
+    bytes: usize,
     settled_upto: u64,
     /// The drain thread has finished: nothing more will be queued.
     finished: bool,
@@ -232,6 +283,39 @@ pub struct Pipeline {
     drain: OnceLock<Thread>,
     handle: Mutex<Option<JoinHandle<()>>>,
     pid: u32,
+    /// Bytes of side boxes of records in the ring.
+    side_used: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What became of an attempt to put a record in the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    Pushed,
+    /// No room (ring, side budget), no ring yet, or shut down.
+    Full,
+    /// The record's writer panicked; the slot was published empty.
+    Failed,
+}
+
+/// Why a schema cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaTooWide {
+    /// Values per record.
+    pub stride: usize,
+    /// The budget it had to fit.
+    pub buffer_bytes: usize,
+}
+
+impl std::fmt::Display for SchemaTooWide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a record of {} values does not fit {} ring slots in buffer_bytes={}; \
+             raise buffer_bytes",
+            self.stride, MIN_SLOTS, self.buffer_bytes
+        )
+    }
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -273,6 +357,8 @@ impl Pipeline {
             drain: OnceLock::new(),
             handle: Mutex::new(None),
             pid: std::process::id(),
+            side_used: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
         });
         let worker = Arc::clone(&p);
         let handle = std::thread::Builder::new()
@@ -293,19 +379,35 @@ impl Pipeline {
         self.schema.get()
     }
 
-    /// Fixes the schema (first caller wins) and allocates the ring for it.
-    /// Returns the schema in force, which may be another caller's.
-    pub fn init_schema(&self, schema: Schema) -> &Arc<Schema> {
+    /// Fixes the schema (first caller wins) and allocates the ring for it,
+    /// with as many slots as fit the budget. Returns the schema in force,
+    /// which may be another caller's.
+    ///
+    /// # Errors
+    /// When `schema` is too wide for [`MIN_SLOTS`] slots in the ring's
+    /// budget (and no schema is in force yet).
+    pub fn init_schema(&self, schema: Schema) -> Result<&Arc<Schema>, SchemaTooWide> {
+        if self.schema.get().is_none() && self.cfg.slots_for(schema.stride()).is_none() {
+            return Err(SchemaTooWide {
+                stride: schema.stride(),
+                buffer_bytes: self.cfg.buffer_bytes,
+            });
+        }
         let s = self.schema.get_or_init(|| Arc::new(schema));
         let stride = s.stride();
+        let slots = self.cfg.slots_for(stride).unwrap_or(MIN_SLOTS);
         self.ring
-            .get_or_init(|| Ring::new(self.cfg.capacity, || Slot::with_stride(stride)));
-        s
+            .get_or_init(|| Ring::new(slots, || Slot::with_stride(stride)));
+        Ok(s)
     }
 
-    /// Ring capacity in slots.
+    /// Ring capacity in slots (before the schema is fixed: the most it may
+    /// have).
     pub fn capacity(&self) -> usize {
-        self.cfg.capacity.max(2).next_power_of_two()
+        self.ring.get().map_or_else(
+            || self.cfg.capacity.max(2).next_power_of_two(),
+            Ring::capacity,
+        )
     }
 
     /// Announces a new vocabulary entry; call before pushing the first record
@@ -328,52 +430,102 @@ impl Pipeline {
     /// the schema is not fixed yet.
     #[inline]
     pub fn push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
+        self.push_sized(0, fill)
+    }
+
+    /// Like [`Pipeline::push`] for a record whose `fill` attaches a side box
+    /// of `side_bytes` (see `Side::heap_bytes`): refused (`dropped_full`)
+    /// when the side budget cannot hold it.
+    #[inline]
+    pub fn push_sized(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
         self.counters.logged.fetch_add(1, Ordering::Relaxed);
+        if self.insert(side_bytes, fill) == Insert::Pushed {
+            return true;
+        }
+        self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Like [`Pipeline::push_sized`] but does not count a refusal, so the
+    /// caller can wait for room and try again (`on_full="block"`, bulk
+    /// logging). Returns `true` once the record is taken care of: pushed
+    /// (counted as logged), or lost because `fill` panicked (counted as
+    /// logged and dropped, and as an error): trying again cannot help.
+    #[inline]
+    pub fn try_push(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
+        match self.insert(side_bytes, fill) {
+            Insert::Pushed => {
+                self.counters.logged.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Insert::Failed => {
+                self.count_dropped(1);
+                true
+            }
+            Insert::Full => {
+                self.wake_drain();
+                false
+            }
+        }
+    }
+
+    /// Counts `n` records that were handed to the agent but could not be
+    /// taken (no room, shut down), without touching the ring.
+    pub fn count_dropped(&self, n: u64) {
+        self.counters.logged.fetch_add(n, Ordering::Relaxed);
+        self.counters.dropped_full.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
         let Some(ring) = self
             .ring
             .get()
             .filter(|_| !self.stop.load(Ordering::Relaxed))
         else {
             // No ring yet, or shut down: nothing would ever drain it.
-            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Insert::Full;
         };
-        match ring.push_with_pos(fill) {
+        if side_bytes > 0 {
+            let before = self.side_used.fetch_add(side_bytes, Ordering::AcqRel);
+            if before.saturating_add(side_bytes) > self.cfg.side_bytes() {
+                self.side_used.fetch_sub(side_bytes, Ordering::AcqRel);
+                return Insert::Full;
+            }
+        }
+        let mut written = true;
+        let pushed = ring.push_with_pos(|slot| {
+            let fill = std::panic::AssertUnwindSafe(|| fill(slot));
+            if std::panic::catch_unwind(fill).is_err() {
+                // Half-written: publish nothing the drain would read.
+                slot.reset();
+                slot.kind = SlotKind::Void;
+                written = false;
+            }
+            slot.side_charge = side_bytes;
+        });
+        match pushed {
+            Some(_) if !written => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                Insert::Failed
+            }
             Some(pos) => {
                 if pos & self.wake_mask == self.wake_mask {
                     self.wake_drain();
                 }
-                true
+                Insert::Pushed
             }
             None => {
-                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-                false
+                if side_bytes > 0 {
+                    self.side_used.fetch_sub(side_bytes, Ordering::AcqRel);
+                }
+                Insert::Full
             }
         }
     }
 
-    /// Like [`Pipeline::push`] but does not count a refusal, so the caller
-    /// can wait for room and try again (`on_full="block"`). Counts `logged`
-    /// only on success.
-    #[inline]
-    pub fn try_push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
-        let Some(ring) = self
-            .ring
-            .get()
-            .filter(|_| !self.stop.load(Ordering::Relaxed))
-        else {
-            return false;
-        };
-        if let Some(pos) = ring.push_with_pos(fill) {
-            self.counters.logged.fetch_add(1, Ordering::Relaxed);
-            if pos & self.wake_mask == self.wake_mask {
-                self.wake_drain();
-            }
-            true
-        } else {
-            self.wake_drain();
-            false
-        }
+    /// Bytes of side boxes of records now in the ring.
+    pub fn side_used(&self) -> usize {
+        self.side_used.load(Ordering::Acquire)
     }
 
     /// Records the drain thread has taken out of the ring so far.
@@ -472,7 +624,7 @@ impl Pipeline {
             if let Some(pos) = pos.filter(|&p| p == 0 || q.in_hand.is_empty()) {
                 if let Some(OutItem::Batch(b)) = q.items.remove(pos) {
                     q.n_batches -= 1;
-                    q.in_hand.insert(b.seq, b.n_records);
+                    q.in_hand.insert(b.seq, (b.n_records, b.bytes.len()));
                     self.space_cv.notify_all();
                     return Take::Batch(b);
                 }
@@ -496,9 +648,11 @@ impl Pipeline {
     /// Returns `false` if no such batch was in hand.
     pub fn settle(&self, seq: u64, outcome: Outcome) -> bool {
         let mut q = lock(&self.out);
-        let Some(n) = q.in_hand.remove(&seq) else {
+        let Some((n, bytes)) = q.in_hand.remove(&seq) else {
             return false;
         };
+        q.bytes = q.bytes.saturating_sub(bytes);
+        self.space_cv.notify_all();
         self.count_outcome(outcome, n);
         q.apply_markers();
         drop(q);
@@ -599,8 +753,13 @@ impl Pipeline {
 
     fn enqueue(&self, item: OutItem) {
         let mut q = lock(&self.out);
-        if let OutItem::Batch(_) = item {
-            while q.n_batches >= self.cfg.max_pending_batches && !self.is_stopping() {
+        if let OutItem::Batch(b) = &item {
+            // Bounded in batches and in bytes; one batch may always wait,
+            // however large, so progress never depends on the budget.
+            while (q.n_batches >= self.cfg.max_pending_batches
+                || (q.bytes > 0 && q.bytes + b.bytes.len() > self.cfg.pending_bytes()))
+                && !self.is_stopping()
+            {
                 q = self
                     .space_cv
                     .wait_timeout(q, Duration::from_millis(100))
@@ -608,6 +767,7 @@ impl Pipeline {
                     .0;
             }
             q.n_batches += 1;
+            q.bytes += b.bytes.len();
         }
         q.items.push_back(item);
         if q.apply_markers() {
@@ -646,6 +806,33 @@ impl Pipeline {
         *seq += 1;
     }
 
+    /// Runs `f`; a panic in it is counted as one of the agent's own errors
+    /// and reported (once per pipeline) instead of killing the drain thread.
+    /// Returns whether `f` completed.
+    fn contained(&self, what: &str, f: impl FnOnce()) -> bool {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(()) => true,
+            Err(payload) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let mut last = lock(&self.last_error);
+                if last.is_none() {
+                    *last = Some(format!("{what} failed ({msg}); profiling is off"));
+                }
+                false
+            }
+        }
+    }
+
+    /// The first internal failure of the drain thread, if any.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
     fn drain_loop(self: Arc<Self>) {
         use rand::{Rng, SeedableRng};
         // Idle wake-ups cost CPU on every serving host; a quarter of the
@@ -665,6 +852,8 @@ impl Pipeline {
         let mut marked: u64 = 0;
         let mut batch_started: Option<Instant> = None;
         let mut last_system = Instant::now();
+        // Off for good once the profiler failed: records still flow.
+        let mut profiling = true;
         let empty_schema = Arc::new(Schema {
             feature_names: Vec::new(),
             categorical: Vec::new(),
@@ -680,25 +869,42 @@ impl Pipeline {
                 if !Arc::ptr_eq(b.schema(), schema) && b.is_empty() {
                     *b = BatchBuilder::new(Arc::clone(schema));
                 }
-                let prof = profiler.get_or_insert_with(|| {
+                if profiler.is_none() && profiling {
                     let compiled =
                         self.cfg.reference.clone().unwrap_or_else(|| {
                             Arc::new(Compiled::new(proto::Reference::default()))
                         });
-                    Profiler::new(compiled, schema, window_ns)
-                });
+                    profiler = Some(Profiler::new(compiled, schema, window_ns));
+                }
                 // Categories and labels announced before the records that use
                 // them: learn them before popping.
                 let fresh: Vec<VocabEntry> = lock(&self.vocab).drain(..).collect();
                 if !fresh.is_empty() {
-                    prof.on_vocab(&fresh);
+                    if let Some(prof) = profiler.as_mut() {
+                        if !self.contained("learning the vocabulary", || prof.on_vocab(&fresh)) {
+                            profiler = None;
+                            profiling = false;
+                        }
+                    }
                     vocab.extend(fresh);
                 }
                 let mut sampled_out = 0u64;
+                let side_used = &self.side_used;
+                let batch_bytes = self.cfg.batch_bytes();
                 loop {
-                    while b.len() < self.cfg.batch_size {
+                    while b.len() < self.cfg.batch_size && b.byte_size() < batch_bytes {
                         let got = ring.pop_with(|slot| {
-                            prof.add(slot, &mut || lock(&self.vocab).drain(..).collect());
+                            side_used
+                                .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
+                            if let Some(prof) = profiler.as_mut() {
+                                let add = || {
+                                    prof.add(slot, &mut || lock(&self.vocab).drain(..).collect())
+                                };
+                                if !self.contained("profiling a record", add) {
+                                    profiler = None;
+                                    profiling = false;
+                                }
+                            }
                             if sample_rate >= 1.0 || rng.random::<f64>() < sample_rate {
                                 b.push(slot);
                             } else {
@@ -712,15 +918,19 @@ impl Pipeline {
                         popped += 1;
                         batch_started.get_or_insert_with(Instant::now);
                     }
-                    if b.len() >= self.cfg.batch_size {
-                        vocab.extend(prof.drain_learned());
-                        self.seal(b, &vocab, Some(prof), &mut seq);
+                    if b.len() >= self.cfg.batch_size || b.byte_size() >= batch_bytes {
+                        if let Some(prof) = profiler.as_mut() {
+                            vocab.extend(prof.drain_learned());
+                        }
+                        self.seal(b, &vocab, profiler.as_mut(), &mut seq);
                         batch_started = None;
                     } else {
                         break;
                     }
                 }
-                vocab.extend(prof.drain_learned());
+                if let Some(prof) = profiler.as_mut() {
+                    vocab.extend(prof.drain_learned());
+                }
                 if sampled_out > 0 {
                     self.counters
                         .sampled_out

@@ -11,6 +11,9 @@ pub enum SlotKind {
     Record,
     /// A pipeline stage span.
     Span,
+    /// Nothing: a slot whose writer failed; the drain thread skips it (the
+    /// writer counted the record as dropped).
+    Void,
 }
 
 /// How the prediction of a record is stored in its output values.
@@ -61,6 +64,25 @@ pub struct Side {
     pub name: Option<String>,
 }
 
+impl Side {
+    /// Approximate heap bytes held (for the agent's memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        let s = |x: &String| x.len() + 24;
+        std::mem::size_of::<Self>()
+            + self.request_id.as_ref().map_or(0, s)
+            + self.error.as_ref().map_or(0, |(a, b)| s(a) + s(b))
+            + self
+                .attributes
+                .iter()
+                .map(|(a, b)| s(a) + s(b))
+                .sum::<usize>()
+            + self.categories.iter().map(|(_, v)| s(v) + 8).sum::<usize>()
+            + self.outputs.as_ref().map_or(0, |v| 8 * v.len())
+            + self.probabilities.as_ref().map_or(0, |v| 8 * v.len())
+            + self.name.as_ref().map_or(0, s)
+    }
+}
+
 /// One ring slot's payload. Values are laid out as
 /// `[features (n_features) | outputs (out_cap) | probabilities (prob_cap)]`.
 #[derive(Debug, Default)]
@@ -94,6 +116,9 @@ pub struct Slot {
     pub values: Box<[f64]>,
     /// Rare variable-length parts.
     pub side: Option<Box<Side>>,
+    /// Bytes of the side box charged to the pipeline's side budget (set by
+    /// the pipeline, released when the slot is drained).
+    pub side_charge: usize,
 }
 
 impl Slot {

@@ -21,6 +21,19 @@ struct Slot<T> {
     payload: UnsafeCell<T>,
 }
 
+/// Stores `value` into a slot's sequence number when dropped: on the normal
+/// path and on unwinding alike.
+struct Release<'a> {
+    seq: &'a AtomicUsize,
+    value: usize,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.seq.store(self.value, Ordering::Release);
+    }
+}
+
 /// A bounded multi-producer, multi-consumer ring of `T` payloads.
 pub struct Ring<T> {
     slots: Box<[Slot<T>]>,
@@ -120,13 +133,18 @@ impl<T> Ring<T> {
                 pos = self.tail.load(Ordering::Relaxed);
             }
         };
+        // Publishes the slot even if `write` panics: a claimed position that
+        // is never published would stop every consumer at it for good.
+        let _publish = Release {
+            seq: &slot.seq,
+            value: pos.wrapping_add(1),
+        };
         slot.payload.with_mut(|p| {
             // SAFETY: winning the CAS on `tail` for `pos` while `seq == pos`
             // gives this thread exclusive access to the payload until the
-            // release store below hands it to a consumer.
+            // release store (when `_publish` drops) hands it to a consumer.
             write(unsafe { &mut *p });
         });
-        slot.seq.store(pos.wrapping_add(1), Ordering::Release);
         Some(pos)
     }
 
@@ -156,15 +174,19 @@ impl<T> Ring<T> {
                 pos = self.head.load(Ordering::Relaxed);
             }
         };
+        // Returns the slot to producers even if `read` panics, so one bad
+        // record can never wedge the ring.
+        let _release = Release {
+            seq: &slot.seq,
+            value: pos.wrapping_add(self.mask + 1),
+        };
         let out = slot.payload.with_mut(|p| {
             // SAFETY: `seq == pos + 1` (acquire) means the producer's writes
             // are visible and finished, and winning the CAS on `head` makes
-            // this thread the only reader until the release store below
-            // returns the slot to producers.
+            // this thread the only reader until the release store (when
+            // `_release` drops) returns the slot to producers.
             read(unsafe { &mut *p })
         });
-        slot.seq
-            .store(pos.wrapping_add(self.mask + 1), Ordering::Release);
         Some(out)
     }
 }
@@ -187,6 +209,28 @@ mod tests {
         }
         assert_eq!(ring.pop_with(|v| *v), None);
         assert!(ring.is_empty());
+    }
+
+    /// A producer or consumer closure that panics leaves the ring usable:
+    /// the claimed slot is published (or released) on unwinding.
+    #[test]
+    #[cfg(not(miri))]
+    fn panics_do_not_wedge_the_ring() {
+        let ring = Ring::new(2, || 0u64);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ring.push_with(|_| panic!("producer fails"));
+        }));
+        assert!(r.is_err());
+        assert!(ring.push_with(|v| *v = 7));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ring.pop_with(|_| -> u64 { panic!("consumer fails") })
+        }));
+        assert!(r.is_err());
+        assert_eq!(ring.pop_with(|v| *v), Some(7));
+        for i in 0..10 {
+            assert!(ring.push_with(|v| *v = i));
+            assert_eq!(ring.pop_with(|v| *v), Some(i));
+        }
     }
 
     #[test]

@@ -29,7 +29,8 @@ fn pipeline(batch_size: usize, capacity: usize) -> std::sync::Arc<Pipeline> {
         categorical: vec![false, true],
         out_cap: 1,
         prob_cap: 2,
-    });
+    })
+    .unwrap();
     p
 }
 
@@ -145,17 +146,62 @@ fn decode_rejects_bad_input() {
         Err(CodecError::Malformed(_))
     ));
     let mut b = proto::RecordBatch {
-        schema_version: 2,
+        schema_version: 3,
         ..Default::default()
     };
     assert!(matches!(
         decode(&b.encode_to_vec()),
-        Err(CodecError::UnsupportedVersion { got: 2, max: 1 })
+        Err(CodecError::UnsupportedVersion { got: 3, max: 2 })
     ));
     b.schema_version = 1;
     b.n_records = 1;
     assert!(matches!(
         decode(&b.encode_to_vec()),
+        Err(CodecError::Inconsistent(_))
+    ));
+}
+
+/// A version 1 batch (vectors padded to a common width, wider rows beside)
+/// reads as the version 2 layout: each row with its own values only.
+#[test]
+fn version_1_batches_read_unpadded() {
+    let nan = f64::NAN;
+    let b = proto::RecordBatch {
+        schema_version: 1,
+        n_records: 3,
+        timestamp_unix_nano: vec![1, 2, 3],
+        request_ids: vec![0; 48],
+        trace_ids: vec![0; 48],
+        span_ids: vec![0; 24],
+        prediction_kind: vec![0, 3, 3],
+        n_outputs: 2,
+        predictions: vec![0.5, nan, 1.0, nan, 0.0, 0.0],
+        prediction_overflow: vec![proto::RowVector {
+            row: 2,
+            values: vec![7.0, 8.0, 9.0],
+        }],
+        n_probabilities: 2,
+        probabilities: vec![0.1, 0.9, nan, nan, nan, nan],
+        probability_count: vec![2, 0, 3],
+        probability_overflow: vec![proto::RowVector {
+            row: 2,
+            values: vec![0.2, 0.3, 0.5],
+        }],
+        latency_s: vec![nan; 3],
+        flags: vec![0; 3],
+        ..Default::default()
+    };
+    let d = decode(&b.encode_to_vec()).unwrap();
+    assert_eq!(d.schema_version, 2);
+    assert_eq!(d.prediction_count, vec![1, 1, 3]);
+    assert_eq!(d.predictions, vec![0.5, 1.0, 7.0, 8.0, 9.0]);
+    assert_eq!(d.probability_count, vec![2, 0, 3]);
+    assert_eq!(d.probabilities, vec![0.1, 0.9, 0.2, 0.3, 0.5]);
+    // A version 2 batch whose counts disagree with its values is refused.
+    let mut bad = d.clone();
+    bad.prediction_count[0] = 4;
+    assert!(matches!(
+        decode(&bad.encode_to_vec()),
         Err(CodecError::Inconsistent(_))
     ));
 }

@@ -25,26 +25,102 @@ fn id_list<'py>(py: Python<'py>, bytes: &[u8], width: usize) -> PyResult<Bound<'
     )
 }
 
-/// A matrix of `n` rows: the fixed-width column widened, where some rows
-/// overflowed it, to the widest row (padding with NaN).
-fn widen(n: usize, width: usize, flat: &[f64], overflow: &[proto::RowVector]) -> Array2<f64> {
-    let w = overflow
-        .iter()
-        .map(|r| r.values.len())
-        .fold(width, usize::max);
+/// Row offsets (n + 1) from per-row counts (validated to sum to the values).
+fn offsets(counts: &[u32]) -> Vec<usize> {
+    let mut off = Vec::with_capacity(counts.len() + 1);
+    let mut acc = 0usize;
+    off.push(0);
+    for &c in counts {
+        acc += c as usize;
+        off.push(acc);
+    }
+    off
+}
+
+fn to_i64(off: &[usize]) -> Vec<i64> {
+    off.iter()
+        .map(|&o| i64::try_from(o).unwrap_or(i64::MAX))
+        .collect()
+}
+
+/// Row vectors as a NaN-padded matrix as wide as the widest row (at least
+/// `min_width`), for the convenience form of `decode_batch`.
+fn padded(n: usize, values: &[f64], off: &[usize], min_width: usize) -> Array2<f64> {
+    let w = off
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .fold(min_width, usize::max);
     let mut m = Array2::from_elem((n, w), f64::NAN);
     for r in 0..n {
-        for c in 0..width {
-            m[[r, c]] = flat[r * width + c];
-        }
-    }
-    for o in overflow {
-        let r = o.row as usize;
-        for c in 0..w {
-            m[[r, c]] = o.values.get(c).copied().unwrap_or(f64::NAN);
+        for (c, &v) in values[off[r]..off[r + 1]].iter().enumerate() {
+            m[[r, c]] = v;
         }
     }
     m
+}
+
+/// One dictionary-encoded string column: per row an index into the returned
+/// values (-1: none). `code_of(row)` gives the row's vocabulary code (NaN:
+/// none); `dicts` map codes to values; `over` carries values beside rows.
+fn dictionary_column<'a>(
+    n: usize,
+    dicts: impl Iterator<Item = &'a proto::CategoryDictionary>,
+    over: impl Iterator<Item = &'a proto::RowCategory>,
+    code_of: impl Fn(usize) -> f64,
+) -> (Vec<i32>, Vec<String>) {
+    let mut values: Vec<String> = Vec::new();
+    let mut index: std::collections::HashMap<u32, i32> = std::collections::HashMap::new();
+    for d in dicts {
+        for (&code, v) in d.codes.iter().zip(&d.values) {
+            index.entry(code).or_insert_with(|| {
+                values.push(v.clone());
+                i32::try_from(values.len() - 1).unwrap_or(-1)
+            });
+        }
+    }
+    let mut codes: Vec<i32> = (0..n)
+        .map(|r| {
+            let v = code_of(r);
+            if v.is_finite() && v >= 0.0 && v <= f64::from(u32::MAX) {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                index.get(&(v as u32)).copied().unwrap_or(-1)
+            } else {
+                -1
+            }
+        })
+        .collect();
+    for o in over {
+        if let Some(c) = codes.get_mut(o.row as usize) {
+            values.push(o.value.clone());
+            *c = i32::try_from(values.len() - 1).unwrap_or(-1);
+        }
+    }
+    (codes, values)
+}
+
+/// Categorical columns as lists of strings (None: missing).
+fn categories<'py>(
+    b: &proto::RecordBatch,
+    features: &Array2<f64>,
+    py: Python<'py>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let n = b.n_records as usize;
+    let cats = PyDict::new(py);
+    for (i, name) in b.feature_names.iter().enumerate() {
+        if b.feature_kinds[i] != proto::FeatureKind::Categorical as i32 {
+            continue;
+        }
+        let fi = u32::try_from(i).unwrap_or(u32::MAX);
+        let dicts = b.categories.iter().filter(|c| c.feature_index == fi);
+        let over = b.category_overflow.iter().filter(|o| o.feature_index == fi);
+        let (codes, values) = dictionary_column(n, dicts, over, |r| features[[r, i]]);
+        let col: Vec<Option<&str>> = codes
+            .iter()
+            .map(|&c| usize::try_from(c).ok().map(|c| values[c].as_str()))
+            .collect();
+        cats.set_item(name, col)?;
+    }
+    Ok(cats)
 }
 
 fn model_dict<'py>(py: Python<'py>, m: &proto::ModelInfo) -> PyResult<Bound<'py, PyDict>> {
@@ -139,13 +215,21 @@ fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'p
 /// Raises `BatchDecodeError` for bytes that are not a valid batch and
 /// `UnsupportedSchemaVersion` for batches of a newer format.
 ///
-/// With `columns=True` (the collector's form) per-row Python objects are
-/// avoided: `request_ids` becomes `request_id_hex` (bytes, 32 hex digits a
-/// row) plus `request_id_text` (list of (row, id) for caller-given ids);
-/// `trace_ids` / `span_ids` become `trace_id_hex` / `span_id_hex` (bytes, or
-/// None when no row has one) with `trace_id_valid` / `span_id_valid`
-/// (bool arrays); `prediction_kind` becomes a uint8 array of codes (0
-/// number, 1 int, 2 label, 3 vector); `labels` is None when no row has one.
+/// With `columns=True` (the collector's form) the result has no per-row
+/// Python objects and no padding, so it stays proportional to the message:
+/// `request_ids` becomes `request_id_hex` (bytes, 32 hex digits a row) plus
+/// `request_id_text` (list of (row, id) for caller-given ids); `trace_ids` /
+/// `span_ids` become `trace_id_hex` / `span_id_hex` (bytes, or None when no
+/// row has one) with `trace_id_valid` / `span_id_valid` (bool arrays);
+/// `prediction_kind` becomes a uint8 array of codes (0 number, 1 int, 2
+/// label, 3 vector); predictions and probabilities come as
+/// `prediction_values` / `probability_values` (float64, flat) with
+/// `prediction_offsets` / `probability_offsets` (int64, n + 1: row r holds
+/// `values[off[r]:off[r + 1]]`); categorical columns as `category_codes`
+/// ({feature: int32 array, -1 missing}) indexing `category_values`
+/// ({feature: list of str}); labels as `label_codes` (int32, -1 none)
+/// indexing `label_values`. `predictions`, `probabilities`, `categories` and
+/// `labels` are absent in this form.
 #[pyfunction]
 #[pyo3(signature = (data, *, columns=false))]
 pub fn decode_batch<'py>(
@@ -242,116 +326,91 @@ pub fn decode_batch<'py>(
 
     let features = Array2::from_shape_vec((n, nf), b.features.clone())
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    // Categorical columns as strings.
-    let cats = PyDict::new(py);
-    for (i, name) in b.feature_names.iter().enumerate() {
-        if b.feature_kinds[i] != proto::FeatureKind::Categorical as i32 {
-            continue;
+    if columns {
+        let codes = PyDict::new(py);
+        let values = PyDict::new(py);
+        for (i, name) in b.feature_names.iter().enumerate() {
+            if b.feature_kinds[i] != proto::FeatureKind::Categorical as i32 {
+                continue;
+            }
+            let fi = u32::try_from(i).unwrap_or(u32::MAX);
+            let dicts = b.categories.iter().filter(|c| c.feature_index == fi);
+            let over = b.category_overflow.iter().filter(|o| o.feature_index == fi);
+            let (c, v) = dictionary_column(n, dicts, over, |r| features[[r, i]]);
+            codes.set_item(name, c.into_pyarray(py))?;
+            values.set_item(name, v)?;
         }
-        let dict: std::collections::HashMap<u32, &str> = b
-            .categories
-            .iter()
-            .filter(|c| c.feature_index as usize == i)
-            .flat_map(|c| {
-                c.codes
-                    .iter()
-                    .copied()
-                    .zip(c.values.iter().map(String::as_str))
-            })
-            .collect();
-        let mut col: Vec<Option<String>> = (0..n)
-            .map(|r| {
-                let v = features[[r, i]];
-                if v.is_nan() {
-                    None
-                } else {
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    dict.get(&(v as u32)).map(|s| (*s).to_owned())
-                }
-            })
-            .collect();
-        for o in b
-            .category_overflow
-            .iter()
-            .filter(|o| o.feature_index as usize == i)
-        {
-            col[o.row as usize] = Some(o.value.clone());
-        }
-        cats.set_item(name, col)?;
+        d.set_item("category_codes", codes)?;
+        d.set_item("category_values", values)?;
+    } else {
+        d.set_item("categories", categories(&b, &features, py)?)?;
     }
-    d.set_item("categories", cats)?;
     d.set_item("features", features.into_pyarray(py))?;
 
-    let pk: Vec<&str> = b
-        .prediction_kind
-        .iter()
-        .map(|&k| match k {
-            1 => "int",
-            2 => "label",
-            3 => "vector",
-            _ => "number",
-        })
-        .collect();
-    let width = b.n_outputs as usize;
-    let preds = widen(n, width, &b.predictions, &b.prediction_overflow);
-    let label_map: std::collections::HashMap<u32, &str> = b
-        .labels
-        .iter()
-        .flat_map(|c| {
-            c.codes
-                .iter()
-                .copied()
-                .zip(c.values.iter().map(String::as_str))
-        })
-        .collect();
-    let mut labels: Vec<Option<String>> = (0..n)
-        .map(|r| {
-            if b.prediction_kind[r] != 2 || width == 0 {
-                return None;
-            }
-            let v = preds[[r, 0]];
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            (!v.is_nan())
-                .then(|| label_map.get(&(v as u32)).map(|s| (*s).to_owned()))
-                .flatten()
-        })
-        .collect();
-    for o in b
+    let pred_off = offsets(&b.prediction_count);
+    let prob_off = offsets(&b.probability_count);
+    let first = |r: usize| {
+        if pred_off[r + 1] > pred_off[r] {
+            b.predictions[pred_off[r]]
+        } else {
+            f64::NAN
+        }
+    };
+    let label_rows = b.labels.iter();
+    let label_over = b
         .category_overflow
         .iter()
-        .filter(|o| o.feature_index == LABEL_OVERFLOW)
-    {
-        labels[o.row as usize] = Some(o.value.clone());
-    }
+        .filter(|o| o.feature_index == LABEL_OVERFLOW);
+    let (label_codes, label_values) = dictionary_column(n, label_rows, label_over, |r| {
+        if b.prediction_kind[r] == 2 {
+            first(r)
+        } else {
+            f64::NAN
+        }
+    });
     if columns {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let codes: Vec<u8> = b
+        let kinds: Vec<u8> = b
             .prediction_kind
             .iter()
             .map(|&k| k.clamp(0, 3) as u8)
             .collect();
-        d.set_item("prediction_kind", codes.into_pyarray(py))?;
-        if labels.iter().any(Option::is_some) {
-            d.set_item("labels", labels)?;
-        } else {
-            d.set_item("labels", py.None())?;
-        }
+        d.set_item("prediction_kind", kinds.into_pyarray(py))?;
+        d.set_item("label_codes", label_codes.into_pyarray(py))?;
+        d.set_item("label_values", label_values)?;
+        d.set_item("prediction_values", b.predictions.clone().into_pyarray(py))?;
+        d.set_item("prediction_offsets", to_i64(&pred_off).into_pyarray(py))?;
+        d.set_item(
+            "probability_values",
+            b.probabilities.clone().into_pyarray(py),
+        )?;
+        d.set_item("probability_offsets", to_i64(&prob_off).into_pyarray(py))?;
     } else {
+        let pk: Vec<&str> = b
+            .prediction_kind
+            .iter()
+            .map(|&k| match k {
+                1 => "int",
+                2 => "label",
+                3 => "vector",
+                _ => "number",
+            })
+            .collect();
         d.set_item("prediction_kind", pk)?;
+        let labels: Vec<Option<&str>> = label_codes
+            .iter()
+            .map(|&c| usize::try_from(c).ok().map(|c| label_values[c].as_str()))
+            .collect();
         d.set_item("labels", labels)?;
+        let preds = padded(n, &b.predictions, &pred_off, 1);
+        if preds.ncols() == 1 {
+            d.set_item("predictions", preds.column(0).to_owned().into_pyarray(py))?;
+        } else {
+            d.set_item("predictions", preds.into_pyarray(py))?;
+        }
+        let probs = padded(n, &b.probabilities, &prob_off, 0);
+        d.set_item("probabilities", probs.into_pyarray(py))?;
     }
-    if preds.ncols() == 1 {
-        d.set_item("predictions", preds.column(0).to_owned().into_pyarray(py))?;
-    } else {
-        d.set_item("predictions", preds.into_pyarray(py))?;
-    }
-    let probs = widen(
-        n,
-        b.n_probabilities as usize,
-        &b.probabilities,
-        &b.probability_overflow,
-    );
-    d.set_item("probabilities", probs.into_pyarray(py))?;
     d.set_item(
         "probability_count",
         b.probability_count.clone().into_pyarray(py),

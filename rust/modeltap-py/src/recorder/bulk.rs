@@ -1,0 +1,496 @@
+//! `Recorder.log_batch`: many records from 2-D arrays, copied into the ring
+//! with the GIL released.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use modeltap_core::batch::Schema;
+use modeltap_core::ids::random_u128;
+use modeltap_core::pipeline::now_unix_nano;
+use modeltap_core::record::{flags, PredictionKind, Side, Slot, SlotKind};
+use numpy::ndarray::{ArrayView1, ArrayView2};
+use numpy::{PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+
+use super::vocab::float_spelling;
+use super::{
+    clip, flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
+    PROBLEM_FLAGS,
+};
+use crate::parse::{check, to_str, vector};
+
+/// How long `log_batch` waits for a drain thread that makes no progress
+/// before dropping the rest of a batch that does not fit the ring.
+const BULK_STALL: Duration = Duration::from_millis(20);
+
+/// Prediction columns of a batch, read once from whatever was given.
+struct PredColumns {
+    width: usize,
+    values: Vec<f64>,
+    kinds: Vec<PredictionKind>,
+    flags: Vec<u32>,
+}
+
+/// A read-only view of the 2-D feature array, in either float width.
+enum XView<'a> {
+    F64(ArrayView2<'a, f64>),
+    F32(ArrayView2<'a, f32>),
+}
+
+impl XView<'_> {
+    fn dim(&self) -> (usize, usize) {
+        match self {
+            Self::F64(a) => a.dim(),
+            Self::F32(a) => a.dim(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, r: usize, c: usize) -> f64 {
+        match self {
+            Self::F64(a) => a[[r, c]],
+            Self::F32(a) => f64::from(a[[r, c]]),
+        }
+    }
+}
+
+impl Recorder {
+    /// Logs a batch of predictions from a 2-D float array; returns the
+    /// request ids. See `modeltap.Agent.log_batch`.
+    ///
+    /// Each row either lands in the ring with its own values or is counted
+    /// in `dropped_full`. With `on_full="drop"` the call waits for room only
+    /// while the drain thread is making progress: once it has made none for
+    /// `BULK_STALL` (an exporter that is stuck), the rest of the rows are
+    /// counted as dropped at once, so the caller never waits on a stalled
+    /// pipeline. With `on_full="block"` it waits for room however long.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log_many<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        predictions: &Bound<'py, PyAny>,
+        probabilities: Option<&Bound<'py, PyAny>>,
+        latency_s: Option<&Bound<'py, PyAny>>,
+        request_ids: Option<&Bound<'py, PyAny>>,
+        coded: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let x64;
+        let x32;
+        let view: XView<'_> = if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f64>>() {
+            x64 = a;
+            XView::F64(x64.as_array())
+        } else if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f32>>() {
+            x32 = a;
+            XView::F32(x32.as_array())
+        } else {
+            let n = if x.is_instance_of::<PyString>() {
+                1
+            } else {
+                x.len().unwrap_or(1) as u64
+            };
+            self.reject(
+                py,
+                n.max(1),
+                &format!(
+                    "log_batch needs a 2-D float32/float64 array, not {}",
+                    type_name(x)
+                ),
+            )?;
+            return Ok(PyList::empty(py));
+        };
+        let (n, nf_in) = view.dim();
+        let preds = match self.pred_columns(predictions, n) {
+            Ok(p) => p,
+            Err(Reject(msg)) => {
+                self.reject(py, n as u64, &msg)?;
+                return Ok(PyList::empty(py));
+            }
+        };
+        let probs = match probabilities.filter(|p| !p.is_none()) {
+            None => None,
+            Some(p) => match p.extract::<PyReadonlyArray2<'py, f64>>() {
+                Ok(a) if a.as_array().dim().0 == n => Some(a),
+                _ => {
+                    let a = p
+                        .call_method0("__array__")
+                        .and_then(|a| a.call_method1("astype", ("float64",)))
+                        .and_then(|a| {
+                            a.extract::<PyReadonlyArray2<'py, f64>>()
+                                .map_err(PyErr::from)
+                        });
+                    match a {
+                        Ok(a) if a.as_array().dim().0 == n => Some(a),
+                        _ => {
+                            self.reject(
+                                py,
+                                n as u64,
+                                &format!("probabilities must be a 2-D array with {n} rows"),
+                            )?;
+                            return Ok(PyList::empty(py));
+                        }
+                    }
+                }
+            },
+        };
+        let prob_w = probs.as_ref().map(|p| p.as_array().dim().1);
+        let schema = match self.schema_for(py, None, nf_in, preds.width, prob_w) {
+            Ok(s) => s,
+            Err(Reject(msg)) => {
+                self.reject(py, n as u64, &msg)?;
+                return Ok(PyList::empty(py));
+            }
+        };
+        let nf = schema.n_features();
+        if nf_in != nf {
+            self.reject(
+                py,
+                n as u64,
+                &format!("expected {nf} features per row, got {nf_in}"),
+            )?;
+            return Ok(PyList::empty(py));
+        }
+        let latency: Vec<f64> = match latency_s.filter(|l| !l.is_none()) {
+            None => vec![f64::NAN; n],
+            Some(l) => {
+                let mut f = 0;
+                if let Ok(v) = l.extract::<f64>() {
+                    vec![v; n]
+                } else {
+                    let mut v = Vec::new();
+                    if vector(l, &mut v, &mut f).is_none() || v.len() != n {
+                        self.reject(
+                            py,
+                            n as u64,
+                            &format!("latency_s must be a number or {n} numbers"),
+                        )?;
+                        return Ok(PyList::empty(py));
+                    }
+                    v
+                }
+            }
+        };
+        let given: Option<Vec<String>> = match request_ids.filter(|r| !r.is_none()) {
+            None => None,
+            Some(r) => {
+                let ids: Vec<String> = match r.try_iter() {
+                    Ok(it) => it
+                        .filter_map(Result::ok)
+                        .map(|i| clip(to_str(&i), MAX_ID_BYTES))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                if ids.len() != n {
+                    self.reject(
+                        py,
+                        n as u64,
+                        &format!("request_ids must hold {n} ids, got {}", ids.len()),
+                    )?;
+                    return Ok(PyList::empty(py));
+                }
+                Some(ids)
+            }
+        };
+        // Categorical columns need the vocabularies (Python dicts): read
+        // their codes with the GIL held, before the bulk copy.
+        let has_cat = schema.categorical.iter().any(|&c| c);
+        let mut cat_codes: Vec<f64> = Vec::new();
+        let mut cat_side: Vec<Option<Box<Side>>> = Vec::new();
+        let mut cat_flags: Vec<u32> = Vec::new();
+        if has_cat && coded {
+            // Categorical columns already hold vocabulary codes (see
+            // `intern`): only missing values need flagging.
+            cat_codes = vec![0.0; n * nf];
+            cat_side = (0..n).map(|_| None).collect();
+            cat_flags = vec![0; n];
+            for r in 0..n {
+                for (c, &is_cat) in schema.categorical.iter().enumerate() {
+                    if is_cat {
+                        let v = view.get(r, c);
+                        if v.is_nan() {
+                            cat_flags[r] |= flags::MISSING;
+                        }
+                        cat_codes[r * nf + c] = v;
+                    }
+                }
+            }
+        } else if has_cat {
+            cat_codes = vec![0.0; n * nf];
+            cat_side = (0..n).map(|_| None).collect();
+            cat_flags = vec![0; n];
+            for r in 0..n {
+                let mut p = Parsed {
+                    flags: 0,
+                    kind: PredictionKind::Number,
+                    n_outputs: 0,
+                    n_probabilities: 0,
+                    side: None,
+                };
+                for (c, &is_cat) in schema.categorical.iter().enumerate() {
+                    if is_cat {
+                        cat_codes[r * nf + c] = match float_spelling(view.get(r, c)) {
+                            Some(key) => self.category_code(c, key, &mut p),
+                            None => {
+                                p.flags |= flags::MISSING;
+                                f64::NAN
+                            }
+                        };
+                    }
+                }
+                cat_flags[r] = p.flags;
+                cat_side[r] = p.side;
+            }
+        }
+        if self.strict {
+            let mut problems = 0;
+            for r in 0..n {
+                let mut f = preds.flags[r] | cat_flags.get(r).copied().unwrap_or(0);
+                for c in 0..nf {
+                    if !schema.categorical[c] {
+                        check(view.get(r, c), &mut f);
+                    }
+                }
+                problems |= f & PROBLEM_FLAGS;
+            }
+            if problems != 0 {
+                return self
+                    .reject(py, n as u64, &format!("batch has {}", flag_names(problems)))
+                    .map(|()| PyList::empty(py));
+            }
+        }
+        let unix_nano = now_unix_nano();
+        let probs_view = probs.as_ref().map(|p| p.as_array());
+        let pipe = &self.pipe;
+        let block = self.block;
+        let out_cap = schema.out_cap;
+        let prob_cap = schema.prob_cap;
+        let categorical = &schema.categorical;
+        let (ids, flagged) = py.detach(|| {
+            let mut ids = Vec::with_capacity(n);
+            let mut flagged = 0u64;
+            let mut dropped = 0u64;
+            let mut stalled = false;
+            for r in 0..n {
+                let id = if given.is_some() { 0 } else { random_u128() };
+                ids.push(id);
+                if stalled {
+                    dropped += 1;
+                    continue;
+                }
+                let mut flags = preds.flags[r] | cat_flags.get(r).copied().unwrap_or(0);
+                let mut side = cat_side.get_mut(r).and_then(Option::take);
+                if let Some(g) = &given {
+                    side.get_or_insert_with(Box::default).request_id = Some(g[r].clone());
+                }
+                let mut n_prob = 0u16;
+                if let Some(pv) = &probs_view {
+                    let prow = pv.row(r);
+                    if prow.len() > prob_cap {
+                        n_prob = u16::MAX;
+                        side.get_or_insert_with(Box::default).probabilities = Some(prow.to_vec());
+                    } else {
+                        n_prob = u16_len(prow.len());
+                    }
+                }
+                let no_prediction = preds.flags[r] & flags::NO_PREDICTION != 0;
+                let wide = preds.width > out_cap && !no_prediction;
+                if wide {
+                    side.get_or_insert_with(Box::default).outputs =
+                        Some(preds.values[r * preds.width..(r + 1) * preds.width].to_vec());
+                }
+                let side_bytes = side.as_ref().map_or(0, |s| s.heap_bytes());
+                let mut fill = |slot: &mut Slot| {
+                    slot.kind = SlotKind::Record;
+                    slot.unix_nano = unix_nano;
+                    slot.request_id = id;
+                    slot.trace_id = 0;
+                    slot.span_id = 0;
+                    slot.parent_span_id = 0;
+                    slot.latency_s = latency[r];
+                    slot.prediction_kind = preds.kinds[r];
+                    slot.status = 0;
+                    let vals = &mut slot.values;
+                    for c in 0..nf {
+                        vals[c] = if categorical[c] {
+                            cat_codes[r * nf + c]
+                        } else {
+                            check(view.get(r, c), &mut flags)
+                        };
+                    }
+                    let w = preds.width.min(out_cap);
+                    vals[nf..nf + w]
+                        .copy_from_slice(&preds.values[r * preds.width..r * preds.width + w]);
+                    slot.n_outputs = if no_prediction || wide { 0 } else { u16_len(w) };
+                    if let Some(pv) = &probs_view {
+                        if n_prob != u16::MAX {
+                            for (k, v) in pv.row(r).iter().enumerate() {
+                                vals[nf + out_cap + k] = *v;
+                            }
+                        }
+                    }
+                    slot.n_probabilities = n_prob;
+                    slot.flags = flags;
+                    slot.side = side.take();
+                };
+                let landed = if block {
+                    loop {
+                        if pipe.try_push(side_bytes, &mut fill) {
+                            break true;
+                        }
+                        if pipe.is_stopping() {
+                            break false;
+                        }
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                } else if pipe.try_push(side_bytes, &mut fill) {
+                    true
+                } else {
+                    // Wait while the drain thread makes room; once it stops
+                    // making progress, drop this row and the rest.
+                    let mut progress_at = Instant::now();
+                    let mut seen = pipe.consumed();
+                    loop {
+                        if pipe.is_stopping() {
+                            break false;
+                        }
+                        std::thread::sleep(Duration::from_micros(50));
+                        if pipe.try_push(side_bytes, &mut fill) {
+                            break true;
+                        }
+                        let now_consumed = pipe.consumed();
+                        if now_consumed != seen {
+                            seen = now_consumed;
+                            progress_at = Instant::now();
+                        } else if progress_at.elapsed() >= BULK_STALL {
+                            stalled = true;
+                            break false;
+                        }
+                    }
+                };
+                if !landed {
+                    dropped += 1;
+                } else if flags & PROBLEM_FLAGS != 0 {
+                    flagged += 1;
+                }
+            }
+            if dropped > 0 {
+                pipe.count_dropped(dropped);
+            }
+            (ids, flagged)
+        });
+        if flagged > 0 {
+            self.pipe
+                .counters
+                .flagged
+                .fetch_add(flagged, Ordering::Relaxed);
+            self.warn(py, &format!("modeltap kept {flagged} record(s) of a batch with missing, non-finite or bad values"));
+        }
+        match given {
+            Some(g) => PyList::new(py, g),
+            None => PyList::new(py, ids.into_iter().map(|id| hex_py(py, id))),
+        }
+    }
+
+    /// Reads the predictions of a batch into columns.
+    fn pred_columns(&self, obj: &Bound<'_, PyAny>, n: usize) -> Result<PredColumns, Reject> {
+        let mismatch = |got: usize| Reject(format!("predictions has {got} rows, X has {n}"));
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
+            let v: ArrayView1<'_, f64> = a.as_array();
+            if v.len() != n {
+                return Err(mismatch(v.len()));
+            }
+            return Ok(PredColumns {
+                width: 1,
+                values: v.to_vec(),
+                kinds: vec![PredictionKind::Number; n],
+                flags: vec![0; n],
+            });
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
+            let v = a.as_array();
+            if v.len() != n {
+                return Err(mismatch(v.len()));
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let values = v.iter().map(|&i| i as f64).collect();
+            return Ok(PredColumns {
+                width: 1,
+                values,
+                kinds: vec![PredictionKind::Int; n],
+                flags: vec![0; n],
+            });
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray2<'_, f64>>() {
+            let v = a.as_array();
+            if v.dim().0 != n {
+                return Err(mismatch(v.dim().0));
+            }
+            let width = v.dim().1;
+            return Ok(PredColumns {
+                width,
+                values: v.iter().copied().collect(),
+                kinds: vec![PredictionKind::Vector; n],
+                flags: vec![0; n],
+            });
+        }
+        // Anything else (a list of labels, an int32 array, ...): one value at
+        // a time through the single-record reader.
+        let Ok(it) = obj.try_iter() else {
+            return Err(Reject(format!(
+                "predictions must be an array or a sequence, not {}",
+                type_name(obj)
+            )));
+        };
+        let items: Vec<Bound<'_, PyAny>> = it.filter_map(Result::ok).collect();
+        if items.len() != n {
+            return Err(mismatch(items.len()));
+        }
+        let width = items.first().map_or(1, |i| {
+            if i.is_instance_of::<PyString>() {
+                1
+            } else {
+                i.len().unwrap_or(1).max(1)
+            }
+        });
+        let schema = Schema {
+            feature_names: Vec::new(),
+            categorical: Vec::new(),
+            out_cap: width,
+            prob_cap: 0,
+        };
+        let mut values = vec![f64::NAN; n * width];
+        let mut kinds = Vec::with_capacity(n);
+        let mut fl = Vec::with_capacity(n);
+        let mut tmp = Vec::new();
+        for (r, item) in items.iter().enumerate() {
+            let mut p = Parsed {
+                flags: 0,
+                kind: PredictionKind::Number,
+                n_outputs: 0,
+                n_probabilities: 0,
+                side: None,
+            };
+            self.prediction(
+                &schema,
+                item,
+                &mut values[r * width..(r + 1) * width],
+                &mut tmp,
+                &mut p,
+            );
+            if p.side.is_some_and(|s| s.outputs.is_some()) {
+                return Err(Reject(format!(
+                    "prediction vectors of a batch must all have {width} values"
+                )));
+            }
+            kinds.push(p.kind);
+            fl.push(p.flags);
+        }
+        Ok(PredColumns {
+            width,
+            values,
+            kinds,
+            flags: fl,
+        })
+    }
+}

@@ -1,0 +1,717 @@
+//! `Recorder`: the native half of `modeltap.Agent`. One file per job:
+//! `single` logs one record (`log`), `bulk` logs arrays (`log_batch`),
+//! `schema` fixes the feature schema, `vocab` interns categories and labels;
+//! this file holds the Python methods, which only dispatch, and the
+//! exporter's side of the pipeline (`take_batch` / `settle` / counters).
+//!
+//! Every method runs inside `errors::guard`, so a panic becomes
+//! `InternalError` rather than a `BaseException`. After `fork()` the agent
+//! points the parent's recorder at the child's (`forward_to`): every method,
+//! also through a bound method the user cached before the fork, then acts
+//! on the child's recorder.
+
+mod bulk;
+mod schema;
+mod single;
+mod vocab;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use modeltap_core::batch::VocabTarget;
+use modeltap_core::ids::hex_u128;
+use modeltap_core::pipeline::{Outcome, Pipeline, PipelineConfig, Take, DEFAULT_BUFFER_BYTES};
+use modeltap_core::proto;
+use modeltap_core::record::{flags, PredictionKind, Side};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::errors::{guard, InvalidRecord};
+use vocab::{canonical, Vocab};
+
+/// Longest caller-given request id kept (bytes); longer ones are cut.
+const MAX_ID_BYTES: usize = 256;
+/// Longest error type, error message, attribute key or value kept (bytes).
+const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most attributes kept per record.
+const MAX_ATTRIBUTES: usize = 64;
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked as cut:
+/// one huge string must not cost the agent unbounded memory.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let cut = s.len() - max;
+    let mut end = max.saturating_sub(32);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("…[{cut} bytes cut]"));
+    s
+}
+
+/// `RowCategory.feature_index` of a prediction label carried as a string.
+pub const LABEL_OVERFLOW: u32 = u32::MAX;
+const PROBLEM_FLAGS: u32 =
+    flags::MISSING | flags::NONFINITE | flags::BAD_VALUE | flags::NO_PREDICTION;
+
+/// `(index, name, utilization_percent, memory_used, memory_total, temperature_c)`.
+type GpuTuple = (u32, String, f64, u64, u64, f64);
+
+/// A record that cannot be accepted, with the reason.
+struct Reject(String);
+
+/// The parsed header of one record; its values sit in the scratch row.
+struct Parsed {
+    flags: u32,
+    kind: PredictionKind,
+    n_outputs: u16,
+    n_probabilities: u16,
+    side: Option<Box<Side>>,
+}
+
+impl Parsed {
+    fn side(&mut self) -> &mut Side {
+        self.side.get_or_insert_with(Box::default)
+    }
+}
+
+fn flag_names(f: u32) -> String {
+    let mut v = Vec::new();
+    if f & flags::MISSING != 0 {
+        v.push("missing or NaN values");
+    }
+    if f & flags::NONFINITE != 0 {
+        v.push("infinite values");
+    }
+    if f & flags::BAD_VALUE != 0 {
+        v.push("non-numeric values where numbers were expected");
+    }
+    if f & flags::NO_PREDICTION != 0 {
+        v.push("no prediction");
+    }
+    v.join(", ")
+}
+
+fn u16_len(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX - 1)
+}
+
+/// The native recorder behind `modeltap.Agent`.
+#[pyclass(frozen, module = "modeltap._core")]
+pub struct Recorder {
+    pipe: Arc<Pipeline>,
+    strict: bool,
+    block: bool,
+    declared: Option<Vec<String>>,
+    declared_cat: Vec<String>,
+    keys: OnceLock<Vec<Py<PyString>>>,
+    /// One vocabulary per categorical feature (None for numeric ones).
+    cat_vocabs: OnceLock<Vec<Option<Vocab>>>,
+    labels: Vocab,
+    /// The child's recorder, once this one was inherited across `fork()`.
+    forward: OnceLock<Py<Recorder>>,
+    logger: Py<PyAny>,
+    warn_last: AtomicU64,
+    warn_suppressed: AtomicU64,
+    warn_interval: Duration,
+    born: Instant,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // Stops (and, in the process that started it, joins) the drain thread.
+        self.pipe.shutdown();
+    }
+}
+
+impl Recorder {
+    /// The recorder that does the work: this one, or the newest one it was
+    /// forwarded to after `fork()`.
+    fn live(&self) -> &Self {
+        let mut r = self;
+        while let Some(next) = r.forward.get() {
+            r = next.get();
+        }
+        r
+    }
+
+    /// Keeps an internal failure (a caught panic) off the inference path:
+    /// outside strict mode the `n` records of the call are counted as
+    /// discarded, the failure as one of the agent's errors, a warning is
+    /// logged and `fallback` is returned.
+    fn contain<'py, T>(
+        &self,
+        py: Python<'py>,
+        n: u64,
+        result: PyResult<T>,
+        fallback: impl FnOnce(Python<'py>) -> PyResult<T>,
+    ) -> PyResult<T> {
+        match result {
+            Err(e) if !self.strict && e.is_instance_of::<crate::errors::InternalError>(py) => {
+                let c = &self.pipe.counters;
+                c.logged.fetch_add(n, Ordering::Relaxed);
+                c.discarded.fetch_add(n, Ordering::Relaxed);
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                self.warn(py, &format!("modeltap failed to record {n} record(s): {e}"));
+                fallback(py)
+            }
+            other => other,
+        }
+    }
+
+    fn warn(&self, py: Python<'_>, msg: &str) {
+        #[allow(clippy::cast_possible_truncation)]
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        let last = self.warn_last.load(Ordering::Relaxed);
+        #[allow(clippy::cast_possible_truncation)]
+        let interval = self.warn_interval.as_millis() as u64;
+        if last != 0 && now.saturating_sub(last) < interval {
+            self.warn_suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self
+            .warn_last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.warn_suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.warn_suppressed.swap(0, Ordering::Relaxed);
+        let text = if suppressed > 0 {
+            format!("{msg} ({suppressed} similar problems since the last warning)")
+        } else {
+            msg.to_owned()
+        };
+        // Logging must never break the caller; a failing handler is ignored.
+        let _ = self.logger.bind(py).call_method1("warning", (text,));
+    }
+
+    /// Handles a rejected record: raises in strict mode, else counts and warns.
+    fn reject(&self, py: Python<'_>, n: u64, msg: &str) -> PyResult<()> {
+        for _ in 0..n {
+            self.pipe.count_invalid();
+        }
+        if self.strict {
+            return Err(InvalidRecord::new_err(msg.to_owned()));
+        }
+        self.warn(py, &format!("modeltap rejected {n} record(s): {msg}"));
+        Ok(())
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .qualname()
+        .map_or_else(|_| "?".into(), |n| n.to_string())
+}
+
+fn hex_py<'py>(py: Python<'py>, id: u128) -> Bound<'py, PyString> {
+    let mut buf = [0u8; 32];
+    hex_u128(id, &mut buf);
+    // Hex digits are ASCII, hence valid UTF-8.
+    PyString::new(py, std::str::from_utf8(&buf).unwrap_or_default())
+}
+
+/// Seconds as a `Duration`: negative means zero, anything past a century
+/// (infinity included) means "as long as it takes" (a century); NaN is an
+/// error.
+fn seconds(what: &str, s: f64) -> PyResult<Duration> {
+    const CENTURY: f64 = 100.0 * 365.25 * 86_400.0;
+    if s.is_nan() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a number of seconds, not NaN"
+        )));
+    }
+    Ok(Duration::from_secs_f64(s.clamp(0.0, CENTURY)))
+}
+
+#[pymethods]
+impl Recorder {
+    /// Creates the recorder and starts its drain thread.
+    #[new]
+    #[pyo3(signature = (*, model, version, agent_id, params=None, host=String::new(), pid=0,
+        start_unix_nano=0, agent_version=String::new(), features=None, categorical=Vec::new(),
+        buffer_size=65536, batch_size=4096, flush_interval_s=1.0, max_pending_batches=64,
+        on_full="drop", strict=false, warn_interval_s=10.0, reference=None, window_s=60.0,
+        sample_rate=1.0, buffer_bytes=DEFAULT_BUFFER_BYTES))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        model: String,
+        version: String,
+        agent_id: String,
+        params: Option<HashMap<String, String>>,
+        host: String,
+        pid: u32,
+        start_unix_nano: u64,
+        agent_version: String,
+        features: Option<Vec<String>>,
+        categorical: Vec<String>,
+        buffer_size: usize,
+        batch_size: usize,
+        flush_interval_s: f64,
+        max_pending_batches: usize,
+        on_full: &str,
+        strict: bool,
+        warn_interval_s: f64,
+        reference: Option<Vec<u8>>,
+        window_s: f64,
+        sample_rate: f64,
+        buffer_bytes: usize,
+    ) -> PyResult<Self> {
+        guard(|| {
+            if !(window_s.is_finite() && window_s > 0.0) {
+                return Err(PyValueError::new_err(
+                    "window_s must be a positive number of seconds",
+                ));
+            }
+            if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+                return Err(PyValueError::new_err("sample_rate must be in (0, 1]"));
+            }
+            let reference = match reference {
+                Some(bytes) => Some(Arc::new(modeltap_core::profile::Compiled::new(
+                    modeltap_core::profile::decode_reference(&bytes)
+                        .map_err(|e| crate::errors::ReferenceFormatError::new_err(e.to_string()))?,
+                ))),
+                None => None,
+            };
+            let block = match on_full {
+                "drop" => false,
+                "block" => true,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "on_full must be 'drop' or 'block', not {other:?}"
+                    )))
+                }
+            };
+            if buffer_size < 2 {
+                return Err(PyValueError::new_err("buffer_size must be at least 2"));
+            }
+            if buffer_size > 1 << 30 {
+                return Err(PyValueError::new_err("buffer_size must be at most 2**30"));
+            }
+            if buffer_bytes < 1 << 20 {
+                return Err(PyValueError::new_err("buffer_bytes must be at least 1 MiB"));
+            }
+            if batch_size == 0 {
+                return Err(PyValueError::new_err("batch_size must be at least 1"));
+            }
+            if !(flush_interval_s.is_finite() && flush_interval_s > 0.0) {
+                return Err(PyValueError::new_err(
+                    "flush_interval_s must be a positive number of seconds",
+                ));
+            }
+            if let Some(f) = &features {
+                for c in &categorical {
+                    if !f.contains(c) {
+                        return Err(PyValueError::new_err(format!(
+                            "categorical feature {c:?} is not among the features {f:?}"
+                        )));
+                    }
+                }
+            }
+            let cfg = PipelineConfig {
+                capacity: buffer_size,
+                batch_size,
+                flush_interval: seconds("flush_interval_s", flush_interval_s)?,
+                max_pending_batches: max_pending_batches.max(1),
+                model: proto::ModelInfo {
+                    model,
+                    version,
+                    params: params.unwrap_or_default(),
+                    host,
+                    pid,
+                    agent_id,
+                    agent_start_unix_nano: start_unix_nano,
+                    agent_version,
+                },
+                reference,
+                window: seconds("window_s", window_s)?,
+                sample_rate,
+                max_windows: 1440,
+                buffer_bytes,
+            };
+            let pipe = Pipeline::start(cfg).map_err(|e| {
+                pyo3::exceptions::PyOSError::new_err(format!("cannot start the drain thread: {e}"))
+            })?;
+            let logger = py
+                .import("logging")?
+                .call_method1("getLogger", ("modeltap",))?
+                .unbind();
+            Ok(Self {
+                pipe,
+                strict,
+                block,
+                declared: features,
+                declared_cat: categorical,
+                keys: OnceLock::new(),
+                cat_vocabs: OnceLock::new(),
+                labels: Vocab::new(VocabTarget::Label),
+                forward: OnceLock::new(),
+                logger,
+                warn_last: AtomicU64::new(0),
+                warn_suppressed: AtomicU64::new(0),
+                warn_interval: seconds("warn_interval_s", warn_interval_s)?,
+                born: Instant::now(),
+            })
+        })
+    }
+
+    /// Logs one prediction; returns its request id. See `modeltap.Agent.log`.
+    #[pyo3(signature = (features, prediction, probabilities=None, *, latency_s=None,
+        request_id=None, error=None, attributes=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn log<'py>(
+        &self,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+        prediction: &Bound<'py, PyAny>,
+        probabilities: Option<&Bound<'py, PyAny>>,
+        latency_s: Option<&Bound<'py, PyAny>>,
+        request_id: Option<&Bound<'py, PyAny>>,
+        error: Option<&Bound<'py, PyAny>>,
+        attributes: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let result = guard(|| {
+            self.live().log_one(
+                py,
+                features,
+                prediction,
+                probabilities,
+                latency_s,
+                request_id,
+                error,
+                attributes,
+            )
+        });
+        self.live().contain(py, 1, result, |py| {
+            Ok(hex_py(py, modeltap_core::ids::random_u128()).into_any())
+        })
+    }
+
+    /// Logs a batch of predictions from a 2-D float array; returns the
+    /// request ids. See `modeltap.Agent.log_batch`.
+    #[pyo3(signature = (x, predictions, probabilities=None, *, latency_s=None, request_ids=None,
+        coded=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn log_batch<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        predictions: &Bound<'py, PyAny>,
+        probabilities: Option<&Bound<'py, PyAny>>,
+        latency_s: Option<&Bound<'py, PyAny>>,
+        request_ids: Option<&Bound<'py, PyAny>>,
+        coded: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let result = guard(|| {
+            self.live().log_many(
+                py,
+                x,
+                predictions,
+                probabilities,
+                latency_s,
+                request_ids,
+                coded,
+            )
+        });
+        let n = x.len().unwrap_or(1) as u64;
+        self.live()
+            .contain(py, n, result, |py| Ok(PyList::empty(py)))
+    }
+
+    /// After `fork()`: from now on every method of this recorder acts on
+    /// `child` (the recorder the agent made for the child process).
+    fn forward_to(&self, child: Py<Recorder>) -> PyResult<()> {
+        guard(|| {
+            let target = child.get().live() as *const Recorder;
+            if std::ptr::eq(target, self) || std::ptr::eq(target, self.live()) {
+                return Err(PyValueError::new_err("a recorder cannot forward to itself"));
+            }
+            self.live()
+                .forward
+                .set(child)
+                .map_err(|_| PyValueError::new_err("recorder already forwarded"))
+        })
+    }
+
+    /// Rejects `n` records the Python layer found invalid: raises
+    /// `InvalidRecord` in strict mode, else counts them and warns.
+    #[pyo3(name = "reject")]
+    fn reject_records(&self, py: Python<'_>, n: u64, message: &str) -> PyResult<()> {
+        guard(|| self.live().reject(py, n, message))
+    }
+
+    /// Fixes the schema (when no record has yet) from feature names and
+    /// categorical names; returns the feature names in force.
+    #[pyo3(signature = (names, categorical, out_width=1, prob_width=None))]
+    fn init_schema(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        categorical: Vec<String>,
+        out_width: usize,
+        prob_width: Option<usize>,
+    ) -> PyResult<Vec<String>> {
+        guard(|| {
+            let n = names.len();
+            self.live()
+                .schema_with(py, Some(names), &categorical, n, out_width, prob_width)
+                .map(|s| s.feature_names.clone())
+                .map_err(|Reject(msg)| PyValueError::new_err(msg))
+        })
+    }
+
+    /// Vocabulary codes of categorical `values` for feature `feature`
+    /// (interning new ones); NaN for missing values and for values past the
+    /// vocabulary's capacity.
+    #[pyo3(name = "intern")]
+    fn intern_values(&self, feature: usize, values: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<f64>> {
+        guard(|| {
+            let this = self.live();
+            let Some(Some(vocab)) = this.cat_vocabs.get().and_then(|d| d.get(feature)) else {
+                return Err(PyValueError::new_err(format!(
+                    "feature {feature} is not categorical"
+                )));
+            };
+            Ok(values
+                .iter()
+                .map(|v| {
+                    canonical(v)
+                        .and_then(|key| vocab.code(&this.pipe, &key))
+                        .map_or(f64::NAN, f64::from)
+                })
+                .collect())
+        })
+    }
+
+    /// Waits up to `timeout_s` for the next encoded batch:
+    /// `(batch_seq, n_records, bytes)`, or `None`.
+    fn take_batch<'py>(
+        &self,
+        py: Python<'py>,
+        timeout_s: f64,
+    ) -> PyResult<Option<(u64, u64, Bound<'py, PyBytes>)>> {
+        guard(|| {
+            let timeout = seconds("timeout_s", timeout_s)?;
+            let pipe = &self.live().pipe;
+            Ok(match py.detach(|| pipe.take_batch(timeout)) {
+                Take::Batch(b) => Some((b.seq, b.n_records, PyBytes::new(py, &b.bytes))),
+                Take::Timeout | Take::Finished => None,
+            })
+        })
+    }
+
+    /// True once the recorder is shut down and every batch has been taken.
+    fn finished(&self) -> PyResult<bool> {
+        guard(|| Ok(self.live().pipe.is_finished()))
+    }
+
+    /// Reports what became of a batch: "shipped", "spooled",
+    /// "dropped_spool" or "discarded".
+    fn settle(&self, batch_seq: u64, outcome: &str) -> PyResult<bool> {
+        guard(|| Ok(self.live().pipe.settle(batch_seq, parse_outcome(outcome)?)))
+    }
+
+    /// Counts `n` records of a spool replay as `outcome` ("shipped" or
+    /// "dropped_spool"), moving them out of `spooled`.
+    fn unspool(&self, n: u64, outcome: &str) -> PyResult<()> {
+        guard(|| {
+            self.live().pipe.unspool(n, parse_outcome(outcome)?);
+            Ok(())
+        })
+    }
+
+    /// Counts `n` records (outside the queue) as `outcome`.
+    fn count(&self, n: u64, outcome: &str) -> PyResult<()> {
+        guard(|| {
+            self.live().pipe.count_outcome(parse_outcome(outcome)?, n);
+            Ok(())
+        })
+    }
+
+    /// Counts one of the agent's own failures.
+    fn count_error(&self) {
+        self.live()
+            .pipe
+            .counters
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Blocks until every record logged before the call is settled, or
+    /// `timeout_s` passes (infinity: no limit). Returns whether everything
+    /// was settled.
+    fn flush(&self, py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
+        guard(|| {
+            let t = seconds("timeout_s", timeout_s)?;
+            let pipe = &self.live().pipe;
+            Ok(py.detach(|| pipe.flush(t)))
+        })
+    }
+
+    /// Moves everything left in the ring into batches and stops the drain
+    /// thread. Logging afterwards counts records as dropped.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        guard(|| {
+            let pipe = &self.live().pipe;
+            py.detach(|| pipe.shutdown());
+            Ok(())
+        })
+    }
+
+    /// The delivery counters.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        guard(|| {
+            let pipe = &self.live().pipe;
+            let s = pipe.stats();
+            let d = PyDict::new(py);
+            for (k, v) in [
+                ("logged", s.logged),
+                ("pending", s.pending),
+                ("shipped", s.shipped),
+                ("spooled", s.spooled),
+                ("dropped_full", s.dropped_full),
+                ("dropped_spool", s.dropped_spool),
+                ("discarded", s.discarded),
+                ("sampled_out", s.sampled_out),
+                ("invalid", s.invalid),
+                ("flagged", s.flagged),
+                ("inference_errors", s.inference_errors),
+                ("errors", s.errors),
+                ("batches", s.batches),
+                ("bytes", s.bytes),
+                ("in_ring", s.in_ring),
+                ("side_bytes", pipe.side_used() as u64),
+            ] {
+                d.set_item(k, v)?;
+            }
+            Ok(d)
+        })
+    }
+
+    /// The drain thread's first internal failure (for instance a profile
+    /// that could not be updated), or None.
+    fn last_error(&self) -> Option<String> {
+        self.live().pipe.last_error()
+    }
+
+    /// Queues a system sample for the next batch. `gpus` is `None` when NVML
+    /// is not available, else a list of
+    /// `(index, name, utilization_percent, memory_used, memory_total, temperature_c)`.
+    #[pyo3(signature = (*, unix_nano, process_cpu_percent, rss_bytes, threads,
+        system_cpu_percent=f64::NAN, system_memory_used_bytes=0, system_memory_total_bytes=0, gpus=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_system_sample(
+        &self,
+        unix_nano: u64,
+        process_cpu_percent: f64,
+        rss_bytes: u64,
+        threads: u32,
+        system_cpu_percent: f64,
+        system_memory_used_bytes: u64,
+        system_memory_total_bytes: u64,
+        gpus: Option<Vec<GpuTuple>>,
+    ) -> PyResult<()> {
+        guard(|| {
+            let gpu_available = gpus.is_some();
+            let gpus = gpus
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(index, name, util, used, total, temp)| proto::GpuSample {
+                    index,
+                    name,
+                    utilization_percent: util,
+                    memory_used_bytes: used,
+                    memory_total_bytes: total,
+                    temperature_celsius: temp,
+                })
+                .collect();
+            self.live().pipe.add_system_sample(proto::SystemSample {
+                unix_nano,
+                process_cpu_percent,
+                rss_bytes,
+                threads,
+                gpu_available,
+                gpus,
+                system_cpu_percent,
+                system_memory_used_bytes,
+                system_memory_total_bytes,
+            });
+            Ok(())
+        })
+    }
+
+    /// The merged profile of this agent's windows starting in
+    /// `[since_unix_nano, until_unix_nano)` (encoded `WindowProfile`), or
+    /// `None` when there are none. The last 1440 windows are kept.
+    #[pyo3(signature = (since_unix_nano=0, until_unix_nano=u64::MAX))]
+    fn profile<'py>(
+        &self,
+        py: Python<'py>,
+        since_unix_nano: u64,
+        until_unix_nano: u64,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        use prost::Message;
+        guard(|| {
+            Ok(self
+                .live()
+                .pipe
+                .profile(since_unix_nano, until_unix_nano)
+                .map(|w| PyBytes::new(py, &w.encode_to_vec())))
+        })
+    }
+
+    /// Feature names in force (`None` until the first record fixes them).
+    #[getter]
+    fn feature_names(&self) -> Option<Vec<String>> {
+        self.live().pipe.schema().map(|s| s.feature_names.clone())
+    }
+
+    /// Categorical feature names in force.
+    #[getter]
+    fn categorical(&self) -> Vec<String> {
+        let this = self.live();
+        this.pipe.schema().map_or_else(
+            || this.declared_cat.clone(),
+            |s| {
+                s.feature_names
+                    .iter()
+                    .zip(&s.categorical)
+                    .filter(|(_, &c)| c)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            },
+        )
+    }
+
+    /// Ring capacity in slots: `buffer_size` rounded up to a power of two,
+    /// and once the schema is fixed, no more than fit `buffer_bytes`.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.live().pipe.capacity()
+    }
+
+    /// The agent id written on every batch.
+    #[getter]
+    fn agent_id(&self) -> String {
+        self.live().pipe.config().model.agent_id.clone()
+    }
+}
+
+fn parse_outcome(s: &str) -> PyResult<Outcome> {
+    Ok(match s {
+        "shipped" => Outcome::Shipped,
+        "spooled" => Outcome::Spooled,
+        "dropped_spool" => Outcome::DroppedSpool,
+        "discarded" => Outcome::Discarded,
+        other => return Err(PyValueError::new_err(format!("unknown outcome {other:?}"))),
+    })
+}

@@ -1,0 +1,191 @@
+//! Vocabularies of categorical features and string labels: each distinct
+//! value gets a dense code, announced to the drain thread before the first
+//! record that uses it.
+//!
+//! A value is first spelled as its canonical string (which may run Python
+//! code: `__str__` of an `Enum`, say, and with it release the GIL), and only
+//! then interned, under a lock held by no Python code: two threads interning
+//! at once can never hand out the same code for different values, nor two
+//! codes for one value.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use modeltap_core::batch::{VocabEntry, VocabTarget};
+use modeltap_core::pipeline::Pipeline;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyFloat, PyString};
+
+use crate::parse::to_str;
+
+/// Distinct values kept per vocabulary; values past this travel as strings
+/// beside the record.
+pub const MAX_VOCAB: usize = 65_536;
+/// Bytes of values kept per vocabulary; past this, new values travel as
+/// strings beside the record (charged to the side budget).
+pub const MAX_VOCAB_BYTES: usize = 4 << 20;
+/// Longest categorical value or label kept (bytes); longer ones are cut.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// The canonical spelling of a categorical value, the one references use:
+/// strings as they are, booleans as `true` / `false`, integral floats
+/// without a decimal point, anything else as `str(value)`. `None` for a
+/// missing value (`None`, NaN).
+pub fn canonical<'a>(item: &'a Bound<'_, PyAny>) -> Option<Cow<'a, str>> {
+    spelled(item).map(|v| {
+        if v.len() > MAX_VALUE_BYTES {
+            Cow::Owned(super::clip(v.into_owned(), MAX_VALUE_BYTES))
+        } else {
+            v
+        }
+    })
+}
+
+fn spelled<'a>(item: &'a Bound<'_, PyAny>) -> Option<Cow<'a, str>> {
+    if let Ok(s) = item.cast::<PyString>() {
+        return Some(match s.to_str() {
+            Ok(v) => Cow::Borrowed(v),
+            Err(_) => Cow::Owned(s.to_string_lossy().into_owned()),
+        });
+    }
+    if item.is_none() {
+        return None;
+    }
+    if item.is_instance_of::<PyBool>() || is_numpy_bool(item) {
+        let t = item.is_truthy().unwrap_or(false);
+        return Some(Cow::Borrowed(if t { "true" } else { "false" }));
+    }
+    if let Ok(f) = item.cast::<PyFloat>() {
+        return float_spelling(f.value());
+    }
+    if let Ok(v) = item.extract::<f64>() {
+        if !item.is_instance_of::<pyo3::types::PyInt>() {
+            return float_spelling(v);
+        }
+    }
+    Some(Cow::Owned(to_str(item)))
+}
+
+/// A float category: missing when NaN, integral values as integers.
+pub fn float_spelling(v: f64) -> Option<Cow<'static, str>> {
+    if v.is_nan() {
+        return None;
+    }
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        #[allow(clippy::cast_possible_truncation)]
+        return Some(Cow::Owned((v as i64).to_string()));
+    }
+    Some(Cow::Owned(v.to_string()))
+}
+
+fn is_numpy_bool(item: &Bound<'_, PyAny>) -> bool {
+    item.get_type()
+        .name()
+        .is_ok_and(|n| n.to_str().is_ok_and(|n| n == "bool" || n == "bool_"))
+        && item
+            .get_type()
+            .module()
+            .is_ok_and(|m| m.to_str().is_ok_and(|m| m == "numpy"))
+}
+
+/// One vocabulary: value → code.
+#[derive(Debug)]
+pub struct Vocab {
+    target: VocabTarget,
+    codes: Mutex<(HashMap<String, u32>, usize)>,
+}
+
+impl Vocab {
+    /// An empty vocabulary for `target`.
+    pub fn new(target: VocabTarget) -> Self {
+        Self {
+            target,
+            codes: Mutex::new((HashMap::new(), 0)),
+        }
+    }
+
+    /// The code of `value`, interning it when new (announced to the drain
+    /// thread first). `None` when the vocabulary is full: the value then
+    /// travels as a string beside the record.
+    pub fn code(&self, pipe: &Pipeline, value: &str) -> Option<u32> {
+        let mut guard = self
+            .codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (codes, bytes) = &mut *guard;
+        if let Some(&c) = codes.get(value) {
+            return Some(c);
+        }
+        if codes.len() >= MAX_VOCAB || *bytes + value.len() > MAX_VOCAB_BYTES {
+            return None;
+        }
+        *bytes += value.len();
+        let code = u32::try_from(codes.len()).ok()?;
+        // Announce before the first record with this code is pushed, and
+        // under the lock, so codes reach the drain thread in order.
+        pipe.announce_vocab(VocabEntry {
+            target: self.target,
+            code,
+            value: value.to_owned(),
+        });
+        codes.insert(value.to_owned(), code);
+        Some(code)
+    }
+}
+
+impl super::Recorder {
+    /// The code of a categorical value of `feature` (interning it), NaN for
+    /// a missing value, or NaN with the value carried beside the record as a
+    /// string when the vocabulary is full.
+    pub(super) fn category(
+        &self,
+        feature: usize,
+        item: &Bound<'_, PyAny>,
+        parsed: &mut super::Parsed,
+    ) -> f64 {
+        match canonical(item) {
+            Some(key) => self.category_code(feature, key, parsed),
+            None => {
+                parsed.flags |= modeltap_core::record::flags::MISSING;
+                f64::NAN
+            }
+        }
+    }
+
+    /// Like [`Self::category`] for a value already spelled canonically.
+    pub(super) fn category_code(
+        &self,
+        feature: usize,
+        key: Cow<'_, str>,
+        parsed: &mut super::Parsed,
+    ) -> f64 {
+        let Some(Some(vocab)) = self.cat_vocabs.get().and_then(|d| d.get(feature)) else {
+            return f64::NAN;
+        };
+        match vocab.code(&self.pipe, &key) {
+            Some(code) => f64::from(code),
+            None => {
+                let fi = u32::try_from(feature).unwrap_or(u32::MAX);
+                parsed.side().categories.push((fi, key.into_owned()));
+                f64::NAN
+            }
+        }
+    }
+
+    /// The code of a string prediction label (interning it), or NaN with the
+    /// label carried beside the record when the vocabulary is full.
+    pub(super) fn label(&self, value: &Bound<'_, PyAny>, parsed: &mut super::Parsed) -> f64 {
+        let key = canonical(value).unwrap_or(Cow::Borrowed(""));
+        match self.labels.code(&self.pipe, &key) {
+            Some(code) => f64::from(code),
+            None => {
+                parsed
+                    .side()
+                    .categories
+                    .push((super::LABEL_OVERFLOW, key.into_owned()));
+                f64::NAN
+            }
+        }
+    }
+}
