@@ -638,6 +638,69 @@ def test_collector_refuses_hostile_reference_and_keeps_serving(tmp_path: Path):
         c.stop()
 
 
+def _fields(buf: bytes) -> list[tuple[int, bytes]]:
+    """The top-level fields of a message: (number, the field's raw bytes)."""
+    out, i = [], 0
+    while i < len(buf):
+        start = i
+        key, i = _read_varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _read_varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            n, i = _read_varint(buf, i)
+            i += n
+        out.append((key >> 3, buf[start:i]))
+    return out
+
+
+def test_collector_refuses_a_batch_carrying_a_bad_profile(tmp_path: Path):
+    # A batch is only as good as the profiles it carries: one whose profile
+    # is inconsistent is refused alone (INVALID_ARGUMENT), and the same
+    # batch with its own profile is then stored.
+    batches: list[bytes] = []
+    agent = modeltap.Agent(
+        model="m", version="1", collector=None, sink=batches.append, reference=REF
+    )
+    agent.log({"x": 0.5, "y": 1.0, "color": "red"}, 2, probabilities=[0.2, 0.3, 0.5])
+    assert agent.flush(10.0)
+    agent.close()
+    (good,) = batches
+    profiles = [raw for num, raw in _fields(good) if num == 32]
+    assert profiles, "the batch carries its window profile"
+    _key, i = _read_varint(profiles[0], 0)
+    size, i = _read_varint(profiles[0], i)
+    w = decode("WindowProfile", profiles[0][i : i + size])
+    w["columns"][0]["n"] += 7
+    body = encode("WindowProfile", w)
+    bad = b"".join(raw for num, raw in _fields(good) if num != 32)
+    bad += _varint(32 << 3 | 2) + _varint(len(body)) + body
+    c = Collector(tmp_path / "s.duckdb").start()
+    try:
+        ch = grpc.insecure_channel(c.addr)
+        export = ch.unary_unary(
+            "/modeltap.v1.Collector/Export",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            export(bad, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "inconsistent window profile" in str(e.value.details())
+        accepted, duplicate, n = _core.decode_export_response(export(good, timeout=10))
+        assert accepted
+        assert not duplicate
+        assert n == 1
+        assert c.health() == 1  # SERVING
+        ch.close()
+    finally:
+        c.stop()
+
+
 # -- int predictions: bounded memory, exact buckets -----------------------------
 
 
