@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-ingest bench-drift bench-rust clean
+.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-ingest bench-drift bench-rust bench-trust clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -46,6 +46,10 @@ bench-drift:  ## drift of 1M rows: modeltap vs scipy+numpy vs Evidently (own ven
 	test -x .bench/evidently-venv/bin/python || ( $(PY) -m venv .bench/evidently-venv && \
 		.bench/evidently-venv/bin/pip install evidently "pandas<3" )
 	$(PY) benches/bench_drift.py
+
+bench-trust:  ## faults (records lost/duplicated), fuzzing, agent memory with wide records
+	$(PIP) install ".[dev]"
+	$(PY) benches/bench_trust.py
 
 bench-rust:  ## criterion benches of the ring and the profiler
 	cargo bench -p modeltap-core --bench ring

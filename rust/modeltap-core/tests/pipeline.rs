@@ -205,3 +205,75 @@ fn version_1_batches_read_unpadded() {
         Err(CodecError::Inconsistent(_))
     ));
 }
+
+/// A reference the profiler cannot use (a numeric column without its
+/// numeric spec, as a hostile or damaged file could carry if it got past
+/// validation) must not kill the drain thread or wedge the ring: the panic
+/// is contained, counted, profiling stops, and every record is delivered.
+#[test]
+fn profiler_panic_is_contained() {
+    use modeltap_core::profile::Compiled;
+    let reference = proto::Reference {
+        format_version: 1,
+        columns: vec![proto::ColumnSpec {
+            name: "x".into(),
+            kind: proto::ColumnKind::Numeric as i32,
+            role: proto::ColumnRole::Feature as i32,
+            numeric: None,
+            categorical: Some(proto::CategoricalSpec {
+                categories: vec!["a".into()],
+                complete: true,
+            }),
+            ..Default::default()
+        }],
+        profiles: vec![proto::ColumnProfile::default()],
+        ..Default::default()
+    };
+    let p = Pipeline::start(PipelineConfig {
+        capacity: 8,
+        batch_size: 4,
+        flush_interval: Duration::from_millis(20),
+        reference: Some(std::sync::Arc::new(Compiled::new(reference))),
+        model: proto::ModelInfo {
+            agent_id: "a".repeat(32),
+            ..Default::default()
+        },
+        ..PipelineConfig::default()
+    })
+    .unwrap();
+    p.init_schema(Schema {
+        feature_names: vec!["x".into()],
+        categorical: vec![false],
+        out_cap: 1,
+        prob_cap: 0,
+    })
+    .unwrap();
+    let consumer = {
+        let p = std::sync::Arc::clone(&p);
+        std::thread::spawn(move || loop {
+            match p.take_batch(Duration::from_millis(50)) {
+                Take::Batch(b) => assert!(p.settle(b.seq, Outcome::Shipped)),
+                Take::Timeout => {}
+                Take::Finished => break,
+            }
+        })
+    };
+    let mut pushed = 0;
+    for i in 0..100u32 {
+        while !p.try_push(0, |s| {
+            s.values[0] = f64::from(i);
+            s.n_outputs = 1;
+        }) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        pushed += 1;
+    }
+    assert!(p.flush(Duration::from_secs(10)));
+    p.shutdown();
+    consumer.join().unwrap();
+    let s = p.stats();
+    assert_eq!(s.logged, pushed);
+    assert_eq!(s.shipped, pushed, "{s:?}");
+    assert!(s.errors >= 1, "the profiler did not fail: {s:?}");
+    assert!(p.last_error().is_some_and(|e| e.contains("profiling")));
+}
