@@ -7,7 +7,8 @@ are built against it).
     PYTHONPATH=python python fuzz/make_corpus.py
 
 Seeds are named ``seed-*``; inputs that once crashed a target are kept beside
-them as ``crash-*`` regressions and are left alone here."""
+them as ``crash-*`` regressions, and batches of schema version 1 (written by
+earlier agents, read as version 2) as ``v1-*``; those are left alone here."""
 
 from __future__ import annotations
 
