@@ -90,11 +90,11 @@ def reference_info(data: bytes) -> dict[str, Any]:
     """Checks a reference file and describes it."""
 
 def merge_profiles(parts: Sequence[bytes]) -> bytes | None:
-    """Merges encoded window profiles."""
+    """Merges encoded window profiles, each checked first."""
 
 def drift(
     reference: bytes,
-    window: bytes,
+    window: bytes | Sequence[bytes],
     rules: Mapping[str, tuple[str, float]] | None = None,
     defaults: Mapping[str, tuple[str, float]] | None = None,
 ) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modeltap import _core
@@ -59,11 +59,13 @@ TABLE = (
 
 def compute(
     reference: bytes,
-    profile: bytes,
+    profile: bytes | Sequence[bytes],
     rules: Rules | None = None,
     defaults: Rules | None = None,
 ) -> DriftReport:
-    """Drift of an encoded window profile against a reference file's bytes.
+    """Drift of an encoded window profile (or a list of them, merged; those
+    that do not fit the reference are left out, see ``DriftReport.notes``)
+    against a reference file's bytes.
 
     ``rules`` maps a column to ``(statistic, threshold)`` (statistic one of
     psi, js, ks, wasserstein, hellinger); ``defaults`` does the same for
@@ -90,10 +92,14 @@ class DriftReport:
     against a reference. Rows: one per column, with ``feature``, ``psi``,
     ``ks``, ``ks_pvalue``, ``js``, ``wasserstein``, ``chi2``,
     ``chi2_pvalue``, ``hellinger``, missing and out-of-range rates, means,
-    the deciding ``statistic`` and ``threshold``, and ``drifted``."""
+    the deciding ``statistic`` and ``threshold``, and ``drifted``.
+    ``notes`` says what was left out and why: a profile, or a column of
+    one, that does not fit the reference is ignored rather than counted
+    into the wrong bins."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         self.rows: list[dict[str, Any]] = [dict(r) for r in data["columns"]]
+        self.notes: list[str] = [str(n) for n in data.get("notes", ())]
         self.records = int(data["records"])
         self.errors = int(data["errors"])
         self.flagged = int(data["flagged"])
@@ -144,6 +150,7 @@ class DriftReport:
                     for i, (c, w) in enumerate(zip(row, widths, strict=True))
                 )
             )
+        lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

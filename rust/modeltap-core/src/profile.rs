@@ -7,14 +7,36 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::error::ProfileError;
 use crate::proto;
 
 /// Fine bins of a numeric reference: quantiles at 1/FINE_BINS steps, so
 /// each holds at most about 1/FINE_BINS of the reference mass. This bounds
 /// the error of sketch-based statistics (KS, Wasserstein).
 pub const FINE_BINS: usize = 200;
-/// Most categories a categorical reference keeps (the rest are "other").
+/// Categories a categorical reference keeps by default (the rest are
+/// "other").
 pub const MAX_CATEGORIES: usize = 1000;
+/// Most categories any categorical column may keep.
+pub const CATEGORY_LIMIT: usize = 65_536;
+/// Most columns a reference (features, prediction and probabilities
+/// together), and so a window profile, may have.
+pub const MAX_COLUMNS: usize = 65_536;
+/// Most PSI bins of a numeric column.
+pub const MAX_PSI_BINS: usize = 1_000;
+/// Most fine bins of a numeric column (the [`FINE_BINS`] quantiles, up to
+/// [`MAX_PSI_BINS`] PSI cuts and the maximum fit well within).
+pub const MAX_FINE_BINS: usize = 4_096;
+/// Most counts of one column of a window profile (the larger of the numeric
+/// and the categorical maximum).
+pub const MAX_COUNTS: usize = if MAX_FINE_BINS > CATEGORY_LIMIT + 2 {
+    MAX_FINE_BINS
+} else {
+    CATEGORY_LIMIT + 2
+};
+/// Most codes of one agent vocabulary (a categorical feature's, or the
+/// labels') a profiler maps; agents intern no more than this.
+pub const MAX_VOCAB_CODES: usize = 65_536;
 /// Latency buckets: bucket i holds latencies in [2^((i-1)/4), 2^(i/4)) µs,
 /// bucket 0 everything below 1 µs, the last everything above.
 pub const LATENCY_BUCKETS: usize = 96;
@@ -29,8 +51,10 @@ pub fn latency_bucket(seconds: f64) -> usize {
     if us.is_nan() || us < 1.0 {
         return 0;
     }
+    // Saturating: an infinite latency casts to usize::MAX, and it belongs
+    // in the last bucket, not wrapped into the first.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let b = (us.log2() * 4.0) as usize + 1;
+    let b = ((us.log2() * 4.0) as usize).saturating_add(1);
     b.min(LATENCY_BUCKETS - 1)
 }
 
@@ -54,12 +78,20 @@ pub fn bin_of(cuts: &[f64], v: f64) -> usize {
 /// Finds fine bins in O(1): a uniform grid over the cuts' range whose cells
 /// hold the first candidate bin, then a short forward scan. Equivalent to
 /// [`bin_of`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Binner {
     cuts: Vec<f64>,
     lo: f64,
     scale: f64,
     table: Vec<u32>,
+}
+
+impl Default for Binner {
+    /// A binner without cuts: every value in bin 0. (A derived default would
+    /// have no grid cell, and `bin` needs one.)
+    fn default() -> Self {
+        Self::new(&[])
+    }
 }
 
 impl Binner {
@@ -140,6 +172,11 @@ pub fn add_numeric_slice(p: &mut proto::ColumnProfile, binner: &Binner, values: 
     let (mut lo, mut hi) = (p.min, p.max);
     let (mut below, mut above, mut below_sum, mut above_sum) = (0u64, 0u64, 0.0f64, 0.0f64);
     let (shift, ref_min, ref_max) = (p.shift, p.ref_min, p.ref_max);
+    if p.counts.len() <= binner.cuts.len() {
+        // Not a profile of these cuts (never one built from a checked
+        // reference): counting into it would pick wrong bins.
+        return;
+    }
     let counts = &mut p.counts[..];
     for &v in values {
         if v.is_nan() {
@@ -229,7 +266,12 @@ pub fn add_numeric(p: &mut proto::ColumnProfile, cuts: &[f64], v: f64) {
 /// Adds a non-NaN value whose fine bin is known.
 #[inline]
 fn add_in_bin(p: &mut proto::ColumnProfile, bin: usize, v: f64) {
-    p.counts[bin] += 1;
+    // Bins come from the profile's own cuts; a profile of another shape
+    // (never built from a checked reference) is not counted into.
+    let Some(c) = p.counts.get_mut(bin) else {
+        return;
+    };
+    *c += 1;
     p.n += 1;
     if v.is_finite() {
         let d = v - p.shift;
@@ -273,41 +315,48 @@ pub fn moments(p: &proto::ColumnProfile) -> (f64, f64) {
 pub fn add_category(p: &mut proto::ColumnProfile, bucket: Option<usize>) {
     match bucket {
         Some(b) => {
-            p.counts[b] += 1;
-            p.n += 1;
+            if let Some(c) = p.counts.get_mut(b) {
+                *c += 1;
+                p.n += 1;
+            }
         }
         None => p.missing += 1,
     }
 }
 
-/// Merges `b` into `a` (same spec).
+/// Merges `b` into `a`. Both must have the same shape (the same spec; see
+/// [`try_merge_window`] for profiles from outside); counts saturate rather
+/// than wrap.
 pub fn merge_column(a: &mut proto::ColumnProfile, b: &proto::ColumnProfile) {
     if a.counts.len() < b.counts.len() {
         a.counts.resize(b.counts.len(), 0);
     }
     for (x, y) in a.counts.iter_mut().zip(&b.counts) {
-        *x += y;
+        *x = x.saturating_add(*y);
     }
     // Sums are kept relative to a shift; bring b's onto a's.
     #[allow(clippy::cast_precision_loss)]
-    let (nb, delta) = ((b.n - b.nonfinite) as f64, b.shift - a.shift);
+    let (nb, delta) = (b.n.saturating_sub(b.nonfinite) as f64, b.shift - a.shift);
     if b.n > b.nonfinite {
         a.sum_sq += b.sum_sq + 2.0 * delta * b.sum + nb * delta * delta;
         a.sum += b.sum + nb * delta;
     }
-    a.missing += b.missing;
-    a.nonfinite += b.nonfinite;
-    a.n += b.n;
+    a.missing = a.missing.saturating_add(b.missing);
+    a.nonfinite = a.nonfinite.saturating_add(b.nonfinite);
+    a.n = a.n.saturating_add(b.n);
     a.min = a.min.min(b.min);
     a.max = a.max.max(b.max);
-    a.below_min += b.below_min;
-    a.above_max += b.above_max;
+    a.below_min = a.below_min.saturating_add(b.below_min);
+    a.above_max = a.above_max.saturating_add(b.above_max);
     a.below_sum += b.below_sum;
     a.above_sum += b.above_sum;
 }
 
 /// Merges window profile `b` into `a`; `a` keeps the earlier start and
-/// covers both.
+/// covers both. The two must have the same shape (profiles of one
+/// reference); a column of `b` whose number of counts differs from `a`'s is
+/// left out rather than added into the wrong bins. Profiles from outside
+/// go through [`try_merge_window`], which refuses such a pair.
 pub fn merge_window(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
     if a.columns.is_empty() && a.records == 0 {
         a.reference_fingerprint.clone_from(&b.reference_fingerprint);
@@ -315,25 +364,71 @@ pub fn merge_window(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
         a.window_start_unix_nano = b.window_start_unix_nano;
         a.window_nano = b.window_nano;
     } else {
-        let a_end = a.window_start_unix_nano + a.window_nano;
-        let b_end = b.window_start_unix_nano + b.window_nano;
+        let a_end = a.window_start_unix_nano.saturating_add(a.window_nano);
+        let b_end = b.window_start_unix_nano.saturating_add(b.window_nano);
         let start = a.window_start_unix_nano.min(b.window_start_unix_nano);
         a.window_start_unix_nano = start;
         a.window_nano = a_end.max(b_end) - start;
-        for (x, y) in a.columns.iter_mut().zip(&b.columns) {
-            merge_column(x, y);
+        if a.columns.is_empty() {
+            // `a` counted records against no reference: b's columns are
+            // the only ones there are.
+            a.reference_fingerprint.clone_from(&b.reference_fingerprint);
+            a.columns.clone_from(&b.columns);
+        } else {
+            for (x, y) in a.columns.iter_mut().zip(&b.columns) {
+                if x.counts.len() == y.counts.len() {
+                    merge_column(x, y);
+                }
+            }
         }
     }
-    a.records += b.records;
-    a.errors += b.errors;
-    a.flagged += b.flagged;
+    a.records = a.records.saturating_add(b.records);
+    a.errors = a.errors.saturating_add(b.errors);
+    a.flagged = a.flagged.saturating_add(b.flagged);
     if a.latency_counts.len() < b.latency_counts.len() {
         a.latency_counts.resize(b.latency_counts.len(), 0);
     }
     for (x, y) in a.latency_counts.iter_mut().zip(&b.latency_counts) {
-        *x += y;
+        *x = x.saturating_add(*y);
     }
     a.latency_sum += b.latency_sum;
+}
+
+/// Merges `b` into `a` after checking that the two fit together: the same
+/// reference fingerprint and, where both have columns, the same number of
+/// columns with the same number of counts each. On a mismatch `a` is left
+/// unchanged. Both are expected to have passed [`validate_window`].
+pub fn try_merge_window(
+    a: &mut proto::WindowProfile,
+    b: &proto::WindowProfile,
+) -> Result<(), ProfileError> {
+    if !a.columns.is_empty() && !b.columns.is_empty() {
+        if a.reference_fingerprint != b.reference_fingerprint {
+            return Err(ProfileError::Mismatch(format!(
+                "profiles against different references ({} and {})",
+                label(&a.reference_fingerprint),
+                label(&b.reference_fingerprint)
+            )));
+        }
+        if a.columns.len() != b.columns.len() {
+            return Err(ProfileError::Mismatch(format!(
+                "{} columns against {}",
+                b.columns.len(),
+                a.columns.len()
+            )));
+        }
+        for (i, (x, y)) in a.columns.iter().zip(&b.columns).enumerate() {
+            if x.counts.len() != y.counts.len() {
+                return Err(ProfileError::Mismatch(format!(
+                    "column {i}: {} counts against {}",
+                    y.counts.len(),
+                    x.counts.len()
+                )));
+            }
+        }
+    }
+    merge_window(a, b);
+    Ok(())
 }
 
 /// Builds a numeric column spec and the reference's profile of it.
@@ -394,7 +489,9 @@ pub fn build_numeric(
     let mean = if finite.is_empty() {
         0.0
     } else {
-        finite.iter().sum::<f64>() / finite.len() as f64
+        // Divided first, so values near f64::MAX do not overflow the sum.
+        let n = finite.len() as f64;
+        finite.iter().map(|v| v / n).sum::<f64>()
     };
     let (lo, hi) = (
         finite.first().copied().unwrap_or(0.0),
@@ -457,6 +554,419 @@ pub fn fingerprint(columns: &[proto::ColumnSpec]) -> String {
     format!("{h:016x}")
 }
 
+/// What a column's profiles hold, by its (checked) spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A numeric column: counts per fine bin, grouped into PSI bins.
+    Numeric {
+        /// Fine bins (cuts + 1).
+        fine_bins: usize,
+        /// PSI bins.
+        psi_bins: usize,
+    },
+    /// A categorical column: a count per category, then "other" and
+    /// "unseen".
+    Categorical {
+        /// Categories kept by the reference.
+        categories: usize,
+    },
+}
+
+impl Shape {
+    /// The number of counts a profile of this column holds.
+    pub fn counts(self) -> usize {
+        match self {
+            Self::Numeric { fine_bins, .. } => fine_bins,
+            Self::Categorical { categories } => categories + 2,
+        }
+    }
+}
+
+/// A name quoted for an error message, cut short: names come from files
+/// and messages that may be hostile.
+fn label(name: &str) -> String {
+    const MAX: usize = 64;
+    if name.len() <= MAX {
+        return format!("{name:?}");
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}...", &name[..end])
+}
+
+/// Checks a column spec on its own: a known kind and role, exactly the
+/// spec its kind needs, sizes within the maxima; for numeric columns
+/// finite, strictly increasing cuts and a PSI bin map that groups adjacent
+/// fine bins in order; for categorical ones distinct categories.
+pub fn check_spec(c: &proto::ColumnSpec) -> Result<Shape, String> {
+    if proto::ColumnRole::try_from(c.role).is_err() {
+        return Err(format!("unknown column role {}", c.role));
+    }
+    let kind = proto::ColumnKind::try_from(c.kind)
+        .map_err(|_| format!("unknown column kind {}", c.kind))?;
+    match (kind, &c.numeric, &c.categorical) {
+        (proto::ColumnKind::Numeric, Some(n), None) => check_numeric(n),
+        (proto::ColumnKind::Categorical, None, Some(cat)) => check_categorical(cat),
+        (proto::ColumnKind::Numeric, None, _) => {
+            Err("numeric column without a numeric spec".into())
+        }
+        (proto::ColumnKind::Categorical, _, None) => {
+            Err("categorical column without a categorical spec".into())
+        }
+        (_, Some(_), Some(_)) => Err("column with both a numeric and a categorical spec".into()),
+    }
+}
+
+fn check_numeric(n: &proto::NumericSpec) -> Result<Shape, String> {
+    let fine_bins = n.cuts.len() + 1;
+    if fine_bins > MAX_FINE_BINS {
+        return Err(format!("{fine_bins} fine bins (at most {MAX_FINE_BINS})"));
+    }
+    if let Some(i) = n.cuts.iter().position(|c| !c.is_finite()) {
+        return Err(format!("cut {i} is not finite ({})", n.cuts[i]));
+    }
+    if let Some(i) = n.cuts.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "cuts not strictly increasing at {} ({} then {})",
+            i + 1,
+            n.cuts[i],
+            n.cuts[i + 1]
+        ));
+    }
+    let psi_bins = n.n_psi_bins as usize;
+    if psi_bins == 0 || psi_bins > MAX_PSI_BINS {
+        return Err(format!("{psi_bins} PSI bins (from 1 to {MAX_PSI_BINS})"));
+    }
+    if n.psi_bin.len() != fine_bins {
+        return Err(format!(
+            "PSI bin map has {} entries for {fine_bins} fine bins",
+            n.psi_bin.len()
+        ));
+    }
+    // Each PSI bin is a run of adjacent fine bins, in order: the map starts
+    // at 0, steps by 0 or 1, and ends at the last PSI bin.
+    let mut prev = 0u32;
+    for (j, &b) in n.psi_bin.iter().enumerate() {
+        if b as usize >= psi_bins {
+            return Err(format!(
+                "PSI bin index {b} of fine bin {j} is out of range ({psi_bins} PSI bins)"
+            ));
+        }
+        let ok = if j == 0 {
+            b == 0
+        } else {
+            b == prev || b == prev + 1
+        };
+        if !ok {
+            return Err(format!(
+                "PSI bin map jumps from {prev} to {b} at fine bin {j}"
+            ));
+        }
+        prev = b;
+    }
+    if prev as usize != psi_bins - 1 {
+        return Err(format!(
+            "PSI bin map ends at {prev} but there are {psi_bins} PSI bins"
+        ));
+    }
+    Ok(Shape::Numeric {
+        fine_bins,
+        psi_bins,
+    })
+}
+
+fn check_categorical(cat: &proto::CategoricalSpec) -> Result<Shape, String> {
+    let k = cat.categories.len();
+    if k > CATEGORY_LIMIT {
+        return Err(format!("{k} categories (at most {CATEGORY_LIMIT})"));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(k);
+    for v in &cat.categories {
+        if !seen.insert(v.as_str()) {
+            return Err(format!("category {} listed twice", label(v)));
+        }
+    }
+    Ok(Shape::Categorical { categories: k })
+}
+
+/// Checks the totals of a column profile, whatever its spec: counts add up
+/// to `n`, and the infinite and out-of-range values are among them.
+fn check_totals(p: &proto::ColumnProfile) -> Result<(), String> {
+    let total = p
+        .counts
+        .iter()
+        .try_fold(0u64, |acc, &c| acc.checked_add(c))
+        .ok_or("counts overflow")?;
+    if total != p.n {
+        return Err(format!("counts add up to {total} but n is {}", p.n));
+    }
+    if p.nonfinite > p.n {
+        return Err(format!("{} infinite values but n is {}", p.nonfinite, p.n));
+    }
+    match p.below_min.checked_add(p.above_max) {
+        Some(out) if out <= p.n => {}
+        _ => {
+            return Err(format!(
+                "{} values below and {} above the reference range but n is {}",
+                p.below_min, p.above_max, p.n
+            ))
+        }
+    }
+    if !(p.shift.is_finite() && p.ref_min.is_finite() && p.ref_max.is_finite()) {
+        return Err("shift or reference range not finite".into());
+    }
+    Ok(())
+}
+
+/// Checks a profile against the shape of its column.
+pub fn check_profile(shape: Shape, p: &proto::ColumnProfile) -> Result<(), String> {
+    if p.counts.len() != shape.counts() {
+        return Err(format!(
+            "{} counts for {} bins",
+            p.counts.len(),
+            shape.counts()
+        ));
+    }
+    check_totals(p)
+}
+
+/// Checks a reference's column `c` and its profile `p`: the spec (see
+/// [`check_spec`]), the profile's counts against it, and for numeric
+/// columns a sane quantile sketch (the cuts inside the reference's range).
+fn check_reference_column(c: &proto::ColumnSpec, p: &proto::ColumnProfile) -> Result<(), String> {
+    let shape = check_spec(c)?;
+    check_profile(shape, p)?;
+    if let Some(n) = &c.numeric {
+        if p.ref_min > p.ref_max {
+            return Err(format!(
+                "reference minimum {} above its maximum {}",
+                p.ref_min, p.ref_max
+            ));
+        }
+        if let (Some(&lo), Some(&hi)) = (n.cuts.first(), n.cuts.last()) {
+            if lo < p.ref_min || hi > p.ref_max {
+                return Err(format!(
+                    "cuts [{lo}, {hi}] outside the reference range [{}, {}]",
+                    p.ref_min, p.ref_max
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a decoded reference completely before anything indexes with it:
+/// the format version, at most [`MAX_COLUMNS`] columns with distinct names
+/// and at most one prediction column, every column's spec and profile (see
+/// [`check_spec`]), and the fingerprint. Errors name the column.
+pub fn validate_reference(r: &proto::Reference) -> Result<(), ReferenceError> {
+    if r.format_version > REFERENCE_FORMAT {
+        return Err(ReferenceError::TooNew(r.format_version));
+    }
+    if r.format_version == 0 {
+        return Err(ReferenceError::Corrupt("format version missing".into()));
+    }
+    if r.columns.len() > MAX_COLUMNS {
+        return Err(ReferenceError::Corrupt(format!(
+            "{} columns (at most {MAX_COLUMNS})",
+            r.columns.len()
+        )));
+    }
+    if r.profiles.len() != r.columns.len() {
+        return Err(ReferenceError::Corrupt(format!(
+            "{} profiles for {} columns",
+            r.profiles.len(),
+            r.columns.len()
+        )));
+    }
+    let mut names = std::collections::HashSet::with_capacity(r.columns.len());
+    let mut prediction: Option<&str> = None;
+    let mut classes = std::collections::HashSet::new();
+    for (c, p) in r.columns.iter().zip(&r.profiles) {
+        let bad =
+            |why: String| ReferenceError::Corrupt(format!("column {}: {why}", label(&c.name)));
+        if !names.insert(c.name.as_str()) {
+            return Err(bad("listed twice".into()));
+        }
+        check_reference_column(c, p).map_err(bad)?;
+        if c.role == proto::ColumnRole::Prediction as i32 {
+            if let Some(first) = prediction {
+                return Err(bad(format!(
+                    "a second prediction column (the first is {})",
+                    label(first)
+                )));
+            }
+            prediction = Some(&c.name);
+        }
+        if c.role == proto::ColumnRole::Probability as i32 && !classes.insert(c.class_index) {
+            return Err(bad(format!(
+                "a second probability column for class {}",
+                c.class_index
+            )));
+        }
+    }
+    if r.fingerprint != fingerprint(&r.columns) {
+        return Err(ReferenceError::Corrupt(
+            "fingerprint does not match the columns".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a window profile that arrived from outside (a batch, a store)
+/// on its own: at most [`MAX_COLUMNS`] columns of at most [`MAX_COUNTS`]
+/// counts, each column's counts adding up to its totals, no column with
+/// more values than the window has records, no more than
+/// [`LATENCY_BUCKETS`] latency buckets, errors, flagged records and
+/// latencies within the records, and a window end that fits in 64 bits.
+pub fn validate_window(w: &proto::WindowProfile) -> Result<(), ProfileError> {
+    let bad = |why: String| Err(ProfileError::Inconsistent(why));
+    if w.window_start_unix_nano
+        .checked_add(w.window_nano)
+        .is_none()
+    {
+        return bad("window end past 2^64 ns".into());
+    }
+    if w.columns.len() > MAX_COLUMNS {
+        return bad(format!(
+            "{} columns (at most {MAX_COLUMNS})",
+            w.columns.len()
+        ));
+    }
+    if w.latency_counts.len() > LATENCY_BUCKETS {
+        return bad(format!(
+            "{} latency buckets (at most {LATENCY_BUCKETS})",
+            w.latency_counts.len()
+        ));
+    }
+    let latencies = w
+        .latency_counts
+        .iter()
+        .try_fold(0u64, |acc, &c| acc.checked_add(c));
+    if latencies.is_none_or(|l| l > w.records) {
+        return bad(format!("more latencies than its {} records", w.records));
+    }
+    if w.errors > w.records || w.flagged > w.records {
+        return bad(format!(
+            "{} errors and {} flagged of {} records",
+            w.errors, w.flagged, w.records
+        ));
+    }
+    for (i, c) in w.columns.iter().enumerate() {
+        let col = |why: String| bad(format!("column {i}: {why}"));
+        if c.counts.len() > MAX_COUNTS {
+            return col(format!("{} counts (at most {MAX_COUNTS})", c.counts.len()));
+        }
+        if let Err(why) = check_totals(c) {
+            return col(why);
+        }
+        if c.n.checked_add(c.missing).is_none_or(|v| v > w.records) {
+            return col(format!(
+                "{} values and {} missing of {} records",
+                c.n, c.missing, w.records
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes and checks (see [`validate_window`]) an encoded window profile.
+pub fn decode_window(bytes: &[u8]) -> Result<proto::WindowProfile, ProfileError> {
+    use prost::Message;
+    let w =
+        proto::WindowProfile::decode(bytes).map_err(|e| ProfileError::Malformed(e.to_string()))?;
+    validate_window(&w)?;
+    Ok(w)
+}
+
+/// The columns of window profile `w` that do not fit the (checked)
+/// reference `r`, each with why: a column whose number of counts differs
+/// from its spec's, and a number of columns other than the reference's
+/// (a profile without columns, of records counted against no reference,
+/// fits any). Empty when `w` fits.
+pub fn window_mismatches(r: &proto::Reference, w: &proto::WindowProfile) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, (spec, c)) in r.columns.iter().zip(&w.columns).enumerate() {
+        match check_spec(spec) {
+            Ok(shape) if shape.counts() == c.counts.len() => {}
+            Ok(shape) => out.push((
+                i,
+                format!(
+                    "column {}: the profile has {} counts, the reference {}",
+                    label(&spec.name),
+                    c.counts.len(),
+                    shape.counts()
+                ),
+            )),
+            Err(why) => out.push((i, format!("column {}: {why}", label(&spec.name)))),
+        }
+    }
+    if !w.columns.is_empty() && w.columns.len() != r.columns.len() {
+        out.push((
+            w.columns.len().min(r.columns.len()),
+            format!(
+                "the profile has {} columns, the reference {}",
+                w.columns.len(),
+                r.columns.len()
+            ),
+        ));
+    }
+    out
+}
+
+/// Window profiles merged against a reference, and the parts left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// The merge of the parts that fit (`None` when none did).
+    pub window: Option<proto::WindowProfile>,
+    /// Parts left out: their index and why.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Decodes encoded window profiles and merges those that fit the (checked)
+/// reference `r`. A part that does not decode or fails [`validate_window`],
+/// was built against another reference, or has a column that does not fit
+/// its spec is left out and listed: one bad profile (a damaged store, a
+/// hostile agent) cannot block the drift of all the others.
+pub fn merge_parts<'a>(r: &proto::Reference, parts: impl IntoIterator<Item = &'a [u8]>) -> Merged {
+    let mut out = Merged::default();
+    for (i, bytes) in parts.into_iter().enumerate() {
+        let w = match decode_window(bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                out.skipped.push((i, e.to_string()));
+                continue;
+            }
+        };
+        if !w.columns.is_empty() && w.reference_fingerprint != r.fingerprint {
+            out.skipped.push((
+                i,
+                format!(
+                    "built against reference {}, not {}",
+                    label(&w.reference_fingerprint),
+                    r.fingerprint
+                ),
+            ));
+            continue;
+        }
+        if let Some((_, why)) = window_mismatches(r, &w).into_iter().next() {
+            out.skipped.push((i, why));
+            continue;
+        }
+        match out.window.as_mut() {
+            None => out.window = Some(w),
+            Some(acc) => {
+                if let Err(e) = try_merge_window(acc, &w) {
+                    out.skipped.push((i, e.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A reference compiled for fast profiling.
 #[derive(Debug, Clone)]
 pub struct Compiled {
@@ -466,10 +976,16 @@ pub struct Compiled {
     pub by_name: HashMap<String, usize>,
     /// Category → bucket, per categorical column.
     pub buckets: Vec<HashMap<String, usize>>,
+    /// Per column: its shape, `None` where the column or its profile fails
+    /// [`check_spec`] / [`check_profile`] (such a column is never profiled).
+    shapes: Vec<Option<Shape>>,
 }
 
 impl Compiled {
-    /// Compiles a reference.
+    /// Compiles a reference that [`decode_reference`] or
+    /// [`validate_reference`] accepted (see [`Compiled::try_new`]). Given
+    /// an unchecked one it still never panics nor counts into the wrong
+    /// bins: a column that fails the checks is left out of every profile.
     pub fn new(reference: proto::Reference) -> Self {
         let by_name = reference
             .columns
@@ -490,28 +1006,62 @@ impl Compiled {
                 })
             })
             .collect();
+        let shapes = reference
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let shape = check_spec(c).ok()?;
+                check_profile(shape, reference.profiles.get(i)?).ok()?;
+                Some(shape)
+            })
+            .collect();
         Self {
             reference,
             by_name,
             buckets,
+            shapes,
         }
+    }
+
+    /// Checks a reference completely ([`validate_reference`]), then
+    /// compiles it.
+    pub fn try_new(reference: proto::Reference) -> Result<Self, ReferenceError> {
+        validate_reference(&reference)?;
+        Ok(Self::new(reference))
+    }
+
+    /// The shape of column `col`, `None` for a column that failed the
+    /// checks (or is past the last).
+    pub fn shape(&self, col: usize) -> Option<Shape> {
+        self.shapes.get(col).copied().flatten()
     }
 
     /// Bucket of a categorical value in column `col`: a category, "other"
     /// (the reference had more values than it kept) or "unseen".
     pub fn bucket(&self, col: usize, value: &str) -> usize {
-        let map = &self.buckets[col];
-        if let Some(&b) = map.get(value) {
-            return b;
-        }
-        let complete = self.reference.columns[col]
-            .categorical
-            .as_ref()
-            .is_none_or(|c| c.complete);
-        if complete {
-            map.len() + 1 // unseen
+        let Some(map) = self.buckets.get(col) else {
+            return self.miss_bucket(col);
+        };
+        map.get(value)
+            .copied()
+            .unwrap_or_else(|| self.miss_bucket(col))
+    }
+
+    /// The bucket of a value that is none of column `col`'s categories:
+    /// "other" when the reference kept only its most frequent values, else
+    /// "unseen".
+    pub fn miss_bucket(&self, col: usize) -> usize {
+        let cat = self
+            .reference
+            .columns
+            .get(col)
+            .and_then(|c| c.categorical.as_ref());
+        let kept = cat.map_or(0, |c| c.categories.len());
+        if cat.is_none_or(|c| c.complete) {
+            kept + 1 // unseen
         } else {
-            map.len() // other
+            kept // other
         }
     }
 
@@ -525,11 +1075,14 @@ impl Compiled {
                 .reference
                 .columns
                 .iter()
-                .zip(&self.reference.profiles)
-                .map(|(spec, rp)| {
-                    let (mean, _) = moments(rp);
-                    let shift = if mean.is_nan() { 0.0 } else { mean };
-                    empty_profile(spec, shift, rp.ref_min, rp.ref_max)
+                .enumerate()
+                .map(|(i, spec)| match self.reference.profiles.get(i) {
+                    Some(rp) if self.shape(i).is_some() => {
+                        let (mean, _) = moments(rp);
+                        let shift = if mean.is_finite() { mean } else { 0.0 };
+                        empty_profile(spec, shift, rp.ref_min, rp.ref_max)
+                    }
+                    _ => proto::ColumnProfile::default(),
                 })
                 .collect(),
             latency_counts: vec![0; LATENCY_BUCKETS],
@@ -552,7 +1105,14 @@ pub struct Profiler {
     label_map: Vec<u32>,
     pred_col: Option<usize>,
     prob_cols: Vec<(usize, usize)>,
+    /// Integer predictions → bucket, for a categorical prediction column:
+    /// filled once from the reference's categories that are integers, so
+    /// it never holds more entries than the reference has categories (any
+    /// other integer is "other" or "unseen", `int_miss`), however many
+    /// distinct integers the model predicts.
     int_buckets: HashMap<i64, usize>,
+    /// The bucket of an integer prediction that is no category.
+    int_miss: usize,
     binners: Vec<Binner>,
     /// (feature, column) of numeric feature columns, for the hot loop.
     numeric_features: Vec<(usize, usize)>,
@@ -569,45 +1129,45 @@ pub struct Profiler {
 const UNMAPPED: u32 = u32::MAX;
 
 impl Profiler {
-    /// A profiler for records of `schema` against `compiled`.
+    /// A profiler for records of `schema` against `compiled`. Columns that
+    /// failed the reference checks ([`Compiled::shape`] is `None`) are not
+    /// profiled.
     pub fn new(compiled: Arc<Compiled>, schema: &crate::batch::Schema, window_ns: u64) -> Self {
         let r = &compiled.reference;
-        let feature_cols: Vec<Option<usize>> = schema
-            .feature_names
-            .iter()
-            .map(|n| {
-                compiled
-                    .by_name
-                    .get(n)
-                    .copied()
-                    .filter(|&i| r.columns[i].role == proto::ColumnRole::Feature as i32)
-            })
-            .collect();
+        let valid = |i: usize| compiled.shape(i).is_some();
+        let feature_cols: Vec<Option<usize>> =
+            schema
+                .feature_names
+                .iter()
+                .map(|n| {
+                    compiled.by_name.get(n).copied().filter(|&i| {
+                        valid(i) && r.columns[i].role == proto::ColumnRole::Feature as i32
+                    })
+                })
+                .collect();
         let pred_col = r
             .columns
             .iter()
-            .position(|c| c.role == proto::ColumnRole::Prediction as i32);
+            .enumerate()
+            .position(|(i, c)| valid(i) && c.role == proto::ColumnRole::Prediction as i32);
         let prob_cols = r
             .columns
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.role == proto::ColumnRole::Probability as i32)
+            .filter(|&(i, c)| valid(i) && c.role == proto::ColumnRole::Probability as i32)
             .map(|(i, c)| (c.class_index as usize, i))
+            .collect();
+        let numeric: Vec<bool> = (0..r.columns.len())
+            .map(|i| matches!(compiled.shape(i), Some(Shape::Numeric { .. })))
             .collect();
         let binners: Vec<Binner> = r
             .columns
             .iter()
-            .map(|c| {
-                c.numeric
-                    .as_ref()
-                    .map(|n| Binner::new(&n.cuts))
-                    .unwrap_or_default()
+            .zip(&numeric)
+            .map(|(c, &num)| match (&c.numeric, num) {
+                (Some(n), true) => Binner::new(&n.cuts),
+                _ => Binner::default(),
             })
-            .collect();
-        let numeric: Vec<bool> = r
-            .columns
-            .iter()
-            .map(|c| c.kind == proto::ColumnKind::Numeric as i32)
             .collect();
         let numeric_features = feature_cols
             .iter()
@@ -619,6 +1179,23 @@ impl Profiler {
             .enumerate()
             .filter_map(|(f, c)| c.filter(|&c| !numeric[c]).map(|c| (f, c)))
             .collect();
+        let (mut int_buckets, mut int_miss) = (HashMap::new(), 0);
+        if let Some(col) = pred_col.filter(|&c| !numeric[c]) {
+            let cats = r.columns[col]
+                .categorical
+                .as_ref()
+                .map_or(&[][..], |c| &c.categories[..]);
+            for v in cats {
+                // Only the integer's own spelling matches it ("7", not "07").
+                if let Ok(k) = v.parse::<i64>() {
+                    if k.to_string() == *v {
+                        int_buckets.insert(k, compiled.bucket(col, v));
+                    }
+                }
+            }
+            int_buckets.shrink_to_fit();
+            int_miss = compiled.miss_bucket(col);
+        }
         Self {
             window_ns: window_ns.max(1),
             feature_cols,
@@ -626,7 +1203,8 @@ impl Profiler {
             label_map: Vec::new(),
             pred_col,
             prob_cols,
-            int_buckets: HashMap::new(),
+            int_buckets,
+            int_miss,
             binners,
             numeric_features,
             categorical_features,
@@ -638,6 +1216,12 @@ impl Profiler {
             learned: Vec::new(),
             compiled,
         }
+    }
+
+    /// Entries of the integer-prediction map (bounded by the reference's
+    /// categories; see the field's comment).
+    pub fn int_bucket_entries(&self) -> usize {
+        self.int_buckets.len()
     }
 
     /// Learns the buckets of newly interned categories and labels.
@@ -657,10 +1241,14 @@ impl Profiler {
                     (&mut self.label_map, col)
                 }
             };
-            if self.compiled.reference.columns[col].kind != proto::ColumnKind::Categorical as i32 {
+            if !matches!(self.compiled.shape(col), Some(Shape::Categorical { .. })) {
                 continue;
             }
             let code = e.code as usize;
+            if code >= MAX_VOCAB_CODES {
+                // Agents intern no more; a larger code is never logged.
+                continue;
+            }
             if map.len() <= code {
                 map.resize(code + 1, UNMAPPED);
             }
@@ -699,9 +1287,14 @@ impl Profiler {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn code_known(&self, slot: &crate::record::Slot) -> bool {
         use crate::record::PredictionKind;
+        // A code past MAX_VOCAB_CODES can never be learned: asking again
+        // would refresh on every record.
+        let unlearned = |map: &Vec<u32>, v: f64| {
+            !v.is_nan() && map.len() <= v as usize && (v as usize) < MAX_VOCAB_CODES
+        };
         for &(f, _) in &self.categorical_features {
-            let v = slot.values[f];
-            if !v.is_nan() && self.cat_maps[f].len() <= v as usize {
+            let v = slot.values.get(f).copied().unwrap_or(f64::NAN);
+            if unlearned(&self.cat_maps[f], v) {
                 return false;
             }
         }
@@ -713,8 +1306,7 @@ impl Profiler {
                 .unwrap_or(f64::NAN);
             if !self.numeric[col]
                 && slot.prediction_kind == PredictionKind::Label
-                && !v.is_nan()
-                && self.label_map.len() <= v as usize
+                && unlearned(&self.label_map, v)
             {
                 return false;
             }
@@ -755,11 +1347,12 @@ impl Profiler {
             w.latency_counts[latency_bucket(slot.latency_s)] += 1;
             w.latency_sum += slot.latency_s;
         }
+        let value = |f: usize| slot.values.get(f).copied().unwrap_or(f64::NAN);
         for &(f, col) in &self.numeric_features {
-            add_numeric_binned(&mut w.columns[col], &self.binners[col], slot.values[f]);
+            add_numeric_binned(&mut w.columns[col], &self.binners[col], value(f));
         }
         for &(f, col) in &self.categorical_features {
-            let v = slot.values[f];
+            let v = value(f);
             let cp = &mut w.columns[col];
             if v.is_nan() {
                 let overflow = side.and_then(|s| {
@@ -780,7 +1373,10 @@ impl Profiler {
         if let Some(col) = self.pred_col {
             let outputs: &[f64] = match side.and_then(|s| s.outputs.as_deref()) {
                 Some(o) => o,
-                None => &slot.values[nf..nf + usize::from(slot.n_outputs).min(self.out_cap)],
+                None => slot
+                    .values
+                    .get(nf..nf + usize::from(slot.n_outputs).min(self.out_cap))
+                    .unwrap_or(&[]),
             };
             let first = outputs.first().copied();
             let cp = &mut w.columns[col];
@@ -796,16 +1392,12 @@ impl Profiler {
                         (b != UNMAPPED).then_some(b as usize)
                     }
                     _ if v.is_nan() => None,
-                    _ => {
-                        let key = v as i64;
-                        let compiled = &self.compiled;
-                        Some(
-                            *self
-                                .int_buckets
-                                .entry(key)
-                                .or_insert_with(|| compiled.bucket(col, &key.to_string())),
-                        )
-                    }
+                    _ => Some(
+                        self.int_buckets
+                            .get(&(v as i64))
+                            .copied()
+                            .unwrap_or(self.int_miss),
+                    ),
                 };
                 add_category(cp, bucket);
             }
@@ -815,7 +1407,10 @@ impl Profiler {
             let probs: &[f64] = match side.and_then(|s| s.probabilities.as_deref()) {
                 Some(p) => p,
                 None if slot.n_probabilities == u16::MAX => &[],
-                None => &slot.values[start..start + usize::from(slot.n_probabilities)],
+                None => slot
+                    .values
+                    .get(start..start + usize::from(slot.n_probabilities))
+                    .unwrap_or(&[]),
             };
             for &(class, col) in &self.prob_cols {
                 let v = probs.get(class).copied().unwrap_or(f64::NAN);
@@ -856,61 +1451,31 @@ pub fn encode_reference(r: &proto::Reference) -> Vec<u8> {
     out
 }
 
-/// Decodes and checks a reference file.
+/// Decodes a reference file and checks it completely
+/// ([`validate_reference`]) before anything uses it.
 pub fn decode_reference(bytes: &[u8]) -> Result<proto::Reference, ReferenceError> {
     use prost::Message;
     let body = bytes
         .strip_prefix(&MAGIC[..])
         .ok_or(ReferenceError::BadMagic)?;
     let r = proto::Reference::decode(body).map_err(|e| ReferenceError::Corrupt(e.to_string()))?;
-    if r.format_version > REFERENCE_FORMAT {
-        return Err(ReferenceError::TooNew(r.format_version));
-    }
-    if r.format_version == 0 {
-        return Err(ReferenceError::Corrupt("format version missing".into()));
-    }
-    if r.profiles.len() != r.columns.len() {
-        return Err(ReferenceError::Corrupt(
-            "profiles and columns differ in number".into(),
-        ));
-    }
-    for (c, p) in r.columns.iter().zip(&r.profiles) {
-        let want = match (&c.numeric, &c.categorical) {
-            (Some(n), _) => {
-                if n.psi_bin.len() != n.cuts.len() + 1 {
-                    return Err(ReferenceError::Corrupt(format!(
-                        "column {}: bin map",
-                        c.name
-                    )));
-                }
-                n.cuts.len() + 1
-            }
-            (None, Some(cat)) => cat.categories.len() + 2,
-            (None, None) => {
-                return Err(ReferenceError::Corrupt(format!(
-                    "column {}: no spec",
-                    c.name
-                )))
-            }
-        };
-        if p.counts.len() != want {
-            return Err(ReferenceError::Corrupt(format!(
-                "column {}: counts",
-                c.name
-            )));
-        }
-    }
-    if r.fingerprint != fingerprint(&r.columns) {
-        return Err(ReferenceError::Corrupt(
-            "fingerprint does not match the columns".into(),
-        ));
-    }
+    validate_reference(&r)?;
     Ok(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_cover_every_value() {
+        assert_eq!(latency_bucket(f64::NAN), 0);
+        assert_eq!(latency_bucket(-1.0), 0);
+        assert_eq!(latency_bucket(1e-6), 1);
+        assert_eq!(latency_bucket(1e300), LATENCY_BUCKETS - 1);
+        // found by the reference_read fuzz target: wrapped to bucket 0
+        assert_eq!(latency_bucket(f64::INFINITY), LATENCY_BUCKETS - 1);
+    }
 
     #[test]
     fn bin_of_matches_partition_point() {

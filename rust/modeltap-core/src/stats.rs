@@ -35,7 +35,8 @@
 
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-use crate::profile::moments;
+use crate::error::ProfileError;
+use crate::profile::{empty_profile, moments, window_mismatches, MAX_PSI_BINS};
 use crate::proto;
 
 /// Floor of a bin proportion in PSI and chi-square.
@@ -139,20 +140,23 @@ pub struct ColumnDrift {
 
 #[allow(clippy::cast_precision_loss)]
 fn rate(a: u64, b: u64) -> f64 {
-    if a + b == 0 {
+    // In f64: the two may add past u64::MAX in a merged profile.
+    let total = a as f64 + b as f64;
+    if total == 0.0 {
         f64::NAN
     } else {
-        a as f64 / (a + b) as f64
+        a as f64 / total
     }
 }
 
 #[allow(clippy::cast_precision_loss)]
 fn proportions(counts: &[u64]) -> Vec<f64> {
-    let n: u64 = counts.iter().sum();
-    if n == 0 {
+    // In f64: u64 counts of a hostile profile may overflow a u64 sum.
+    let n: f64 = counts.iter().map(|&c| c as f64).sum();
+    if n == 0.0 {
         return vec![f64::NAN; counts.len()];
     }
-    counts.iter().map(|&c| c as f64 / n as f64).collect()
+    counts.iter().map(|&c| c as f64 / n).collect()
 }
 
 /// PSI of proportions `q` against `p`, floored at [`EPSILON`].
@@ -191,8 +195,8 @@ pub fn hellinger(p: &[f64], q: &[f64]) -> f64 {
 /// `p` (floored, renormalised), and its p-value.
 #[allow(clippy::cast_precision_loss)]
 pub fn chi_square(p: &[f64], counts: &[u64]) -> (f64, f64) {
-    let n: u64 = counts.iter().sum();
-    if n == 0 || p.len() < 2 {
+    let n: f64 = counts.iter().map(|&c| c as f64).sum();
+    if n == 0.0 || p.len() < 2 {
         return (f64::NAN, f64::NAN);
     }
     let floored: Vec<f64> = p.iter().map(|&a| a.max(EPSILON)).collect();
@@ -201,7 +205,7 @@ pub fn chi_square(p: &[f64], counts: &[u64]) -> (f64, f64) {
         .iter()
         .zip(counts)
         .map(|(&a, &o)| {
-            let e = n as f64 * a / total;
+            let e = n * a / total;
             (o as f64 - e).powi(2) / e
         })
         .sum();
@@ -216,7 +220,7 @@ pub fn ks_pvalue(d: f64, n: u64, m: u64) -> f64 {
     if n == 0 || m == 0 || d.is_nan() {
         return f64::NAN;
     }
-    let ne = (n as f64 * m as f64) / (n + m) as f64;
+    let ne = (n as f64 * m as f64) / (n as f64 + m as f64);
     let lambda = (ne.sqrt() + 0.12 + 0.11 / ne.sqrt()) * d;
     if lambda < 1e-3 {
         return 1.0;
@@ -238,15 +242,16 @@ pub fn ks_pvalue(d: f64, n: u64, m: u64) -> f64 {
 /// KS D over fine bins.
 #[allow(clippy::cast_precision_loss)]
 pub fn ks_fine(r: &[u64], c: &[u64]) -> f64 {
-    let (nr, nc) = (r.iter().sum::<u64>(), c.iter().sum::<u64>());
-    if nr == 0 || nc == 0 {
+    let total = |x: &[u64]| x.iter().map(|&v| v as f64).sum::<f64>();
+    let (nr, nc) = (total(r), total(c));
+    if nr == 0.0 || nc == 0.0 {
         return f64::NAN;
     }
-    let (mut fr, mut fc, mut d) = (0u64, 0u64, 0.0f64);
-    for (a, b) in r.iter().zip(c) {
-        fr += a;
-        fc += b;
-        d = d.max((fr as f64 / nr as f64 - fc as f64 / nc as f64).abs());
+    let (mut fr, mut fc, mut d) = (0.0f64, 0.0f64, 0.0f64);
+    for (&a, &b) in r.iter().zip(c) {
+        fr += a as f64;
+        fc += b as f64;
+        d = d.max((fr / nr - fc / nc).abs());
     }
     d
 }
@@ -261,19 +266,19 @@ fn wasserstein(cuts: &[f64], rp: &proto::ColumnProfile, cp: &proto::ColumnProfil
     }
     let (lo, hi) = (rp.ref_min, rp.ref_max);
     // CDFs at each cut: the mass of the fine bins up to and including it.
-    let (mut fr, mut fc) = (0u64, 0u64);
+    let (mut fr, mut fc) = (0.0f64, 0.0f64);
     // At the reference minimum the reference CDF is (about) 0; the current
     // one holds what lies below it.
     let mut prev_x = lo;
     let mut prev = cp.below_min as f64 / nc;
     let mut w = 0.0;
     for (j, &x) in cuts.iter().enumerate() {
-        fr += rp.counts.get(j).copied().unwrap_or(0);
-        fc += cp.counts.get(j).copied().unwrap_or(0);
+        fr += rp.counts.get(j).copied().unwrap_or(0) as f64;
+        fc += cp.counts.get(j).copied().unwrap_or(0) as f64;
         if x <= lo || x > hi {
             continue;
         }
-        let cur = (fr as f64 / nr - fc as f64 / nc).abs();
+        let cur = (fr / nr - fc / nc).abs();
         w += 0.5 * (prev + cur) * (x - prev_x);
         prev = cur;
         prev_x = x;
@@ -326,11 +331,16 @@ pub fn column_drift(
     let categorical = spec.kind == proto::ColumnKind::Categorical as i32;
     let rule = rule.unwrap_or_else(|| Rule::default_for(categorical));
     let (coarse_r, coarse_c) = if let (false, Some(num)) = (categorical, &spec.numeric) {
-        let k = num.n_psi_bins as usize;
+        // A checked spec has at most MAX_PSI_BINS bins, every index in
+        // range; the caps keep an unchecked one from allocating or
+        // indexing wildly.
+        let k = (num.n_psi_bins as usize).min(MAX_PSI_BINS);
         let (mut a, mut b) = (vec![0u64; k], vec![0u64; k]);
         for (j, &bin) in num.psi_bin.iter().enumerate() {
-            a[bin as usize] += rp.counts.get(j).copied().unwrap_or(0);
-            b[bin as usize] += cp.counts.get(j).copied().unwrap_or(0);
+            if let (Some(x), Some(y)) = (a.get_mut(bin as usize), b.get_mut(bin as usize)) {
+                *x = x.saturating_add(rp.counts.get(j).copied().unwrap_or(0));
+                *y = y.saturating_add(cp.counts.get(j).copied().unwrap_or(0));
+            }
         }
         (a, b)
     } else {
@@ -363,7 +373,7 @@ pub fn column_drift(
         };
     } else {
         out_of_range = if cp.n > 0 {
-            (cp.below_min + cp.above_max) as f64 / cp.n as f64
+            (cp.below_min as f64 + cp.above_max as f64) / cp.n as f64
         } else {
             nan
         };
@@ -411,6 +421,59 @@ pub fn column_drift(
         threshold: rule.threshold,
         drifted: value >= rule.threshold,
     }
+}
+
+/// Drift of every column of a reference against a window profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowDrift {
+    /// One row per reference column, in its order.
+    pub columns: Vec<ColumnDrift>,
+    /// What was left out and why (a column of the profile that does not
+    /// fit its reference column counts as empty).
+    pub notes: Vec<String>,
+}
+
+/// Drift of window profile `w` against reference `r`, `rule` giving each
+/// column's rule (`None`: the default for its kind). `r` must have passed
+/// [`crate::profile::validate_reference`] and `w`
+/// [`crate::profile::validate_window`]. A profile built against another
+/// reference (a different fingerprint, with columns) is an error; a column
+/// whose counts do not fit its spec, or that the profile lacks, counts as
+/// empty, with a note for the first.
+pub fn window_drift(
+    r: &proto::Reference,
+    w: &proto::WindowProfile,
+    rule: impl Fn(&proto::ColumnSpec) -> Option<Rule>,
+) -> Result<WindowDrift, ProfileError> {
+    if !w.columns.is_empty() && w.reference_fingerprint != r.fingerprint {
+        return Err(ProfileError::Mismatch(format!(
+            "the profile was built against reference {:.64} but {} was given",
+            w.reference_fingerprint, r.fingerprint
+        )));
+    }
+    let mismatched = window_mismatches(r, w);
+    let columns = r
+        .columns
+        .iter()
+        .zip(&r.profiles)
+        .enumerate()
+        .map(|(i, (spec, rp))| {
+            let empty;
+            let cp = match w.columns.get(i) {
+                Some(c) if !mismatched.iter().any(|m| m.0 == i) => c,
+                _ => {
+                    empty = empty_profile(spec, 0.0, rp.ref_min, rp.ref_max);
+                    &empty
+                }
+            };
+            column_drift(spec, rp, cp, rule(spec))
+        })
+        .collect();
+    let notes = mismatched
+        .into_iter()
+        .map(|(_, why)| format!("{why}; ignored"))
+        .collect();
+    Ok(WindowDrift { columns, notes })
 }
 
 #[cfg(test)]
