@@ -14,6 +14,15 @@ use crate::record::{PredictionKind, Slot, SlotKind};
 /// Version 1 batches (vectors padded to a common width) are still read.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Most system samples a batch may carry (an agent queues at most 1,024).
+pub const MAX_SYSTEM_SAMPLES: usize = 4_096;
+/// Most window profiles a batch may carry.
+pub const MAX_PROFILES: usize = 4_096;
+/// Most GPUs one system sample may list.
+pub const MAX_GPUS: usize = 256;
+/// Most attributes one row may carry (an agent keeps at most 64).
+pub const MAX_ROW_ATTRIBUTES: usize = 1_024;
+
 /// Fixed bytes a record adds to a batch besides its values (ids, time,
 /// latency, flags, counts), for sizing batches by bytes.
 const ROW_OVERHEAD: usize = 16 + 16 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
@@ -508,6 +517,30 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
             )))
         }
     };
+    // What a batch may carry besides its columns is bounded by its rows, so
+    // decoding stays proportional to them whatever the message holds.
+    let at_most = |what: &str, got: usize, max: usize| {
+        if got <= max {
+            Ok(())
+        } else {
+            Err(CodecError::Inconsistent(format!(
+                "{what} has {got} entries, at most {max} allowed"
+            )))
+        }
+    };
+    at_most("request_id_text", b.request_id_text.len(), n)?;
+    at_most("errors", b.errors.len(), n)?;
+    at_most("attributes", b.attributes.len(), n)?;
+    at_most(
+        "category_overflow",
+        b.category_overflow.len(),
+        n.saturating_mul(nf + 1),
+    )?;
+    at_most("system", b.system.len(), MAX_SYSTEM_SAMPLES)?;
+    at_most("profiles", b.profiles.len(), MAX_PROFILES)?;
+    for s in &b.system {
+        at_most("system.gpus", s.gpus.len(), MAX_GPUS)?;
+    }
     for r in &b.request_id_text {
         row_ok(r.row, "request_id_text")?;
     }
@@ -516,9 +549,18 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
     }
     for r in &b.attributes {
         row_ok(r.row, "attributes")?;
+        at_most(
+            "attributes of a row",
+            r.attributes.len(),
+            MAX_ROW_ATTRIBUTES,
+        )?;
     }
     for r in &b.category_overflow {
         row_ok(r.row, "category_overflow")?;
+    }
+    for w in &b.profiles {
+        crate::profile::validate_window(w)
+            .map_err(|e| CodecError::Inconsistent(format!("window profile: {e}")))?;
     }
     let mut seen = std::collections::BTreeSet::new();
     for r in &b.prediction_overflow {
@@ -554,6 +596,14 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
     }
     if let Some(s) = &b.spans {
         let ns = s.start_unix_nano.len();
+        at_most("spans.names", s.names.len(), ns.max(1))?;
+        at_most("spans.request_ids", s.request_ids.len(), ns)?;
+        if let Some(r) = s.request_ids.iter().find(|r| r.row as usize >= ns) {
+            return Err(CodecError::Inconsistent(format!(
+                "spans.request_ids names span {} of {ns}",
+                r.row
+            )));
+        }
         check("spans.trace_ids (bytes)", s.trace_ids.len(), 16 * ns)?;
         check("spans.span_ids (bytes)", s.span_ids.len(), 8 * ns)?;
         check(
