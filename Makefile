@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev demo lint rust-test unsafe-check py-test test bench bench-ingest bench-drift bench-rust bench-trust clean
+.PHONY: install dev demo lint rust-test unsafe-check fuzz py-test test bench bench-ingest bench-drift bench-rust bench-trust clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -28,10 +28,13 @@ rust-test:  ## the core's unit, property and pipeline tests
 unsafe-check:  ## loom models and Miri (or valgrind) over the lock-free ring
 	bash scripts/check-unsafe.sh
 
+fuzz:  ## cargo-fuzz targets (batch decoder, reference reader, profile decoder), 30 s each
+	bash scripts/fuzz.sh 30
+
 py-test:  ## the Python test suite against the installed package
 	$(PY) -m pytest
 
-test: dev lint rust-test unsafe-check py-test
+test: dev lint rust-test unsafe-check fuzz py-test
 
 bench:  ## end-to-end Python bench (release build, OTel baseline)
 	$(PIP) install ".[bench]"

@@ -202,3 +202,25 @@ def test_cli_reference_build_collector_flag_and_drift(tmp_path, ref_and_rows):
         assert "no profiles" in missing.stderr
     finally:
         col.stop()
+
+
+def test_a_damaged_stored_profile_is_left_out_with_a_note(tmp_path, ref_and_rows):
+    ref, rows = ref_and_rows
+    store = tmp_path / "s.duckdb"
+    with BackgroundCollector(store) as col:
+        a = modeltap.Agent("m", "1", collector=col.addr, reference=ref, metrics_interval=None)
+        for r in rows[:2_000]:
+            a.log(r, 0)
+        a.close()
+    with modeltap.Store(store) as s:
+        clean = s.drift("m", "1")
+    with modeltap.Store(store, read_only=False) as s:
+        row = list(s.con.execute("SELECT * FROM window_profiles LIMIT 1").fetchone())
+        row[3] += 1000  # batch_seq
+        row[-1] = bytes(row[-1])[:-7]  # a torn profile
+        s.con.execute("INSERT INTO window_profiles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    with modeltap.Store(store) as s:
+        report = s.drift("m", "1")
+    assert report.records == clean.records == 2_000
+    assert any("left out" in n for n in report.notes), report.notes
+    assert sorted(report.drifted) == sorted(clean.drifted)

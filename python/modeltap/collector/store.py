@@ -1201,19 +1201,32 @@ def drift_data(
     cur = con.execute(f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params)
     merged: bytes | None = None
     parts = 0
-    try:
-        while chunk := cur.fetchmany(MERGE_CHUNK):
-            parts += len(chunk)
-            blobs = [bytes(r[0]) for r in chunk]
+    skipped: list[str] = []
+    while chunk := cur.fetchmany(MERGE_CHUNK):
+        blobs = [bytes(r[0]) for r in chunk]
+        try:
             merged = _core.merge_profiles(blobs if merged is None else [merged, *blobs])
-    except ValueError as e:
-        raise StoredDataInvalid(f"the stored window profiles cannot be merged: {e}") from e
+            parts += len(blobs)
+        except ValueError:
+            # A damaged part (stored by an older collector, or since) is left
+            # out with a note; it must not take every later drift down.
+            for b in blobs:
+                try:
+                    merged = _core.merge_profiles([b] if merged is None else [merged, b])
+                    parts += 1
+                except ValueError as e:
+                    skipped.append(str(e))
     try:
         out = dict(_core.drift(data, merged or b"", dict(rules or {}), {}))
     except (_core.ReferenceFormatError, _core.BatchDecodeError) as e:
         raise StoredDataInvalid(f"drift of {model} {version} from stored data: {e}") from e
     out["model"], out["version"] = model, version
     out["profiles_merged"] = parts
+    if skipped:
+        out["profiles_skipped"] = len(skipped)
+        notes = list(out.get("notes") or [])
+        notes.append(f"{len(skipped)} stored window profile(s) left out: {skipped[0]}")
+        out["notes"] = notes
     return out
 
 
