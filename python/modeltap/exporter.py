@@ -146,21 +146,22 @@ AMBIGUOUS = frozenset(
     }
 )
 # The batch is fine, the credentials or the route are not (a token being
-# rotated, a proxy pointing elsewhere, a collector of another version): keep
-# the data until someone fixes it.
+# rotated, a proxy pointing elsewhere, a collector older than the agent that
+# does not read its batch version yet, FAILED_PRECONDITION): keep the data
+# until someone fixes it.
 HELD = frozenset(
     {
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.UNIMPLEMENTED,
         grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
 # This batch can never succeed, wherever and whenever it is sent.
 NEVER = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
@@ -197,8 +198,9 @@ class GrpcDestination:
       not RPC errors (the collector may have the batch or not): retried
       ``AMBIGUOUS_TRIES`` times, then spooled.
     - UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED, NOT_FOUND (the batch
-      is fine, the credentials or the route are not): spooled at once.
-    - INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE, and a message
+      is fine, the credentials or the route are not) and FAILED_PRECONDITION
+      (a collector too old for the batch's version): spooled at once.
+    - INVALID_ARGUMENT, OUT_OF_RANGE, and a message
       larger than the collector accepts: the batch can never succeed; it is
       discarded, counted and logged.
 
