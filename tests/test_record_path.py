@@ -394,3 +394,137 @@ def test_huge_strings_are_cut_not_kept_whole():
     assert len(b["categories"]["c"][0]) <= 1024
     assert len(b["labels"][0]) <= 1024
     assert agent.stats()["shipped"] == 1
+
+
+@pytest.mark.parametrize("on_full", ["block", "drop"])
+def test_a_record_too_large_to_ever_fit_is_refused_not_waited_on(on_full):
+    agent = modeltap.Agent("m", buffer_bytes=1 << 20, on_full=on_full, metrics_interval=None)
+    agent.log([1.0, 2.0], 0.5, [0.5, 0.5])
+    t0 = time.monotonic()
+    agent.log([1.0, 2.0], 0.5, np.full(20_000, 5e-5))  # 160 KB > the 128 KiB side budget
+    agent.log_batch(np.ones((3, 2)), np.ones(3), np.full((3, 20_000), 5e-5))
+    assert time.monotonic() - t0 < 5
+    s = agent.stats()
+    assert s["invalid"] == 4
+    assert s["dropped_full"] == 0
+    agent.close()
+    strict = modeltap.Agent("m", buffer_bytes=1 << 20, strict=True, metrics_interval=None)
+    strict.log([1.0, 2.0], 0.5, [0.5, 0.5])
+    with pytest.raises(modeltap.InvalidRecord, match="buffer_bytes"):
+        strict.log([1.0, 2.0], 0.5, np.full(20_000, 5e-5))
+    strict.close()
+
+
+def test_batches_stay_under_the_message_limit_whatever_the_budget():
+    sizes: list[int] = []
+    agent = modeltap.Agent(
+        "m",
+        sink=lambda b: sizes.append(len(b)),
+        buffer_bytes=1 << 30,
+        batch_size=1 << 20,
+        flush_interval=5,
+        metrics_interval=None,
+    )
+    for _ in range(6):
+        agent.log_batch(np.random.default_rng(0).random((1_000, 1_000)), np.zeros(1_000))
+    assert agent.flush(60)
+    agent.close()
+    assert max(sizes) <= 17 << 20, sizes
+    assert agent.stats()["shipped"] == 6_000
+
+
+def test_logging_while_close_runs_leaves_nothing_in_the_ring():
+    for _ in range(20):
+        agent = modeltap.Agent("m", sink=lambda b: None, batch_size=256, metrics_interval=None)
+
+        def flood(a=agent):
+            for _ in range(3):
+                a.log_batch(np.ones((20_000, 4)), np.zeros(20_000))
+
+        threads = [threading.Thread(target=flood) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.002)
+        agent.close(5)
+        for t in threads:
+            t.join()
+        s = agent.stats()
+        assert s["pending"] == 0, s
+        assert s["in_ring"] == 0, s
+        assert s["logged"] == s["shipped"] + s["dropped_full"] + s["discarded"]
+
+
+def test_drop_mode_log_batch_wait_is_bounded_for_a_slow_pipeline():
+    agent = modeltap.Agent(
+        "m",
+        buffer_size=64,
+        batch_size=16,
+        max_pending_records=32,
+        sink=lambda b: time.sleep(0.002),  # about 8,000 rows/s
+        metrics_interval=None,
+    )
+    t0 = time.monotonic()
+    agent.log_batch(np.ones((40_000, 3)), np.zeros(40_000))
+    elapsed = time.monotonic() - t0
+    s = agent.stats()
+    agent.close()
+    # At most 20 ms + 40,000 rows / 100,000 rows/s, with slack for a loaded machine.
+    assert elapsed < 2.0, elapsed
+    assert s["dropped_full"] > 0
+
+
+def test_vocabularies_share_one_budget():
+    """Eight categorical features with thousands of distinct values under a
+    1 MiB budget: past the shared vocabulary budget, values travel as strings
+    beside their record, every one still arriving as logged."""
+    sink = SlowSink(first_sleep=0)
+    agent = modeltap.Agent(
+        "m",
+        features=[f"c{i}" for i in range(8)],
+        categorical=[f"c{i}" for i in range(8)],
+        buffer_bytes=1 << 20,
+        sink=sink,
+        metrics_interval=None,
+    )
+    logged = {}
+    for i in range(3_000):
+        values = [f"value-{i}-{k}" for k in range(8)]
+        logged[agent.log(values, 0)] = values
+        if i % 50 == 0:
+            agent.flush(10)
+    assert agent.flush(10)
+    s = agent.stats()
+    agent.close()
+    assert s["shipped"] == 3_000
+    for raw in sink.raw:
+        b = modeltap.decode_batch(raw)
+        cats = b["categories"]
+        for r, rid in enumerate(b["request_ids"]):
+            assert [cats[f"c{k}"][r] for k in range(8)] == logged[rid]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"shutdown_timeout": float("nan")},
+        {"export_timeout": float("inf")},
+        {"export_timeout": -1},
+        {"metrics_interval": float("nan")},
+        {"metrics_interval": 1e-9},
+        {"flush_interval": 0},
+        {"retry_window": float("nan")},
+        {"params": {str(i): "" for i in range(10_000)}},
+    ],
+)
+def test_agent_arguments_are_checked(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        modeltap.Agent("m", **kw)
+
+
+def test_drift_time_bounds_are_checked():
+    ref = modeltap.Reference.from_data(np.random.default_rng(0).normal(size=(100, 2)))
+    agent = modeltap.Agent("m", reference=ref, metrics_interval=None)
+    assert agent.drift(since=-1).records == 0
+    with pytest.raises(ValueError, match="since"):
+        agent.drift(since=float("nan"))
+    agent.close()

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -202,10 +203,10 @@ class Agent:
         ``sampled_out``); every record is profiled either way.
     max_pending_records:
         Records in encoded batches that may wait for delivery (at least two
-        batches). Past that the drain thread stops, the ring fills, and new
-        records are dropped and counted: memory stays bounded by
-        ``buffer_size + max_pending_records + batch_size`` records however
-        fast they arrive or however long the collector is away.
+        batches; the batches are also bounded by a quarter of
+        ``buffer_bytes``). Past that the drain thread stops, the ring fills,
+        and new records are dropped and counted: memory stays bounded
+        however fast records arrive or however long the collector is away.
     """
 
     log: Callable[..., str]
@@ -255,8 +256,13 @@ class Agent:
             raise ValueError("spool_dir= needs collector=")
         if on_full not in ("drop", "block"):
             raise ValueError(f"on_full must be 'drop' or 'block', not {on_full!r}")
-        if metrics_interval is not None and metrics_interval <= 0:
-            raise ValueError("metrics_interval must be positive or None")
+        if metrics_interval is not None:
+            _interval("metrics_interval", metrics_interval, minimum=0.01)
+        _interval("flush_interval", flush_interval, minimum=1e-3)
+        _interval("export_timeout", export_timeout, minimum=1e-3)
+        _interval("retry_window", retry_window, minimum=0.0)
+        _interval("shutdown_timeout", shutdown_timeout, minimum=0.0)
+        _check_params(params)
         self.model = str(model)
         self.version = str(version)
         self.collector = collector
@@ -660,8 +666,8 @@ class Agent:
         Records still in the ring are included once :meth:`flush` ran."""
         if self.reference is None:
             raise ValueError("this agent has no reference: Agent(..., reference=...)")
-        lo = 0 if since is None else int(since * 1e9)
-        hi = 2**64 - 1 if until is None else int(until * 1e9)
+        lo = 0 if since is None else _unix_ns("since", since)
+        hi = 2**64 - 1 if until is None else _unix_ns("until", until)
         profile = self._rec.profile(lo, hi)
         if profile is None:
             profile = b""
@@ -707,6 +713,43 @@ class Agent:
             f"Agent(model={self.model!r}, version={self.version!r}, "
             f"agent_id={self.agent_id[:8]}…, logged={s['logged']}, pending={s['pending']})"
         )
+
+
+# Inference parameters travel on every batch: a few, short.
+MAX_PARAMS = 256
+MAX_PARAMS_BYTES = 64 * 1024
+
+
+def _interval(name: str, value: Any, *, minimum: float) -> float:
+    """A finite number of seconds, at least ``minimum``, or ValueError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(v) or v < minimum:
+        raise ValueError(f"{name} must be a finite number of seconds >= {minimum}, not {value!r}")
+    return v
+
+
+def _unix_ns(name: str, t: Any) -> int:
+    """Unix seconds as nanoseconds within the range of a window start."""
+    try:
+        v = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be Unix seconds, not {t!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite Unix seconds, not {t!r}")
+    return min(max(int(v * 1e9), 0), 2**64 - 1)
+
+
+def _check_params(params: Mapping[str, Any] | None) -> None:
+    if not params:
+        return
+    if len(params) > MAX_PARAMS:
+        raise ValueError(f"params has {len(params)} entries; at most {MAX_PARAMS}")
+    size = sum(len(str(k)) + len(str(v)) for k, v in params.items())
+    if size > MAX_PARAMS_BYTES:
+        raise ValueError(f"params take {size} bytes as text; at most {MAX_PARAMS_BYTES}")
 
 
 def _is_frame(X: Any) -> bool:

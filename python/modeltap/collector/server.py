@@ -327,9 +327,7 @@ class CollectorServer:
         async def work() -> bytes:
             loop = asyncio.get_running_loop()
             model, version, data = await loop.run_in_executor(self._pool, check)
-            fp = await asyncio.wrap_future(
-                self.writer.run(lambda con: register_reference(con, model, version, data))
-            )
+            fp = await asyncio.wrap_future(self.writer.run(_registrar(model, version, data)))
             return _core.encode_text_response(fp)
 
         return await self._answer(context, work)

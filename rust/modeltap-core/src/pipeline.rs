@@ -4,8 +4,8 @@
 //!
 //! Every record handed to the agent is counted in `logged` and, at any
 //! moment, in exactly one of: the ring or a pending batch (`pending`),
-//! `shipped`, `spooled`, `discarded`, `dropped_full`, `dropped_spool` or
-//! `invalid`.
+//! `shipped`, `spooled`, `discarded`, `dropped_full`, `dropped_spool`,
+//! `invalid` or `sampled_out`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,11 +44,17 @@ pub struct PipelineConfig {
     /// Windows kept locally for `Pipeline::profile`.
     pub max_windows: usize,
     /// Memory budget of the record path in bytes, whatever the width of a
-    /// record: half for the ring's slots, an eighth for the variable-length
-    /// parts beside them (wide vectors, strings), an eighth for the batch
-    /// being built and a quarter for sealed batches waiting for the exporter.
+    /// record: three eighths for the ring's slots, an eighth for the
+    /// variable-length parts beside them (wide vectors, strings), an eighth
+    /// for the vocabularies of categories and labels, an eighth for the
+    /// batch being built and a quarter for sealed batches waiting for the
+    /// exporter.
     pub buffer_bytes: usize,
 }
+
+/// Largest batch the drain thread builds (bytes), well below the gRPC
+/// message limit (64 MiB by default) whatever `buffer_bytes` is.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Default [`PipelineConfig::buffer_bytes`]: 64 MiB.
 pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
@@ -78,7 +84,7 @@ impl Default for PipelineConfig {
 impl PipelineConfig {
     /// Bytes the ring's slots may take.
     pub fn ring_bytes(&self) -> usize {
-        self.buffer_bytes / 2
+        self.buffer_bytes / 8 * 3
     }
 
     /// Bytes the variable-length parts of records in the ring may take.
@@ -86,9 +92,20 @@ impl PipelineConfig {
         self.buffer_bytes / 8
     }
 
+    /// Bytes the vocabularies (categories, labels) may take, all together.
+    pub fn vocab_bytes(&self) -> usize {
+        self.buffer_bytes / 8
+    }
+
     /// Bytes at which the batch being built is sealed.
     pub fn batch_bytes(&self) -> usize {
-        (self.buffer_bytes / 8).max(1)
+        (self.buffer_bytes / 8).clamp(1, MAX_BATCH_BYTES)
+    }
+
+    /// Most bytes one record's variable-length parts may take: a record
+    /// that needs more can never fit, and is refused as invalid.
+    pub fn max_record_side_bytes(&self) -> usize {
+        self.side_bytes().min(self.batch_bytes())
     }
 
     /// Bytes of sealed batches that may wait for the exporter.
@@ -286,6 +303,8 @@ pub struct Pipeline {
     /// Bytes of side boxes of records in the ring.
     side_used: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// Producers between their check of `stop` and their push.
+    inserting: AtomicUsize,
 }
 
 /// What became of an attempt to put a record in the ring.
@@ -296,6 +315,8 @@ enum Insert {
     Full,
     /// The record's writer panicked; the slot was published empty.
     Failed,
+    /// The record's variable-length parts exceed what one record may take.
+    TooLarge,
 }
 
 /// Why a schema cannot be used.
@@ -359,6 +380,7 @@ impl Pipeline {
             pid: std::process::id(),
             side_used: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            inserting: AtomicUsize::new(0),
         });
         let worker = Arc::clone(&p);
         let handle = std::thread::Builder::new()
@@ -427,7 +449,8 @@ impl Pipeline {
 
     /// Copies a record into a free slot with `fill`. Counts it as logged,
     /// and as `dropped_full` (returning `false`) when the ring is full or
-    /// the schema is not fixed yet.
+    /// the schema is not fixed yet. `fill` must not attach a side box (its
+    /// bytes would escape the side budget): use [`Pipeline::push_sized`].
     #[inline]
     pub fn push(&self, fill: impl FnOnce(&mut Slot)) -> bool {
         self.push_sized(0, fill)
@@ -435,15 +458,22 @@ impl Pipeline {
 
     /// Like [`Pipeline::push`] for a record whose `fill` attaches a side box
     /// of `side_bytes` (see `Side::heap_bytes`): refused (`dropped_full`)
-    /// when the side budget cannot hold it.
+    /// when the side budget cannot hold it now, and as `invalid` when it
+    /// could never hold it ([`PipelineConfig::max_record_side_bytes`]).
     #[inline]
     pub fn push_sized(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
-        self.counters.logged.fetch_add(1, Ordering::Relaxed);
-        if self.insert(side_bytes, fill) == Insert::Pushed {
-            return true;
+        self.counters.logged.fetch_add(1, Ordering::AcqRel);
+        match self.insert(side_bytes, fill) {
+            Insert::Pushed => true,
+            Insert::TooLarge => {
+                self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Insert::Full | Insert::Failed => {
+                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
-        self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-        false
     }
 
     /// Like [`Pipeline::push_sized`] but does not count a refusal, so the
@@ -453,16 +483,22 @@ impl Pipeline {
     /// logged and dropped, and as an error): trying again cannot help.
     #[inline]
     pub fn try_push(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
+        // Counted before the push, so the record is never shipped before it
+        // was logged (the counters add up at every moment); taken back when
+        // there was no room.
+        self.counters.logged.fetch_add(1, Ordering::AcqRel);
         match self.insert(side_bytes, fill) {
-            Insert::Pushed => {
-                self.counters.logged.fetch_add(1, Ordering::Relaxed);
+            Insert::Pushed => true,
+            Insert::Failed => {
+                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Insert::Failed => {
-                self.count_dropped(1);
+            Insert::TooLarge => {
+                self.counters.invalid.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Insert::Full => {
+                self.counters.logged.fetch_sub(1, Ordering::AcqRel);
                 self.wake_drain();
                 false
             }
@@ -477,10 +513,23 @@ impl Pipeline {
     }
 
     fn insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
+        if side_bytes > self.cfg.max_record_side_bytes() {
+            return Insert::TooLarge;
+        }
+        // Announced before `stop` is read: the drain thread finishes only
+        // once no producer is between that read and its push (SeqCst on both
+        // sides), so no record can land in a ring nobody drains any more.
+        self.inserting.fetch_add(1, Ordering::SeqCst);
+        let out = self.insert_inner(side_bytes, fill);
+        self.inserting.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    fn insert_inner(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
         let Some(ring) = self
             .ring
             .get()
-            .filter(|_| !self.stop.load(Ordering::Relaxed))
+            .filter(|_| !self.stop.load(Ordering::SeqCst))
         else {
             // No ring yet, or shut down: nothing would ever drain it.
             return Insert::Full;
@@ -531,11 +580,6 @@ impl Pipeline {
     /// Records the drain thread has taken out of the ring so far.
     pub fn consumed(&self) -> u64 {
         self.ring.get().map_or(0, |r| r.head_pos() as u64)
-    }
-
-    /// True while the ring has no free slot.
-    pub fn is_full(&self) -> bool {
-        self.ring.get().is_some_and(|r| r.len() >= r.capacity())
     }
 
     /// Counts a rejected record.
@@ -723,7 +767,7 @@ impl Pipeline {
     /// batches; waits for it unless called in a process other than the one
     /// that started it (a forked child, where the thread does not exist).
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::SeqCst);
         self.wake_drain();
         {
             let _q = lock(&self.out);
@@ -748,7 +792,7 @@ impl Pipeline {
 
     /// True once [`Pipeline::shutdown`] was called.
     pub fn is_stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn enqueue(&self, item: OutItem) {
@@ -950,7 +994,10 @@ impl Pipeline {
                 marked = popped;
                 self.enqueue(OutItem::Marker(popped));
             }
-            if stopping && self.ring.get().is_none_or(Ring::is_empty) {
+            if stopping
+                && self.inserting.load(Ordering::SeqCst) == 0
+                && self.ring.get().is_none_or(Ring::is_empty)
+            {
                 let mut q = lock(&self.out);
                 q.finished = true;
                 drop(q);

@@ -23,6 +23,15 @@ use crate::parse::{check, to_str, vector};
 /// How long `log_batch` waits for a drain thread that makes no progress
 /// before dropping the rest of a batch that does not fit the ring.
 const BULK_STALL: Duration = Duration::from_millis(20);
+/// In drop mode, `log_batch` waits for room at most as long as the pipeline
+/// would need to take its rows at this rate (plus `BULK_STALL`).
+const BULK_MIN_ROWS_PER_S: f64 = 100_000.0;
+
+thread_local! {
+    /// Rows of the current `log_batch` call already counted (pushed,
+    /// dropped or refused), so an internal failure counts only the rest.
+    pub(super) static BULK_HANDLED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Prediction columns of a batch, read once from whatever was given.
 struct PredColumns {
@@ -76,6 +85,7 @@ impl Recorder {
         request_ids: Option<&Bound<'py, PyAny>>,
         coded: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        BULK_HANDLED.with(|h| h.set(0));
         let x64;
         let x32;
         let view: XView<'_> = if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f64>>() {
@@ -266,11 +276,19 @@ impl Recorder {
         let out_cap = schema.out_cap;
         let prob_cap = schema.prob_cap;
         let categorical = &schema.categorical;
-        let (ids, flagged) = py.detach(|| {
+        let max_side = pipe.config().max_record_side_bytes();
+        let (ids, flagged, too_large) = py.detach(|| {
             let mut ids = Vec::with_capacity(n);
             let mut flagged = 0u64;
             let mut dropped = 0u64;
+            let mut too_large = 0u64;
             let mut stalled = false;
+            // In drop mode a call waits for room only while the pipeline
+            // absorbs at least BULK_MIN_ROWS_PER_S rows a second (and never
+            // 20 ms without progress); past that the rest is dropped.
+            #[allow(clippy::cast_precision_loss)]
+            let budget = BULK_STALL + Duration::from_secs_f64(n as f64 / BULK_MIN_ROWS_PER_S);
+            let call_deadline = Instant::now() + budget;
             for r in 0..n {
                 let id = if given.is_some() { 0 } else { random_u128() };
                 ids.push(id);
@@ -300,6 +318,13 @@ impl Recorder {
                         Some(preds.values[r * preds.width..(r + 1) * preds.width].to_vec());
                 }
                 let side_bytes = side.as_ref().map_or(0, |s| s.heap_bytes());
+                if side_bytes > max_side {
+                    // Could never fit, however long one waited.
+                    pipe.count_invalid();
+                    too_large += 1;
+                    BULK_HANDLED.with(|h| h.set(h.get() + 1));
+                    continue;
+                }
                 let mut fill = |slot: &mut Slot| {
                     slot.kind = SlotKind::Record;
                     slot.unix_nano = unix_nano;
@@ -366,18 +391,26 @@ impl Recorder {
                             stalled = true;
                             break false;
                         }
+                        if Instant::now() >= call_deadline {
+                            stalled = true;
+                            break false;
+                        }
                     }
                 };
                 if !landed {
                     dropped += 1;
-                } else if flags & PROBLEM_FLAGS != 0 {
+                    continue;
+                }
+                BULK_HANDLED.with(|h| h.set(h.get() + 1));
+                if flags & PROBLEM_FLAGS != 0 {
                     flagged += 1;
                 }
             }
             if dropped > 0 {
                 pipe.count_dropped(dropped);
+                BULK_HANDLED.with(|h| h.set(h.get() + dropped));
             }
-            (ids, flagged)
+            (ids, flagged, too_large)
         });
         if flagged > 0 {
             self.pipe
@@ -385,6 +418,16 @@ impl Recorder {
                 .flagged
                 .fetch_add(flagged, Ordering::Relaxed);
             self.warn(py, &format!("modeltap kept {flagged} record(s) of a batch with missing, non-finite or bad values"));
+        }
+        if too_large > 0 {
+            let msg = format!(
+                "modeltap refused {too_large} record(s) whose vectors and texts take more \
+                 than one record may take ({max_side} bytes); raise buffer_bytes"
+            );
+            if self.strict {
+                return Err(crate::errors::InvalidRecord::new_err(msg));
+            }
+            self.warn(py, &msg);
         }
         match given {
             Some(g) => PyList::new(py, g),

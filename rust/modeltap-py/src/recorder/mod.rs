@@ -114,6 +114,8 @@ pub struct Recorder {
     /// One vocabulary per categorical feature (None for numeric ones).
     cat_vocabs: OnceLock<Vec<Option<Vocab>>>,
     labels: Vocab,
+    /// What the vocabularies may take together.
+    vocab_budget: Arc<vocab::VocabBudget>,
     /// The child's recorder, once this one was inherited across `fork()`.
     forward: OnceLock<Py<Recorder>>,
     logger: Py<PyAny>,
@@ -345,6 +347,7 @@ impl Recorder {
                 .import("logging")?
                 .call_method1("getLogger", ("modeltap",))?
                 .unbind();
+            let vocab_budget = vocab::VocabBudget::new(pipe.config().vocab_bytes());
             Ok(Self {
                 pipe,
                 strict,
@@ -353,7 +356,8 @@ impl Recorder {
                 declared_cat: categorical,
                 keys: OnceLock::new(),
                 cat_vocabs: OnceLock::new(),
-                labels: Vocab::new(VocabTarget::Label),
+                labels: Vocab::new(VocabTarget::Label, &vocab_budget),
+                vocab_budget,
                 forward: OnceLock::new(),
                 logger,
                 warn_last: AtomicU64::new(0),
@@ -422,7 +426,10 @@ impl Recorder {
                 coded,
             )
         });
-        let n = x.len().unwrap_or(1) as u64;
+        // Rows already counted before an internal failure are not counted
+        // again.
+        let handled = bulk::BULK_HANDLED.with(std::cell::Cell::get);
+        let n = (x.len().unwrap_or(1) as u64).saturating_sub(handled);
         self.live()
             .contain(py, n, result, |py| Ok(PyList::empty(py)))
     }

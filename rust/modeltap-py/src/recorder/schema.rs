@@ -87,7 +87,8 @@ impl Recorder {
                 .enumerate()
                 .map(|(i, &c)| {
                     c.then(|| {
-                        Vocab::new(VocabTarget::Feature(u32::try_from(i).unwrap_or(u32::MAX)))
+                        let target = VocabTarget::Feature(u32::try_from(i).unwrap_or(u32::MAX));
+                        Vocab::new(target, &self.vocab_budget)
                     })
                 })
                 .collect(),

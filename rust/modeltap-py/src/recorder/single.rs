@@ -147,7 +147,19 @@ impl Recorder {
                     }
                 }
                 let problems = p.flags & PROBLEM_FLAGS;
-                if problems != 0 && self.strict {
+                let side_bytes = p.side.as_ref().map_or(0, |s| s.heap_bytes());
+                let max_side = self.pipe.config().max_record_side_bytes();
+                if side_bytes > max_side {
+                    // Could never fit, however long one waited.
+                    self.reject(
+                        py,
+                        1,
+                        &format!(
+                            "record's vectors and texts take {side_bytes} bytes, more than \
+                             one record may take ({max_side}); raise buffer_bytes"
+                        ),
+                    )
+                } else if problems != 0 && self.strict {
                     self.pipe.count_invalid();
                     Err(InvalidRecord::new_err(format!(
                         "record has {}",

@@ -10,7 +10,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use modeltap_core::batch::{VocabEntry, VocabTarget};
 use modeltap_core::pipeline::Pipeline;
@@ -22,9 +23,11 @@ use crate::parse::to_str;
 /// Distinct values kept per vocabulary; values past this travel as strings
 /// beside the record.
 pub const MAX_VOCAB: usize = 65_536;
-/// Bytes of values kept per vocabulary; past this, new values travel as
-/// strings beside the record (charged to the side budget).
-pub const MAX_VOCAB_BYTES: usize = 4 << 20;
+/// Bytes a vocabulary entry is charged beside its value: the map entry and
+/// string headers here, and the copies the drain thread and the profiler
+/// keep (three in all).
+const ENTRY_OVERHEAD: usize = 64;
+const COPIES: usize = 3;
 /// Longest categorical value or label kept (bytes); longer ones are cut.
 pub const MAX_VALUE_BYTES: usize = 1024;
 
@@ -89,19 +92,49 @@ fn is_numpy_bool(item: &Bound<'_, PyAny>) -> bool {
             .is_ok_and(|m| m.to_str().is_ok_and(|m| m == "numpy"))
 }
 
+/// The memory all vocabularies of one recorder may take together (the
+/// pipeline's `vocab_bytes`); past it, new values travel as strings beside
+/// their record, charged to the side budget.
+#[derive(Debug)]
+pub struct VocabBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl VocabBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    fn charge(&self, bytes: usize) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > self.limit {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
 /// One vocabulary: value → code.
 #[derive(Debug)]
 pub struct Vocab {
     target: VocabTarget,
-    codes: Mutex<(HashMap<String, u32>, usize)>,
+    codes: Mutex<HashMap<String, u32>>,
+    budget: Arc<VocabBudget>,
 }
 
 impl Vocab {
-    /// An empty vocabulary for `target`.
-    pub fn new(target: VocabTarget) -> Self {
+    /// An empty vocabulary for `target`, charged to `budget`.
+    pub fn new(target: VocabTarget, budget: &Arc<VocabBudget>) -> Self {
         Self {
             target,
-            codes: Mutex::new((HashMap::new(), 0)),
+            codes: Mutex::new(HashMap::new()),
+            budget: Arc::clone(budget),
         }
     }
 
@@ -109,18 +142,17 @@ impl Vocab {
     /// thread first). `None` when the vocabulary is full: the value then
     /// travels as a string beside the record.
     pub fn code(&self, pipe: &Pipeline, value: &str) -> Option<u32> {
-        let mut guard = self
+        let mut codes = self
             .codes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (codes, bytes) = &mut *guard;
         if let Some(&c) = codes.get(value) {
             return Some(c);
         }
-        if codes.len() >= MAX_VOCAB || *bytes + value.len() > MAX_VOCAB_BYTES {
+        if codes.len() >= MAX_VOCAB || !self.budget.charge(COPIES * (value.len() + ENTRY_OVERHEAD))
+        {
             return None;
         }
-        *bytes += value.len();
         let code = u32::try_from(codes.len()).ok()?;
         // Announce before the first record with this code is pushed, and
         // under the lock, so codes reach the drain thread in order.
