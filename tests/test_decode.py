@@ -91,3 +91,12 @@ def test_extras_beyond_what_rows_allow_are_refused(field, payload, count):
     data = _one_batch() + _field(field, payload) * count
     with pytest.raises(modeltap.BatchDecodeError, match="at most"):
         modeltap.decode_batch(data)
+
+
+def test_huge_model_params_are_refused():
+    params = b"".join(  # ModelInfo.params map entries, distinct keys
+        _field(3, _field(1, f"k{i}".encode()) + _field(2, b"")) for i in range(2_000)
+    )
+    data = _one_batch() + _field(4, params)
+    with pytest.raises(modeltap.BatchDecodeError, match="params"):
+        modeltap.decode_batch(data)

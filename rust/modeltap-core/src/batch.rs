@@ -18,6 +18,14 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub const MAX_SYSTEM_SAMPLES: usize = 4_096;
 /// Most window profiles a batch may carry.
 pub const MAX_PROFILES: usize = 4_096;
+/// Most features a batch may have.
+pub const MAX_FEATURES: usize = 1 << 20;
+/// Most bytes of feature names a batch may carry.
+pub const MAX_NAMES_BYTES: usize = 16 << 20;
+/// Most inference parameters a batch may carry (an agent sends at most 256).
+pub const MAX_PARAMS: usize = 1_024;
+/// Most bytes of inference parameters (an agent sends at most 64 KiB).
+pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
 /// Most GPUs one system sample may list.
 pub const MAX_GPUS: usize = 256;
 /// Most attributes one row may carry (an agent keeps at most 64).
@@ -537,6 +545,17 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
         n.saturating_mul(nf + 1),
     )?;
     at_most("system", b.system.len(), MAX_SYSTEM_SAMPLES)?;
+    at_most("feature_names", nf, MAX_FEATURES)?;
+    let names_bytes: usize = b.feature_names.iter().map(String::len).sum();
+    at_most("feature_names (bytes)", names_bytes, MAX_NAMES_BYTES)?;
+    if let Some(m) = &b.model {
+        at_most("model.params", m.params.len(), MAX_PARAMS)?;
+        let bytes: usize = m.params.iter().map(|(k, v)| k.len() + v.len()).sum();
+        at_most("model.params (bytes)", bytes, MAX_PARAMS_BYTES)?;
+    }
+    for d in b.categories.iter().chain(&b.labels) {
+        at_most("a category dictionary", d.codes.len(), n)?;
+    }
     at_most("profiles", b.profiles.len(), MAX_PROFILES)?;
     for s in &b.system {
         at_most("system.gpus", s.gpus.len(), MAX_GPUS)?;
