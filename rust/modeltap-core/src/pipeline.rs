@@ -303,8 +303,6 @@ pub struct Pipeline {
     /// Bytes of side boxes of records in the ring.
     side_used: AtomicUsize,
     last_error: Mutex<Option<String>>,
-    /// Producers between their check of `stop` and their push.
-    inserting: AtomicUsize,
 }
 
 /// What became of an attempt to put a record in the ring.
@@ -380,7 +378,6 @@ impl Pipeline {
             pid: std::process::id(),
             side_used: AtomicUsize::new(0),
             last_error: Mutex::new(None),
-            inserting: AtomicUsize::new(0),
         });
         let worker = Arc::clone(&p);
         let handle = std::thread::Builder::new()
@@ -516,20 +513,13 @@ impl Pipeline {
         if side_bytes > self.cfg.max_record_side_bytes() {
             return Insert::TooLarge;
         }
-        // Announced before `stop` is read: the drain thread finishes only
-        // once no producer is between that read and its push (SeqCst on both
-        // sides), so no record can land in a ring nobody drains any more.
-        self.inserting.fetch_add(1, Ordering::SeqCst);
-        let out = self.insert_inner(side_bytes, fill);
-        self.inserting.fetch_sub(1, Ordering::SeqCst);
-        out
-    }
-
-    fn insert_inner(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
+        // A shut-down pipeline's ring is closed by the drain thread before it
+        // finishes, so a push racing the shutdown either lands before the
+        // close (and is drained) or is refused: no record is stranded.
         let Some(ring) = self
             .ring
             .get()
-            .filter(|_| !self.stop.load(Ordering::SeqCst))
+            .filter(|_| !self.stop.load(Ordering::Relaxed))
         else {
             // No ring yet, or shut down: nothing would ever drain it.
             return Insert::Full;
@@ -782,6 +772,31 @@ impl Pipeline {
                 let _ = h.join();
             }
         }
+        self.sweep();
+    }
+
+    /// After the drain thread has finished: closes the ring (if the drain
+    /// thread did not get to) and counts any record still in it as dropped,
+    /// so nothing stays pending. Normally there is none; only a ring created
+    /// by a first record racing the shutdown could hold one.
+    fn sweep(&self) {
+        let finished = lock(&self.out).finished;
+        let Some(ring) = self.ring.get().filter(|_| finished) else {
+            return;
+        };
+        ring.close();
+        let mut n = 0u64;
+        while let Some(counted) = ring.pop_with(|slot| {
+            self.side_used
+                .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
+            slot.side = None;
+            slot.kind != SlotKind::Void
+        }) {
+            n += u64::from(counted);
+        }
+        if n > 0 {
+            self.counters.dropped_full.fetch_add(n, Ordering::AcqRel);
+        }
     }
 
     /// True once the drain thread has finished and every batch was taken.
@@ -994,10 +1009,15 @@ impl Pipeline {
                 marked = popped;
                 self.enqueue(OutItem::Marker(popped));
             }
-            if stopping
-                && self.inserting.load(Ordering::SeqCst) == 0
-                && self.ring.get().is_none_or(Ring::is_empty)
-            {
+            if stopping {
+                // Closed here, not by `shutdown`, so that the thread that
+                // finishes is the one that closed: nothing can be pushed
+                // after the last pop.
+                if let Some(r) = self.ring.get() {
+                    r.close();
+                }
+            }
+            if stopping && self.ring.get().is_none_or(Ring::is_drained) {
                 let mut q = lock(&self.out);
                 q.finished = true;
                 drop(q);

@@ -21,6 +21,10 @@ struct Slot<T> {
     payload: UnsafeCell<T>,
 }
 
+/// The top bit of the tail word: set once the ring is closed to producers.
+/// Positions never reach it (2^63 pushes).
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
 /// Stores `value` into a slot's sequence number when dropped: on the normal
 /// path and on unwinding alike.
 struct Release<'a> {
@@ -79,9 +83,33 @@ impl<T> Ring<T> {
 
     /// Records currently held (approximate while producers or consumers run).
     pub fn len(&self) -> usize {
-        let tail = self.tail.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Relaxed) & !CLOSED;
         let head = self.head.load(Ordering::Relaxed);
         tail.wrapping_sub(head).min(self.capacity())
+    }
+
+    /// Closes the ring to producers: every push that has not yet claimed a
+    /// position is refused from now on. Returns the final tail position:
+    /// once consumers have taken every record up to it, the ring is empty
+    /// for good. Idempotent.
+    pub fn close(&self) -> usize {
+        // The closing bit lives in the tail word itself, so a producer's CAS
+        // on the tail either lands before it (its position is below the
+        // returned tail) or fails and sees the ring closed: no extra atomic
+        // operation on the push path.
+        self.tail.fetch_or(CLOSED, Ordering::SeqCst) & !CLOSED
+    }
+
+    /// True once [`Ring::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.tail.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// True once the ring is closed and every record pushed before that has
+    /// been taken.
+    pub fn is_drained(&self) -> bool {
+        let tail = self.tail.load(Ordering::Acquire);
+        tail & CLOSED != 0 && self.head.load(Ordering::Acquire) == tail & !CLOSED
     }
 
     /// True when no record is held (approximate while threads run).
@@ -90,7 +118,8 @@ impl<T> Ring<T> {
     }
 
     /// Claims a free slot and lets `write` fill its payload in place.
-    /// Returns `false`, without calling `write`, when the ring is full.
+    /// Returns `false`, without calling `write`, when the ring is full or
+    /// closed.
     #[inline]
     pub fn push_with(&self, write: impl FnOnce(&mut T)) -> bool {
         self.push_with_pos(write).is_some()
@@ -103,7 +132,7 @@ impl<T> Ring<T> {
 
     /// Position (count of pushes before this one) the next producer claims.
     pub fn tail_pos(&self) -> usize {
-        self.tail.load(Ordering::Acquire)
+        self.tail.load(Ordering::Acquire) & !CLOSED
     }
 
     /// Like [`Ring::push_with`], returning the position the record took.
@@ -111,6 +140,9 @@ impl<T> Ring<T> {
     pub fn push_with_pos(&self, write: impl FnOnce(&mut T)) -> Option<usize> {
         let mut pos = self.tail.load(Ordering::Relaxed);
         let slot = loop {
+            if pos & CLOSED != 0 {
+                return None;
+            }
             let slot = &self.slots[pos & self.mask];
             let seq = slot.seq.load(Ordering::Acquire);
             // Wrapping difference read as signed: 0 means the slot is free
@@ -234,6 +266,25 @@ mod tests {
     }
 
     #[test]
+    fn closed_ring_refuses_pushes_and_drains() {
+        let ring = Ring::new(4, || 0u64);
+        assert!(ring.push_with(|v| *v = 1));
+        assert!(ring.push_with(|v| *v = 2));
+        let end = ring.close();
+        assert_eq!(end, 2);
+        assert_eq!(ring.close(), 2, "closing is idempotent");
+        assert!(ring.is_closed());
+        assert!(!ring.push_with(|v| *v = 3), "a closed ring refuses");
+        assert_eq!(ring.tail_pos(), 2);
+        assert_eq!(ring.len(), 2);
+        assert!(!ring.is_drained());
+        assert_eq!(ring.pop_with(|v| *v), Some(1));
+        assert_eq!(ring.pop_with(|v| *v), Some(2));
+        assert_eq!(ring.pop_with(|v| *v), None);
+        assert!(ring.is_drained());
+    }
+
+    #[test]
     fn capacity_rounds_up() {
         assert_eq!(Ring::new(5, || 0u8).capacity(), 8);
         assert_eq!(Ring::new(0, || 0u8).capacity(), 2);
@@ -343,6 +394,39 @@ mod loom_tests {
             pushed.sort_unstable();
             got.sort_unstable();
             assert_eq!(pushed, got);
+        });
+    }
+
+    /// A producer races the ring's closing while a consumer drains up to the
+    /// closing position: every push that succeeded is consumed, none after
+    /// the close lands, and the ring ends drained.
+    #[test]
+    fn close_races_push() {
+        loom::model(|| {
+            let ring = Arc::new(Ring::new(2, || 0usize));
+            let r1 = Arc::clone(&ring);
+            let prod = thread::spawn(move || {
+                let mut ok = Vec::new();
+                for v in 1..=2 {
+                    if r1.push_with(|s| *s = v) {
+                        ok.push(v);
+                    }
+                }
+                ok
+            });
+            let end = ring.close();
+            let mut got = Vec::new();
+            while ring.head_pos() != end {
+                if let Some(v) = ring.pop_with(|s| *s) {
+                    got.push(v);
+                } else {
+                    thread::yield_now();
+                }
+            }
+            assert!(ring.is_drained());
+            let pushed = prod.join().unwrap();
+            assert_eq!(pushed, got);
+            assert!(ring.pop_with(|s| *s).is_none());
         });
     }
 
