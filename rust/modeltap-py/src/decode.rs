@@ -98,22 +98,35 @@ fn dictionary_column<'a>(
     (codes, values)
 }
 
+/// Each categorical column as (name, per-row index into its values or -1,
+/// values).
+fn categorical_columns<'b>(
+    b: &'b proto::RecordBatch,
+    features: &Array2<f64>,
+) -> Vec<(&'b str, Vec<i32>, Vec<String>)> {
+    let n = b.n_records as usize;
+    b.feature_names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| b.feature_kinds[*i] == proto::FeatureKind::Categorical as i32)
+        .map(|(i, name)| {
+            let fi = u32::try_from(i).unwrap_or(u32::MAX);
+            let dicts = b.categories.iter().filter(|c| c.feature_index == fi);
+            let over = b.category_overflow.iter().filter(|o| o.feature_index == fi);
+            let (codes, values) = dictionary_column(n, dicts, over, |r| features[[r, i]]);
+            (name.as_str(), codes, values)
+        })
+        .collect()
+}
+
 /// Categorical columns as lists of strings (None: missing).
 fn categories<'py>(
     b: &proto::RecordBatch,
     features: &Array2<f64>,
     py: Python<'py>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let n = b.n_records as usize;
     let cats = PyDict::new(py);
-    for (i, name) in b.feature_names.iter().enumerate() {
-        if b.feature_kinds[i] != proto::FeatureKind::Categorical as i32 {
-            continue;
-        }
-        let fi = u32::try_from(i).unwrap_or(u32::MAX);
-        let dicts = b.categories.iter().filter(|c| c.feature_index == fi);
-        let over = b.category_overflow.iter().filter(|o| o.feature_index == fi);
-        let (codes, values) = dictionary_column(n, dicts, over, |r| features[[r, i]]);
+    for (name, codes, values) in categorical_columns(b, features) {
         let col: Vec<Option<&str>> = codes
             .iter()
             .map(|&c| usize::try_from(c).ok().map(|c| values[c].as_str()))
@@ -329,14 +342,7 @@ pub fn decode_batch<'py>(
     if columns {
         let codes = PyDict::new(py);
         let values = PyDict::new(py);
-        for (i, name) in b.feature_names.iter().enumerate() {
-            if b.feature_kinds[i] != proto::FeatureKind::Categorical as i32 {
-                continue;
-            }
-            let fi = u32::try_from(i).unwrap_or(u32::MAX);
-            let dicts = b.categories.iter().filter(|c| c.feature_index == fi);
-            let over = b.category_overflow.iter().filter(|o| o.feature_index == fi);
-            let (c, v) = dictionary_column(n, dicts, over, |r| features[[r, i]]);
+        for (name, c, v) in categorical_columns(&b, &features) {
             codes.set_item(name, c.into_pyarray(py))?;
             values.set_item(name, v)?;
         }
