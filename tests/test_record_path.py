@@ -528,3 +528,103 @@ def test_drift_time_bounds_are_checked():
     with pytest.raises(ValueError, match="since"):
         agent.drift(since=float("nan"))
     agent.close()
+
+
+class _RaisingSeq:
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise RuntimeError("broken iterator")
+
+
+class _Endless:
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self):
+        i = 0
+        while True:
+            yield float(i)
+            i += 1
+
+
+def test_iterators_that_raise_or_never_end_are_rejected_not_looped_on():
+    agent = modeltap.Agent("m", features=["a", "b"], metrics_interval=None)
+    agent.log(_RaisingSeq(), 1)
+    agent.log(_Endless(), 1)
+    agent.log_batch(np.ones((2, 2)), _RaisingSeq())
+    agent.log_batch(np.ones((2, 2)), np.zeros(2), request_ids=_RaisingSeq())
+    s = agent.stats()
+    assert s["invalid"] == 6
+    assert s["logged"] == 6
+    agent.close()
+
+
+def test_a_sink_raising_system_exit_does_not_stop_delivery():
+    calls = []
+
+    def sink(data: bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise SystemExit(3)
+
+    agent = modeltap.Agent("m", sink=sink, batch_size=4, metrics_interval=None)
+    for i in range(40):
+        agent.log([float(i)], 0)
+        if i % 4 == 3:
+            agent.flush(5)
+    assert agent.flush(5)
+    s = agent.stats()
+    agent.close()
+    assert len(calls) > 1
+    assert s["discarded"] >= 1
+    assert s["shipped"] + s["discarded"] == 40
+
+
+def test_a_frame_that_cannot_be_read_counts_its_rows():
+    import pandas as pd
+
+    agent = modeltap.Agent("m", features=["a", "b"], metrics_interval=None)
+    agent.log([0.0, 0.0], 0)  # both numeric
+    bad = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]})  # text in a numeric column
+    assert agent.log_batch(bad, np.zeros(3)) == []
+    s = agent.stats()
+    assert s["logged"] == 4
+    assert s["invalid"] == 3
+    agent.close()
+    strict = modeltap.Agent("m", features=["a", "b"], metrics_interval=None, strict=True)
+    strict.log([0.0, 0.0], 0)
+    with pytest.raises(modeltap.InvalidRecord, match="DataFrame"):
+        strict.log_batch(bad, np.zeros(3))
+    strict.close()
+
+
+def test_an_empty_batch_counts_nothing():
+    agent = modeltap.Agent("m", metrics_interval=None)
+    assert list(agent.log_batch([], [])) == []
+    assert agent.stats()["logged"] == 0
+    agent.close()
+
+
+def test_a_forked_child_keeps_the_schema_its_parent_fixed(tmp_path):
+    agent = modeltap.Agent("m", sink=DirSink(tmp_path), metrics_interval=None)
+    agent.log({"b": 1.0, "a": 2.0}, 0)  # the first record fixes the order b, a
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            agent.log([3.0, 4.0], 0)  # a list in the parent's order
+            ok = agent.flush(5) and agent.feature_names == ["b", "a"]
+            code = 0 if ok else 2
+            agent.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    agent.close()
+    child = [modeltap.decode_batch(p.read_bytes()) for p in tmp_path.glob(f"{pid}-*.bin")]
+    assert [b["feature_names"] for b in child if b["n_records"]] == [["b", "a"]]

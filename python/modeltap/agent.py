@@ -387,6 +387,12 @@ class Agent:
         # locks) stay referenced so that nothing of theirs runs in the child.
         parent = self._rec
         _abandoned.append((parent, self._exporter))
+        # The child keeps the schema its parent's first record fixed (read
+        # without locks: the schema is set once and never changes).
+        names = parent.feature_names
+        if names is not None:
+            self._features = list(names)
+            self._categorical = list(parent.categorical)
         self._start()
         # A bound `agent.log` the user took before the fork still points at
         # the parent's recorder: send everything it gets to the child's.
@@ -489,7 +495,13 @@ class Agent:
         try:
             coded = False
             if _is_frame(X):
-                X = self._frame_matrix(X, predictions, probabilities)
+                try:
+                    X = self._frame_matrix(X, predictions, probabilities)
+                except Exception as e:
+                    # Its rows were handed over: count them (InvalidRecord
+                    # in strict mode), never lose them silently.
+                    self._rec.reject(_n_rows(X), f"the DataFrame could not be read: {e!r}")
+                    return []
                 if X is None:
                     return []
                 coded = True
@@ -750,6 +762,16 @@ def _check_params(params: Mapping[str, Any] | None) -> None:
     size = sum(len(str(k)) + len(str(v)) for k, v in params.items())
     if size > MAX_PARAMS_BYTES:
         raise ValueError(f"params take {size} bytes as text; at most {MAX_PARAMS_BYTES}")
+
+
+def _n_rows(X: Any) -> int:
+    try:
+        return int(X.shape[0])
+    except Exception:
+        try:
+            return len(X)
+        except Exception:
+            return 1
 
 
 def _is_frame(X: Any) -> bool:

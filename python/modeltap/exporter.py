@@ -106,7 +106,7 @@ class SinkDestination:
     def deliver(self, data: bytes, n_records: int) -> str:
         try:
             self._sink(data)
-        except Exception:
+        except BaseException:  # a sink raising SystemExit must not kill the thread
             self._on_error()
             log.exception("modeltap: sink failed; %d records discarded", n_records)
             return "discarded"
@@ -532,7 +532,7 @@ class Exporter:
     def _deliver(self, seq: int, n: int, data: bytes) -> None:
         try:
             outcome = self.destination.deliver(data, n)
-        except Exception:
+        except BaseException:  # nothing one batch does may end this thread
             self._rec.count_error()
             log.exception("modeltap: delivery failed; %d records discarded", n)
             outcome = "discarded"
@@ -559,7 +559,7 @@ class Exporter:
                 return
             try:
                 again = self.destination.idle()
-            except Exception:
+            except BaseException:
                 self._rec.count_error()
                 log.exception("modeltap: spool replay failed")
                 again = 1.0

@@ -839,10 +839,23 @@ impl Pipeline {
     fn seal(
         &self,
         builder: &mut BatchBuilder,
-        vocab: &VocabMirror,
-        profiler: Option<&mut Profiler>,
+        vocab: &mut VocabMirror,
+        mut profiler: Option<&mut Profiler>,
         seq: &mut u64,
     ) {
+        // Every code in the batch was announced before its record was
+        // pushed, but maybe after this pass last read the announcements:
+        // learn them now, so no category or label is sealed without its value.
+        let fresh: Vec<VocabEntry> = lock(&self.vocab).drain(..).collect();
+        if !fresh.is_empty() {
+            if let Some(p) = profiler.as_deref_mut() {
+                p.on_vocab(&fresh);
+            }
+            vocab.extend(fresh);
+        }
+        if let Some(p) = profiler.as_deref_mut() {
+            vocab.extend(p.drain_learned());
+        }
         let profiles = profiler.map(Profiler::take).unwrap_or_default();
         let system = std::mem::take(&mut *lock(&self.system));
         if builder.is_empty() && system.is_empty() && profiles.is_empty() {
@@ -850,7 +863,7 @@ impl Pipeline {
         }
         let n = builder.len() as u64;
         self.remember(&profiles);
-        let mut msg = builder.seal(&self.cfg.model, *seq, vocab, system, now_unix_nano());
+        let mut msg = builder.seal(&self.cfg.model, *seq, &*vocab, system, now_unix_nano());
         msg.profiles = profiles;
         let bytes = encode(&msg);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -981,7 +994,7 @@ impl Pipeline {
                         if let Some(prof) = profiler.as_mut() {
                             vocab.extend(prof.drain_learned());
                         }
-                        self.seal(b, &vocab, profiler.as_mut(), &mut seq);
+                        self.seal(b, &mut vocab, profiler.as_mut(), &mut seq);
                         batch_started = None;
                     } else {
                         break;
@@ -1001,7 +1014,7 @@ impl Pipeline {
             let age_due = batch_started.is_some_and(|t| t.elapsed() >= self.cfg.flush_interval);
             let system_due = last_system.elapsed() >= self.cfg.flush_interval;
             if flush_now || age_due || stopping || (system_due && !lock(&self.system).is_empty()) {
-                self.seal(b, &vocab, profiler.as_mut(), &mut seq);
+                self.seal(b, &mut vocab, profiler.as_mut(), &mut seq);
                 batch_started = None;
                 last_system = Instant::now();
             }

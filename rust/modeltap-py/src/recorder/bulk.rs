@@ -100,9 +100,13 @@ impl Recorder {
             } else {
                 x.len().unwrap_or(1) as u64
             };
+            if n == 0 {
+                // Nothing was handed over: nothing to count.
+                return Ok(PyList::empty(py));
+            }
             self.reject(
                 py,
-                n.max(1),
+                n,
                 &format!(
                     "log_batch needs a 2-D float32/float64 array, not {}",
                     type_name(x)
@@ -185,8 +189,10 @@ impl Recorder {
             None => None,
             Some(r) => {
                 let ids: Vec<String> = match r.try_iter() {
+                    // At most one id more than rows; the first error ends it.
                     Ok(it) => it
-                        .filter_map(Result::ok)
+                        .take(n + 1)
+                        .map_while(Result::ok)
                         .map(|i| clip(to_str(&i), MAX_ID_BYTES))
                         .collect(),
                     Err(_) => Vec::new(),
@@ -485,7 +491,11 @@ impl Recorder {
                 type_name(obj)
             )));
         };
-        let items: Vec<Bound<'_, PyAny>> = it.filter_map(Result::ok).collect();
+        // At most one item more than rows; the first error ends the reading.
+        let items: Vec<Bound<'_, PyAny>> = match it.take(n + 1).collect::<PyResult<_>>() {
+            Ok(v) => v,
+            Err(e) => return Err(Reject(format!("reading the predictions failed: {e}"))),
+        };
         if items.len() != n {
             return Err(mismatch(items.len()));
         }

@@ -273,7 +273,13 @@ impl Recorder {
                     type_name(obj)
                 )));
             };
-            items = it.filter_map(Result::ok).collect();
+            // At most one more item than needed (an endless iterator must not
+            // run for ever), and the first error ends it (an iterator that
+            // keeps raising must not either).
+            items = match it.take(nf + 1).collect::<PyResult<Vec<_>>>() {
+                Ok(v) => v,
+                Err(e) => return Err(Reject(format!("reading the features failed: {e}"))),
+            };
             &items
         } else {
             return Err(Reject(format!(
