@@ -628,3 +628,16 @@ def test_a_forked_child_keeps_the_schema_its_parent_fixed(tmp_path):
     agent.close()
     child = [modeltap.decode_batch(p.read_bytes()) for p in tmp_path.glob(f"{pid}-*.bin")]
     assert [b["feature_names"] for b in child if b["n_records"]] == [["b", "a"]]
+
+
+def test_ragged_vector_predictions_keep_their_own_widths():
+    got: list[bytes] = []
+    agent = modeltap.Agent("m", sink=got.append, metrics_interval=None)
+    preds = [[1.0, 2.0, 3.0], [4.0], [5.0, 6.0], 7.0, None]
+    agent.log_batch(np.ones((5, 2)), preds)
+    assert agent.flush(5)
+    agent.close()
+    d = modeltap.decode_batch(got[0], columns=True)
+    off = d["prediction_offsets"]
+    rows = [list(d["prediction_values"][off[i] : off[i + 1]]) for i in range(5)]
+    assert rows == [[1.0, 2.0, 3.0], [4.0], [5.0, 6.0], [7.0], []]

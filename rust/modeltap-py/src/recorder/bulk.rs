@@ -35,10 +35,31 @@ thread_local! {
 
 /// Prediction columns of a batch, read once from whatever was given.
 struct PredColumns {
+    /// The widest row.
     width: usize,
+    /// Every row's values, concatenated: row r is `values[off[r]..off[r + 1]]`.
     values: Vec<f64>,
+    off: Vec<usize>,
     kinds: Vec<PredictionKind>,
     flags: Vec<u32>,
+}
+
+impl PredColumns {
+    /// Rows of `width` values each.
+    fn uniform(width: usize, values: Vec<f64>, kind: PredictionKind) -> Self {
+        let n = values.len() / width.max(1);
+        Self {
+            width,
+            off: (0..=n).map(|r| r * width).collect(),
+            values,
+            kinds: vec![kind; n],
+            flags: vec![0; n],
+        }
+    }
+
+    fn row(&self, r: usize) -> &[f64] {
+        &self.values[self.off[r]..self.off[r + 1]]
+    }
 }
 
 /// A read-only view of the 2-D feature array, in either float width.
@@ -318,10 +339,10 @@ impl Recorder {
                     }
                 }
                 let no_prediction = preds.flags[r] & flags::NO_PREDICTION != 0;
-                let wide = preds.width > out_cap && !no_prediction;
+                let prow = preds.row(r);
+                let wide = prow.len() > out_cap && !no_prediction;
                 if wide {
-                    side.get_or_insert_with(Box::default).outputs =
-                        Some(preds.values[r * preds.width..(r + 1) * preds.width].to_vec());
+                    side.get_or_insert_with(Box::default).outputs = Some(prow.to_vec());
                 }
                 let side_bytes = side.as_ref().map_or(0, |s| s.heap_bytes());
                 if side_bytes > max_side {
@@ -349,9 +370,8 @@ impl Recorder {
                             check(view.get(r, c), &mut flags)
                         };
                     }
-                    let w = preds.width.min(out_cap);
-                    vals[nf..nf + w]
-                        .copy_from_slice(&preds.values[r * preds.width..r * preds.width + w]);
+                    let w = prow.len().min(out_cap);
+                    vals[nf..nf + w].copy_from_slice(&prow[..w]);
                     slot.n_outputs = if no_prediction || wide { 0 } else { u16_len(w) };
                     if let Some(pv) = &probs_view {
                         if n_prob != u16::MAX {
@@ -449,12 +469,7 @@ impl Recorder {
             if v.len() != n {
                 return Err(mismatch(v.len()));
             }
-            return Ok(PredColumns {
-                width: 1,
-                values: v.to_vec(),
-                kinds: vec![PredictionKind::Number; n],
-                flags: vec![0; n],
-            });
+            return Ok(PredColumns::uniform(1, v.to_vec(), PredictionKind::Number));
         }
         if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
             let v = a.as_array();
@@ -463,12 +478,7 @@ impl Recorder {
             }
             #[allow(clippy::cast_precision_loss)]
             let values = v.iter().map(|&i| i as f64).collect();
-            return Ok(PredColumns {
-                width: 1,
-                values,
-                kinds: vec![PredictionKind::Int; n],
-                flags: vec![0; n],
-            });
+            return Ok(PredColumns::uniform(1, values, PredictionKind::Int));
         }
         if let Ok(a) = obj.extract::<PyReadonlyArray2<'_, f64>>() {
             let v = a.as_array();
@@ -476,12 +486,11 @@ impl Recorder {
                 return Err(mismatch(v.dim().0));
             }
             let width = v.dim().1;
-            return Ok(PredColumns {
-                width,
-                values: v.iter().copied().collect(),
-                kinds: vec![PredictionKind::Vector; n],
-                flags: vec![0; n],
-            });
+            if width == 0 {
+                return Err(Reject("predictions has rows of no values".into()));
+            }
+            let values = v.iter().copied().collect();
+            return Ok(PredColumns::uniform(width, values, PredictionKind::Vector));
         }
         // Anything else (a list of labels, an int32 array, ...): one value at
         // a time through the single-record reader.
@@ -499,24 +508,22 @@ impl Recorder {
         if items.len() != n {
             return Err(mismatch(items.len()));
         }
-        let width = items.first().map_or(1, |i| {
-            if i.is_instance_of::<PyString>() {
-                1
-            } else {
-                i.len().unwrap_or(1).max(1)
-            }
-        });
+        // Each row read on its own: vectors keep their own width (a shorter
+        // one is not padded to the first row's).
         let schema = Schema {
             feature_names: Vec::new(),
             categorical: Vec::new(),
-            out_cap: width,
+            out_cap: 1,
             prob_cap: 0,
         };
-        let mut values = vec![f64::NAN; n * width];
+        let mut values = Vec::with_capacity(n);
+        let mut off = Vec::with_capacity(n + 1);
+        off.push(0);
         let mut kinds = Vec::with_capacity(n);
         let mut fl = Vec::with_capacity(n);
         let mut tmp = Vec::new();
-        for (r, item) in items.iter().enumerate() {
+        let mut width = 1;
+        for item in &items {
             let mut p = Parsed {
                 flags: 0,
                 kind: PredictionKind::Number,
@@ -524,24 +531,21 @@ impl Recorder {
                 n_probabilities: 0,
                 side: None,
             };
-            self.prediction(
-                &schema,
-                item,
-                &mut values[r * width..(r + 1) * width],
-                &mut tmp,
-                &mut p,
-            );
-            if p.side.is_some_and(|s| s.outputs.is_some()) {
-                return Err(Reject(format!(
-                    "prediction vectors of a batch must all have {width} values"
-                )));
+            let mut one = [f64::NAN];
+            self.prediction(&schema, item, &mut one, &mut tmp, &mut p);
+            match p.side.and_then(|s| s.outputs) {
+                Some(wide) => values.extend(wide),
+                None => values.extend_from_slice(&one[..usize::from(p.n_outputs).min(1)]),
             }
+            off.push(values.len());
+            width = width.max(values.len() - off[off.len() - 2]);
             kinds.push(p.kind);
             fl.push(p.flags);
         }
         Ok(PredColumns {
             width,
             values,
+            off,
             kinds,
             flags: fl,
         })
