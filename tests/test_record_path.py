@@ -503,6 +503,65 @@ def test_vocabularies_share_one_budget():
             assert [cats[f"c{k}"][r] for k in range(8)] == logged[rid]
 
 
+def test_a_frame_past_the_vocabulary_budget_keeps_its_categories():
+    """The same for whole DataFrames (interned per distinct value): values
+    that no longer fit travel beside their rows, none read as missing."""
+    import pandas as pd
+
+    sink = SlowSink(first_sleep=0)
+    agent = modeltap.Agent(
+        "m",
+        features=["a", "k"],
+        categorical=["k"],
+        buffer_bytes=1 << 20,
+        sink=sink,
+        metrics_interval=None,
+    )
+    logged = {}
+    for start in range(0, 6_000, 1_000):
+        df = pd.DataFrame(
+            {
+                "a": np.arange(start, start + 1_000, dtype=np.float64),
+                "k": [f"v{i}" if i % 7 else None for i in range(start, start + 1_000)],
+            }
+        )
+        ids = agent.log_batch(df, np.zeros(1_000))
+        logged.update(zip(ids, [None if pd.isna(v) else v for v in df["k"]], strict=True))
+        assert agent.flush(10)
+    s = agent.stats()
+    agent.close()
+    assert s["shipped"] == 6_000, s
+    assert (s["invalid"], s["flagged"]) == (0, sum(v is None for v in logged.values())), s
+    seen = 0
+    for raw in sink.raw:
+        b = modeltap.decode_batch(raw)
+        for r, rid in enumerate(b["request_ids"]):
+            assert b["categories"]["k"][r] == logged[rid]
+            assert bool(b["flags"][r] & 1) == (logged[rid] is None)
+            seen += 1
+    assert seen == 6_000
+
+
+def test_batch_labels_past_the_vocabulary_budget_arrive_as_logged():
+    sink = SlowSink(first_sleep=0)
+    agent = modeltap.Agent("m", buffer_bytes=1 << 20, sink=sink, metrics_interval=None)
+    logged = {}
+    for start in range(0, 6_000, 500):
+        labels = [f"label-{i}" for i in range(start, start + 500)]
+        ids = agent.log_batch(np.zeros((500, 2)), labels)
+        logged.update(zip(ids, labels, strict=True))
+        assert agent.flush(10)
+    s = agent.stats()
+    agent.close()
+    assert s["shipped"] == 6_000, s
+    assert s["flagged"] == 0, s
+    got = {}
+    for raw in sink.raw:
+        b = modeltap.decode_batch(raw)
+        got.update(zip(b["request_ids"], b["labels"], strict=True))
+    assert got == logged
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -600,6 +659,19 @@ def test_a_frame_that_cannot_be_read_counts_its_rows():
     strict.log([0.0, 0.0], 0)
     with pytest.raises(modeltap.InvalidRecord, match="DataFrame"):
         strict.log_batch(bad, np.zeros(3))
+    assert strict.stats()["invalid"] == 3
+    # Rejected by the frame reader itself (an unknown column): counted once.
+    extra = pd.DataFrame({"a": [1.0] * 5, "b": [2.0] * 5, "zz": [0.0] * 5})
+    with pytest.raises(modeltap.InvalidRecord, match="zz"):
+        strict.log_batch(extra, np.zeros(5))
+    s = strict.stats()
+    assert (s["logged"], s["invalid"]) == (9, 8), s
+    # No columns: Arrow sees no rows, but the frame's rows were handed over.
+    with pytest.raises(modeltap.InvalidRecord, match="without columns"):
+        strict.log_batch(pd.DataFrame(index=range(4)), np.zeros(4))
+    assert strict.log_batch(pd.DataFrame(), np.zeros(0)) == []
+    s = strict.stats()
+    assert (s["logged"], s["invalid"]) == (13, 12), s
     strict.close()
 
 

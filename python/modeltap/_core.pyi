@@ -188,6 +188,7 @@ class Recorder:
         latency_s: Any = None,
         request_ids: Sequence[str] | None = None,
         coded: bool = False,
+        overflow: Mapping[int, Sequence[tuple[int, str]]] | None = None,
     ) -> list[str]: ...
     def init_schema(
         self,

@@ -494,9 +494,13 @@ class Agent:
         """
         try:
             coded = False
+            overflow: dict[int, list[tuple[int, str]]] | None = None
             if _is_frame(X):
                 try:
-                    X = self._frame_matrix(X, predictions, probabilities)
+                    X, overflow = self._frame_matrix(X, predictions, probabilities)
+                except _core.InvalidRecord:
+                    # Already counted (strict mode raises it after counting).
+                    raise
                 except Exception as e:
                     # Its rows were handed over: count them (InvalidRecord
                     # in strict mode), never lose them silently.
@@ -518,6 +522,7 @@ class Agent:
                 latency_s=latency_s,
                 request_ids=request_ids,
                 coded=coded,
+                overflow=overflow,
             )
         except _core.InvalidRecord:
             raise
@@ -528,15 +533,25 @@ class Agent:
             log.exception("modeltap: log_batch failed")
             return []
 
-    def _frame_matrix(self, X: Any, predictions: Any, probabilities: Any) -> np.ndarray | None:
+    def _frame_matrix(
+        self, X: Any, predictions: Any, probabilities: Any
+    ) -> tuple[np.ndarray | None, dict[int, list[tuple[int, str]]] | None]:
         """A pandas/polars DataFrame or Arrow table as a float64 matrix in
         schema order, categorical columns as vocabulary codes (each distinct
-        value interned once, no per-row Python loop)."""
+        value interned once, no per-row Python loop), and the values that
+        did not fit a full vocabulary: ``{feature: [(row, value), ...]}``,
+        carried beside their records."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         table = _as_arrow(X)
         names = [str(c) for c in table.column_names]
+        if not names:
+            # Arrow sees no rows in a table without columns; the frame may
+            # have had some.
+            if n_rows := _n_rows(X):
+                self._rec.reject(n_rows, "a DataFrame without columns has no features")
+            return None, None
         if self._rec.feature_names is None:
             strings = [
                 n
@@ -559,18 +574,23 @@ class Agent:
                 table.num_rows,
                 f"DataFrame columns do not match the features: missing {missing}, unknown {extra}",
             )
-            return None
+            return None, None
         cats = set(self._rec.categorical)
+        overflow: dict[int, list[tuple[int, str]]] = {}
         out = np.empty((table.num_rows, len(schema)), dtype=np.float64)
         for i, name in enumerate(schema):
             col = table.column(name).combine_chunks()
             if name in cats:
                 col = categorical_strings(col)
                 enc = col.dictionary_encode()
-                codes = np.asarray(
-                    self._rec.intern(i, enc.dictionary.to_pylist()), dtype=np.float64
-                )
+                values = enc.dictionary.to_pylist()
+                codes = np.asarray(self._rec.intern(i, values), dtype=np.float64)
                 idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                full = np.isnan(codes)
+                if full.any():
+                    # The vocabulary is full: these values travel as strings.
+                    rows = np.flatnonzero((idx >= 0) & full[np.maximum(idx, 0)])
+                    overflow[i] = [(int(r), str(values[idx[r]])) for r in rows]
                 vals = np.where(
                     idx >= 0, codes[np.maximum(idx, 0)] if len(codes) else np.nan, np.nan
                 )
@@ -579,7 +599,7 @@ class Agent:
                 out[:, i] = (
                     pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
                 )
-        return out
+        return out, overflow or None
 
     def monitor(
         self,

@@ -1,6 +1,7 @@
 //! `Recorder.log_batch`: many records from 2-D arrays, copied into the ring
 //! with the GIL released.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,9 @@ use modeltap_core::record::{flags, PredictionKind, Side, Slot, SlotKind};
 use numpy::ndarray::{ArrayView1, ArrayView2};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 
-use super::vocab::float_spelling;
+use super::vocab::{float_spelling, MAX_VALUE_BYTES};
 use super::{
     clip, flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
     PROBLEM_FLAGS,
@@ -33,6 +34,28 @@ thread_local! {
     pub(super) static BULK_HANDLED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// Categorical values of a coded batch that did not fit the vocabulary:
+/// `(feature, row) -> value`.
+#[derive(Debug, Default)]
+pub(super) struct Overflow(HashMap<(usize, usize), String>);
+
+impl Overflow {
+    /// Reads `{feature: [(row, value), ...]}`.
+    pub(super) fn read(obj: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let mut map = HashMap::new();
+        if let Some(d) = obj {
+            for (k, v) in d.iter() {
+                let feature: usize = k.extract()?;
+                for item in v.try_iter()? {
+                    let (row, value): (usize, String) = item?.extract()?;
+                    map.insert((feature, row), clip(value, MAX_VALUE_BYTES));
+                }
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
 /// Prediction columns of a batch, read once from whatever was given.
 struct PredColumns {
     /// The widest row.
@@ -42,6 +65,8 @@ struct PredColumns {
     off: Vec<usize>,
     kinds: Vec<PredictionKind>,
     flags: Vec<u32>,
+    /// Labels that did not fit the vocabulary, per row (empty: none).
+    labels: Vec<Option<Box<Side>>>,
 }
 
 impl PredColumns {
@@ -54,6 +79,7 @@ impl PredColumns {
             values,
             kinds: vec![kind; n],
             flags: vec![0; n],
+            labels: Vec::new(),
         }
     }
 
@@ -104,7 +130,7 @@ impl Recorder {
         probabilities: Option<&Bound<'py, PyAny>>,
         latency_s: Option<&Bound<'py, PyAny>>,
         request_ids: Option<&Bound<'py, PyAny>>,
-        coded: bool,
+        coded: Option<&Overflow>,
     ) -> PyResult<Bound<'py, PyList>> {
         BULK_HANDLED.with(|h| h.set(0));
         let x64;
@@ -136,7 +162,7 @@ impl Recorder {
             return Ok(PyList::empty(py));
         };
         let (n, nf_in) = view.dim();
-        let preds = match self.pred_columns(predictions, n) {
+        let mut preds = match self.pred_columns(predictions, n) {
             Ok(p) => p,
             Err(Reject(msg)) => {
                 self.reject(py, n as u64, &msg)?;
@@ -235,9 +261,10 @@ impl Recorder {
         let mut cat_codes: Vec<f64> = Vec::new();
         let mut cat_side: Vec<Option<Box<Side>>> = Vec::new();
         let mut cat_flags: Vec<u32> = Vec::new();
-        if has_cat && coded {
+        if let (true, Some(overflow)) = (has_cat, coded) {
             // Categorical columns already hold vocabulary codes (see
-            // `intern`): only missing values need flagging.
+            // `intern`): only missing values need flagging, and values that
+            // did not fit the vocabulary travel beside their record.
             cat_codes = vec![0.0; n * nf];
             cat_side = (0..n).map(|_| None).collect();
             cat_flags = vec![0; n];
@@ -246,7 +273,16 @@ impl Recorder {
                     if is_cat {
                         let v = view.get(r, c);
                         if v.is_nan() {
-                            cat_flags[r] |= flags::MISSING;
+                            match overflow.0.get(&(c, r)) {
+                                Some(value) => {
+                                    let fi = u32::try_from(c).unwrap_or(u32::MAX);
+                                    cat_side[r]
+                                        .get_or_insert_with(Box::default)
+                                        .categories
+                                        .push((fi, value.clone()));
+                                }
+                                None => cat_flags[r] |= flags::MISSING,
+                            }
                         }
                         cat_codes[r * nf + c] = v;
                     }
@@ -325,6 +361,11 @@ impl Recorder {
                 }
                 let mut flags = preds.flags[r] | cat_flags.get(r).copied().unwrap_or(0);
                 let mut side = cat_side.get_mut(r).and_then(Option::take);
+                if let Some(label) = preds.labels.get_mut(r).and_then(Option::take) {
+                    side.get_or_insert_with(Box::default)
+                        .categories
+                        .extend(label.categories);
+                }
                 if let Some(g) = &given {
                     side.get_or_insert_with(Box::default).request_id = Some(g[r].clone());
                 }
@@ -522,6 +563,7 @@ impl Recorder {
         let mut kinds = Vec::with_capacity(n);
         let mut fl = Vec::with_capacity(n);
         let mut tmp = Vec::new();
+        let mut labels = Vec::with_capacity(n);
         let mut width = 1;
         for item in &items {
             let mut p = Parsed {
@@ -533,10 +575,13 @@ impl Recorder {
             };
             let mut one = [f64::NAN];
             self.prediction(&schema, item, &mut one, &mut tmp, &mut p);
-            match p.side.and_then(|s| s.outputs) {
+            let mut side = p.side.take();
+            match side.as_mut().and_then(|s| s.outputs.take()) {
                 Some(wide) => values.extend(wide),
                 None => values.extend_from_slice(&one[..usize::from(p.n_outputs).min(1)]),
             }
+            // A label past the vocabulary budget travels beside its record.
+            labels.push(side.filter(|s| !s.categories.is_empty()));
             off.push(values.len());
             width = width.max(values.len() - off[off.len() - 2]);
             kinds.push(p.kind);
@@ -548,6 +593,7 @@ impl Recorder {
             off,
             kinds,
             flags: fl,
+            labels,
         })
     }
 }

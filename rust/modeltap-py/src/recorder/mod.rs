@@ -402,8 +402,13 @@ impl Recorder {
 
     /// Logs a batch of predictions from a 2-D float array; returns the
     /// request ids. See `modeltap.Agent.log_batch`.
+    ///
+    /// With `coded`, categorical columns of `x` already hold vocabulary
+    /// codes (see `intern`); `overflow` then maps a categorical column to
+    /// the `(row, value)` pairs whose value did not fit the vocabulary (NaN
+    /// code): those travel as strings beside their record.
     #[pyo3(signature = (x, predictions, probabilities=None, *, latency_s=None, request_ids=None,
-        coded=false))]
+        coded=false, overflow=None))]
     #[allow(clippy::too_many_arguments)]
     fn log_batch<'py>(
         &self,
@@ -414,8 +419,14 @@ impl Recorder {
         latency_s: Option<&Bound<'py, PyAny>>,
         request_ids: Option<&Bound<'py, PyAny>>,
         coded: bool,
+        overflow: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let result = guard(|| {
+            let coded = if coded {
+                Some(bulk::Overflow::read(overflow)?)
+            } else {
+                None
+            };
             self.live().log_many(
                 py,
                 x,
@@ -423,7 +434,7 @@ impl Recorder {
                 probabilities,
                 latency_s,
                 request_ids,
-                coded,
+                coded.as_ref(),
             )
         });
         // Rows already counted before an internal failure are not counted
