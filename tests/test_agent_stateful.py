@@ -1409,7 +1409,7 @@ class AgentMachine(RuleBasedStateMachine):
         self.m_logged += v.n
         self.m_invalid += v.n if v.rejected else 0
         if raised is None:
-            assert isinstance(ret, list), ret
+            assert isinstance(ret, modeltap.RequestIds), ret
             if v.rejected:
                 assert ret == [], ret
             else:

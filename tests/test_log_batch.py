@@ -128,3 +128,41 @@ def test_dataframes_and_arrow_tables_with_categorical_columns(collected):
     np.testing.assert_array_equal(xs, np.tile(df["x"].to_numpy(), 3))
     assert rep.drifted == []  # the same data as the reference
     assert rep["city"]["missing_cur"] == pytest.approx(df["city"].isna().mean())
+
+
+def test_request_ids_are_a_lazy_sequence_of_strings():
+    from collections.abc import Sequence
+
+    agent = modeltap.Agent("m", metrics_interval=None)
+    ids = agent.log_batch(np.zeros((1_000, 2)), np.zeros(1_000))
+    given = agent.log_batch(np.zeros((3, 2)), np.zeros(3), request_ids=["a", "b", "c"])
+    agent.close()
+    assert isinstance(ids, modeltap.RequestIds)
+    assert isinstance(ids, Sequence)
+    as_list = ids.tolist()
+    assert len(ids) == 1_000
+    assert len(set(as_list)) == 1_000
+    assert all(isinstance(i, str) and len(i) == 32 for i in ids)
+    assert list(ids) == as_list
+    assert ids == as_list
+    assert ids == tuple(as_list)
+    for other in (as_list[:-1], as_list[::-1], "x", [1] * 1_000):
+        assert ids != other
+    assert ids[0] == as_list[0]
+    assert ids[-1] == as_list[-1]
+    assert ids[10:20:3] == as_list[10:20:3]
+    assert as_list[500] in ids
+    assert "0" * 32 not in ids
+    assert 5 not in ids
+    with pytest.raises(IndexError):
+        ids[1_000]
+    with pytest.raises(TypeError):
+        ids["a"]
+    assert given == ["a", "b", "c"]
+    assert given[1] == "b"
+    assert given + ["d"] == ["a", "b", "c", "d"]  # noqa: RUF005
+    assert ["z", *given] == ["z", "a", "b", "c"]
+    assert ["z"] + given == ["z", "a", "b", "c"]  # noqa: RUF005
+    assert not modeltap.RequestIds()
+    assert modeltap.RequestIds() == []
+    assert "RequestIds(1000" in repr(ids)

@@ -6,12 +6,15 @@ copied into a lock-free native ring and shipped in compact columnar batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from modeltap._core import (
     SCHEMA_VERSION,
     BatchDecodeError,
     InternalError,
     InvalidRecord,
     ReferenceFormatError,
+    RequestIds,
     UnsupportedSchemaVersion,
     decode_batch,
     random_id,
@@ -21,6 +24,8 @@ from modeltap.agent import Agent
 from modeltap.client import Client
 from modeltap.drift import DriftReport
 from modeltap.reference import Reference
+
+Sequence.register(RequestIds)
 
 
 def __getattr__(name: str) -> object:
@@ -42,6 +47,7 @@ __all__ = [
     "InvalidRecord",
     "Reference",
     "ReferenceFormatError",
+    "RequestIds",
     "Store",
     "UnsupportedSchemaVersion",
     "__version__",

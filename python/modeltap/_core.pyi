@@ -1,7 +1,7 @@
 """Type stubs of the native extension ``modeltap._core``."""
 
-from collections.abc import Mapping, Sequence
-from typing import Any, final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,8 @@ __all__ = [
     "InvalidRecord",
     "Recorder",
     "ReferenceFormatError",
+    "RequestIds",
+    "RequestIdsIter",
     "UnsupportedSchemaVersion",
     "__version__",
     "_after_fork",
@@ -103,8 +105,8 @@ def drift(
 def profile_fingerprint(data: bytes) -> str: ...
 def profile_columns(
     reference: bytes,
-    numeric: Sequence[tuple[int, npt.NDArray[np.float64]]],
-    categorical: Sequence[tuple[int, npt.NDArray[np.int32], Sequence[str]]],
+    numeric: Sequence[tuple[int, npt.NDArray[np.floating[Any]]]],
+    categorical: Sequence[tuple[int, npt.NDArray[np.signedinteger[Any]], Sequence[str]]],
     start_unix_nano: int = 0,
     width_nano: int = 0,
 ) -> bytes: ...
@@ -135,6 +137,31 @@ def encode_drift_request(
 def decode_drift_request(data: bytes) -> tuple[str, str, int, int, list[str]]: ...
 def encode_text_response(text: str) -> bytes: ...
 def decode_text_response(data: bytes) -> str: ...
+
+@final
+class RequestIds:
+    """The request ids of a ``log_batch`` call, in row order: a read-only
+    sequence of ``str``, each spelled only when read."""
+
+    def __new__(cls, ids: Sequence[str] | None = None) -> RequestIds: ...
+    def __len__(self) -> int: ...
+    def __bool__(self) -> bool: ...
+    @overload
+    def __getitem__(self, key: int, /) -> str: ...
+    @overload
+    def __getitem__(self, key: slice, /) -> list[str]: ...
+    def __iter__(self) -> RequestIdsIter: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __add__(self, value: Iterable[str], /) -> list[str]: ...
+    def __radd__(self, value: Iterable[str], /) -> list[str]: ...
+    def tolist(self) -> list[str]:
+        """Every id as a ``list[str]``."""
+
+@final
+class RequestIdsIter:
+    def __iter__(self) -> RequestIdsIter: ...
+    def __next__(self) -> str: ...
 
 @final
 class Recorder:
@@ -189,7 +216,7 @@ class Recorder:
         request_ids: Sequence[str] | None = None,
         coded: bool = False,
         overflow: Mapping[int, Sequence[tuple[int, str]]] | None = None,
-    ) -> list[str]: ...
+    ) -> RequestIds: ...
     def init_schema(
         self,
         names: Sequence[str],

@@ -480,7 +480,7 @@ class Agent:
         *,
         latency_s: Any = None,
         request_ids: Sequence[str] | None = None,
-    ) -> list[str]:
+    ) -> _core.RequestIds:
         """Logs a batch of predictions and returns their request ids.
 
         ``X`` is a 2-D array of shape (rows, features); float32 and float64
@@ -491,6 +491,13 @@ class Agent:
         per-row Python loop. ``predictions`` holds one value (or vector) per row;
         ``probabilities`` is an optional (rows, classes) array; ``latency_s``
         is one number for all rows or one per row.
+
+        The ids come back as a :class:`modeltap.RequestIds`, a read-only
+        sequence of ``str`` in row order (``len``, indexing, slicing,
+        iteration, ``==`` with a list) that keeps the ids as 16-byte values
+        and spells each only when read: a million-row batch builds no
+        million strings. ``ids.tolist()`` gives a ``list[str]``; rows that
+        were rejected give an empty one.
         """
         try:
             coded = False
@@ -505,9 +512,9 @@ class Agent:
                     # Its rows were handed over: count them (InvalidRecord
                     # in strict mode), never lose them silently.
                     self._rec.reject(_n_rows(X), f"the DataFrame could not be read: {e!r}")
-                    return []
+                    return _core.RequestIds()
                 if X is None:
-                    return []
+                    return _core.RequestIds()
                 coded = True
             elif not (isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)):
                 # What cannot be converted, the recorder rejects with a clear message.
@@ -531,7 +538,7 @@ class Agent:
                 raise
             self._rec.count_error()
             log.exception("modeltap: log_batch failed")
-            return []
+            return _core.RequestIds()
 
     def _frame_matrix(
         self, X: Any, predictions: Any, probabilities: Any

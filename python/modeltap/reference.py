@@ -55,18 +55,86 @@ def _is_numeric(col: Any) -> bool:
 
 
 def _numeric_values(col: Any) -> np.ndarray:
+    """A contiguous float64 copy-free where possible (building references)."""
+    return np.ascontiguousarray(_numeric_view(col), dtype=np.float64)
+
+
+def _numeric_view(col: Any) -> np.ndarray:
+    """A numeric column as a 1-D float64 or float32 array, missing values as
+    NaN: a view, strided or not, whenever the data already is one (a column
+    of a row-major matrix, a pandas float column), otherwise converted once."""
     import pyarrow as pa
 
     if isinstance(col, (pa.Array, pa.ChunkedArray)):
         col = col.cast(pa.float64())
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if isinstance(col, np.ndarray):
+        if col.dtype in (np.float64, np.float32) and col.ndim == 1:
+            return col
+        return np.asarray(col, dtype=np.float64)
+    dtype = getattr(col, "dtype", None)
+    if type(col).__module__.startswith("pandas") and hasattr(col, "to_numpy"):
+        if dtype in (np.float64, np.float32):
+            return np.asarray(col.to_numpy())
+        # Nullable and Arrow-backed dtypes: <NA> becomes NaN.
+        return np.asarray(col.to_numpy(dtype=np.float64, na_value=np.nan))
     return np.asarray(col, dtype=np.float64)
+
+
+def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
+    """A categorical column as integer codes (negative: missing) into a
+    dictionary of canonically spelled values, with no per-row Python work:
+    a pandas ``category`` column or an Arrow dictionary array gives its own
+    codes; anything else is dictionary-encoded by Arrow."""
+    import pyarrow as pa
+
+    if type(col).__module__.startswith("pandas") and hasattr(col, "cat"):
+        try:
+            cats = col.cat.categories
+            codes = np.asarray(col.cat.codes.to_numpy())
+        except (AttributeError, TypeError):
+            pass
+        else:
+            spelled = categorical_strings(pa.array(np.asarray(cats), from_pandas=True))
+            return codes, [str(v) for v in spelled.to_pylist()]
+    if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1:
+        col = col.chunk(0)
+    if isinstance(col, pa.DictionaryArray):
+        spelled = categorical_strings(col.dictionary)
+        if spelled.null_count == 0:
+            indices = col.indices
+            if pa.types.is_unsigned_integer(indices.type):  # polars: uint32
+                indices = indices.cast(pa.int64())
+            codes = indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            return np.asarray(codes), [str(v) for v in spelled.to_pylist()]
+    # Encode the values as they are (numbers hash faster than their
+    # spellings), then spell only the distinct ones.
+    enc = _arrow_values(col).dictionary_encode()
+    spelled = categorical_strings(enc.dictionary)
+    codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
+    return codes, [str(v) for v in spelled.to_pylist()]
 
 
 def categorical_strings(col: Any) -> Any:
     """A categorical column (NumPy, pandas, Arrow) as an Arrow string array,
     missing values (None, NaN) as nulls, integral numbers without a decimal
     point: the values as the agent and references spell them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = _arrow_values(col)
+    if pa.types.is_floating(arr.type):
+        valid = arr.drop_null()
+        if len(valid) == 0 or pc.all(pc.equal(pc.floor(valid), valid)).as_py():
+            arr = arr.cast(pa.int64())
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())
+    return arr
+
+
+def _arrow_values(col: Any) -> Any:
+    """A column as one Arrow array of its own values (not yet spelled as
+    strings), missing values (None, NaN) as nulls."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -78,13 +146,8 @@ def categorical_strings(col: Any) -> Any:
         arr = pa.array(values, from_pandas=True)  # NaN and None become nulls
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    if pa.types.is_floating(arr.type):
+    if pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py():
         arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
-        valid = arr.drop_null()
-        if len(valid) == 0 or pc.all(pc.equal(pc.floor(valid), valid)).as_py():
-            arr = arr.cast(pa.int64())
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())
     return arr
 
 
@@ -201,7 +264,7 @@ class Reference:
         :func:`modeltap.drift.compute` and :meth:`drift` read."""
 
         _names, cols = _to_columns(data, feature_names or self.feature_names)
-        numeric: list[tuple[int, np.ndarray]] = []
+        numeric: list[tuple[int, np.ndarray]] = []  # float64/float32 views, any stride
         categorical: list[tuple[int, np.ndarray, list[str]]] = []
         index = {c["name"]: i for i, c in enumerate(self._info["columns"])}
         kinds = {c["name"]: c["kind"] for c in self._info["columns"]}
@@ -220,12 +283,10 @@ class Reference:
                 continue
             i = index[name]
             if kinds[name] == "numeric":
-                numeric.append((i, np.ascontiguousarray(_numeric_values(col))))
+                numeric.append((i, _numeric_view(col)))
                 continue
-            arr = categorical_strings(col)
-            enc = arr.dictionary_encode()
-            codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
-            categorical.append((i, codes, enc.dictionary.to_pylist()))
+            codes, dictionary = _category_codes(col)
+            categorical.append((i, codes, dictionary))
         return _core.profile_columns(self._bytes, numeric, categorical)
 
     def drift(

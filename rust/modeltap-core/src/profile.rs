@@ -167,6 +167,17 @@ pub fn add_numeric_binned(p: &mut proto::ColumnProfile, binner: &Binner, v: f64)
 /// [`add_numeric_binned`] value by value, with the running sums held in
 /// registers instead of the profile.
 pub fn add_numeric_slice(p: &mut proto::ColumnProfile, binner: &Binner, values: &[f64]) {
+    add_numeric_values(p, binner, values.iter().copied());
+}
+
+/// [`add_numeric_slice`] over any run of values (a strided column, a
+/// float32 one, a tile of rows).
+#[inline]
+pub fn add_numeric_values(
+    p: &mut proto::ColumnProfile,
+    binner: &Binner,
+    values: impl IntoIterator<Item = f64>,
+) {
     let (mut n, mut missing, mut nonfinite) = (0u64, 0u64, 0u64);
     let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
     let (mut lo, mut hi) = (p.min, p.max);
@@ -178,7 +189,7 @@ pub fn add_numeric_slice(p: &mut proto::ColumnProfile, binner: &Binner, values: 
         return;
     }
     let counts = &mut p.counts[..];
-    for &v in values {
+    for v in values {
         if v.is_nan() {
             missing += 1;
             continue;

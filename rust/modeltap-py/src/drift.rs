@@ -7,6 +7,9 @@ use modeltap_core::error::ProfileError;
 use modeltap_core::profile::{self, ReferenceError};
 use modeltap_core::proto;
 use modeltap_core::stats::{window_drift, Decision, Rule};
+use std::ops::Range;
+
+use numpy::ndarray::{s, ArrayView1};
 use numpy::PyReadonlyArray1;
 use prost::Message;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -372,18 +375,173 @@ pub fn profile_fingerprint(data: &[u8]) -> PyResult<String> {
     })
 }
 
+/// A numeric column as given: float64 or float32, any stride (a column of a
+/// row-major matrix, a pandas block) — read in place, never copied.
+enum NumArray<'py> {
+    F64(PyReadonlyArray1<'py, f64>),
+    F32(PyReadonlyArray1<'py, f32>),
+}
+
+impl<'py> NumArray<'py> {
+    fn read(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, f64>>() {
+            return Ok(Self::F64(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, f32>>() {
+            return Ok(Self::F32(a));
+        }
+        Err(PyTypeError::new_err(
+            "numeric columns must be 1-D float64 or float32 arrays",
+        ))
+    }
+
+    fn view(&self) -> NumView<'_> {
+        match self {
+            Self::F64(a) => NumView::F64(a.as_array()),
+            Self::F32(a) => NumView::F32(a.as_array()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum NumView<'a> {
+    F64(ArrayView1<'a, f64>),
+    F32(ArrayView1<'a, f32>),
+}
+
+impl NumView<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F64(a) => a.len(),
+            Self::F32(a) => a.len(),
+        }
+    }
+
+    /// Adds rows `rows` of the column to `p`.
+    fn add(&self, p: &mut proto::ColumnProfile, binner: &profile::Binner, rows: Range<usize>) {
+        match self {
+            Self::F64(a) => {
+                let t = a.slice(s![rows]);
+                match t.as_slice() {
+                    Some(values) => profile::add_numeric_slice(p, binner, values),
+                    None => profile::add_numeric_values(p, binner, t.iter().copied()),
+                }
+            }
+            Self::F32(a) => {
+                let t = a.slice(s![rows]);
+                match t.as_slice() {
+                    Some(values) => {
+                        profile::add_numeric_values(
+                            p,
+                            binner,
+                            values.iter().map(|&v| f64::from(v)),
+                        );
+                    }
+                    None => profile::add_numeric_values(p, binner, t.iter().map(|&v| f64::from(v))),
+                }
+            }
+        }
+    }
+}
+
+/// Category codes as given (a pandas `category` column's own codes, an
+/// Arrow dictionary's indices): any integer width, any stride; negative
+/// means missing.
+enum CodeArray<'py> {
+    I8(PyReadonlyArray1<'py, i8>),
+    I16(PyReadonlyArray1<'py, i16>),
+    I32(PyReadonlyArray1<'py, i32>),
+    I64(PyReadonlyArray1<'py, i64>),
+}
+
+impl<'py> CodeArray<'py> {
+    fn read(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, i32>>() {
+            return Ok(Self::I32(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, i8>>() {
+            return Ok(Self::I8(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, i16>>() {
+            return Ok(Self::I16(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, i64>>() {
+            return Ok(Self::I64(a));
+        }
+        Err(PyTypeError::new_err(
+            "category codes must be 1-D int8, int16, int32 or int64 arrays",
+        ))
+    }
+
+    fn view(&self) -> CodeView<'_> {
+        match self {
+            Self::I8(a) => CodeView::I8(a.as_array()),
+            Self::I16(a) => CodeView::I16(a.as_array()),
+            Self::I32(a) => CodeView::I32(a.as_array()),
+            Self::I64(a) => CodeView::I64(a.as_array()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum CodeView<'a> {
+    I8(ArrayView1<'a, i8>),
+    I16(ArrayView1<'a, i16>),
+    I32(ArrayView1<'a, i32>),
+    I64(ArrayView1<'a, i64>),
+}
+
+impl CodeView<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::I8(a) => a.len(),
+            Self::I16(a) => a.len(),
+            Self::I32(a) => a.len(),
+            Self::I64(a) => a.len(),
+        }
+    }
+
+    /// Adds rows `rows` to `p`; `buckets[code]` is each code's bucket.
+    fn add(&self, p: &mut proto::ColumnProfile, buckets: &[usize], rows: Range<usize>) {
+        fn run<T: Copy>(
+            p: &mut proto::ColumnProfile,
+            buckets: &[usize],
+            codes: ArrayView1<'_, T>,
+            index: impl Fn(T) -> Option<usize>,
+        ) {
+            for &c in &codes {
+                profile::add_category(p, index(c).and_then(|c| buckets.get(c).copied()));
+            }
+        }
+        match self {
+            Self::I8(a) => run(p, buckets, a.slice(s![rows]), |c| usize::try_from(c).ok()),
+            Self::I16(a) => run(p, buckets, a.slice(s![rows]), |c| usize::try_from(c).ok()),
+            Self::I32(a) => run(p, buckets, a.slice(s![rows]), |c| usize::try_from(c).ok()),
+            Self::I64(a) => run(p, buckets, a.slice(s![rows]), |c| usize::try_from(c).ok()),
+        }
+    }
+}
+
+/// Bytes of a tile of rows across all columns: small enough to stay in the
+/// cache while every column of it is read, whatever the layout.
+const TILE_BYTES: usize = 256 * 1024;
+
 /// Profiles whole columns against a reference (offline data, no agent):
-/// `numeric` is a list of `(column_index, float64 array)`, `categorical` of
-/// `(column_index, int32 codes (-1 for missing), dictionary of values)`.
-/// Columns are profiled in parallel with the GIL released. Returns an
-/// encoded window profile covering `[start, start + width)`.
+/// `numeric` is a list of `(column_index, float64 or float32 array)`,
+/// `categorical` of `(column_index, integer codes (negative for missing),
+/// dictionary of values)`. Arrays may have any stride (the columns of a
+/// row-major matrix are read in place). Rows are split among threads, each
+/// reading tiles of rows across every column (cache-sized, so a row-major
+/// matrix is read once), with the GIL released; the threads' profiles are
+/// merged. Returns an encoded window profile covering `[start, start +
+/// width)`.
 #[pyfunction]
 #[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0))]
 pub fn profile_columns<'py>(
     py: Python<'py>,
     reference: &[u8],
-    numeric: Vec<(usize, PyReadonlyArray1<'py, f64>)>,
-    categorical: Vec<(usize, PyReadonlyArray1<'py, i32>, Vec<String>)>,
+    numeric: Vec<(usize, Bound<'py, PyAny>)>,
+    categorical: Vec<(usize, Bound<'py, PyAny>, Vec<String>)>,
     start_unix_nano: u64,
     width_nano: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
@@ -394,11 +552,15 @@ pub fn profile_columns<'py>(
         }
         let compiled = profile::Compiled::new(r);
         let ncols = compiled.reference.columns.len();
+        let mut seen = HashSet::new();
         for (i, _) in &numeric {
             if *i >= ncols || compiled.reference.columns[*i].numeric.is_none() {
                 return Err(PyValueError::new_err(format!(
                     "column {i} is not a numeric reference column"
                 )));
+            }
+            if !seen.insert(*i) {
+                return Err(PyValueError::new_err(format!("column {i} given twice")));
             }
         }
         for (i, _, _) in &categorical {
@@ -407,19 +569,39 @@ pub fn profile_columns<'py>(
                     "column {i} is not a categorical reference column"
                 )));
             }
+            if !seen.insert(*i) {
+                return Err(PyValueError::new_err(format!("column {i} given twice")));
+            }
         }
-        let num: Vec<(usize, &[f64])> = numeric
+        let num_arrays: Vec<(usize, NumArray<'py>)> = numeric
             .iter()
-            .map(|(i, a)| a.as_slice().map(|s| (*i, s)))
-            .collect::<Result<_, _>>()
-            .map_err(|_| {
-                PyValueError::new_err("numeric columns must be contiguous float64 arrays")
-            })?;
-        let cat: Vec<(usize, &[i32], &Vec<String>)> = categorical
+            .map(|(i, a)| NumArray::read(a).map(|a| (*i, a)))
+            .collect::<PyResult<_>>()?;
+        let cat_arrays: Vec<(usize, CodeArray<'py>, &Vec<String>)> = categorical
             .iter()
-            .map(|(i, a, d)| a.as_slice().map(|s| (*i, s, d)))
-            .collect::<Result<_, _>>()
-            .map_err(|_| PyValueError::new_err("category codes must be contiguous int32 arrays"))?;
+            .map(|(i, a, d)| CodeArray::read(a).map(|a| (*i, a, d)))
+            .collect::<PyResult<_>>()?;
+        let num: Vec<(usize, NumView<'_>, profile::Binner)> = num_arrays
+            .iter()
+            .map(|(i, a)| {
+                let spec = compiled.reference.columns[*i].numeric.as_ref();
+                (
+                    *i,
+                    a.view(),
+                    profile::Binner::new(spec.map_or(&[][..], |n| &n.cuts[..])),
+                )
+            })
+            .collect();
+        let cat: Vec<(usize, CodeView<'_>, Vec<usize>)> = cat_arrays
+            .iter()
+            .map(|(i, a, d)| {
+                (
+                    *i,
+                    a.view(),
+                    d.iter().map(|v| compiled.bucket(*i, v)).collect(),
+                )
+            })
+            .collect();
         let rows = num
             .first()
             .map(|c| c.1.len())
@@ -430,58 +612,61 @@ pub fn profile_columns<'py>(
         }
         let window = py.detach(|| {
             let mut w = compiled.empty_window(start_unix_nano, width_nano);
-            let mut jobs: Vec<(usize, proto::ColumnProfile)> = Vec::new();
-            let work = |col: usize| -> proto::ColumnProfile {
-                let mut p = w.columns[col].clone();
-                if let Some(&(_, values)) = num.iter().find(|c| c.0 == col) {
-                    let spec = compiled.reference.columns[col].numeric.as_ref();
-                    let binner = profile::Binner::new(spec.map_or(&[][..], |n| &n.cuts[..]));
-                    profile::add_numeric_slice(&mut p, &binner, values);
-                } else if let Some(&(_, codes, dict)) = cat.iter().find(|c| c.0 == col) {
-                    let buckets: Vec<usize> =
-                        dict.iter().map(|v| compiled.bucket(col, v)).collect();
-                    for &c in codes {
-                        let b = usize::try_from(c)
-                            .ok()
-                            .and_then(|c| buckets.get(c).copied());
-                        profile::add_category(&mut p, b);
-                    }
-                }
-                p
-            };
-            let cols: Vec<usize> = num
-                .iter()
-                .map(|c| c.0)
-                .chain(cat.iter().map(|c| c.0))
-                .collect();
+            let width = num.len() + cat.len();
+            let row_bytes = num.len() * 8 + cat.len() * 4;
+            let tile = (TILE_BYTES / row_bytes.max(1)).clamp(256, 1 << 16);
             let threads = std::thread::available_parallelism()
                 .map_or(1, std::num::NonZero::get)
-                .min(cols.len().max(1));
-            std::thread::scope(|s| {
+                .min(rows.div_ceil(tile).max(1));
+            let per = rows.div_ceil(threads);
+            let (num, cat, w_ref) = (&num, &cat, &w);
+            let work = move |range: Range<usize>| -> Vec<proto::ColumnProfile> {
+                let mut out: Vec<proto::ColumnProfile> = num
+                    .iter()
+                    .map(|c| c.0)
+                    .chain(cat.iter().map(|c| c.0))
+                    .map(|c| w_ref.columns[c].clone())
+                    .collect();
+                let mut r = range.start;
+                while r < range.end {
+                    let t = r..(r + tile).min(range.end);
+                    for (k, (_, values, binner)) in num.iter().enumerate() {
+                        values.add(&mut out[k], binner, t.clone());
+                    }
+                    for (k, (_, codes, buckets)) in cat.iter().enumerate() {
+                        codes.add(&mut out[num.len() + k], buckets, t.clone());
+                    }
+                    r = t.end;
+                }
+                out
+            };
+            let mut parts: Vec<Vec<proto::ColumnProfile>> = Vec::with_capacity(threads);
+            std::thread::scope(|sc| {
                 let handles: Vec<_> = (0..threads)
                     .map(|t| {
-                        let cols = &cols;
-                        let work = &work;
-                        s.spawn(move || {
-                            cols.iter()
-                                .skip(t)
-                                .step_by(threads)
-                                .map(|&c| (c, work(c)))
-                                .collect::<Vec<_>>()
-                        })
+                        let range = (t * per).min(rows)..((t + 1) * per).min(rows);
+                        sc.spawn(move || work(range))
                     })
                     .collect();
                 for h in handles {
                     // A worker's panic must not pass for a column without
                     // values: carry it on, for `guard` to report.
                     match h.join() {
-                        Ok(done) => jobs.extend(done),
+                        Ok(done) => parts.push(done),
                         Err(payload) => std::panic::resume_unwind(payload),
                     }
                 }
             });
-            for (c, p) in jobs {
-                w.columns[c] = p;
+            let cols: Vec<usize> = num
+                .iter()
+                .map(|c| c.0)
+                .chain(cat.iter().map(|c| c.0))
+                .collect();
+            debug_assert_eq!(cols.len(), width);
+            for part in &parts {
+                for (k, &c) in cols.iter().enumerate() {
+                    profile::merge_column(&mut w.columns[c], &part[k]);
+                }
             }
             w.records = rows as u64;
             w

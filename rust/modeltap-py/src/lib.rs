@@ -6,6 +6,7 @@ mod drift;
 mod errors;
 mod parse;
 mod recorder;
+mod request_ids;
 
 use pyo3::prelude::*;
 
@@ -61,5 +62,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::profile_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(drift::profile_columns, m)?)?;
     m.add_class::<recorder::Recorder>()?;
+    m.add_class::<request_ids::RequestIds>()?;
+    m.add_class::<request_ids::RequestIdsIter>()?;
     Ok(())
 }

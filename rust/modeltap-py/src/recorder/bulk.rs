@@ -12,14 +12,14 @@ use modeltap_core::record::{flags, PredictionKind, Side, Slot, SlotKind};
 use numpy::ndarray::{ArrayView1, ArrayView2};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyString};
 
 use super::vocab::{float_spelling, MAX_VALUE_BYTES};
 use super::{
-    clip, flag_names, hex_py, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
-    PROBLEM_FLAGS,
+    clip, flag_names, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES, PROBLEM_FLAGS,
 };
 use crate::parse::{check, to_str, vector};
+use crate::request_ids::RequestIds;
 
 /// How long `log_batch` waits for a drain thread that makes no progress
 /// before dropping the rest of a batch that does not fit the ring.
@@ -131,7 +131,7 @@ impl Recorder {
         latency_s: Option<&Bound<'py, PyAny>>,
         request_ids: Option<&Bound<'py, PyAny>>,
         coded: Option<&Overflow>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<RequestIds> {
         BULK_HANDLED.with(|h| h.set(0));
         let x64;
         let x32;
@@ -149,7 +149,7 @@ impl Recorder {
             };
             if n == 0 {
                 // Nothing was handed over: nothing to count.
-                return Ok(PyList::empty(py));
+                return Ok(RequestIds::given(Vec::new()));
             }
             self.reject(
                 py,
@@ -159,14 +159,14 @@ impl Recorder {
                     type_name(x)
                 ),
             )?;
-            return Ok(PyList::empty(py));
+            return Ok(RequestIds::given(Vec::new()));
         };
         let (n, nf_in) = view.dim();
         let mut preds = match self.pred_columns(predictions, n) {
             Ok(p) => p,
             Err(Reject(msg)) => {
                 self.reject(py, n as u64, &msg)?;
-                return Ok(PyList::empty(py));
+                return Ok(RequestIds::given(Vec::new()));
             }
         };
         let probs = match probabilities.filter(|p| !p.is_none()) {
@@ -189,7 +189,7 @@ impl Recorder {
                                 n as u64,
                                 &format!("probabilities must be a 2-D array with {n} rows"),
                             )?;
-                            return Ok(PyList::empty(py));
+                            return Ok(RequestIds::given(Vec::new()));
                         }
                     }
                 }
@@ -200,7 +200,7 @@ impl Recorder {
             Ok(s) => s,
             Err(Reject(msg)) => {
                 self.reject(py, n as u64, &msg)?;
-                return Ok(PyList::empty(py));
+                return Ok(RequestIds::given(Vec::new()));
             }
         };
         let nf = schema.n_features();
@@ -210,7 +210,7 @@ impl Recorder {
                 n as u64,
                 &format!("expected {nf} features per row, got {nf_in}"),
             )?;
-            return Ok(PyList::empty(py));
+            return Ok(RequestIds::given(Vec::new()));
         }
         let latency: Vec<f64> = match latency_s.filter(|l| !l.is_none()) {
             None => vec![f64::NAN; n],
@@ -226,7 +226,7 @@ impl Recorder {
                             n as u64,
                             &format!("latency_s must be a number or {n} numbers"),
                         )?;
-                        return Ok(PyList::empty(py));
+                        return Ok(RequestIds::given(Vec::new()));
                     }
                     v
                 }
@@ -250,7 +250,7 @@ impl Recorder {
                         n as u64,
                         &format!("request_ids must hold {n} ids, got {}", ids.len()),
                     )?;
-                    return Ok(PyList::empty(py));
+                    return Ok(RequestIds::given(Vec::new()));
                 }
                 Some(ids)
             }
@@ -329,7 +329,7 @@ impl Recorder {
             if problems != 0 {
                 return self
                     .reject(py, n as u64, &format!("batch has {}", flag_names(problems)))
-                    .map(|()| PyList::empty(py));
+                    .map(|()| RequestIds::given(Vec::new()));
             }
         }
         let unix_nano = now_unix_nano();
@@ -496,10 +496,10 @@ impl Recorder {
             }
             self.warn(py, &msg);
         }
-        match given {
-            Some(g) => PyList::new(py, g),
-            None => PyList::new(py, ids.into_iter().map(|id| hex_py(py, id))),
-        }
+        Ok(match given {
+            Some(g) => RequestIds::given(g),
+            None => RequestIds::generated(ids),
+        })
     }
 
     /// Reads the predictions of a batch into columns.

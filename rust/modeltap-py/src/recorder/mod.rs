@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use modeltap_core::batch::VocabTarget;
 use modeltap_core::ids::hex_u128;
+
+use crate::request_ids::RequestIds;
 use modeltap_core::pipeline::{Outcome, Pipeline, PipelineConfig, Take, DEFAULT_BUFFER_BYTES};
 use modeltap_core::proto;
 use modeltap_core::record::{flags, PredictionKind, Side};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::errors::{guard, InvalidRecord};
 use vocab::{canonical, Vocab};
@@ -420,7 +422,7 @@ impl Recorder {
         request_ids: Option<&Bound<'py, PyAny>>,
         coded: bool,
         overflow: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<RequestIds> {
         let result = guard(|| {
             let coded = if coded {
                 Some(bulk::Overflow::read(overflow)?)
@@ -442,7 +444,7 @@ impl Recorder {
         let handled = bulk::BULK_HANDLED.with(std::cell::Cell::get);
         let n = (x.len().unwrap_or(1) as u64).saturating_sub(handled);
         self.live()
-            .contain(py, n, result, |py| Ok(PyList::empty(py)))
+            .contain(py, n, result, |_| Ok(RequestIds::given(Vec::new())))
     }
 
     /// After `fork()`: from now on every method of this recorder acts on

@@ -1,0 +1,227 @@
+//! `RequestIds`: the request ids `log_batch` returns, kept as 16-byte ids
+//! (or the caller's own strings) and spelled as hex strings only when read,
+//! so a million-row batch does not build a million Python strings nobody
+//! asked for.
+
+use modeltap_core::ids::hex_u128;
+use pyo3::exceptions::{PyIndexError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PySlice, PyString};
+
+enum Ids {
+    /// Generated: 32 hex digits each when read.
+    Generated(Vec<u128>),
+    /// Given by the caller (already clipped).
+    Given(Vec<String>),
+}
+
+/// The request ids of a `log_batch` call, in row order: a read-only
+/// sequence of `str` (indexing, slicing, iteration, `len`, `in`, `==` with
+/// any sequence of strings). Each id is spelled as a Python string only
+/// when read; `tolist()` gives them all at once.
+#[pyclass(module = "modeltap._core", frozen, sequence)]
+pub struct RequestIds {
+    ids: Ids,
+}
+
+impl RequestIds {
+    pub fn generated(ids: Vec<u128>) -> Self {
+        Self {
+            ids: Ids::Generated(ids),
+        }
+    }
+
+    pub fn given(ids: Vec<String>) -> Self {
+        Self {
+            ids: Ids::Given(ids),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.ids {
+            Ids::Generated(v) => v.len(),
+            Ids::Given(v) => v.len(),
+        }
+    }
+
+    fn get<'py>(&self, py: Python<'py>, i: usize) -> Bound<'py, PyString> {
+        match &self.ids {
+            Ids::Generated(v) => {
+                let mut buf = [0u8; 32];
+                hex_u128(v[i], &mut buf);
+                // Hex digits are ASCII, hence valid UTF-8.
+                PyString::new(py, std::str::from_utf8(&buf).unwrap_or_default())
+            }
+            Ids::Given(v) => PyString::new(py, &v[i]),
+        }
+    }
+
+    /// Whether id `i` is spelled `s`, without building a Python string.
+    fn is(&self, i: usize, s: &str) -> bool {
+        match &self.ids {
+            Ids::Generated(v) => {
+                let mut buf = [0u8; 32];
+                hex_u128(v[i], &mut buf);
+                buf == s.as_bytes()
+            }
+            Ids::Given(v) => v[i] == s,
+        }
+    }
+}
+
+#[pymethods]
+impl RequestIds {
+    /// Ids from strings (an empty sequence by default).
+    #[new]
+    #[pyo3(signature = (ids=None))]
+    fn new(ids: Option<Vec<String>>) -> Self {
+        Self::given(ids.unwrap_or_default())
+    }
+
+    fn __len__(&self) -> usize {
+        self.len()
+    }
+
+    fn __bool__(&self) -> bool {
+        self.len() > 0
+    }
+
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.len();
+        if let Ok(slice) = index.cast::<PySlice>() {
+            let ind = slice.indices(isize::try_from(n).unwrap_or(isize::MAX))?;
+            let mut out = Vec::with_capacity(ind.slicelength);
+            let mut i = ind.start;
+            for _ in 0..ind.slicelength {
+                out.push(self.get(py, usize::try_from(i).unwrap_or(0)));
+                i += ind.step;
+            }
+            return Ok(PyList::new(py, out)?.into_any());
+        }
+        let Ok(i) = index.extract::<isize>() else {
+            return Err(PyTypeError::new_err(
+                "request ids are indexed by integers or slices",
+            ));
+        };
+        let n_signed = isize::try_from(n).unwrap_or(isize::MAX);
+        let j = if i < 0 { i + n_signed } else { i };
+        if j < 0 || j >= n_signed {
+            return Err(PyIndexError::new_err("request id index out of range"));
+        }
+        Ok(self.get(py, j.unsigned_abs()).into_any())
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> RequestIdsIter {
+        RequestIdsIter {
+            ids: slf.unbind(),
+            next: 0,
+        }
+    }
+
+    fn __contains__(&self, item: &Bound<'_, PyAny>) -> bool {
+        let Ok(s) = item.extract::<&str>() else {
+            return false;
+        };
+        (0..self.len()).any(|i| self.is(i, s))
+    }
+
+    /// Equal to any sequence (a list, a tuple, another `RequestIds`) of the
+    /// same strings in the same order.
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        if other.is_instance_of::<PyString>() {
+            return false;
+        }
+        let Ok(n) = other.len() else {
+            return false;
+        };
+        if n != self.len() {
+            return false;
+        }
+        let Ok(it) = other.try_iter() else {
+            return false;
+        };
+        for (i, item) in it.enumerate() {
+            let Ok(item) = item else {
+                return false;
+            };
+            let Ok(s) = item.extract::<&str>() else {
+                return false;
+            };
+            if i >= self.len() || !self.is(i, s) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `ids + other`: a `list[str]` of both (as a list would give).
+    fn __add__<'py>(
+        &self,
+        py: Python<'py>,
+        other: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = self.tolist(py)?;
+        for item in other.try_iter()? {
+            out.append(item?)?;
+        }
+        Ok(out)
+    }
+
+    /// `other + ids`: a `list[str]` of both.
+    fn __radd__<'py>(
+        &self,
+        py: Python<'py>,
+        other: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for item in other.try_iter()? {
+            out.append(item?)?;
+        }
+        for i in 0..self.len() {
+            out.append(self.get(py, i))?;
+        }
+        Ok(out)
+    }
+
+    /// Every id as a `list[str]`.
+    fn tolist<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, (0..self.len()).map(|i| self.get(py, i)))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let n = self.len();
+        let head: Vec<String> = (0..n.min(3))
+            .map(|i| format!("'{}'", self.get(py, i).to_string_lossy()))
+            .collect();
+        let more = if n > 3 { ", ..." } else { "" };
+        format!("RequestIds({n}: [{}{more}])", head.join(", "))
+    }
+}
+
+/// Iterates over a `RequestIds`.
+#[pyclass(module = "modeltap._core")]
+pub struct RequestIdsIter {
+    ids: Py<RequestIds>,
+    next: usize,
+}
+
+#[pymethods]
+impl RequestIdsIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
+        let ids = self.ids.get();
+        if self.next >= ids.len() {
+            return None;
+        }
+        let s = ids.get(py, self.next);
+        self.next += 1;
+        Some(s)
+    }
+}

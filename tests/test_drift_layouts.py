@@ -1,0 +1,180 @@
+"""Drift does not depend on how the data is laid out: the same values as a
+row-major or column-major array (float64 or float32), a pandas frame with
+object, ``category``, Arrow-backed or nullable columns, an Arrow table or a
+polars frame give the same report (counts exactly, sums to 1e-12)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import modeltap
+
+ROWS = 30_011  # not a multiple of any tile or thread split
+NAMES = [f"x{i}" for i in range(6)]
+
+
+def _values() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    # float32-representable values, so the float32 layouts hold the same ones
+    X = rng.normal(size=(ROWS, len(NAMES)))
+    X[:, 1] += 0.8
+    X = X.astype(np.float32).astype(np.float64)
+    X[::97, 2] = np.nan
+    X[5, 3] = np.inf
+    X[6, 3] = -np.inf
+    country = rng.choice(np.array(["de", "fr", "it", "es"], dtype=object), size=ROWS)
+    country[::53] = None
+    device = rng.choice(np.array(["ios", "android", "web"], dtype=object), size=ROWS)
+    return X, country, device
+
+
+def _reference() -> tuple[modeltap.Reference, modeltap.Reference]:
+    rng = np.random.default_rng(3)
+    R = rng.normal(size=(5_000, len(NAMES)))
+    ref_num = modeltap.Reference.from_data(R, feature_names=NAMES)
+    df = pd.DataFrame(R, columns=NAMES)
+    df["country"] = rng.choice(["de", "fr", "it"], size=5_000)
+    df["device"] = rng.choice(["ios", "android", "web"], size=5_000)
+    return ref_num, modeltap.Reference.from_data(df)
+
+
+def _same(a: modeltap.DriftReport, b: modeltap.DriftReport) -> None:
+    assert a.records == b.records
+    assert len(a.rows) == len(b.rows)
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        assert ra.keys() == rb.keys()
+        for k, va in ra.items():
+            vb = rb[k]
+            if isinstance(va, float) and isinstance(vb, float):
+                if math.isnan(va):
+                    assert math.isnan(vb), (ra["feature"], k, va, vb)
+                else:
+                    assert vb == pytest.approx(va, rel=1e-12, abs=1e-12), (ra["feature"], k)
+            else:
+                assert va == vb, (ra["feature"], k, va, vb)
+
+
+def test_numeric_layouts_give_one_report():
+    X, _, _ = _values()
+    ref, _ = _reference()
+    want = ref.drift(np.ascontiguousarray(X))
+    assert want.records == ROWS
+    assert "x1" in want.drifted
+    layouts = {
+        "F-order float64": np.asfortranarray(X),
+        "C-order float32": np.ascontiguousarray(X, dtype=np.float32),
+        "F-order float32": np.asfortranarray(X, dtype=np.float32),
+        "strided view": np.hstack([X, X])[:, : len(NAMES)],
+        "every other row": np.repeat(X, 2, axis=0)[::2],
+        "pandas": pd.DataFrame(X, columns=NAMES),
+        "pandas Float64 (nullable)": pd.DataFrame(X, columns=NAMES).astype("Float64"),
+        "arrow": pa.Table.from_pandas(pd.DataFrame(X, columns=NAMES), preserve_index=False),
+    }
+    for name, data in layouts.items():
+        got = ref.drift(data)
+        try:
+            _same(want, got)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from e
+
+
+def _frames(X: np.ndarray, country: np.ndarray, device: np.ndarray) -> dict[str, object]:
+    base = pd.DataFrame(X, columns=NAMES)
+
+    def with_cats(kind: str | None) -> pd.DataFrame:
+        df = base.copy()
+        for name, col in (("country", country), ("device", device)):
+            df[name] = pd.Series(col, dtype=kind) if kind else pd.Series(col, dtype=object)
+        return df
+
+    frames: dict[str, object] = {
+        "pandas object": with_cats(None),
+        "pandas category": with_cats("category"),
+        "pandas string[pyarrow]": with_cats("string[pyarrow]"),
+        "pandas string[python]": with_cats("string[python]"),
+    }
+    table = pa.Table.from_pandas(with_cats(None), preserve_index=False)
+    frames["arrow"] = table
+    frames["arrow dictionary"] = table.set_column(
+        table.schema.get_field_index("country"),
+        "country",
+        pa.compute.dictionary_encode(table.column("country")),
+    )
+    polars = pytest.importorskip("polars")
+    frames["polars"] = polars.from_arrow(table)
+    frames["polars categorical"] = polars.from_arrow(table).with_columns(
+        polars.col("country").cast(polars.Categorical)
+    )
+    return frames
+
+
+def test_frame_layouts_give_one_report():
+    X, country, device = _values()
+    _, ref = _reference()
+    frames = _frames(X, country, device)
+    want = ref.drift(frames["pandas object"])
+    assert want.records == ROWS
+    assert want["country"]["missing_cur"] > 0
+    for name, data in frames.items():
+        got = ref.drift(data)
+        try:
+            _same(want, got)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from e
+
+
+def test_category_codes_of_every_width_and_unused_categories():
+    """A pandas ``category`` column's own codes are read whatever their
+    width (int8 for a few categories, int16 past 127), unused categories and
+    missing values included."""
+    _, ref = _reference()
+    rng = np.random.default_rng(1)
+    n = 4_000
+    X = rng.normal(size=(n, len(NAMES)))
+    many = [f"c{i}" for i in range(300)] + ["de", "fr"]
+    country = rng.choice(["de", "fr", "it"], size=n).astype(object)
+    country[::11] = None
+    device = rng.choice(["ios", "web"], size=n).astype(object)
+    plain = pd.DataFrame(X, columns=NAMES)
+    plain["country"], plain["device"] = country, device
+    coded = plain.copy()
+    coded["country"] = pd.Categorical(country, categories=[*many, "it"])
+    coded["device"] = pd.Categorical(device, categories=["web", "ios", "tv"])
+    assert coded["country"].cat.codes.dtype == np.int16
+    _same(ref.drift(plain), ref.drift(coded))
+
+
+def test_categorical_columns_of_a_numeric_matrix():
+    """Integer category codes inside a float matrix (and the same as int
+    columns of a frame) are one set of categories, spelled "0", "1", ..."""
+    rng = np.random.default_rng(5)
+    R = rng.normal(size=(5_000, len(NAMES)))
+    R[:, 4] = rng.integers(0, 4, 5_000)
+    R[:, 5] = rng.integers(0, 3, 5_000)
+    ref = modeltap.Reference.from_data(R, feature_names=NAMES, categorical=["x4", "x5"])
+    X = rng.normal(size=(ROWS, len(NAMES)))
+    X[:, 4] = rng.choice([0, 1, 2, 3, 7], size=ROWS, p=[0.1, 0.2, 0.3, 0.3, 0.1])
+    X[:, 5] = rng.integers(0, 3, ROWS)
+    X[::31, 5] = np.nan
+    X = X.astype(np.float32).astype(np.float64)
+    want = ref.drift(X)
+    assert "x4" in want.drifted
+    assert want["x5"]["missing_cur"] > 0
+    df = pd.DataFrame(X, columns=NAMES)
+    df["x4"] = df["x4"].astype(np.int64)
+    df["x5"] = df["x5"].astype("Int64")  # nullable: NaN becomes <NA>
+    for name, data in {
+        "F-order": np.asfortranarray(X),
+        "float32": X.astype(np.float32),
+        "pandas int columns": df,
+        "arrow": pa.Table.from_pandas(df, preserve_index=False),
+    }.items():
+        try:
+            _same(want, ref.drift(data))
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from e
