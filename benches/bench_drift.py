@@ -7,6 +7,7 @@ memory can be reported.
     python benches/bench_drift.py
     python benches/bench_drift.py --rows 200000           # quicker
     python benches/bench_drift.py --evidently-python PATH # Evidently's interpreter
+    python benches/bench_drift.py --layouts               # the same data in every layout
 
 Evidently is not a modeltap dependency: give the Python of an environment
 that has it (``make bench-drift`` builds one in .bench/evidently-venv). The
@@ -150,6 +151,130 @@ def run_evidently(ref_df: Any, cur_df: Any) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0}
 
 
+LAYOUTS = (
+    "numpy C-order float64",
+    "numpy F-order float64",
+    "numpy C-order float32",
+    "numpy F-order float32",
+    "pandas, object strings",
+    "pandas, category",
+    "pandas, Arrow-backed strings",
+    "pandas, default strings",
+    "pyarrow Table",
+    "polars DataFrame",
+)
+
+
+def make_layout(layout: str, rows: int, ref_rows: int) -> tuple[Any, Any, Any]:
+    """(reference data, categorical names, current data in ``layout``): the
+    frames of :func:`make_data`; numpy layouts carry the two categorical
+    columns as integer codes inside the float matrix."""
+    import pandas as pd
+
+    ref_df, cur_df = make_data(rows, ref_rows)
+    cats = ["country", "device"]
+    if layout.startswith("numpy"):
+        codes = {"de": 0, "fr": 1, "it": 2, "ios": 0, "android": 1, "web": 2}
+
+        def matrix(df: Any) -> np.ndarray:
+            m = df.drop(columns=cats).to_numpy(dtype=np.float64)
+            extra = np.stack([df[c].map(codes).to_numpy(dtype=np.float64) for c in cats], axis=1)
+            return np.hstack([m, extra])
+
+        dtype = np.float32 if layout.endswith("float32") else np.float64
+        order = "F" if "F-order" in layout else "C"
+        names = [*[f"x{i}" for i in range(NUMERIC)], *cats]
+        ref = pd.DataFrame(matrix(ref_df), columns=names)
+        return ref, cats, np.asarray(matrix(cur_df), dtype=dtype, order=order)
+    data: Any = cur_df
+    if layout != "pandas, default strings":
+        kind = {
+            "pandas, object strings": object,
+            "pandas, category": "category",
+            "pandas, Arrow-backed strings": "string[pyarrow]",
+        }.get(layout, object)
+        data = cur_df.copy()
+        for c in cats:
+            data[c] = data[c].astype(kind)
+    if layout == "pyarrow Table":
+        import pyarrow as pa
+
+        data = pa.Table.from_pandas(cur_df, preserve_index=False)
+    elif layout == "polars DataFrame":
+        import polars as pl
+
+        data = pl.from_pandas(cur_df)
+    return ref_df, cats, data
+
+
+def layout_worker(layout: str, rows: int, ref_rows: int) -> None:
+    """Times ``Reference.drift`` (best of 5) on one layout; the peak extra
+    memory is that of the first call (fresh process)."""
+    import modeltap
+
+    ref_df, cats, data = make_layout(layout, rows, ref_rows)
+    ref = modeltap.Reference.from_data(ref_df, categorical=cats)
+    base = rss()
+    monitor = PeakRss()
+    t0 = time.perf_counter()
+    report = ref.drift(data)
+    first = time.perf_counter() - t0
+    peak = monitor.stop() - base
+    assert report.records == rows, report.records
+    best = first
+    for _ in range(4):
+        t0 = time.perf_counter()
+        ref.drift(data)
+        best = min(best, time.perf_counter() - t0)
+    print(json.dumps({"seconds": best, "peak_extra_bytes": max(peak, 0)}))
+
+
+def run_layouts(rows: int, ref_rows: int) -> int:
+    import pandas as pd
+
+    sys.path.insert(0, str(HERE))
+    from envinfo import environment
+
+    print(
+        f"Reference.drift of {rows:,} rows x ({NUMERIC} numeric + 2 categorical) against "
+        f"{ref_rows:,} reference rows, by input layout (best of 5; peak: first call)"
+    )
+    print(environment())
+    print("| input | ms | x numpy F-order float64 | peak extra memory (MiB) |")
+    print("|---|---:|---:|---:|")
+    base = None
+    out = {}
+    for layout in LAYOUTS:
+        p = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--layout-worker",
+                layout,
+                "--rows",
+                str(rows),
+                "--ref-rows",
+                str(ref_rows),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if p.returncode != 0:
+            print(f"| {layout} | failed: {p.stderr.strip().splitlines()[-1:]} | | |")
+            continue
+        out[layout] = json.loads(p.stdout.strip().splitlines()[-1])
+    base = out.get("numpy F-order float64", {}).get("seconds")
+    for layout, r in out.items():
+        ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        print(
+            f"| {layout} | {r['seconds'] * 1000:,.0f} | {ratio} | "
+            f"{r['peak_extra_bytes'] / 2**20:,.0f} |"
+        )
+    print(f"(pandas {pd.__version__}: default strings are {make_data(2, 2)[1]['country'].dtype})")
+    return 0
+
+
 MONITOR: PeakRss | None = None
 
 WORKERS = {"modeltap": run_modeltap, "scipy": run_scipy, "evidently": run_evidently}
@@ -177,11 +302,18 @@ def main() -> int:
         "--evidently-python", default=str(HERE.parent / ".bench/evidently-venv/bin/python")
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--layout-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--layouts", action="store_true", help="time every input layout")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.rows, args.ref_rows)
         return 0
+    if args.layout_worker:
+        layout_worker(args.layout_worker, args.rows, args.ref_rows)
+        return 0
+    if args.layouts:
+        return run_layouts(args.rows, args.ref_rows)
     results: dict[str, Any] = {}
     for name in ("modeltap", "scipy", "evidently"):
         py = sys.executable
@@ -214,6 +346,10 @@ def main() -> int:
         f"{args.rows:,} current rows x ({NUMERIC} numeric + 2 categorical) against "
         f"{args.ref_rows:,} reference rows, {os.cpu_count()} CPUs"
     )
+    sys.path.insert(0, str(HERE))
+    from envinfo import environment
+
+    print(environment())
     print("| contender | seconds | x modeltap | peak extra memory (MiB) |")
     print("|---|---:|---:|---:|")
     labels = {

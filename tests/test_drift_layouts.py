@@ -178,3 +178,47 @@ def test_categorical_columns_of_a_numeric_matrix():
             _same(want, ref.drift(data))
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from e
+
+
+def test_object_columns_with_other_values_fall_back_to_arrow_spelling():
+    """Strings are encoded natively; a column that also holds numbers or
+    booleans is spelled by Arrow, as the reference was."""
+    from modeltap import _core
+
+    strings = np.array(["a", None, "b", float("nan"), "a"], dtype=object)
+    codes, dictionary = _core.encode_strings(strings)
+    assert codes.tolist() == [0, -1, 1, -1, 0]
+    assert dictionary == ["a", "b"]
+    assert _core.encode_strings(np.array(["a", 1, True], dtype=object)) is None
+    assert _core.encode_strings(np.array(["a", 1.5], dtype=object)) is None
+    rng = np.random.default_rng(2)
+    ref_df = pd.DataFrame({"k": rng.choice(["1", "2", "x"], size=2_000)})
+    ref = modeltap.Reference.from_data(ref_df, categorical=["k"])
+    mixed = pd.Series(rng.choice([1, 2, "x"], size=5_000).tolist(), dtype=object)
+    as_text = pd.Series([str(v) for v in mixed], dtype=object)
+    _same(ref.drift(pd.DataFrame({"k": as_text})), ref.drift(pd.DataFrame({"k": mixed})))
+
+
+def test_hostile_text_buffers_are_refused():
+    from modeltap import _core
+
+    _, ref = _reference()
+    col = ref.feature_names.index("country")
+    data = np.frombuffer(b"defrit", dtype=np.uint8)
+    good = np.array([0, 2, 4, 6], dtype=np.int32)
+    prof = _core.profile_columns(ref.to_bytes(), [], [], text=[(col, good, data, None, 0)])
+    assert modeltap.drift.compute(ref.to_bytes(), prof, None, None).records == 3
+    for offsets, bits, bit in (
+        (np.array([0, 4, 2, 6], dtype=np.int32), None, 0),  # out of order
+        (np.array([0, 2, 4, 9], dtype=np.int32), None, 0),  # past the bytes
+        (np.array([-1, 2, 4, 6], dtype=np.int64), None, 0),  # negative
+        (np.array([], dtype=np.int32), None, 0),  # no offsets
+        (good, np.zeros(0, np.uint8), 0),  # bitmap too short
+        (good, np.zeros(1, np.uint8), 6),  # bit offset past the bitmap
+    ):
+        with pytest.raises(ValueError, match="text column"):
+            _core.profile_columns(ref.to_bytes(), [], [], text=[(col, offsets, data, bits, bit)])
+    with pytest.raises(TypeError):
+        _core.profile_columns(
+            ref.to_bytes(), [], [], text=[(col, good.astype(float), data, None, 0)]
+        )

@@ -31,6 +31,7 @@ __all__ = [
     "encode_drift_request",
     "encode_export_response",
     "encode_reference_upload",
+    "encode_strings",
     "encode_text_response",
     "merge_profiles",
     "profile_columns",
@@ -109,7 +110,19 @@ def profile_columns(
     categorical: Sequence[tuple[int, npt.NDArray[np.signedinteger[Any]], Sequence[str]]],
     start_unix_nano: int = 0,
     width_nano: int = 0,
+    text: Sequence[
+        tuple[
+            int,
+            npt.NDArray[np.signedinteger[Any]],
+            npt.NDArray[np.uint8],
+            npt.NDArray[np.uint8] | None,
+            int,
+        ]
+    ] = ...,
 ) -> bytes: ...
+def encode_strings(
+    values: npt.NDArray[np.object_],
+) -> tuple[npt.NDArray[np.int32], list[str]] | None: ...
 def random_id() -> str:
     """A random 128-bit id as 32 hex digits."""
 

@@ -81,6 +81,48 @@ def _numeric_view(col: Any) -> np.ndarray:
     return np.asarray(col, dtype=np.float64)
 
 
+def _arrow_text(col: Any) -> Any:
+    """The column as one Arrow ``string``/``large_string`` array when it
+    already is text in Arrow memory (Arrow, polars, pandas Arrow-backed
+    strings), else None."""
+    import pyarrow as pa
+
+    mod = type(col).__module__
+    if mod.startswith("pandas"):
+        dtype = getattr(col, "dtype", None)
+        storage = getattr(dtype, "storage", None)
+        arrow_dtype = type(dtype).__name__ == "ArrowDtype"
+        if not (storage in ("pyarrow", "pyarrow_numpy") or arrow_dtype):
+            return None
+        col = pa.Array.from_pandas(col)  # Arrow-backed: no copy
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks != 1:
+            return None
+        col = col.chunk(0)
+    if not isinstance(col, pa.Array):
+        return None
+    if pa.types.is_string_view(col.type):
+        col = col.cast(pa.large_string())
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    return None
+
+
+def _text_buffers(arr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Offsets (rows + 1), UTF-8 bytes, validity bitmap (or None) and its
+    bit offset of an Arrow string array, as zero-copy NumPy views."""
+    import pyarrow as pa
+
+    validity, offsets, data = arr.buffers()
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offs = np.frombuffer(offsets, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    bits = None
+    if validity is not None and arr.null_count:
+        bits = np.frombuffer(validity, dtype=np.uint8)
+    return offs, raw, bits, arr.offset
+
+
 def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
     """A categorical column as integer codes (negative: missing) into a
     dictionary of canonically spelled values, with no per-row Python work:
@@ -107,6 +149,17 @@ def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
                 indices = indices.cast(pa.int64())
             codes = indices.fill_null(-1).to_numpy(zero_copy_only=False)
             return np.asarray(codes), [str(v) for v in spelled.to_pylist()]
+    values = col
+    if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) is np.dtype(
+        object
+    ):
+        values = col.to_numpy()
+    if isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1:
+        # Python strings (a pandas object column): encoded natively by their
+        # UTF-8; anything else in the column goes through Arrow below.
+        done = _core.encode_strings(values)
+        if done is not None:
+            return done[0], done[1]
     # Encode the values as they are (numbers hash faster than their
     # spellings), then spell only the distinct ones.
     enc = _arrow_values(col).dictionary_encode()
@@ -266,6 +319,7 @@ class Reference:
         _names, cols = _to_columns(data, feature_names or self.feature_names)
         numeric: list[tuple[int, np.ndarray]] = []  # float64/float32 views, any stride
         categorical: list[tuple[int, np.ndarray, list[str]]] = []
+        text: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None, int]] = []
         index = {c["name"]: i for i, c in enumerate(self._info["columns"])}
         kinds = {c["name"]: c["kind"] for c in self._info["columns"]}
         wanted = dict(cols)
@@ -285,9 +339,13 @@ class Reference:
             if kinds[name] == "numeric":
                 numeric.append((i, _numeric_view(col)))
                 continue
+            arrow_text = _arrow_text(col)
+            if arrow_text is not None:
+                text.append((i, *_text_buffers(arrow_text)))
+                continue
             codes, dictionary = _category_codes(col)
             categorical.append((i, codes, dictionary))
-        return _core.profile_columns(self._bytes, numeric, categorical)
+        return _core.profile_columns(self._bytes, numeric, categorical, text=text)
 
     def drift(
         self,

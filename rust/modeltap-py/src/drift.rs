@@ -10,11 +10,12 @@ use modeltap_core::stats::{window_drift, Decision, Rule};
 use std::ops::Range;
 
 use numpy::ndarray::{s, ArrayView1};
-use numpy::PyReadonlyArray1;
+use numpy::{PyArray1, PyReadonlyArray1};
 use prost::Message;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use rustc_hash::FxHashMap;
 
 use crate::errors::{guard, BatchDecodeError, ReferenceFormatError};
 
@@ -522,6 +523,135 @@ impl CodeView<'_> {
     }
 }
 
+/// Arrow `string` / `large_string` offsets.
+enum Offsets<'py> {
+    I32(PyReadonlyArray1<'py, i32>),
+    I64(PyReadonlyArray1<'py, i64>),
+}
+
+/// A categorical column of text as Arrow lays it out (a pandas Arrow-backed
+/// string column, an Arrow or polars one): offsets (rows + 1), the UTF-8
+/// bytes, and the validity bitmap with its bit offset (`None`: no nulls).
+/// Looked up by bytes in the threads, no string built per row.
+struct TextArray<'py> {
+    offsets: Offsets<'py>,
+    data: PyReadonlyArray1<'py, u8>,
+    valid: Option<(PyReadonlyArray1<'py, u8>, usize)>,
+}
+
+/// `(column_index, offsets, bytes, validity bitmap, bit offset)`.
+type TextArg<'py> = (
+    usize,
+    Bound<'py, PyAny>,
+    PyReadonlyArray1<'py, u8>,
+    Option<PyReadonlyArray1<'py, u8>>,
+    usize,
+);
+
+impl<'py> TextArray<'py> {
+    fn read(arg: &TextArg<'py>) -> PyResult<Self> {
+        let (_, offsets, data, valid, bit_offset) = arg;
+        let offsets = if let Ok(a) = offsets.extract::<PyReadonlyArray1<'py, i32>>() {
+            Offsets::I32(a)
+        } else if let Ok(a) = offsets.extract::<PyReadonlyArray1<'py, i64>>() {
+            Offsets::I64(a)
+        } else {
+            return Err(PyTypeError::new_err(
+                "text offsets must be a 1-D int32 or int64 array",
+            ));
+        };
+        Ok(Self {
+            offsets,
+            data: data.clone(),
+            valid: valid.clone().map(|v| (v, *bit_offset)),
+        })
+    }
+
+    /// Checks the layout (a hostile one is refused, never read past).
+    fn view(&self) -> PyResult<TextView<'_>> {
+        let bad = |what: &str| PyValueError::new_err(format!("text column: {what}"));
+        let data = self
+            .data
+            .as_slice()
+            .map_err(|_| bad("bytes not contiguous"))?;
+        let offsets: Vec<usize> = match &self.offsets {
+            Offsets::I32(a) => a
+                .as_array()
+                .iter()
+                .map(|&o| usize::try_from(o).map_err(|_| bad("negative offset")))
+                .collect::<PyResult<_>>()?,
+            Offsets::I64(a) => a
+                .as_array()
+                .iter()
+                .map(|&o| usize::try_from(o).map_err(|_| bad("negative offset")))
+                .collect::<PyResult<_>>()?,
+        };
+        let Some(&last) = offsets.last() else {
+            return Err(bad("no offsets"));
+        };
+        if offsets.windows(2).any(|w| w[0] > w[1]) || last > data.len() {
+            return Err(bad("offsets out of order or past the bytes"));
+        }
+        let valid = match &self.valid {
+            None => None,
+            Some((v, bit)) => {
+                let bits = v.as_slice().map_err(|_| bad("bitmap not contiguous"))?;
+                let rows = offsets.len() - 1;
+                if bit
+                    .checked_add(rows)
+                    .is_none_or(|end| end.div_ceil(8) > bits.len())
+                {
+                    return Err(bad("validity bitmap too short"));
+                }
+                Some((bits, *bit))
+            }
+        };
+        Ok(TextView {
+            offsets,
+            data,
+            valid,
+        })
+    }
+}
+
+/// A text column to profile: its index, its layout, its buckets by bytes
+/// and the bucket of values the reference does not know.
+type TextJob<'a> = (usize, TextView<'a>, FxHashMap<&'a [u8], usize>, usize);
+
+struct TextView<'a> {
+    offsets: Vec<usize>,
+    data: &'a [u8],
+    valid: Option<(&'a [u8], usize)>,
+}
+
+impl TextView<'_> {
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Adds rows `rows` to `p`: each value's bucket found by its bytes in
+    /// `buckets`, `miss` for a value the reference does not know.
+    fn add(
+        &self,
+        p: &mut proto::ColumnProfile,
+        buckets: &FxHashMap<&[u8], usize>,
+        miss: usize,
+        rows: Range<usize>,
+    ) {
+        for r in rows {
+            if let Some((bits, bit)) = self.valid {
+                let i = bit + r;
+                if bits[i / 8] & (1 << (i % 8)) == 0 {
+                    profile::add_category(p, None);
+                    continue;
+                }
+            }
+            let v = &self.data[self.offsets[r]..self.offsets[r + 1]];
+            profile::add_category(p, Some(buckets.get(v).copied().unwrap_or(miss)));
+        }
+    }
+}
+
 /// Bytes of a tile of rows across all columns: small enough to stay in the
 /// cache while every column of it is read, whatever the layout.
 const TILE_BYTES: usize = 256 * 1024;
@@ -535,8 +665,13 @@ const TILE_BYTES: usize = 256 * 1024;
 /// matrix is read once), with the GIL released; the threads' profiles are
 /// merged. Returns an encoded window profile covering `[start, start +
 /// width)`.
+///
+/// `text` holds categorical columns of text as Arrow lays them out:
+/// `(column_index, offsets, utf8 bytes, validity bitmap or None, bit
+/// offset)`; their values are looked up by bytes in the threads.
 #[pyfunction]
-#[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0))]
+#[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0, text=Vec::new()))]
+#[allow(clippy::too_many_lines)]
 pub fn profile_columns<'py>(
     py: Python<'py>,
     reference: &[u8],
@@ -544,6 +679,7 @@ pub fn profile_columns<'py>(
     categorical: Vec<(usize, Bound<'py, PyAny>, Vec<String>)>,
     start_unix_nano: u64,
     width_nano: u64,
+    text: Vec<TextArg<'py>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     guard(|| {
         let r = profile::decode_reference(reference).map_err(|e| reference_err(&e))?;
@@ -563,7 +699,12 @@ pub fn profile_columns<'py>(
                 return Err(PyValueError::new_err(format!("column {i} given twice")));
             }
         }
-        for (i, _, _) in &categorical {
+        let cat_indices: Vec<usize> = categorical
+            .iter()
+            .map(|c| c.0)
+            .chain(text.iter().map(|t| t.0))
+            .collect();
+        for i in &cat_indices {
             if *i >= ncols || compiled.reference.columns[*i].categorical.is_none() {
                 return Err(PyValueError::new_err(format!(
                     "column {i} is not a categorical reference column"
@@ -602,31 +743,53 @@ pub fn profile_columns<'py>(
                 )
             })
             .collect();
+        let text_arrays: Vec<(usize, TextArray<'py>)> = text
+            .iter()
+            .map(|t| TextArray::read(t).map(|a| (t.0, a)))
+            .collect::<PyResult<_>>()?;
+        let texts: Vec<TextJob<'_>> = text_arrays
+            .iter()
+            .map(|(i, a)| {
+                let buckets = compiled.buckets[*i]
+                    .iter()
+                    .map(|(k, &b)| (k.as_bytes(), b))
+                    .collect();
+                a.view().map(|v| (*i, v, buckets, compiled.miss_bucket(*i)))
+            })
+            .collect::<PyResult<_>>()?;
         let rows = num
             .first()
             .map(|c| c.1.len())
             .or_else(|| cat.first().map(|c| c.1.len()))
+            .or_else(|| texts.first().map(|c| c.1.len()))
             .unwrap_or(0);
-        if num.iter().any(|c| c.1.len() != rows) || cat.iter().any(|c| c.1.len() != rows) {
+        if num.iter().any(|c| c.1.len() != rows)
+            || cat.iter().any(|c| c.1.len() != rows)
+            || texts.iter().any(|c| c.1.len() != rows)
+        {
             return Err(PyValueError::new_err("columns differ in length"));
         }
         let window = py.detach(|| {
             let mut w = compiled.empty_window(start_unix_nano, width_nano);
-            let width = num.len() + cat.len();
-            let row_bytes = num.len() * 8 + cat.len() * 4;
+            let width = num.len() + cat.len() + texts.len();
+            let row_bytes = num.len() * 8 + cat.len() * 4 + texts.len() * 16;
             let tile = (TILE_BYTES / row_bytes.max(1)).clamp(256, 1 << 16);
             let threads = std::thread::available_parallelism()
                 .map_or(1, std::num::NonZero::get)
                 .min(rows.div_ceil(tile).max(1));
             let per = rows.div_ceil(threads);
-            let (num, cat, w_ref) = (&num, &cat, &w);
+            let (num, cat, texts, w_ref) = (&num, &cat, &texts, &w);
+            let cols: Vec<usize> = num
+                .iter()
+                .map(|c| c.0)
+                .chain(cat.iter().map(|c| c.0))
+                .chain(texts.iter().map(|c| c.0))
+                .collect();
+            let cols_ref = &cols;
             let work = move |range: Range<usize>| -> Vec<proto::ColumnProfile> {
-                let mut out: Vec<proto::ColumnProfile> = num
-                    .iter()
-                    .map(|c| c.0)
-                    .chain(cat.iter().map(|c| c.0))
-                    .map(|c| w_ref.columns[c].clone())
-                    .collect();
+                let mut out: Vec<proto::ColumnProfile> =
+                    cols_ref.iter().map(|&c| w_ref.columns[c].clone()).collect();
+                let base = num.len() + cat.len();
                 let mut r = range.start;
                 while r < range.end {
                     let t = r..(r + tile).min(range.end);
@@ -635,6 +798,9 @@ pub fn profile_columns<'py>(
                     }
                     for (k, (_, codes, buckets)) in cat.iter().enumerate() {
                         codes.add(&mut out[num.len() + k], buckets, t.clone());
+                    }
+                    for (k, (_, values, buckets, miss)) in texts.iter().enumerate() {
+                        values.add(&mut out[base + k], buckets, *miss, t.clone());
                     }
                     r = t.end;
                 }
@@ -657,11 +823,6 @@ pub fn profile_columns<'py>(
                     }
                 }
             });
-            let cols: Vec<usize> = num
-                .iter()
-                .map(|c| c.0)
-                .chain(cat.iter().map(|c| c.0))
-                .collect();
             debug_assert_eq!(cols.len(), width);
             for part in &parts {
                 for (k, &c) in cols.iter().enumerate() {
@@ -672,5 +833,68 @@ pub fn profile_columns<'py>(
             w
         });
         Ok(PyBytes::new(py, &window.encode_to_vec()))
+    })
+}
+
+/// Codes and dictionary of [`encode_strings`].
+type Encoded<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyList>);
+
+/// Dictionary-encodes a NumPy object array of strings (a pandas object
+/// column): `(int32 codes, -1 for None or NaN; the distinct strings)`, or
+/// `None` when it holds anything but strings and missing values (those go
+/// through Arrow's spelling instead). One hash lookup per row, by the
+/// string's own UTF-8, no Arrow copy.
+#[pyfunction]
+pub fn encode_strings<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray1<'py, Py<PyAny>>,
+) -> PyResult<Option<Encoded<'py>>> {
+    guard(|| {
+        let view = values.as_array();
+        let mut codes: Vec<i32> = Vec::with_capacity(view.len());
+        let mut index: FxHashMap<String, i32> = FxHashMap::default();
+        let mut dictionary: Vec<Bound<'py, PyString>> = Vec::new();
+        // Consecutive rows often hold the very same object.
+        let mut last: Option<(*mut pyo3::ffi::PyObject, i32)> = None;
+        for item in &view {
+            let ptr = item.as_ptr();
+            if let Some((p, c)) = last {
+                if p == ptr {
+                    codes.push(c);
+                    continue;
+                }
+            }
+            let obj = item.bind(py);
+            let code = if let Ok(s) = obj.cast::<PyString>() {
+                let Ok(text) = s.to_str() else {
+                    return Ok(None); // not UTF-8 (lone surrogates): Arrow decides
+                };
+                if let Some(&c) = index.get(text) {
+                    c
+                } else {
+                    let Ok(c) = i32::try_from(dictionary.len()) else {
+                        return Ok(None);
+                    };
+                    index.insert(text.to_owned(), c);
+                    dictionary.push(s.clone());
+                    c
+                }
+            } else if obj.is_none() {
+                -1
+            } else if let Ok(f) = obj.cast::<pyo3::types::PyFloat>() {
+                if !f.value().is_nan() {
+                    return Ok(None);
+                }
+                -1
+            } else {
+                return Ok(None);
+            };
+            last = Some((ptr, code));
+            codes.push(code);
+        }
+        Ok(Some((
+            PyArray1::from_vec(py, codes),
+            PyList::new(py, dictionary)?,
+        )))
     })
 }
