@@ -161,6 +161,7 @@ def test_categorical_columns_of_a_numeric_matrix():
     X[:, 4] = rng.choice([0, 1, 2, 3, 7], size=ROWS, p=[0.1, 0.2, 0.3, 0.3, 0.1])
     X[:, 5] = rng.integers(0, 3, ROWS)
     X[::31, 5] = np.nan
+    X[1, 4] = -0.0  # the same category as 0
     X = X.astype(np.float32).astype(np.float64)
     want = ref.drift(X)
     assert "x4" in want.drifted

@@ -119,6 +119,7 @@ def profile_columns(
             int,
         ]
     ] = ...,
+    number_categories: Sequence[tuple[int, npt.NDArray[np.floating[Any]]]] = ...,
 ) -> bytes: ...
 def encode_strings(
     values: npt.NDArray[np.object_],

@@ -108,6 +108,20 @@ def _arrow_text(col: Any) -> Any:
     return None
 
 
+def _float_categories(col: Any) -> np.ndarray | None:
+    """A categorical column of floats (codes in a float matrix, a pandas
+    float column) as the array it already is, read in place by the
+    profiling threads; else None."""
+    if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) in (
+        np.float64,
+        np.float32,
+    ):
+        col = col.to_numpy()
+    if isinstance(col, np.ndarray) and col.ndim == 1 and col.dtype in (np.float64, np.float32):
+        return col
+    return None
+
+
 def _text_buffers(arr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Offsets (rows + 1), UTF-8 bytes, validity bitmap (or None) and its
     bit offset of an Arrow string array, as zero-copy NumPy views."""
@@ -150,7 +164,7 @@ def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
             codes = indices.fill_null(-1).to_numpy(zero_copy_only=False)
             return np.asarray(codes), [str(v) for v in spelled.to_pylist()]
     values = col
-    if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) is np.dtype(
+    if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) == np.dtype(
         object
     ):
         values = col.to_numpy()
@@ -320,6 +334,7 @@ class Reference:
         numeric: list[tuple[int, np.ndarray]] = []  # float64/float32 views, any stride
         categorical: list[tuple[int, np.ndarray, list[str]]] = []
         text: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None, int]] = []
+        number_categories: list[tuple[int, np.ndarray]] = []
         index = {c["name"]: i for i, c in enumerate(self._info["columns"])}
         kinds = {c["name"]: c["kind"] for c in self._info["columns"]}
         wanted = dict(cols)
@@ -339,13 +354,19 @@ class Reference:
             if kinds[name] == "numeric":
                 numeric.append((i, _numeric_view(col)))
                 continue
+            floats = _float_categories(col)
+            if floats is not None:
+                number_categories.append((i, floats))
+                continue
             arrow_text = _arrow_text(col)
             if arrow_text is not None:
                 text.append((i, *_text_buffers(arrow_text)))
                 continue
             codes, dictionary = _category_codes(col)
             categorical.append((i, codes, dictionary))
-        return _core.profile_columns(self._bytes, numeric, categorical, text=text)
+        return _core.profile_columns(
+            self._bytes, numeric, categorical, text=text, number_categories=number_categories
+        )
 
     def drift(
         self,

@@ -411,6 +411,21 @@ enum NumView<'a> {
 }
 
 impl NumView<'_> {
+    fn is_contiguous(&self) -> bool {
+        match self {
+            Self::F64(a) => a.as_slice().is_some(),
+            Self::F32(a) => a.as_slice().is_some(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, r: usize) -> f64 {
+        match self {
+            Self::F64(a) => a[r],
+            Self::F32(a) => f64::from(a[r]),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Self::F64(a) => a.len(),
@@ -652,9 +667,69 @@ impl TextView<'_> {
     }
 }
 
-/// Bytes of a tile of rows across all columns: small enough to stay in the
-/// cache while every column of it is read, whatever the layout.
-const TILE_BYTES: usize = 256 * 1024;
+/// A categorical column of numbers (codes in a float matrix): each value's
+/// bucket found by its bits in a per-thread cache, spelled (integral values
+/// as integers, like the agent) only the first time a thread meets it.
+struct NumberCategories<'a> {
+    col: usize,
+    values: NumView<'a>,
+}
+
+impl NumberCategories<'_> {
+    fn add(
+        &self,
+        p: &mut proto::ColumnProfile,
+        compiled: &profile::Compiled,
+        cache: &mut FxHashMap<u64, usize>,
+        rows: Range<usize>,
+    ) {
+        match self.values {
+            NumView::F64(a) => {
+                self.add_values(p, compiled, cache, a.slice(s![rows]).iter().copied())
+            }
+            NumView::F32(a) => self.add_values(
+                p,
+                compiled,
+                cache,
+                a.slice(s![rows]).iter().map(|&v| f64::from(v)),
+            ),
+        }
+    }
+
+    fn add_values(
+        &self,
+        p: &mut proto::ColumnProfile,
+        compiled: &profile::Compiled,
+        cache: &mut FxHashMap<u64, usize>,
+        values: impl Iterator<Item = f64>,
+    ) {
+        let mut last: Option<(u64, usize)> = None;
+        for v in values {
+            if v.is_nan() {
+                profile::add_category(p, None);
+                continue;
+            }
+            let bits = v.to_bits();
+            let b = match last {
+                Some((l, b)) if l == bits => b,
+                _ => *cache.entry(bits).or_insert_with(|| {
+                    crate::recorder::float_spelling(v).map_or_else(
+                        || compiled.miss_bucket(self.col),
+                        |s| compiled.bucket(self.col, &s),
+                    )
+                }),
+            };
+            last = Some((bits, b));
+            profile::add_category(p, Some(b));
+        }
+    }
+}
+
+/// Bytes of a tile of rows across all columns: a row-major matrix is read
+/// once, in order, a tile at a time (gathered into a column-major scratch
+/// that stays in the outer caches), and each column's binning tables are
+/// reloaded only once per tile.
+const TILE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Profiles whole columns against a reference (offline data, no agent):
 /// `numeric` is a list of `(column_index, float64 or float32 array)`,
@@ -670,8 +745,9 @@ const TILE_BYTES: usize = 256 * 1024;
 /// `(column_index, offsets, utf8 bytes, validity bitmap or None, bit
 /// offset)`; their values are looked up by bytes in the threads.
 #[pyfunction]
-#[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0, text=Vec::new()))]
-#[allow(clippy::too_many_lines)]
+#[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0, text=Vec::new(),
+    number_categories=Vec::new()))]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 pub fn profile_columns<'py>(
     py: Python<'py>,
     reference: &[u8],
@@ -680,6 +756,7 @@ pub fn profile_columns<'py>(
     start_unix_nano: u64,
     width_nano: u64,
     text: Vec<TextArg<'py>>,
+    number_categories: Vec<(usize, Bound<'py, PyAny>)>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     guard(|| {
         let r = profile::decode_reference(reference).map_err(|e| reference_err(&e))?;
@@ -703,6 +780,7 @@ pub fn profile_columns<'py>(
             .iter()
             .map(|c| c.0)
             .chain(text.iter().map(|t| t.0))
+            .chain(number_categories.iter().map(|t| t.0))
             .collect();
         for i in &cat_indices {
             if *i >= ncols || compiled.reference.columns[*i].categorical.is_none() {
@@ -757,50 +835,105 @@ pub fn profile_columns<'py>(
                 a.view().map(|v| (*i, v, buckets, compiled.miss_bucket(*i)))
             })
             .collect::<PyResult<_>>()?;
+        let number_arrays: Vec<(usize, NumArray<'py>)> = number_categories
+            .iter()
+            .map(|(i, a)| NumArray::read(a).map(|a| (*i, a)))
+            .collect::<PyResult<_>>()?;
+        let numcats: Vec<NumberCategories<'_>> = number_arrays
+            .iter()
+            .map(|(i, a)| NumberCategories {
+                col: *i,
+                values: a.view(),
+            })
+            .collect();
         let rows = num
             .first()
             .map(|c| c.1.len())
             .or_else(|| cat.first().map(|c| c.1.len()))
             .or_else(|| texts.first().map(|c| c.1.len()))
+            .or_else(|| numcats.first().map(|c| c.values.len()))
             .unwrap_or(0);
         if num.iter().any(|c| c.1.len() != rows)
             || cat.iter().any(|c| c.1.len() != rows)
             || texts.iter().any(|c| c.1.len() != rows)
+            || numcats.iter().any(|c| c.values.len() != rows)
         {
             return Err(PyValueError::new_err("columns differ in length"));
         }
         let window = py.detach(|| {
             let mut w = compiled.empty_window(start_unix_nano, width_nano);
-            let width = num.len() + cat.len() + texts.len();
-            let row_bytes = num.len() * 8 + cat.len() * 4 + texts.len() * 16;
-            let tile = (TILE_BYTES / row_bytes.max(1)).clamp(256, 1 << 16);
+            let width = num.len() + cat.len() + texts.len() + numcats.len();
+            let row_bytes = (num.len() + numcats.len()) * 8 + cat.len() * 4 + texts.len() * 16;
+            let tile = (TILE_BYTES / row_bytes.max(1)).clamp(256, 1 << 17);
             let threads = std::thread::available_parallelism()
                 .map_or(1, std::num::NonZero::get)
                 .min(rows.div_ceil(tile).max(1));
             let per = rows.div_ceil(threads);
-            let (num, cat, texts, w_ref) = (&num, &cat, &texts, &w);
+            let (num, cat, texts, numcats, w_ref) = (&num, &cat, &texts, &numcats, &w);
+            let compiled = &compiled;
             let cols: Vec<usize> = num
                 .iter()
                 .map(|c| c.0)
                 .chain(cat.iter().map(|c| c.0))
                 .chain(texts.iter().map(|c| c.0))
+                .chain(numcats.iter().map(|c| c.col))
                 .collect();
             let cols_ref = &cols;
             let work = move |range: Range<usize>| -> Vec<proto::ColumnProfile> {
                 let mut out: Vec<proto::ColumnProfile> =
                     cols_ref.iter().map(|&c| w_ref.columns[c].clone()).collect();
                 let base = num.len() + cat.len();
+                let mut caches: Vec<FxHashMap<u64, usize>> =
+                    numcats.iter().map(|_| FxHashMap::default()).collect();
+                // Strided columns (a row-major matrix) are gathered row by
+                // row into a column-major tile first: memory is then read in
+                // order, and each column's kernel runs on a contiguous slice.
+                let views: Vec<&NumView<'_>> = num
+                    .iter()
+                    .map(|c| &c.1)
+                    .chain(numcats.iter().map(|c| &c.values))
+                    .collect();
+                let strided: Vec<usize> = (0..views.len())
+                    .filter(|&k| !views[k].is_contiguous())
+                    .collect();
+                let mut scratch = vec![0.0f64; strided.len() * tile];
                 let mut r = range.start;
                 while r < range.end {
                     let t = r..(r + tile).min(range.end);
+                    let len = t.len();
+                    if !strided.is_empty() {
+                        for (j, row) in t.clone().enumerate() {
+                            for (s, &k) in strided.iter().enumerate() {
+                                scratch[s * tile + j] = views[k].get(row);
+                            }
+                        }
+                    }
+                    let mut next = 0;
                     for (k, (_, values, binner)) in num.iter().enumerate() {
-                        values.add(&mut out[k], binner, t.clone());
+                        if strided.get(next) == Some(&k) {
+                            let col = &scratch[next * tile..next * tile + len];
+                            profile::add_numeric_slice(&mut out[k], binner, col);
+                            next += 1;
+                        } else {
+                            values.add(&mut out[k], binner, t.clone());
+                        }
                     }
                     for (k, (_, codes, buckets)) in cat.iter().enumerate() {
                         codes.add(&mut out[num.len() + k], buckets, t.clone());
                     }
                     for (k, (_, values, buckets, miss)) in texts.iter().enumerate() {
                         values.add(&mut out[base + k], buckets, *miss, t.clone());
+                    }
+                    for (k, values) in numcats.iter().enumerate() {
+                        let at = base + texts.len() + k;
+                        if strided.get(next) == Some(&(num.len() + k)) {
+                            let col = &scratch[next * tile..next * tile + len];
+                            let cache = &mut caches[k];
+                            values.add_values(&mut out[at], compiled, cache, col.iter().copied());
+                            next += 1;
+                        } else {
+                            values.add(&mut out[at], compiled, &mut caches[k], t.clone());
+                        }
                     }
                     r = t.end;
                 }

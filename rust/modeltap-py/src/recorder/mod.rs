@@ -32,6 +32,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::errors::{guard, InvalidRecord};
+pub(crate) use vocab::float_spelling;
 use vocab::{canonical, Vocab};
 
 /// Longest caller-given request id kept (bytes); longer ones are cut.
