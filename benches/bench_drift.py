@@ -8,6 +8,7 @@ memory can be reported.
     python benches/bench_drift.py --rows 200000           # quicker
     python benches/bench_drift.py --evidently-python PATH # Evidently's interpreter
     python benches/bench_drift.py --layouts               # the same data in every layout
+    python benches/bench_drift.py --frames                # an Agent: whole frame vs chunks
 
 Evidently is not a modeltap dependency: give the Python of an environment
 that has it (``make bench-drift`` builds one in .bench/evidently-venv). The
@@ -275,6 +276,84 @@ def run_layouts(rows: int, ref_rows: int) -> int:
     return 0
 
 
+def frame_worker(mode: str, rows: int, ref_rows: int) -> None:
+    """An Agent with a reference takes the whole current frame in one
+    ``log_batch`` (``mode="whole"``) or in 20,000-row chunks, then
+    ``drift()``: seconds and peak extra memory of that alone."""
+    import modeltap
+
+    ref_df, cur_df = make_data(rows, ref_rows)
+    ref = modeltap.Reference.from_data(ref_df)
+    frame_bytes = int(cur_df.memory_usage(deep=True).sum())
+    base = rss()
+    monitor = PeakRss()
+    t0 = time.perf_counter()
+    agent = modeltap.Agent(
+        "bench", reference=ref, metrics_interval=None, sample_rate=1e-6, window_s=86400
+    )
+    preds = np.zeros(len(cur_df))
+    if mode == "whole":
+        ids = agent.log_batch(cur_df, preds)
+        assert len(ids) == rows
+    else:
+        for start in range(0, rows, 20_000):
+            agent.log_batch(cur_df.iloc[start : start + 20_000], preds[start : start + 20_000])
+    assert agent.flush(300)
+    report = agent.drift()
+    seconds = time.perf_counter() - t0
+    peak = monitor.stop() - base
+    agent.close()
+    assert report.records == rows, report.records
+    out = {"seconds": seconds, "peak_extra_bytes": max(peak, 0), "frame_bytes": frame_bytes}
+    print(json.dumps(out))
+
+
+def run_frames(rows: int, ref_rows: int) -> int:
+    sys.path.insert(0, str(HERE))
+    from envinfo import environment
+
+    print(
+        f"Agent.log_batch of a {rows:,}-row DataFrame (20 numeric + 2 categorical), "
+        "profiled against a reference on the drain thread, then agent.drift()"
+    )
+    print(environment())
+    out = {}
+    for mode in ("chunks", "whole"):
+        p = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--frame-worker",
+                mode,
+                "--rows",
+                str(rows),
+                "--ref-rows",
+                str(ref_rows),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if p.returncode != 0:
+            print(f"{mode} failed:\n{p.stderr[-2000:]}")
+            return 1
+        out[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+    frame = out["whole"]["frame_bytes"]
+    print(
+        "| log_batch of | seconds | x 20,000-row chunks | peak extra memory (MiB) "
+        "| x the frame's size |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for mode, label in (("chunks", "20,000-row chunks"), ("whole", "the whole frame at once")):
+        r = out[mode]
+        print(
+            f"| {label} | {r['seconds']:.2f} | {r['seconds'] / out['chunks']['seconds']:.2f} | "
+            f"{r['peak_extra_bytes'] / 2**20:,.0f} | {r['peak_extra_bytes'] / frame:.2f} |"
+        )
+    print(f"(the frame itself: {frame / 2**20:,.0f} MiB)")
+    return 0
+
+
 MONITOR: PeakRss | None = None
 
 WORKERS = {"modeltap": run_modeltap, "scipy": run_scipy, "evidently": run_evidently}
@@ -304,6 +383,10 @@ def main() -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--layout-worker", help=argparse.SUPPRESS)
     ap.add_argument("--layouts", action="store_true", help="time every input layout")
+    ap.add_argument("--frame-worker", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--frames", action="store_true", help="an Agent given the whole frame vs chunks"
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.worker:
@@ -314,6 +397,11 @@ def main() -> int:
         return 0
     if args.layouts:
         return run_layouts(args.rows, args.ref_rows)
+    if args.frame_worker:
+        frame_worker(args.frame_worker, args.rows, args.ref_rows)
+        return 0
+    if args.frames:
+        return run_frames(args.rows, args.ref_rows)
     results: dict[str, Any] = {}
     for name in ("modeltap", "scipy", "evidently"):
         py = sys.executable

@@ -166,3 +166,50 @@ def test_request_ids_are_a_lazy_sequence_of_strings():
     assert not modeltap.RequestIds()
     assert modeltap.RequestIds() == []
     assert "RequestIds(1000" in repr(ids)
+
+
+def test_a_large_frame_is_logged_a_slice_at_a_time(collected):
+    """A frame of several slices arrives whole and in order, ids, per-row
+    latencies and categories included; a slice that cannot be read is
+    rejected alone and counted."""
+    import pandas as pd
+
+    from modeltap.agent import FRAME_SLICE_ROWS
+
+    n = FRAME_SLICE_ROWS * 2 + 1_234
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"x": np.arange(n, dtype=np.float64), "y": rng.normal(size=n)})
+    df["c"] = rng.choice(["a", "b", "c"], size=n)
+    agent = modeltap.Agent(
+        "m", sink=collected, metrics_interval=None, buffer_size=1 << 16, on_full="block"
+    )
+    given = [f"r{i}" for i in range(n)]
+    ids = agent.log_batch(
+        df, pd.Series(np.arange(n) * 2.0), latency_s=np.full(n, 0.5), request_ids=given
+    )
+    assert ids == given
+    generated = agent.log_batch(df, np.zeros(n))
+    assert len(generated) == n
+    assert len(set(generated.tolist())) == n
+    assert agent.flush(60)
+    s = agent.stats()
+    assert (s["logged"], s["shipped"], s["invalid"]) == (2 * n, 2 * n, 0), s
+    rows = collected.rows()
+    first = {rid: i for i, rid in enumerate(rows["request_ids"]) if rid.startswith("r")}
+    assert len(first) == n
+    order = [first[f"r{i}"] for i in range(n)]
+    assert order == sorted(order)
+    feats = rows["features"][order]
+    np.testing.assert_array_equal(feats[:, 0], df["x"].to_numpy())
+    np.testing.assert_array_equal(rows["predictions"][order], np.arange(n) * 2.0)
+    cats = [c for b in rows["batches"] for c in b["categories"]["c"]]
+    assert [cats[i] for i in order] == df["c"].tolist()
+    # Text in a numeric column of the second slice only.
+    bad = df.copy()
+    bad["x"] = bad["x"].astype(object)
+    bad.loc[FRAME_SLICE_ROWS + 5, "x"] = "oops"
+    ids = agent.log_batch(bad, np.zeros(n))
+    assert len(ids) == n - FRAME_SLICE_ROWS
+    s = agent.stats()
+    agent.close()
+    assert (s["logged"], s["invalid"]) == (3 * n, FRAME_SLICE_ROWS), s

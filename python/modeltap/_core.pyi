@@ -158,6 +158,9 @@ class RequestIds:
     sequence of ``str``, each spelled only when read."""
 
     def __new__(cls, ids: Sequence[str] | None = None) -> RequestIds: ...
+    @staticmethod
+    def join(parts: Sequence[RequestIds]) -> RequestIds:
+        """The ids of several calls, in order, as one ``RequestIds``."""
     def __len__(self) -> int: ...
     def __bool__(self) -> bool: ...
     @overload

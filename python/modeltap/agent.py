@@ -498,7 +498,20 @@ class Agent:
         and spells each only when read: a million-row batch builds no
         million strings. ``ids.tolist()`` gives a ``list[str]``; rows that
         were rejected give an empty one.
+
+        A DataFrame of more than 65,536 rows is read in slices of that many
+        (outside strict mode, when every per-row argument has one entry per
+        row), so converting it never takes more memory than one slice: a
+        slice that cannot be read is rejected on its own and contributes no
+        ids.
         """
+        if (
+            not self.strict
+            and _is_frame(X)
+            and _n_rows(X) > FRAME_SLICE_ROWS
+            and _per_row(_n_rows(X), predictions, probabilities, latency_s, request_ids)
+        ):
+            return self._log_frame_slices(X, predictions, probabilities, latency_s, request_ids)
         try:
             coded = False
             overflow: dict[int, list[tuple[int, str]]] | None = None
@@ -539,6 +552,35 @@ class Agent:
             self._rec.count_error()
             log.exception("modeltap: log_batch failed")
             return _core.RequestIds()
+
+    def _log_frame_slices(
+        self,
+        X: Any,
+        predictions: Any,
+        probabilities: Any,
+        latency_s: Any,
+        request_ids: Sequence[str] | None,
+    ) -> _core.RequestIds:
+        """``log_batch`` of a large frame, ``FRAME_SLICE_ROWS`` rows at a time."""
+        n = _n_rows(X)
+        predictions = _rows_of(predictions)
+        probabilities = _rows_of(probabilities)
+        per_row_latency = latency_s is not None and _sized(latency_s)
+        latency = _rows_of(latency_s) if per_row_latency else latency_s
+        ids = _rows_of(request_ids)
+        parts = []
+        for start in range(0, n, FRAME_SLICE_ROWS):
+            stop = min(start + FRAME_SLICE_ROWS, n)
+            parts.append(
+                self.log_batch(
+                    _frame_rows(X, start, stop),
+                    predictions[start:stop],
+                    None if probabilities is None else probabilities[start:stop],
+                    latency_s=latency[start:stop] if per_row_latency else latency,
+                    request_ids=None if ids is None else ids[start:stop],
+                )
+            )
+        return _core.RequestIds.join(parts)
 
     def _frame_matrix(
         self, X: Any, predictions: Any, probabilities: Any
@@ -799,6 +841,46 @@ def _n_rows(X: Any) -> int:
             return len(X)
         except Exception:
             return 1
+
+
+# A DataFrame larger than this is converted and logged a slice at a time.
+FRAME_SLICE_ROWS = 65_536
+
+
+def _sized(v: Any) -> bool:
+    return hasattr(v, "__len__") and not isinstance(v, (str, bytes))
+
+
+def _per_row(n: int, *args: Any) -> bool:
+    """Whether every argument is None, a scalar or has exactly ``n`` rows
+    (so slicing it with the frame keeps rows together)."""
+    for a in args:
+        if a is None or not _sized(a):
+            continue
+        try:
+            if len(a) != n:
+                return False
+        except TypeError:
+            return False
+        if not hasattr(a, "__getitem__"):
+            return False
+    return True
+
+
+def _rows_of(v: Any) -> Any:
+    """Something sliceable by row position (a pandas object by its values)."""
+    if v is not None and type(v).__module__.startswith("pandas") and hasattr(v, "to_numpy"):
+        return v.to_numpy()
+    return v
+
+
+def _frame_rows(X: Any, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of a pandas/polars DataFrame or Arrow table,
+    without copying."""
+    mod = type(X).__module__
+    if mod.startswith("pandas"):
+        return X.iloc[start:stop]
+    return X.slice(start, stop - start)
 
 
 def _is_frame(X: Any) -> bool:

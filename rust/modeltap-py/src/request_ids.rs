@@ -78,6 +78,32 @@ impl RequestIds {
         Self::given(ids.unwrap_or_default())
     }
 
+    /// The ids of several calls, in order, as one `RequestIds`.
+    #[staticmethod]
+    fn join(parts: Vec<PyRef<'_, RequestIds>>) -> Self {
+        if parts.iter().all(|p| matches!(p.ids, Ids::Generated(_))) {
+            let mut all = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for p in &parts {
+                if let Ids::Generated(v) = &p.ids {
+                    all.extend_from_slice(v);
+                }
+            }
+            return Self::generated(all);
+        }
+        let mut all = Vec::new();
+        for p in &parts {
+            match &p.ids {
+                Ids::Generated(v) => all.extend(v.iter().map(|&id| {
+                    let mut buf = [0u8; 32];
+                    hex_u128(id, &mut buf);
+                    String::from_utf8_lossy(&buf).into_owned()
+                })),
+                Ids::Given(v) => all.extend(v.iter().cloned()),
+            }
+        }
+        Self::given(all)
+    }
+
     fn __len__(&self) -> usize {
         self.len()
     }
