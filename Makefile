@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev demo lint rust-test unsafe-check fuzz py-test test bench bench-ingest bench-drift bench-rust bench-trust clean
+.PHONY: install dev demo lint rust-test unsafe-check fuzz py-test test bench bench-ingest bench-drift bench-rust bench-trust bench-readme clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -49,6 +49,13 @@ bench-drift:  ## drift of 1M rows: modeltap vs scipy+numpy vs Evidently (own ven
 	test -x .bench/evidently-venv/bin/python || ( $(PY) -m venv .bench/evidently-venv && \
 		.bench/evidently-venv/bin/pip install evidently "pandas<3" )
 	$(PY) benches/bench_drift.py
+
+bench-readme:  ## every README table with its environment (pandas 3 here; pandas 2 + Evidently in .bench/evidently-venv)
+	$(PIP) install ".[dev,bench]"
+	test -x .bench/evidently-venv/bin/python || ( $(PY) -m venv .bench/evidently-venv && \
+		.bench/evidently-venv/bin/pip install evidently "pandas<3" polars )
+	.bench/evidently-venv/bin/pip install .
+	$(PY) benches/readme.py --pandas2-python .bench/evidently-venv/bin/python
 
 bench-trust:  ## faults (records lost/duplicated), fuzzing, agent memory with wide records
 	$(PIP) install ".[dev]"
