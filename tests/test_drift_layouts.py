@@ -223,3 +223,36 @@ def test_hostile_text_buffers_are_refused():
         _core.profile_columns(
             ref.to_bytes(), [], [], text=[(col, good.astype(float), data, None, 0)]
         )
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [
+        ([-0.0, 1.5], np.float64),
+        ([1e-7, 0.5], np.float64),
+        ([1e16, 0.5], np.float64),
+        ([0.1, 0.2], np.float32),
+        ([0.0, 1.0, 2.0], np.float64),
+    ],
+)
+def test_float_categories_are_spelled_as_the_reference_spelled_them(values, dtype):
+    """A reference's own data shows no drift, whichever layout it comes in."""
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=1_000), rng.choice(values, 1_000)]).astype(dtype)
+    ref = modeltap.Reference.from_data(X, feature_names=["x", "c"], categorical=["c"])
+    for data in (X, pd.DataFrame(X, columns=["x", "c"]), pa.table({"x": X[:, 0], "c": X[:, 1]})):
+        row = ref.drift(data)["c"]
+        assert row["js"] == 0.0
+        assert row["out_of_range"] == 0.0
+
+
+def test_categories_arrow_cannot_encode_as_they_are():
+    import uuid
+
+    for data in (
+        pd.DataFrame({"c": pd.period_range("2020-01", periods=3, freq="M")}),
+        pd.DataFrame({"c": pd.Categorical(pd.period_range("2020-01", periods=3, freq="M"))}),
+        pa.table({"c": pa.array([uuid.UUID(int=i).bytes for i in (1, 2, 1)], pa.uuid())}),
+    ):
+        ref = modeltap.Reference.from_data(data, categorical=["c"])
+        assert ref.drift(data)["c"]["js"] == 0.0

@@ -166,6 +166,33 @@ def test_request_ids_are_a_lazy_sequence_of_strings():
     assert not modeltap.RequestIds()
     assert modeltap.RequestIds() == []
     assert "RequestIds(1000" in repr(ids)
+    # What code written for the list it used to be does with it.
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ids)) == as_list
+    assert copy.copy(given) == ["a", "b", "c"]
+    assert copy.deepcopy(ids) == as_list
+    assert ids.index(as_list[7]) == 7
+    assert given.count("b") == 1
+    assert given.count(3) == 0
+    with pytest.raises(ValueError, match="not among"):
+        given.index("z")
+    with pytest.raises(IndexError):
+        ids[2**70]
+    with pytest.raises(TypeError):
+        given + "xy"
+    assert given != {"a": 1, "b": 2, "c": 3}
+
+    class Liar:
+        def __len__(self) -> int:
+            return 3
+
+        def __iter__(self):
+            return iter(["a"])
+
+    assert given != Liar()
+    assert given != ("a", "b")
 
 
 def test_a_large_frame_is_logged_a_slice_at_a_time(collected):
@@ -213,3 +240,39 @@ def test_a_large_frame_is_logged_a_slice_at_a_time(collected):
     s = agent.stats()
     agent.close()
     assert (s["logged"], s["invalid"]) == (3 * n, FRAME_SLICE_ROWS), s
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"predictions": "generator"},
+        {"predictions": 1.0},
+        {"predictions": "array", "request_ids": "generator"},
+        {"predictions": "array", "latency_s": 0.25},
+    ],
+)
+def test_a_large_frame_with_arguments_that_cannot_be_sliced(kw):
+    """Generators, scalars and the like go through the one-call path: read
+    or rejected whole, never raised, every row counted."""
+    import pandas as pd
+
+    from modeltap.agent import FRAME_SLICE_ROWS
+
+    n = FRAME_SLICE_ROWS + 7
+    df = pd.DataFrame({"a": np.zeros(n)})
+    make = {
+        "generator": lambda: (0.0 for _ in range(n)),
+        "array": lambda: np.zeros(n),
+    }
+    args = {k: make[v]() if isinstance(v, str) else v for k, v in kw.items()}
+    if "request_ids" in kw:
+        args["request_ids"] = (f"r{i}" for i in range(n))
+    agent = modeltap.Agent("m", sink=[].append, metrics_interval=None)
+    ids = agent.log_batch(df, **args)
+    agent.close()
+    s = agent.stats()
+    assert s["logged"] == n
+    if kw["predictions"] == 1.0:
+        assert (len(ids), s["invalid"]) == (0, n)
+    else:
+        assert (len(ids), s["invalid"]) == (n, 0)

@@ -571,15 +571,20 @@ class Agent:
         parts = []
         for start in range(0, n, FRAME_SLICE_ROWS):
             stop = min(start + FRAME_SLICE_ROWS, n)
-            parts.append(
-                self.log_batch(
+            try:
+                args = (
                     _frame_rows(X, start, stop),
                     predictions[start:stop],
                     None if probabilities is None else probabilities[start:stop],
-                    latency_s=latency[start:stop] if per_row_latency else latency,
-                    request_ids=None if ids is None else ids[start:stop],
+                    latency[start:stop] if per_row_latency else latency,
+                    None if ids is None else ids[start:stop],
                 )
-            )
+            except Exception as e:
+                # Handed over, never readable: counted, never lost silently.
+                self._rec.reject(n - start, f"rows {start}: of the DataFrame unreadable: {e!r}")
+                break
+            x, p, pr, lat, rid = args
+            parts.append(self.log_batch(x, p, pr, latency_s=lat, request_ids=rid))
         return _core.RequestIds.join(parts)
 
     def _frame_matrix(
@@ -851,20 +856,29 @@ def _sized(v: Any) -> bool:
     return hasattr(v, "__len__") and not isinstance(v, (str, bytes))
 
 
-def _per_row(n: int, *args: Any) -> bool:
-    """Whether every argument is None, a scalar or has exactly ``n`` rows
-    (so slicing it with the frame keeps rows together)."""
-    for a in args:
-        if a is None or not _sized(a):
-            continue
+def _per_row(
+    n: int, predictions: Any, probabilities: Any, latency_s: Any, request_ids: Any
+) -> bool:
+    """Whether the per-row arguments can be sliced with the frame: each has
+    exactly ``n`` rows and takes a slice (``latency_s`` may also be one
+    number, ``probabilities`` and ``request_ids`` None). Anything else (a
+    generator, a scalar prediction, a mapping) goes to the one-call path,
+    which reads or rejects it whole."""
+
+    def rows(v: Any) -> bool:
+        if not _sized(v) or isinstance(v, Mapping):
+            return False
         try:
-            if len(a) != n:
-                return False
-        except TypeError:
+            return len(v) == n and len(_rows_of(v)[0:1]) == min(n, 1)
+        except Exception:
             return False
-        if not hasattr(a, "__getitem__"):
-            return False
-    return True
+
+    return (
+        rows(predictions)
+        and (probabilities is None or rows(probabilities))
+        and (latency_s is None or not _sized(latency_s) or rows(latency_s))
+        and (request_ids is None or rows(request_ids))
+    )
 
 
 def _rows_of(v: Any) -> Any:

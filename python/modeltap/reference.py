@@ -4,6 +4,7 @@ traffic is compared with."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -108,15 +109,36 @@ def _arrow_text(col: Any) -> Any:
     return None
 
 
+# Category spellings a float column gives the same way in every path: the
+# agent's (integral values as integers) and Arrow's (used to build
+# references; integral when every value is).
+_INTEGER_SPELLING = re.compile(r"0|-?[1-9][0-9]{0,14}")
+
+
+def _integer_categories(column: dict[str, Any]) -> bool:
+    """Whether every category the reference kept for ``column`` is spelled
+    as an integer (so float data is binned the same whichever path reads it)."""
+    return all(_INTEGER_SPELLING.fullmatch(str(c)) for c in column.get("categories") or ())
+
+
 def _float_categories(col: Any) -> np.ndarray | None:
-    """A categorical column of floats (codes in a float matrix, a pandas
-    float column) as the array it already is, read in place by the
-    profiling threads; else None."""
-    if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) in (
-        np.float64,
-        np.float32,
-    ):
-        col = col.to_numpy()
+    """A categorical column of floats (codes in a float matrix, a pandas or
+    Arrow float column) as a float array, in place where it already is one,
+    missing values as NaN, for the profiling threads; else None."""
+    import pyarrow as pa
+
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        if not pa.types.is_floating(col.type):
+            return None
+        return np.asarray(col.to_numpy(zero_copy_only=False))
+    if type(col).__module__.startswith("pandas"):
+        dtype = getattr(col, "dtype", None)
+        if dtype in (np.float64, np.float32):
+            col = col.to_numpy()
+        elif str(dtype) in ("Float64", "Float32"):
+            col = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            return None
     if isinstance(col, np.ndarray) and col.ndim == 1 and col.dtype in (np.float64, np.float32):
         return col
     return None
@@ -148,10 +170,10 @@ def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
         try:
             cats = col.cat.categories
             codes = np.asarray(col.cat.codes.to_numpy())
-        except (AttributeError, TypeError):
-            pass
-        else:
             spelled = categorical_strings(pa.array(np.asarray(cats), from_pandas=True))
+        except (AttributeError, TypeError, pa.ArrowException):
+            pass  # categories Arrow cannot read as they are: the path below
+        else:
             return codes, [str(v) for v in spelled.to_pylist()]
     if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1:
         col = col.chunk(0)
@@ -175,8 +197,12 @@ def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
         if done is not None:
             return done[0], done[1]
     # Encode the values as they are (numbers hash faster than their
-    # spellings), then spell only the distinct ones.
-    enc = _arrow_values(col).dictionary_encode()
+    # spellings), then spell only the distinct ones; types Arrow cannot
+    # encode as they are (extension types) are spelled first.
+    try:
+        enc = _arrow_values(col).dictionary_encode()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        enc = categorical_strings(col).dictionary_encode()
     spelled = categorical_strings(enc.dictionary)
     codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
     return codes, [str(v) for v in spelled.to_pylist()]
@@ -342,6 +368,8 @@ class Reference:
             wanted["prediction"] = predictions
         if probabilities is not None:
             P = np.asarray(probabilities, dtype=np.float64)
+            if P.ndim != 2:
+                raise ValueError("probabilities must be 2-D (rows x classes)")
             for j in range(P.shape[1]):
                 wanted[f"probability_{j}"] = P[:, j]
         missing = [n for n in self.feature_names if n not in wanted]
@@ -354,7 +382,8 @@ class Reference:
             if kinds[name] == "numeric":
                 numeric.append((i, _numeric_view(col)))
                 continue
-            floats = _float_categories(col)
+            column = self._info["columns"][i]
+            floats = _float_categories(col) if _integer_categories(column) else None
             if floats is not None:
                 number_categories.append((i, floats))
                 continue

@@ -121,17 +121,21 @@ impl RequestIds {
         if let Ok(slice) = index.cast::<PySlice>() {
             let ind = slice.indices(isize::try_from(n).unwrap_or(isize::MAX))?;
             let mut out = Vec::with_capacity(ind.slicelength);
-            let mut i = ind.start;
-            for _ in 0..ind.slicelength {
+            for k in 0..ind.slicelength {
+                // Within 0..n by construction of `indices`; computed wide so
+                // a huge step cannot overflow past the last element.
+                let i = i128::from(ind.start as i64) + (k as i128) * i128::from(ind.step as i64);
                 out.push(self.get(py, usize::try_from(i).unwrap_or(0)));
-                i += ind.step;
             }
             return Ok(PyList::new(py, out)?.into_any());
         }
-        let Ok(i) = index.extract::<isize>() else {
+        if !index.is_instance_of::<pyo3::types::PyInt>() && !index.hasattr("__index__")? {
             return Err(PyTypeError::new_err(
                 "request ids are indexed by integers or slices",
             ));
+        }
+        let Ok(i) = index.extract::<isize>() else {
+            return Err(PyIndexError::new_err("request id index out of range"));
         };
         let n_signed = isize::try_from(n).unwrap_or(isize::MAX);
         let j = if i < 0 { i + n_signed } else { i };
@@ -155,33 +159,60 @@ impl RequestIds {
         (0..self.len()).any(|i| self.is(i, s))
     }
 
-    /// Equal to any sequence (a list, a tuple, another `RequestIds`) of the
-    /// same strings in the same order.
+    /// Equal to a list, a tuple or another `RequestIds` of the same strings
+    /// in the same order (as a list would be).
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        if other.is_instance_of::<PyString>() {
-            return false;
-        }
-        let Ok(n) = other.len() else {
-            return false;
-        };
-        if n != self.len() {
+        let seq = other.is_instance_of::<PyList>()
+            || other.is_instance_of::<pyo3::types::PyTuple>()
+            || other.is_instance_of::<RequestIds>();
+        if !seq {
             return false;
         }
         let Ok(it) = other.try_iter() else {
             return false;
         };
-        for (i, item) in it.enumerate() {
+        let mut seen = 0;
+        for item in it {
             let Ok(item) = item else {
                 return false;
             };
             let Ok(s) = item.extract::<&str>() else {
                 return false;
             };
-            if i >= self.len() || !self.is(i, s) {
+            if seen >= self.len() || !self.is(seen, s) {
                 return false;
             }
+            seen += 1;
         }
-        true
+        seen == self.len()
+    }
+
+    /// The position of the first id equal to `value` (`ValueError` if none).
+    fn index(&self, value: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if let Ok(s) = value.extract::<&str>() {
+            if let Some(i) = (0..self.len()).find(|&i| self.is(i, s)) {
+                return Ok(i);
+            }
+        }
+        Err(pyo3::exceptions::PyValueError::new_err(
+            "not among these request ids",
+        ))
+    }
+
+    /// How many ids equal `value`.
+    fn count(&self, value: &Bound<'_, PyAny>) -> usize {
+        value
+            .extract::<&str>()
+            .map_or(0, |s| (0..self.len()).filter(|&i| self.is(i, s)).count())
+    }
+
+    /// Pickles (and copies) as the list of strings it holds.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyList>,))> {
+        let py = slf.py();
+        let cls = py.get_type::<RequestIds>().into_any();
+        Ok((cls, (slf.get().tolist(py)?,)))
     }
 
     /// `ids + other`: a `list[str]` of both (as a list would give).
@@ -190,6 +221,11 @@ impl RequestIds {
         py: Python<'py>,
         other: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
+        if !(other.is_instance_of::<PyList>() || other.is_instance_of::<RequestIds>()) {
+            return Err(PyTypeError::new_err(
+                "request ids concatenate with a list or RequestIds",
+            ));
+        }
         let out = self.tolist(py)?;
         for item in other.try_iter()? {
             out.append(item?)?;
@@ -203,6 +239,11 @@ impl RequestIds {
         py: Python<'py>,
         other: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
+        if !other.is_instance_of::<PyList>() {
+            return Err(PyTypeError::new_err(
+                "request ids concatenate with a list or RequestIds",
+            ));
+        }
         let out = PyList::empty(py);
         for item in other.try_iter()? {
             out.append(item?)?;
