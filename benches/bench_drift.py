@@ -166,6 +166,20 @@ LAYOUTS = (
 )
 
 
+def run_worker(python: str, flag: str, what: str, rows: int, ref_rows: int) -> tuple[bool, str]:
+    """Runs this script's ``flag`` worker for ``what`` in a fresh process:
+    (True, its JSON line) or (False, its stderr)."""
+    p = subprocess.run(
+        [python, __file__, flag, what, "--rows", str(rows), "--ref-rows", str(ref_rows)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if p.returncode != 0:
+        return False, p.stderr
+    return True, p.stdout.strip().splitlines()[-1]
+
+
 def make_layout(layout: str, rows: int, ref_rows: int) -> tuple[Any, Any, Any]:
     """(reference data, categorical names, current data in ``layout``): the
     frames of :func:`make_data`; numpy layouts carry the two categorical
@@ -246,25 +260,11 @@ def run_layouts(rows: int, ref_rows: int) -> int:
     base = None
     out = {}
     for layout in LAYOUTS:
-        p = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--layout-worker",
-                layout,
-                "--rows",
-                str(rows),
-                "--ref-rows",
-                str(ref_rows),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        if p.returncode != 0:
-            print(f"| {layout} | failed: {p.stderr.strip().splitlines()[-1:]} | | |")
+        ok, r = run_worker(sys.executable, "--layout-worker", layout, rows, ref_rows)
+        if not ok:
+            print(f"| {layout} | failed: {r.strip().splitlines()[-1:]} | | |")
             continue
-        out[layout] = json.loads(p.stdout.strip().splitlines()[-1])
+        out[layout] = json.loads(r)
     base = out.get("numpy F-order float64", {}).get("seconds")
     for layout, r in out.items():
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
@@ -319,25 +319,11 @@ def run_frames(rows: int, ref_rows: int) -> int:
     print(environment())
     out = {}
     for mode in ("chunks", "whole"):
-        p = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--frame-worker",
-                mode,
-                "--rows",
-                str(rows),
-                "--ref-rows",
-                str(ref_rows),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        if p.returncode != 0:
-            print(f"{mode} failed:\n{p.stderr[-2000:]}")
+        ok, r = run_worker(sys.executable, "--frame-worker", mode, rows, ref_rows)
+        if not ok:
+            print(f"{mode} failed:\n{r[-2000:]}")
             return 1
-        out[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+        out[mode] = json.loads(r)
     frame = out["whole"]["frame_bytes"]
     print(
         "| log_batch of | seconds | x 20,000-row chunks | peak extra memory (MiB) "
@@ -410,25 +396,11 @@ def main() -> int:
                 print(f"no Evidently environment at {args.evidently_python}: left out")
                 continue
             py = args.evidently_python
-        p = subprocess.run(
-            [
-                py,
-                __file__,
-                "--worker",
-                name,
-                "--rows",
-                str(args.rows),
-                "--ref-rows",
-                str(args.ref_rows),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        if p.returncode != 0:
-            print(f"{name} failed:\n{p.stderr[-2000:]}")
+        ok, r = run_worker(py, "--worker", name, args.rows, args.ref_rows)
+        if not ok:
+            print(f"{name} failed:\n{r[-2000:]}")
             continue
-        results[name] = json.loads(p.stdout.strip().splitlines()[-1])
+        results[name] = json.loads(r)
     mt = results["modeltap"]["seconds"]
     print(
         f"{args.rows:,} current rows x ({NUMERIC} numeric + 2 categorical) against "

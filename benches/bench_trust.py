@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from envinfo import environment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -182,25 +183,6 @@ def fuzz_table(rows: list[tuple[str, int, int]], seconds: int) -> str:
 
 
 # -- main -------------------------------------------------------------------------
-
-
-def environment() -> str:
-    import numpy
-
-    import modeltap
-    from modeltap import _core
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"Environment: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-        f"numpy {numpy.__version__}; modeltap {modeltap.__version__} "
-        f"({'debug' if _core.DEBUG_BUILD else 'release'} build)"
-    )
 
 
 def main() -> int:

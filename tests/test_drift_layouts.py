@@ -59,6 +59,15 @@ def _same(a: modeltap.DriftReport, b: modeltap.DriftReport) -> None:
                 assert va == vb, (ra["feature"], k, va, vb)
 
 
+def _each_same(ref: modeltap.Reference, want: modeltap.DriftReport, inputs: dict) -> None:
+    """``ref.drift`` of every input equals ``want``; a failure names the input."""
+    for name, data in inputs.items():
+        try:
+            _same(want, ref.drift(data))
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from e
+
+
 def test_numeric_layouts_give_one_report():
     X, _, _ = _values()
     ref, _ = _reference()
@@ -75,12 +84,7 @@ def test_numeric_layouts_give_one_report():
         "pandas Float64 (nullable)": pd.DataFrame(X, columns=NAMES).astype("Float64"),
         "arrow": pa.Table.from_pandas(pd.DataFrame(X, columns=NAMES), preserve_index=False),
     }
-    for name, data in layouts.items():
-        got = ref.drift(data)
-        try:
-            _same(want, got)
-        except AssertionError as e:
-            raise AssertionError(f"{name}: {e}") from e
+    _each_same(ref, want, layouts)
 
 
 def _frames(X: np.ndarray, country: np.ndarray, device: np.ndarray) -> dict[str, object]:
@@ -120,12 +124,7 @@ def test_frame_layouts_give_one_report():
     want = ref.drift(frames["pandas object"])
     assert want.records == ROWS
     assert want["country"]["missing_cur"] > 0
-    for name, data in frames.items():
-        got = ref.drift(data)
-        try:
-            _same(want, got)
-        except AssertionError as e:
-            raise AssertionError(f"{name}: {e}") from e
+    _each_same(ref, want, frames)
 
 
 def test_category_codes_of_every_width_and_unused_categories():
@@ -169,16 +168,13 @@ def test_categorical_columns_of_a_numeric_matrix():
     df = pd.DataFrame(X, columns=NAMES)
     df["x4"] = df["x4"].astype(np.int64)
     df["x5"] = df["x5"].astype("Int64")  # nullable: NaN becomes <NA>
-    for name, data in {
+    layouts = {
         "F-order": np.asfortranarray(X),
         "float32": X.astype(np.float32),
         "pandas int columns": df,
         "arrow": pa.Table.from_pandas(df, preserve_index=False),
-    }.items():
-        try:
-            _same(want, ref.drift(data))
-        except AssertionError as e:
-            raise AssertionError(f"{name}: {e}") from e
+    }
+    _each_same(ref, want, layouts)
 
 
 def test_object_columns_with_other_values_fall_back_to_arrow_spelling():
