@@ -418,14 +418,6 @@ impl NumView<'_> {
         }
     }
 
-    #[inline]
-    fn get(&self, r: usize) -> f64 {
-        match self {
-            Self::F64(a) => a[r],
-            Self::F32(a) => f64::from(a[r]),
-        }
-    }
-
     fn len(&self) -> usize {
         match self {
             Self::F64(a) => a.len(),
@@ -897,15 +889,25 @@ pub fn profile_columns<'py>(
                     .filter(|&k| !views[k].is_contiguous())
                     .collect();
                 let mut scratch = vec![0.0f64; strided.len() * tile];
+                // Typed once, so the per-value loop has no dispatch.
+                let mut f64s: Vec<(usize, ArrayView1<'_, f64>)> = Vec::new();
+                let mut f32s: Vec<(usize, ArrayView1<'_, f32>)> = Vec::new();
+                for (slot, &k) in strided.iter().enumerate() {
+                    match *views[k] {
+                        NumView::F64(a) => f64s.push((slot * tile, a)),
+                        NumView::F32(a) => f32s.push((slot * tile, a)),
+                    }
+                }
                 let mut r = range.start;
                 while r < range.end {
                     let t = r..(r + tile).min(range.end);
                     let len = t.len();
-                    if !strided.is_empty() {
-                        for (j, row) in t.clone().enumerate() {
-                            for (s, &k) in strided.iter().enumerate() {
-                                scratch[s * tile + j] = views[k].get(row);
-                            }
+                    for (j, row) in t.clone().enumerate() {
+                        for (at, a) in &f64s {
+                            scratch[at + j] = a[row];
+                        }
+                        for (at, a) in &f32s {
+                            scratch[at + j] = f64::from(a[row]);
                         }
                     }
                     let mut next = 0;
