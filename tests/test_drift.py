@@ -3,6 +3,8 @@ drift decision on data where the answer is known."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -260,3 +262,27 @@ def test_sample_rate_keeps_some_rows_and_profiles_every_record():
     assert s["logged"] == s["shipped"] + s["sampled_out"]
     with pytest.raises(ValueError, match="sample_rate"):
         modeltap.Agent("m", sample_rate=0.0)
+
+
+def test_ks_pvalue_is_the_kolmogorov_tail_over_the_whole_range():
+    """The reported p-value is scipy's Kolmogorov survival function of the
+    report's own D and sizes, from D ≈ 0 (p = 1) to large shifts."""
+    from scipy.stats import kstwobign
+
+    rng = np.random.default_rng(11)
+    R = rng.normal(size=(200_000, 1))
+    ref = modeltap.Reference.from_data(R, feature_names=["x"])
+    seen_small = seen_mid = False
+    for n, shift in ((200_000, 0.0), (50_000, 0.003), (5_000, 0.02), (2_000, 0.05), (1_000, 0.3)):
+        cur = R[:n].copy() if shift == 0.0 else rng.normal(shift, 1.0, size=(n, 1))
+        if shift == 0.0:
+            cur[0, 0] = 9.0  # equal to the reference but for one value
+        row = modeltap.Reference.drift(ref, cur)["x"]
+        ne = row["n_ref"] * row["n_cur"] / (row["n_ref"] + row["n_cur"])
+        lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * row["ks"]
+        want = float(kstwobign.sf(lam))
+        assert row["ks_pvalue"] == pytest.approx(want, abs=1e-12), (n, shift, lam)
+        seen_small |= lam < 0.05
+        seen_mid |= 0.5 < lam < 1.5
+    assert seen_small
+    assert seen_mid
