@@ -252,3 +252,39 @@ def test_categories_arrow_cannot_encode_as_they_are():
     ):
         ref = modeltap.Reference.from_data(data, categorical=["c"])
         assert ref.drift(data)["c"]["js"] == 0.0
+
+
+def test_nullable_and_arrow_numbers_are_numeric():
+    """pandas Int64, Float64, boolean and Arrow-backed numbers build numeric
+    reference columns; <NA> counts as missing; the report equals the one of
+    the same values as float64 with NaN."""
+    rng = np.random.default_rng(9)
+    n = 20_000
+    base = pd.DataFrame(
+        {
+            "i": rng.integers(0, 50, n).astype(np.float64),
+            "f": rng.normal(size=n),
+            "b": rng.integers(0, 2, n).astype(np.float64),
+            "a": rng.normal(size=n),
+        }
+    )
+    base.loc[::37, ["i", "f", "b", "a"]] = np.nan
+    typed = pd.DataFrame(
+        {
+            "i": base["i"].astype("Int64"),
+            "f": base["f"].astype("Float64"),
+            "b": base["b"].astype("boolean"),
+            "a": base["a"].astype("double[pyarrow]"),
+        }
+    )
+    ref_plain = modeltap.Reference.from_data(base)
+    ref_typed = modeltap.Reference.from_data(typed)
+    assert [c["kind"] for c in ref_typed.columns] == ["numeric"] * 4
+    assert ref_typed.to_bytes() != b""
+    for col_plain, col_typed in zip(ref_plain.columns, ref_typed.columns, strict=True):
+        assert col_typed["kind"] == col_plain["kind"]
+    want = ref_plain.drift(base)
+    got = ref_typed.drift(typed)
+    _same(want, got)
+    assert got["f"]["missing_cur"] > 0
+    assert not got.drifted

@@ -52,7 +52,9 @@ def _is_numeric(col: Any) -> bool:
     try:
         return bool(np.issubdtype(np.dtype(dtype), np.number) or np.dtype(dtype) == np.bool_)
     except TypeError:
-        return False  # pandas extension dtypes such as "category" or "string"
+        # pandas extension dtypes: nullable Int64/Float64/boolean and Arrow
+        # numbers are numeric ("category", "string" and the like are not).
+        return getattr(dtype, "kind", None) in ("i", "u", "f", "b")
 
 
 def _numeric_values(col: Any) -> np.ndarray:
