@@ -288,3 +288,31 @@ def test_nullable_and_arrow_numbers_are_numeric():
     _same(want, got)
     assert got["f"]["missing_cur"] > 0
     assert not got.drifted
+
+
+def test_a_column_mixing_strings_and_numbers():
+    """Arrow cannot read a column of str and int together: its values are
+    spelled one by one (as log() spells them), for the reference, the
+    dataset drift and an agent's DataFrame batches alike."""
+    rng = np.random.default_rng(4)
+    n = 3_000
+    mixed = pd.Series(rng.choice(np.array(["a", 1, 2, True, None], dtype=object), n), dtype=object)
+    as_text = pd.Series([None if v is None else str(v) for v in mixed], dtype=object)
+    as_text = as_text.replace({"True": "true"})
+    df = pd.DataFrame({"x": rng.normal(size=n), "k": mixed})
+    ref = modeltap.Reference.from_data(df, categorical=["k"])
+    cats = sorted(ref.columns[1]["categories"])
+    assert cats == ["1", "2", "a", "true"]
+    _same(ref.drift(pd.DataFrame({"x": df["x"], "k": as_text})), ref.drift(df))
+    assert ref.drift(df)["k"]["js"] == 0.0
+    batches: list[bytes] = []
+    agent = modeltap.Agent("m", reference=ref, sink=batches.append, metrics_interval=None)
+    agent.log_batch(df, np.zeros(n))
+    agent.flush(10)
+    s = agent.stats()
+    report = agent.drift()
+    agent.close()
+    assert (s["logged"], s["invalid"], s["errors"]) == (n, 0, 0), s
+    assert report["k"]["js"] == pytest.approx(0.0, abs=1e-12)
+    got = [v for b in batches for v in modeltap.decode_batch(b)["categories"]["k"]]
+    assert got == as_text.tolist()

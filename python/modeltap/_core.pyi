@@ -123,6 +123,7 @@ def profile_columns(
 ) -> bytes: ...
 def encode_strings(
     values: npt.NDArray[np.object_],
+    spell_all: bool = False,
 ) -> tuple[npt.NDArray[np.int32], list[str]] | None: ...
 def random_id() -> str:
     """A random 128-bit id as 32 hex digits."""

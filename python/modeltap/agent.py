@@ -910,7 +910,20 @@ def _as_arrow(X: Any) -> Any:
         return X
     if mod.startswith("polars"):
         return X.to_arrow()
-    return pa.Table.from_pandas(X, preserve_index=False)
+    try:
+        return pa.Table.from_pandas(X, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # A column Arrow cannot read as it is (strings and numbers mixed):
+        # its values spelled one by one, as log() spells them.
+        from modeltap.reference import spelled_objects
+
+        cols = {}
+        for name in X.columns:
+            try:
+                cols[str(name)] = pa.Array.from_pandas(X[name])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                cols[str(name)] = spelled_objects(X[name].to_numpy())
+        return pa.table(cols)
 
 
 def _input_picker(

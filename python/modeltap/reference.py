@@ -227,6 +227,24 @@ def categorical_strings(col: Any) -> Any:
     return arr
 
 
+def spelled_objects(values: Any) -> Any:
+    """Python objects of mixed types (strings and numbers in one column,
+    which Arrow cannot read) as an Arrow string array, each value spelled as
+    the agent spells it (integers and integral floats as integers, booleans
+    as true/false), None and NaN as nulls."""
+    import pyarrow as pa
+
+    obj = np.asarray(values, dtype=object).ravel()
+    done = _core.encode_strings(obj, spell_all=True)
+    if done is None:
+        raise ValueError("a categorical column with more than 2**31 distinct values")
+    codes, dictionary = done
+    indices = pa.array(codes, mask=codes < 0)
+    return pa.DictionaryArray.from_arrays(
+        indices, pa.array(dictionary, pa.string())
+    ).dictionary_decode()
+
+
 def _arrow_values(col: Any) -> Any:
     """A column as one Arrow array of its own values (not yet spelled as
     strings), missing values (None, NaN) as nulls."""
@@ -235,10 +253,16 @@ def _arrow_values(col: Any) -> Any:
 
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if type(arr).__module__.startswith("pandas"):
-        arr = pa.Array.from_pandas(arr)  # Arrow-backed strings: no copy
+        try:
+            arr = pa.Array.from_pandas(arr)  # Arrow-backed strings: no copy
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = spelled_objects(arr.to_numpy())  # mixed types
     if not isinstance(arr, pa.Array):
         values = arr.to_numpy() if hasattr(arr, "to_numpy") else np.asarray(arr)
-        arr = pa.array(values, from_pandas=True)  # NaN and None become nulls
+        try:
+            arr = pa.array(values, from_pandas=True)  # NaN and None become nulls
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = spelled_objects(values)  # mixed types
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py():

@@ -979,16 +979,23 @@ type Encoded<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyList>);
 /// `None` when it holds anything but strings and missing values (those go
 /// through Arrow's spelling instead). One hash lookup per row, by the
 /// string's own UTF-8, no Arrow copy.
+///
+/// With `spell_all`, any other value (a column mixing strings and numbers,
+/// which Arrow cannot read) is spelled as the agent spells it: integers and
+/// integral floats as integers, booleans as `true`/`false`, other objects
+/// by `str()`.
 #[pyfunction]
+#[pyo3(signature = (values, spell_all=false))]
 pub fn encode_strings<'py>(
     py: Python<'py>,
     values: PyReadonlyArray1<'py, Py<PyAny>>,
+    spell_all: bool,
 ) -> PyResult<Option<Encoded<'py>>> {
     guard(|| {
         let view = values.as_array();
         let mut codes: Vec<i32> = Vec::with_capacity(view.len());
         let mut index: FxHashMap<String, i32> = FxHashMap::default();
-        let mut dictionary: Vec<Bound<'py, PyString>> = Vec::new();
+        let mut dictionary: Vec<String> = Vec::new();
         // Consecutive rows often hold the very same object.
         let mut last: Option<(*mut pyo3::ffi::PyObject, i32)> = None;
         for item in &view {
@@ -1000,29 +1007,39 @@ pub fn encode_strings<'py>(
                 }
             }
             let obj = item.bind(py);
-            let code = if let Ok(s) = obj.cast::<PyString>() {
-                let Ok(text) = s.to_str() else {
-                    return Ok(None); // not UTF-8 (lone surrogates): Arrow decides
-                };
-                if let Some(&c) = index.get(text) {
-                    c
-                } else {
-                    let Ok(c) = i32::try_from(dictionary.len()) else {
-                        return Ok(None);
-                    };
-                    index.insert(text.to_owned(), c);
-                    dictionary.push(s.clone());
-                    c
+            let spelled: Option<std::borrow::Cow<'_, str>> = if let Ok(s) = obj.cast::<PyString>() {
+                match s.to_str() {
+                    Ok(text) => Some(std::borrow::Cow::Borrowed(text)),
+                    // Not UTF-8 (lone surrogates): Arrow decides, or spelled lossily.
+                    Err(_) if !spell_all => return Ok(None),
+                    Err(_) => crate::recorder::canonical(obj),
                 }
             } else if obj.is_none() {
-                -1
+                None
             } else if let Ok(f) = obj.cast::<pyo3::types::PyFloat>() {
-                if !f.value().is_nan() {
+                if !f.value().is_nan() && !spell_all {
                     return Ok(None);
                 }
-                -1
+                crate::recorder::canonical(obj)
+            } else if spell_all {
+                crate::recorder::canonical(obj)
             } else {
                 return Ok(None);
+            };
+            let code = match spelled {
+                None => -1,
+                Some(text) => {
+                    if let Some(&c) = index.get(text.as_ref()) {
+                        c
+                    } else {
+                        let Ok(c) = i32::try_from(dictionary.len()) else {
+                            return Ok(None);
+                        };
+                        index.insert(text.clone().into_owned(), c);
+                        dictionary.push(text.into_owned());
+                        c
+                    }
+                }
             };
             last = Some((ptr, code));
             codes.push(code);

@@ -32,8 +32,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::errors::{guard, InvalidRecord};
-pub(crate) use vocab::float_spelling;
-use vocab::{canonical, Vocab};
+use vocab::Vocab;
+pub(crate) use vocab::{canonical, float_spelling};
 
 /// Longest caller-given request id kept (bytes); longer ones are cut.
 const MAX_ID_BYTES: usize = 256;
