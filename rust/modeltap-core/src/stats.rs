@@ -191,26 +191,37 @@ pub fn hellinger(p: &[f64], q: &[f64]) -> f64 {
     (1.0 - bc).max(0.0).sqrt()
 }
 
-/// Chi-square statistic of observed `counts` against reference proportions
-/// `p` (floored, renormalised), and its p-value.
+/// Chi-square test of homogeneity of two samples over the same bins (the
+/// reference's counts and the current ones): a 2 × B contingency table
+/// over the bins non-empty in either sample, expected counts from the
+/// pooled proportions, B − 1 degrees of freedom, no continuity correction
+/// (`scipy.stats.chi2_contingency(..., correction=False)`). Both samples
+/// are random, so the p-value is calibrated under the null (a one-sample
+/// test against the reference's proportions as if exact is not), and bins
+/// empty in both (an "other" never used, an unseen bucket) add nothing.
 #[allow(clippy::cast_precision_loss)]
-pub fn chi_square(p: &[f64], counts: &[u64]) -> (f64, f64) {
-    let n: f64 = counts.iter().map(|&c| c as f64).sum();
-    if n == 0.0 || p.len() < 2 {
+pub fn chi_square(reference: &[u64], current: &[u64]) -> (f64, f64) {
+    let nr: f64 = reference.iter().map(|&c| c as f64).sum();
+    let nc: f64 = current.iter().map(|&c| c as f64).sum();
+    if nr == 0.0 || nc == 0.0 {
         return (f64::NAN, f64::NAN);
     }
-    let floored: Vec<f64> = p.iter().map(|&a| a.max(EPSILON)).collect();
-    let total: f64 = floored.iter().sum();
-    let stat: f64 = floored
-        .iter()
-        .zip(counts)
-        .map(|(&a, &o)| {
-            let e = n * a / total;
-            (o as f64 - e).powi(2) / e
-        })
-        .sum();
-    let df = (p.len() - 1) as f64;
-    let pv = ChiSquared::new(df).map_or(f64::NAN, |d| d.sf(stat));
+    let n = nr + nc;
+    let (mut stat, mut bins) = (0.0, 0u32);
+    for (&r, &c) in reference.iter().zip(current) {
+        let pooled = r as f64 + c as f64;
+        if pooled == 0.0 {
+            continue;
+        }
+        bins += 1;
+        let (er, ec) = (nr * pooled / n, nc * pooled / n);
+        stat += (r as f64 - er).powi(2) / er + (c as f64 - ec).powi(2) / ec;
+    }
+    if bins < 2 {
+        // Both samples in one bin: identical.
+        return (0.0, 1.0);
+    }
+    let pv = ChiSquared::new(f64::from(bins - 1)).map_or(f64::NAN, |d| d.sf(stat));
     (stat, pv)
 }
 
@@ -381,7 +392,7 @@ pub fn column_drift(
         (nan, nan, nan)
     };
     let (chi2, chi2_p) = if have {
-        chi_square(&p, &coarse_c)
+        chi_square(&coarse_r, &coarse_c)
     } else {
         (nan, nan)
     };
