@@ -316,3 +316,28 @@ def test_chi_square_p_values_are_calibrated_under_the_null():
     const = pd.DataFrame({"x": np.full(200_000, 5.0)})
     row = modeltap.Reference.from_data(const).drift(const)["x"]
     assert (row["chi2"], row["chi2_pvalue"]) == (0.0, 1.0)
+
+
+def test_undefined_numbers_are_nan_with_a_note():
+    """A constant reference has no std to scale Wasserstein by, infinite
+    values make it infinite, an all-missing reference has no range: NaN and
+    a note saying why, never a number that looks meaningful."""
+    const = modeltap.Reference.from_data(pd.DataFrame({"x": np.full(1_000, 5.0)}))
+    rep = const.drift(pd.DataFrame({"x": np.full(1_000, 6.0)}))
+    assert math.isnan(rep["x"]["wasserstein"])
+    assert rep["x"]["drifted"]  # PSI still sees the move
+    assert any("constant" in n for n in rep.notes)
+    rng = np.random.default_rng(0)
+    ref = modeltap.Reference.from_data(pd.DataFrame({"x": rng.normal(size=1_000)}))
+    cur = rng.normal(size=1_000)
+    cur[3] = np.inf
+    rep = ref.drift(pd.DataFrame({"x": cur}))
+    assert math.isnan(rep["x"]["wasserstein"])
+    assert any("infinite" in n for n in rep.notes)
+    assert not math.isnan(
+        ref.drift(pd.DataFrame({"x": rng.normal(size=1_000)}))["x"]["wasserstein"]
+    )
+    empty = modeltap.Reference.from_data(pd.DataFrame({"x": np.full(100, np.nan)}))
+    rep = empty.drift(pd.DataFrame({"x": np.ones(10)}))
+    assert math.isnan(rep["x"]["out_of_range"])
+    assert any("no values" in n for n in rep.notes)

@@ -408,7 +408,8 @@ pub fn column_drift(
             nan
         };
     } else {
-        out_of_range = if cp.n > 0 {
+        // Without reference values there is no range to be out of.
+        out_of_range = if cp.n > 0 && rp.n > 0 {
             (cp.below_min as f64 + cp.above_max as f64) / cp.n as f64
         } else {
             nan
@@ -417,8 +418,13 @@ pub fn column_drift(
             let cuts = spec.numeric.as_ref().map_or(&[][..], |n| &n.cuts[..]);
             ks = ks_fine(&rp.counts, &cp.counts);
             ks_p = ks_pvalue(ks, rp.n, cp.n);
-            let w = wasserstein(cuts, rp, cp);
-            wd = if std_ref > 0.0 { w / std_ref } else { w };
+            // In units of the reference std: undefined for a constant
+            // reference, and for infinite values (see `notes`).
+            wd = if std_ref > 0.0 && rp.nonfinite == 0 && cp.nonfinite == 0 {
+                wasserstein(cuts, rp, cp) / std_ref
+            } else {
+                nan
+            };
         }
     }
     let value = match rule.decision {
@@ -505,11 +511,45 @@ pub fn window_drift(
             column_drift(spec, rp, cp, rule(spec))
         })
         .collect();
-    let notes = mismatched
+    let mut notes: Vec<String> = mismatched
         .into_iter()
         .map(|(_, why)| format!("{why}; ignored"))
         .collect();
+    for ((spec, rp), c) in r.columns.iter().zip(&r.profiles).zip(&columns) {
+        notes.extend(honesty_notes(spec, rp, c));
+    }
     Ok(WindowDrift { columns, notes })
+}
+
+/// Why a statistic of `c` is NaN where a number might be expected.
+fn honesty_notes(
+    spec: &proto::ColumnSpec,
+    rp: &proto::ColumnProfile,
+    c: &ColumnDrift,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if spec.kind == proto::ColumnKind::Categorical as i32 {
+        return out;
+    }
+    if rp.n == 0 {
+        out.push(format!(
+            "column {:.64}: the reference holds no values (all missing): no statistic, no range",
+            spec.name
+        ));
+    } else if c.n_cur > 0 && c.wasserstein.is_nan() {
+        if c.std_ref.is_nan() || c.std_ref <= 0.0 {
+            out.push(format!(
+                "column {:.64}: the reference is constant: Wasserstein (in reference stds) undefined",
+                spec.name
+            ));
+        } else {
+            out.push(format!(
+                "column {:.64}: infinite values: Wasserstein undefined",
+                spec.name
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
