@@ -341,3 +341,28 @@ def test_undefined_numbers_are_nan_with_a_note():
     rep = empty.drift(pd.DataFrame({"x": np.ones(10)}))
     assert math.isnan(rep["x"]["out_of_range"])
     assert any("no values" in n for n in rep.notes)
+
+
+def test_a_change_in_missing_rate_is_drift():
+    """10 % → 30 % missing, or a column gone all-missing, is drifted (with a
+    note) even when the values present look the same; 10 % → 12 %, or too
+    few rows to tell, is not."""
+    rng = np.random.default_rng(5)
+
+    def frame(n: int, missing: float) -> pd.DataFrame:
+        x = rng.normal(size=n)
+        x[rng.random(n) < missing] = np.nan
+        return pd.DataFrame({"x": x, "c": np.where(np.isnan(x), None, "a")})
+
+    ref = modeltap.Reference.from_data(frame(20_000, 0.10), categorical=["c"])
+    moved = ref.drift(frame(20_000, 0.30))
+    assert moved["x"]["drifted"]
+    assert moved["c"]["drifted"]
+    assert moved["x"]["psi"] < 0.2  # the values present did not move
+    assert any("missing rate" in n and "column x" in n for n in moved.notes)
+    gone = ref.drift(pd.DataFrame({"x": np.full(500, np.nan), "c": [None] * 500}))
+    assert gone["x"]["drifted"]
+    assert gone["c"]["drifted"]
+    assert not ref.drift(frame(20_000, 0.12))["x"]["drifted"]
+    # Too few rows for the missing rate to say anything.
+    assert not any("missing rate" in n for n in ref.drift(frame(50, 0.5)).notes)

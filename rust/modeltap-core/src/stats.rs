@@ -45,6 +45,11 @@ pub const EPSILON: f64 = 1e-4;
 pub const DEFAULT_PSI: f64 = 0.2;
 /// Default Jensen–Shannon distance threshold (categorical columns).
 pub const DEFAULT_JS: f64 = 0.1;
+/// A column whose missing rate moves by at least this much (absolute) is
+/// drifted, whatever its distribution statistic says...
+pub const MISSING_SHIFT: f64 = 0.1;
+/// ...once the current window holds at least this many rows of it.
+pub const MISSING_MIN_ROWS: u64 = 100;
 
 /// The statistic a column's drift decision uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,7 +466,7 @@ pub fn column_drift(
         std_cur,
         decided_by: rule.decision,
         threshold: rule.threshold,
-        drifted: value >= rule.threshold,
+        drifted: value >= rule.threshold || missing_moved(rp, cp),
     }
 }
 
@@ -511,23 +516,46 @@ pub fn window_drift(
             column_drift(spec, rp, cp, rule(spec))
         })
         .collect();
+    let ignored: Vec<usize> = mismatched.iter().map(|m| m.0).collect();
     let mut notes: Vec<String> = mismatched
         .into_iter()
         .map(|(_, why)| format!("{why}; ignored"))
         .collect();
-    for ((spec, rp), c) in r.columns.iter().zip(&r.profiles).zip(&columns) {
-        notes.extend(honesty_notes(spec, rp, c));
+    let none = proto::ColumnProfile::default();
+    for (i, ((spec, rp), c)) in r.columns.iter().zip(&r.profiles).zip(&columns).enumerate() {
+        let cp = match w.columns.get(i) {
+            Some(p) if !ignored.contains(&i) => p,
+            _ => &none,
+        };
+        notes.extend(honesty_notes(spec, rp, cp, c));
     }
     Ok(WindowDrift { columns, notes })
 }
 
-/// Why a statistic of `c` is NaN where a number might be expected.
+/// Whether the missing rate moved by [`MISSING_SHIFT`] or more, with enough
+/// current rows to tell.
+fn missing_moved(rp: &proto::ColumnProfile, cp: &proto::ColumnProfile) -> bool {
+    let (mr, mc) = (rate(rp.missing, rp.n), rate(cp.missing, cp.n));
+    cp.n.saturating_add(cp.missing) >= MISSING_MIN_ROWS && (mc - mr).abs() >= MISSING_SHIFT
+}
+
+/// Why a statistic of `c` is NaN where a number might be expected, and
+/// when a column drifted by its missing rate alone.
 fn honesty_notes(
     spec: &proto::ColumnSpec,
     rp: &proto::ColumnProfile,
+    cp: &proto::ColumnProfile,
     c: &ColumnDrift,
 ) -> Vec<String> {
     let mut out = Vec::new();
+    if missing_moved(rp, cp) {
+        out.push(format!(
+            "column {:.64}: missing rate {:.1} % in the reference, {:.1} % now: drifted",
+            spec.name,
+            100.0 * c.missing_ref,
+            100.0 * c.missing_cur
+        ));
+    }
     if spec.kind == proto::ColumnKind::Categorical as i32 {
         return out;
     }
