@@ -21,14 +21,16 @@ pub fn reference() -> &'static proto::Reference {
 }
 
 /// Drift of `w` against the checked reference `r`: it must succeed, with
-/// no note when `w` was built against `r` (`fits`).
+/// no part left out when `w` was built against `r` (`fits`; notes on what
+/// the data itself makes undefined, a constant or empty reference column,
+/// may still come).
 pub fn drift_ok(r: &proto::Reference, w: &proto::WindowProfile, fits: bool) {
     let d = window_drift(r, w, |_| None).expect("a profile of this reference must give drift");
     assert_eq!(d.columns.len(), r.columns.len());
     if fits {
         assert!(
-            d.notes.is_empty(),
-            "notes on a fitting profile: {:?}",
+            !d.notes.iter().any(|n| n.ends_with("ignored")),
+            "parts of a fitting profile left out: {:?}",
             d.notes
         );
     }
@@ -54,7 +56,7 @@ pub fn self_window(r: &proto::Reference) -> Option<proto::WindowProfile> {
 
 /// Everything built from a checked reference: an empty window, the
 /// reference against itself (PSI 0), and records profiled the way an
-/// agent's drain thread does, each giving drift without a note.
+/// agent's drain thread does, each giving drift with no part left out.
 pub fn exercise_reference(r: &proto::Reference) {
     let c = Arc::new(Compiled::try_new(r.clone()).expect("decode_reference accepted it"));
     let empty = c.empty_window(0, 60);
@@ -62,7 +64,11 @@ pub fn exercise_reference(r: &proto::Reference) {
     drift_ok(r, &empty, true);
     if let Some(own) = self_window(r) {
         let d = window_drift(r, &own, |_| None).expect("own profile");
-        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert!(
+            !d.notes.iter().any(|n| n.ends_with("ignored")),
+            "{:?}",
+            d.notes
+        );
         for col in &d.columns {
             assert!(
                 col.psi.is_nan() || col.psi.abs() <= 1e-9,
