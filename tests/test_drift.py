@@ -366,3 +366,22 @@ def test_a_change_in_missing_rate_is_drift():
     assert not ref.drift(frame(20_000, 0.12))["x"]["drifted"]
     # Too few rows for the missing rate to say anything.
     assert not any("missing rate" in n for n in ref.drift(frame(50, 0.5)).notes)
+
+
+def test_std_keeps_its_digits_far_from_the_reference_mean():
+    """1e8 + N(0, 1) against a reference around 0: the current std is 1, not
+    0 (sums are kept relative to the data's own first value), through the
+    dataset path and an agent, merged windows included."""
+    rng = np.random.default_rng(0)
+    ref = modeltap.Reference.from_data(pd.DataFrame({"x": rng.normal(size=10_000)}))
+    cur = 1e8 + rng.normal(size=100_000)
+    row = ref.drift(pd.DataFrame({"x": cur}))["x"]
+    assert row["std_cur"] == pytest.approx(cur.std(), rel=1e-6)
+    assert row["mean_cur"] == pytest.approx(cur.mean(), rel=1e-12)
+    agent = modeltap.Agent("m", reference=ref, metrics_interval=None, window_s=1)
+    for part in np.array_split(cur, 5):
+        agent.log_batch(part.reshape(-1, 1), np.zeros(len(part)))
+    assert agent.flush(10)
+    row = agent.drift()["x"]
+    agent.close()
+    assert row["std_cur"] == pytest.approx(cur.std(), rel=1e-6)

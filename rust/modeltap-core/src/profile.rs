@@ -182,7 +182,11 @@ pub fn add_numeric_values(
     let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
     let (mut lo, mut hi) = (p.min, p.max);
     let (mut below, mut above, mut below_sum, mut above_sum) = (0u64, 0u64, 0.0f64, 0.0f64);
-    let (shift, ref_min, ref_max) = (p.shift, p.ref_min, p.ref_max);
+    let (mut shift, ref_min, ref_max) = (p.shift, p.ref_min, p.ref_max);
+    // Sums are kept relative to the first finite value a profile sees (a
+    // value of this data, so its variance keeps its digits however far it
+    // lies from the reference), until then relative to the reference mean.
+    let mut need_shift = p.n == p.nonfinite;
     if p.counts.len() <= binner.cuts.len() {
         // Not a profile of these cuts (never one built from a checked
         // reference): counting into it would pick wrong bins.
@@ -199,6 +203,10 @@ pub fn add_numeric_values(
         lo = lo.min(v);
         hi = hi.max(v);
         if v.is_finite() {
+            if need_shift {
+                shift = v;
+                need_shift = false;
+            }
             let d = v - shift;
             sum += d;
             sum_sq += d * d;
@@ -218,6 +226,7 @@ pub fn add_numeric_values(
             }
         }
     }
+    p.shift = shift;
     p.n += n;
     p.missing += missing;
     p.nonfinite += nonfinite;
@@ -283,8 +292,13 @@ fn add_in_bin(p: &mut proto::ColumnProfile, bin: usize, v: f64) {
         return;
     };
     *c += 1;
+    let first = p.n == p.nonfinite;
     p.n += 1;
     if v.is_finite() {
+        if first {
+            // See `add_numeric_values`: sums relative to the first value.
+            p.shift = v;
+        }
         let d = v - p.shift;
         p.sum += d;
         p.sum_sq += d * d;
@@ -345,7 +359,13 @@ pub fn merge_column(a: &mut proto::ColumnProfile, b: &proto::ColumnProfile) {
     for (x, y) in a.counts.iter_mut().zip(&b.counts) {
         *x = x.saturating_add(*y);
     }
-    // Sums are kept relative to a shift; bring b's onto a's.
+    // Sums are kept relative to a shift; bring b's onto a's (or take b's
+    // shift when a has no finite values yet, its sums being zero).
+    if a.n == a.nonfinite && b.n > b.nonfinite {
+        a.shift = b.shift;
+        a.sum = 0.0;
+        a.sum_sq = 0.0;
+    }
     #[allow(clippy::cast_precision_loss)]
     let (nb, delta) = (b.n.saturating_sub(b.nonfinite) as f64, b.shift - a.shift);
     if b.n > b.nonfinite {
@@ -513,6 +533,11 @@ pub fn build_numeric(
     for &v in values {
         add_numeric(&mut prof, cuts, v);
     }
+    // A reference keeps its sums relative to its own mean (computed above
+    // without overflow), not to its first value as a window does.
+    prof.shift = mean;
+    prof.sum = finite.iter().map(|v| v - mean).sum();
+    prof.sum_sq = finite.iter().map(|v| (v - mean) * (v - mean)).sum();
     (spec, prof)
 }
 
