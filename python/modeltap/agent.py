@@ -36,7 +36,7 @@ from modeltap.exporter import (
     GrpcDestination,
     SinkDestination,
 )
-from modeltap.reference import Reference, categorical_strings
+from modeltap.reference import Reference, category_codes
 from modeltap.spool import open_spool
 from modeltap.system import SystemReading, SystemSampler
 
@@ -635,11 +635,10 @@ class Agent:
         for i, name in enumerate(schema):
             col = table.column(name).combine_chunks()
             if name in cats:
-                col = categorical_strings(col)
-                enc = col.dictionary_encode()
-                values = enc.dictionary.to_pylist()
+                # Encoded as the values are, only the distinct ones spelled
+                # (the same codes `Reference.drift` reads).
+                idx, values = category_codes(col)
                 codes = np.asarray(self._rec.intern(i, values), dtype=np.float64)
-                idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
                 full = np.isnan(codes)
                 if full.any():
                     # The vocabulary is full: these values travel as strings.

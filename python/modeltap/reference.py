@@ -161,7 +161,7 @@ def _text_buffers(arr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, 
     return offs, raw, bits, arr.offset
 
 
-def _category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
+def category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
     """A categorical column as integer codes (negative: missing) into a
     dictionary of canonically spelled values, with no per-row Python work:
     a pandas ``category`` column or an Arrow dictionary array gives its own
@@ -417,7 +417,7 @@ class Reference:
             if arrow_text is not None:
                 text.append((i, *_text_buffers(arrow_text)))
                 continue
-            codes, dictionary = _category_codes(col)
+            codes, dictionary = category_codes(col)
             categorical.append((i, codes, dictionary))
         return _core.profile_columns(
             self._bytes, numeric, categorical, text=text, number_categories=number_categories
