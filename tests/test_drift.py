@@ -385,3 +385,12 @@ def test_std_keeps_its_digits_far_from_the_reference_mean():
     row = agent.drift()["x"]
     agent.close()
     assert row["std_cur"] == pytest.approx(cur.std(), rel=1e-6)
+
+
+def test_a_variance_past_the_float_range_is_infinite_not_zero():
+    ref = modeltap.Reference.from_data(
+        pd.DataFrame({"x": np.random.default_rng(0).normal(size=1000)})
+    )
+    row = ref.drift(pd.DataFrame({"x": np.array([1e300, -1e300] * 50)}))["x"]
+    assert row["std_cur"] == math.inf
+    assert row["mean_cur"] == pytest.approx(0.0, abs=1e290)

@@ -276,3 +276,19 @@ def test_a_large_frame_with_arguments_that_cannot_be_sliced(kw):
         assert (len(ids), s["invalid"]) == (0, n)
     else:
         assert (len(ids), s["invalid"]) == (n, 0)
+
+
+def test_probabilities_as_lists_of_rows(collected):
+    agent = modeltap.Agent("m", sink=collected, metrics_interval=None)
+    ids = agent.log_batch(np.zeros((3, 2)), [0, 1, 2], probabilities=[[0.5, 0.5]] * 3)
+    tuples = agent.log_batch(np.zeros((2, 2)), [0, 1], probabilities=((0.2, 0.8), (0.9, 0.1)))
+    ragged = agent.log_batch(np.zeros((2, 2)), [0, 1], probabilities=[[0.5, 0.5], [1.0]])
+    assert agent.flush(10)
+    s = agent.stats()
+    agent.close()
+    assert (len(ids), len(tuples), len(ragged)) == (3, 2, 0)
+    assert (s["logged"], s["invalid"]) == (7, 2), s
+    probs = [p for b in collected.batches() for p in b["probabilities"]]
+    assert np.allclose(
+        np.asarray(probs[:5], dtype=float), [[0.5, 0.5]] * 3 + [[0.2, 0.8], [0.9, 0.1]]
+    )

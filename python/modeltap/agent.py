@@ -535,6 +535,11 @@ class Agent:
                     X = np.asarray(X, dtype=np.float64)
             if isinstance(X, np.ndarray) and X.ndim == 1 and X.size > 0:
                 X = X.reshape(1, -1)
+            if isinstance(probabilities, (list, tuple)):
+                # Rows of class probabilities as lists: one array (a ragged
+                # one stays as it is, for the recorder to reject clearly).
+                with contextlib.suppress(TypeError, ValueError):
+                    probabilities = np.asarray(probabilities, dtype=np.float64)
             return self._rec.log_batch(
                 X,
                 predictions,

@@ -331,7 +331,13 @@ pub fn moments(p: &proto::ColumnProfile) -> (f64, f64) {
     }
     let n = n as f64;
     let mean = p.sum / n;
-    let var = (p.sum_sq / n - mean * mean).max(0.0);
+    // Squares past f64's range: the variance is too large to hold, not 0
+    // (inf - inf would be NaN, and the floor below would make it 0).
+    let var = if p.sum_sq.is_finite() {
+        (p.sum_sq / n - mean * mean).max(0.0)
+    } else {
+        f64::INFINITY
+    };
     (p.shift + mean, var.sqrt())
 }
 
