@@ -625,6 +625,17 @@ def _batch_latency(latency: Any, n: int) -> list[float] | str:
     return vec[0]
 
 
+def _probability_rows(probabilities: Any) -> np.ndarray | None:
+    """Probabilities as log_batch reads them: an array, or rows given as
+    lists (one array unless ragged), else None (rejected)."""
+    try:
+        if isinstance(probabilities, (list, tuple)):
+            return np.asarray(probabilities, dtype=np.float64)
+        return np.asarray(probabilities.__array__(), dtype=np.float64)
+    except Exception:
+        return None
+
+
 def _batch_rows(
     schema: Schema,
     strict: bool,
@@ -641,10 +652,7 @@ def _batch_rows(
         return Verdict(n, rejected=True, raises=strict, why=ps)
     probs: np.ndarray | None = None
     if probabilities is not None:
-        try:
-            a = np.asarray(probabilities.__array__(), dtype=np.float64)
-        except Exception:
-            a = None
+        a = _probability_rows(probabilities)
         if a is None or a.ndim != 2 or a.shape[0] != n:
             return Verdict(n, rejected=True, raises=strict, why="probabilities")
         probs = a
@@ -709,10 +717,7 @@ def expect_batch(
     if isinstance(ps, str):
         return Verdict(n, rejected=True, raises=strict, why=ps), schema
     if probabilities is not None:
-        try:
-            a = np.asarray(probabilities.__array__(), dtype=np.float64)
-        except Exception:
-            a = None
+        a = _probability_rows(probabilities)
         if a is None or a.ndim != 2 or a.shape[0] != n:
             return Verdict(n, rejected=True, raises=strict, why="probabilities"), schema
     if schema is None:
@@ -1988,7 +1993,7 @@ def batch_predictions(draw: Any, n: int, valid: bool) -> Any:
 
 @st.composite
 def batch_probabilities(draw: Any, n: int, valid: bool) -> Any:
-    forms = ["none", "none", "2d", "f32"] if valid else ["wrong", "1d", "list"]
+    forms = ["none", "none", "2d", "f32", "list"] if valid else ["wrong", "1d", "ragged"]
     form = draw(st.sampled_from(forms))
     if form == "none":
         return None
@@ -2002,6 +2007,9 @@ def batch_probabilities(draw: Any, n: int, valid: bool) -> Any:
         return P[:, 0] if w else np.zeros(n)
     if form == "list":
         return P.tolist()
+    if form == "ragged":
+        rows = P.tolist()
+        return [r + [0.5] if i % 2 else r for i, r in enumerate(rows)] if n > 1 else [[0.5], []]
     return P
 
 
