@@ -201,7 +201,7 @@ impl BatchBuilder {
         match slot.kind {
             SlotKind::Record => self.push_record(slot),
             SlotKind::Span => self.push_span(slot),
-            SlotKind::Void => {}
+            SlotKind::Void | SlotKind::Profile => {}
         }
     }
 

@@ -509,6 +509,48 @@ impl Pipeline {
         self.counters.dropped_full.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts `n` records that their writer profiled (in a part it pushed
+    /// with [`Pipeline::try_push_profile`]) and sampled out of the raw rows.
+    pub fn count_sampled_out(&self, n: u64) {
+        self.counters.logged.fetch_add(n, Ordering::Relaxed);
+        self.counters.sampled_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether [`Pipeline::try_push_profile`] could ever take `part`.
+    pub fn profile_fits(&self, part: &proto::WindowProfile) -> bool {
+        crate::record::profile_heap_bytes(part) + std::mem::size_of::<crate::record::Side>()
+            <= self.cfg.max_record_side_bytes()
+    }
+
+    /// Pushes a window profile built by a writer (`SlotKind::Profile`),
+    /// taking it out of `part`; the drain thread merges it into its own
+    /// windows, in ring order, so a flush covers it like a record. Counts
+    /// nothing (it is no record). Returns `false`, leaving `part` in place,
+    /// when the ring or the side budget has no room now; a part larger
+    /// than [`PipelineConfig::max_record_side_bytes`] is never taken (check
+    /// with [`crate::record::profile_heap_bytes`] first).
+    pub fn try_push_profile(&self, part: &mut Option<Box<proto::WindowProfile>>) -> bool {
+        let Some(bytes) = part.as_deref().map(crate::record::profile_heap_bytes) else {
+            return true;
+        };
+        let side_bytes = bytes + std::mem::size_of::<crate::record::Side>();
+        match self.insert(side_bytes, |slot| {
+            slot.kind = SlotKind::Profile;
+            slot.profiled = false;
+            slot.side = Some(Box::new(crate::record::Side {
+                profile: part.take(),
+                ..Default::default()
+            }));
+        }) {
+            Insert::Pushed | Insert::Failed => true,
+            Insert::TooLarge => false,
+            Insert::Full => {
+                self.wake_drain();
+                false
+            }
+        }
+    }
+
     fn insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
         if side_bytes > self.cfg.max_record_side_bytes() {
             return Insert::TooLarge;
@@ -790,7 +832,8 @@ impl Pipeline {
             self.side_used
                 .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
             slot.side = None;
-            slot.kind != SlotKind::Void
+            slot.profiled = false;
+            !matches!(slot.kind, SlotKind::Void | SlotKind::Profile)
         }) {
             n += u64::from(counted);
         }
@@ -968,7 +1011,19 @@ impl Pipeline {
                         let got = ring.pop_with(|slot| {
                             side_used
                                 .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
-                            if let Some(prof) = profiler.as_mut() {
+                            // Profiled and sampled by its writer already.
+                            let profiled = std::mem::take(&mut slot.profiled);
+                            if slot.kind == SlotKind::Profile {
+                                let part = slot.side.take().and_then(|s| s.profile);
+                                if let (Some(prof), Some(part)) = (profiler.as_mut(), part) {
+                                    if !self.contained("merging a profile", || prof.absorb(&part)) {
+                                        profiler = None;
+                                        profiling = false;
+                                    }
+                                }
+                                return;
+                            }
+                            if let Some(prof) = profiler.as_mut().filter(|_| !profiled) {
                                 let add = || {
                                     prof.add(slot, &mut || lock(&self.vocab).drain(..).collect())
                                 };
@@ -977,7 +1032,7 @@ impl Pipeline {
                                     profiling = false;
                                 }
                             }
-                            if sample_rate >= 1.0 || rng.random::<f64>() < sample_rate {
+                            if profiled || sample_rate >= 1.0 || rng.random::<f64>() < sample_rate {
                                 b.push(slot);
                             } else {
                                 slot.side = None;

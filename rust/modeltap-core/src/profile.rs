@@ -76,14 +76,19 @@ pub fn bin_of(cuts: &[f64], v: f64) -> usize {
 }
 
 /// Finds fine bins in O(1): a uniform grid over the cuts' range whose cells
-/// hold the first candidate bin, then a short forward scan. Equivalent to
-/// [`bin_of`].
+/// hold the first candidate bin, then a short scan, or a binary search
+/// where a cell spans many bins (skewed data). Equivalent to [`bin_of`].
+///
+/// The grid has 32 cells per bin by default (a value's cell then nearly
+/// always holds its bin: no scan, no mispredicted branch); profiles of many
+/// columns at once use fewer ([`Binner::compact`]), so that every column's
+/// tables stay in the outer caches. Entries are 16-bit.
 #[derive(Debug, Clone)]
 pub struct Binner {
     cuts: Vec<f64>,
     lo: f64,
     scale: f64,
-    table: Vec<u32>,
+    table: Vec<u16>,
 }
 
 impl Default for Binner {
@@ -94,19 +99,49 @@ impl Default for Binner {
     }
 }
 
+/// Cuts a [`Binner`] indexes with its grid; more are searched by bisection
+/// alone (a reference never has that many: see `FINE_BINS`).
+const GRID_MAX_CUTS: usize = u16::MAX as usize;
+
+/// Grid cells per bin of [`Binner::compact`].
+pub const COMPACT_DENSITY: usize = 16;
+
+/// Numeric columns profiled together from which [`Binner::compact`] pays.
+pub const COMPACT_FROM_COLUMNS: usize = 64;
+
 impl Binner {
     /// A binner for `cuts` (strictly increasing).
     pub fn new(cuts: &[f64]) -> Self {
+        Self::with_density(cuts, 32)
+    }
+
+    /// A binner with a smaller grid (a few KiB per column), for profiles of
+    /// hundreds of columns at a time.
+    pub fn compact(cuts: &[f64]) -> Self {
+        Self::with_density(cuts, COMPACT_DENSITY)
+    }
+
+    /// A binner whose grid has about `density` cells per bin.
+    pub fn with_density(cuts: &[f64], density: usize) -> Self {
         let cuts = cuts.to_vec();
         let (Some(&lo), Some(&hi)) = (cuts.first(), cuts.last()) else {
             return Self {
                 cuts,
                 lo: 0.0,
                 scale: 0.0,
-                table: vec![0],
+                table: vec![0, 0],
             };
         };
-        let cells = (cuts.len() * 32).next_power_of_two().max(64);
+        if cuts.len() > GRID_MAX_CUTS {
+            // One cell: every value bisects the whole range.
+            return Self {
+                cuts,
+                lo,
+                scale: 0.0,
+                table: vec![0, u16::MAX],
+            };
+        }
+        let cells = (cuts.len() * density.max(1)).next_power_of_two().max(64);
         #[allow(clippy::cast_precision_loss)]
         let scale = if hi > lo {
             cells as f64 / (hi - lo)
@@ -114,13 +149,15 @@ impl Binner {
             0.0
         };
         #[allow(clippy::cast_precision_loss)]
-        let table = (0..=cells)
+        let mut table: Vec<u16> = (0..=cells)
             .map(|c| {
                 let x = lo + c as f64 / scale.max(f64::MIN_POSITIVE);
                 // first bin whose upper cut is >= the cell's start
-                u32::try_from(bin_of(&cuts, x)).unwrap_or(u32::MAX)
+                u16::try_from(bin_of(&cuts, x)).unwrap_or(u16::MAX)
             })
             .collect();
+        // A sentinel past the last cell: the last cell's bins run to the end.
+        table.push(u16::try_from(cuts.len()).unwrap_or(u16::MAX));
         Self {
             cuts,
             lo,
@@ -135,12 +172,20 @@ impl Binner {
         let t = (v - self.lo) * self.scale;
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let cell = if t >= 0.0 {
-            (t as usize).min(self.table.len() - 1)
+            (t as usize).min(self.table.len() - 2)
         } else {
             0
         };
-        let mut b = self.table[cell] as usize;
         let n = self.cuts.len();
+        let mut b = usize::from(self.table[cell]);
+        let end = match self.table[cell + 1] {
+            u16::MAX => n,
+            e => usize::from(e).min(n),
+        };
+        if end > b + 8 {
+            // Many bins in one cell: bisect them.
+            b += self.cuts[b..end].partition_point(|&c| c < v);
+        }
         // A cell's start can lie below its first candidate's lower cut only
         // by rounding; values below the first cut land in bin 0.
         while b > 0 && self.cuts[b - 1] >= v {
@@ -1202,11 +1247,13 @@ impl Profiler {
         let numeric: Vec<bool> = (0..r.columns.len())
             .map(|i| matches!(compiled.shape(i), Some(Shape::Numeric { .. })))
             .collect();
+        let compact = numeric.iter().filter(|&&n| n).count() >= COMPACT_FROM_COLUMNS;
         let binners: Vec<Binner> = r
             .columns
             .iter()
             .zip(&numeric)
             .map(|(c, &num)| match (&c.numeric, num) {
+                (Some(n), true) if compact => Binner::compact(&n.cuts),
                 (Some(n), true) => Binner::new(&n.cuts),
                 _ => Binner::default(),
             })
@@ -1358,11 +1405,61 @@ impl Profiler {
 
     /// Adds one record; `refresh` fetches vocabulary announcements when the
     /// record uses a code this profiler has not learned yet.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     pub fn add(
         &mut self,
         slot: &crate::record::Slot,
         refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+    ) {
+        self.add_record(slot, refresh, true);
+    }
+
+    /// Like [`Profiler::add`], leaving out the numeric features: for a
+    /// writer that profiles those column by column itself
+    /// ([`Profiler::numeric_features`], [`Profiler::window_mut`]).
+    pub fn add_without_numeric_features(
+        &mut self,
+        slot: &crate::record::Slot,
+        refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+    ) {
+        self.add_record(slot, refresh, false);
+    }
+
+    /// `(schema feature, reference column)` of the numeric features profiled.
+    pub fn numeric_features(&self) -> &[(usize, usize)] {
+        &self.numeric_features
+    }
+
+    /// The binning table of reference column `col`.
+    pub fn binner(&self, col: usize) -> &Binner {
+        &self.binners[col]
+    }
+
+    /// The profile of the window holding `unix_nano` (created empty).
+    pub fn window_mut(&mut self, unix_nano: u64) -> &mut proto::WindowProfile {
+        let i = self.window(unix_nano);
+        &mut self.windows[i]
+    }
+
+    /// Merges a window profile built elsewhere against the same reference
+    /// and window width (a writer's, see `SlotKind::Profile`).
+    pub fn absorb(&mut self, part: &proto::WindowProfile) {
+        let start = part.window_start_unix_nano;
+        match self
+            .windows
+            .iter()
+            .rposition(|w| w.window_start_unix_nano == start)
+        {
+            Some(i) => merge_window(&mut self.windows[i], part),
+            None => self.windows.push(part.clone()),
+        }
+    }
+
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn add_record(
+        &mut self,
+        slot: &crate::record::Slot,
+        refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+        numeric_features: bool,
     ) {
         if !self.code_known(slot) {
             self.learn(refresh);
@@ -1390,8 +1487,10 @@ impl Profiler {
             w.latency_sum += slot.latency_s;
         }
         let value = |f: usize| slot.values.get(f).copied().unwrap_or(f64::NAN);
-        for &(f, col) in &self.numeric_features {
-            add_numeric_binned(&mut w.columns[col], &self.binners[col], value(f));
+        if numeric_features {
+            for &(f, col) in &self.numeric_features {
+                add_numeric_binned(&mut w.columns[col], &self.binners[col], value(f));
+            }
         }
         for &(f, col) in &self.categorical_features {
             let v = value(f);
@@ -1592,6 +1691,26 @@ mod tests {
         assert_eq!(single.bin(2.0), 0);
         assert_eq!(single.bin(3.0), 1);
         assert_eq!(Binner::new(&[]).bin(5.0), 0);
+        // Skewed data (many bins in few grid cells: bisected) and more cuts
+        // than the grid indexes.
+        let skewed: Vec<f64> = (1..20_000).map(|i| (f64::from(i) / 900.0).exp()).collect();
+        let (spec, _) = build_numeric("y", proto::ColumnRole::Feature, 0, &skewed, 10, false);
+        let cuts = spec.numeric.unwrap().cuts;
+        for b in [
+            Binner::new(&cuts),
+            Binner::compact(&cuts),
+            Binner::with_density(&cuts, 1),
+        ] {
+            for &v in skewed.iter().chain(&cuts) {
+                assert_eq!(b.bin(v), bin_of(&cuts, v), "{v}");
+                assert_eq!(b.bin(v * 1.000_001), bin_of(&cuts, v * 1.000_001), "{v}");
+            }
+        }
+        let many: Vec<f64> = (0..70_000).map(|i| f64::from(i).powi(2)).collect();
+        let b = Binner::new(&many);
+        for v in [-1.0, 0.0, 0.5, 4.0, 4.5, 1e6, 4.9e9, 5e9, f64::INFINITY] {
+            assert_eq!(b.bin(v), bin_of(&many, v), "{v}");
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub enum SlotKind {
     /// Nothing: a slot whose writer failed; the drain thread skips it (the
     /// writer counted the record as dropped).
     Void,
+    /// No record: the window profile of records already profiled by their
+    /// writer (`log_batch`), in `side.profile`, for the drain thread to
+    /// merge into its own. Its records follow it (marked `profiled`) or
+    /// were sampled out.
+    Profile,
 }
 
 /// How the prediction of a record is stored in its output values.
@@ -62,6 +67,8 @@ pub struct Side {
     pub probabilities: Option<Vec<f64>>,
     /// Span name (spans only).
     pub name: Option<String>,
+    /// A window profile (`SlotKind::Profile` only).
+    pub profile: Option<Box<crate::proto::WindowProfile>>,
 }
 
 impl Side {
@@ -80,7 +87,19 @@ impl Side {
             + self.outputs.as_ref().map_or(0, |v| 8 * v.len())
             + self.probabilities.as_ref().map_or(0, |v| 8 * v.len())
             + self.name.as_ref().map_or(0, s)
+            + self.profile.as_deref().map_or(0, profile_heap_bytes)
     }
+}
+
+/// Approximate heap bytes of a window profile in memory.
+pub fn profile_heap_bytes(w: &crate::proto::WindowProfile) -> usize {
+    let per_column = std::mem::size_of::<crate::proto::ColumnProfile>();
+    std::mem::size_of::<crate::proto::WindowProfile>()
+        + 8 * w.latency_counts.len()
+        + w.columns
+            .iter()
+            .map(|c| per_column + 8 * c.counts.len())
+            .sum::<usize>()
 }
 
 /// One ring slot's payload. Values are laid out as
@@ -119,6 +138,10 @@ pub struct Slot {
     /// Bytes of the side box charged to the pipeline's side budget (set by
     /// the pipeline, released when the slot is drained).
     pub side_charge: usize,
+    /// Already in a window profile its writer sent ahead of it (and already
+    /// sampled in): the drain thread neither profiles nor samples it. The
+    /// drain thread clears it on every pop.
+    pub profiled: bool,
 }
 
 impl Slot {
@@ -150,5 +173,6 @@ impl Slot {
         self.n_probabilities = 0;
         self.status = 0;
         self.side = None;
+        self.profiled = false;
     }
 }

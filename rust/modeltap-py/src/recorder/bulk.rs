@@ -5,18 +5,24 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use modeltap_core::batch::Schema;
 use modeltap_core::ids::random_u128;
-use modeltap_core::pipeline::now_unix_nano;
+use modeltap_core::pipeline::{now_unix_nano, Pipeline};
+use modeltap_core::profile::{merge_window, Compiled};
+use modeltap_core::proto;
 use modeltap_core::record::{flags, PredictionKind, Side, Slot, SlotKind};
 use numpy::ndarray::{ArrayView1, ArrayView2};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
+use rand::{Rng, SeedableRng};
 
 use super::vocab::{float_spelling, MAX_VALUE_BYTES};
 use super::{
-    clip, flag_names, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES, PROBLEM_FLAGS,
+    bulk_profile, clip, flag_names, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
+    PROBLEM_FLAGS,
 };
 use crate::parse::{check, to_str, vector};
 use crate::request_ids::RequestIds;
@@ -89,13 +95,13 @@ impl PredColumns {
 }
 
 /// A read-only view of the 2-D feature array, in either float width.
-enum XView<'a> {
+pub(super) enum XView<'a> {
     F64(ArrayView2<'a, f64>),
     F32(ArrayView2<'a, f32>),
 }
 
 impl XView<'_> {
-    fn dim(&self) -> (usize, usize) {
+    pub(super) fn dim(&self) -> (usize, usize) {
         match self {
             Self::F64(a) => a.dim(),
             Self::F32(a) => a.dim(),
@@ -107,6 +113,220 @@ impl XView<'_> {
         match self {
             Self::F64(a) => a[[r, c]],
             Self::F32(a) => f64::from(a[[r, c]]),
+        }
+    }
+}
+
+/// How `log_batch` waits for room in the ring (see `Recorder::log_many`).
+struct Waiter<'a> {
+    pipe: &'a Pipeline,
+    block: bool,
+    call_deadline: Instant,
+}
+
+impl Waiter<'_> {
+    /// Tries `try_push` until it lands: however long with `on_full="block"`
+    /// (unless the pipeline stops); in drop mode while the drain thread
+    /// makes progress and the call's deadline has not passed, else sets
+    /// `stalled` and gives up.
+    fn push(&self, try_push: &mut dyn FnMut() -> bool, stalled: &mut bool) -> bool {
+        let pipe = self.pipe;
+        if self.block {
+            loop {
+                if try_push() {
+                    return true;
+                }
+                if pipe.is_stopping() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        if try_push() {
+            return true;
+        }
+        // Wait while the drain thread makes room; once it stops making
+        // progress, give up on this and the rest.
+        let mut progress_at = Instant::now();
+        let mut seen = pipe.consumed();
+        loop {
+            if pipe.is_stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+            if try_push() {
+                return true;
+            }
+            let now_consumed = pipe.consumed();
+            if now_consumed != seen {
+                seen = now_consumed;
+                progress_at = Instant::now();
+            } else if progress_at.elapsed() >= BULK_STALL {
+                *stalled = true;
+                return false;
+            }
+            if Instant::now() >= self.call_deadline {
+                *stalled = true;
+                return false;
+            }
+        }
+    }
+}
+
+/// Everything `log_batch` read from its arguments, for profiling.
+struct BatchRows<'a, 'v> {
+    schema: &'a Schema,
+    view: &'a XView<'v>,
+    preds: &'a PredColumns,
+    probs: Option<&'a ArrayView2<'v, f64>>,
+    latency: &'a [f64],
+    cat_codes: &'a [f64],
+    cat_flags: &'a [u32],
+    cat_side: &'a [Option<Box<Side>>],
+    given_ids: bool,
+    unix_nano: u64,
+}
+
+/// A batch profiled in the call: its window profile (to push ahead of its
+/// rows) and each row's value flags.
+struct Prepared {
+    part: Option<Box<proto::WindowProfile>>,
+    row_flags: Vec<u32>,
+}
+
+impl Recorder {
+    /// Profiles a batch in the caller's call (see `bulk_profile`), or
+    /// `None` when the drain thread should profile it record by record: a
+    /// small batch, a row that might not fit the ring's side budget (its
+    /// fate is decided per row), or a profiler that failed before.
+    #[allow(clippy::cast_precision_loss)]
+    fn profile_batch(&self, b: &BatchRows<'_, '_>) -> Option<Prepared> {
+        let (n, nf) = b.view.dim();
+        if n < bulk_profile::MIN_ROWS || self.caller_prof_failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let schema = b.schema;
+        let prob_w = b.probs.map_or(0, |p| p.dim().1);
+        if prob_w >= usize::from(u16::MAX) {
+            return None;
+        }
+        let max_side = self.pipe.config().max_record_side_bytes();
+        let fixed = std::mem::size_of::<Side>()
+            + if b.given_ids { MAX_ID_BYTES + 64 } else { 0 }
+            + if prob_w > schema.prob_cap {
+                8 * prob_w
+            } else {
+                0
+            };
+        for r in 0..n {
+            let mut bytes = fixed;
+            let prow = b.preds.row(r);
+            if prow.len() > schema.out_cap {
+                bytes += 8 * prow.len();
+            }
+            if let Some(s) = b.cat_side.get(r).and_then(Option::as_deref) {
+                bytes += s.heap_bytes();
+            }
+            if let Some(s) = b.preds.labels.get(r).and_then(Option::as_deref) {
+                bytes += s.heap_bytes();
+            }
+            if bytes > max_side {
+                return None;
+            }
+        }
+        let mut guard = self
+            .caller_prof
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cp = guard.get_or_insert_with(|| {
+            let compiled = self
+                .pipe
+                .config()
+                .reference
+                .clone()
+                .unwrap_or_else(|| Arc::new(Compiled::new(proto::Reference::default())));
+            let window_ns = u64::try_from(self.pipe.config().window.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            bulk_profile::CallerProfiler::new(compiled, schema, window_ns)
+        });
+        cp.sync(self.cat_vocabs.get().map(Vec::as_slice), &self.labels);
+        let run = std::panic::AssertUnwindSafe(|| {
+            let mut w = std::mem::take(cp.prof.window_mut(b.unix_nano));
+            if !self.pipe.profile_fits(&w) {
+                return None;
+            }
+            let row_flags = bulk_profile::profile_numeric(b.view, schema, &cp.prof, &mut w.columns);
+            *cp.prof.window_mut(b.unix_nano) = w;
+            let mut slot = bulk_profile::scratch_slot(schema, prob_w);
+            let (out_cap, stride) = (schema.out_cap, slot.values.len());
+            let mut none = Vec::new;
+            for (r, &value_flags) in row_flags.iter().enumerate() {
+                slot.kind = SlotKind::Record;
+                slot.unix_nano = b.unix_nano;
+                slot.latency_s = b.latency[r];
+                slot.prediction_kind = b.preds.kinds[r];
+                slot.flags =
+                    b.preds.flags[r] | b.cat_flags.get(r).copied().unwrap_or(0) | value_flags;
+                for c in 0..nf {
+                    if schema.categorical[c] {
+                        slot.values[c] = b.cat_codes[r * nf + c];
+                    }
+                }
+                let prow = b.preds.row(r);
+                let w = prow.len().min(out_cap);
+                slot.values[nf..nf + w].copy_from_slice(&prow[..w]);
+                slot.n_outputs = if b.preds.flags[r] & flags::NO_PREDICTION != 0 {
+                    0
+                } else {
+                    u16_len(w)
+                };
+                slot.n_probabilities = 0;
+                if let Some(pv) = b.probs {
+                    let prow = pv.row(r);
+                    let at = nf + out_cap;
+                    for (k, v) in prow.iter().enumerate().take(stride - at) {
+                        slot.values[at + k] = *v;
+                    }
+                    slot.n_probabilities = u16_len(prow.len());
+                }
+                let cats = b.cat_side.get(r).and_then(Option::as_deref);
+                let label = b.preds.labels.get(r).and_then(Option::as_deref);
+                slot.side = (cats.is_some() || label.is_some()).then(|| {
+                    let mut s = Side::default();
+                    for x in cats.into_iter().chain(label) {
+                        s.categories.extend(x.categories.iter().cloned());
+                    }
+                    Box::new(s)
+                });
+                cp.prof.add_without_numeric_features(&slot, &mut none);
+            }
+            slot.side = None;
+            Some(row_flags)
+        });
+        match std::panic::catch_unwind(run) {
+            Ok(Some(row_flags)) => {
+                let mut parts = cp.prof.take().into_iter();
+                let mut part = parts.next()?;
+                for p in parts {
+                    merge_window(&mut part, &p);
+                }
+                Some(Prepared {
+                    part: Some(Box::new(part)),
+                    row_flags,
+                })
+            }
+            Ok(None) => {
+                cp.prof.take();
+                None
+            }
+            Err(_) => {
+                // Off for good: the drain thread profiles from now on.
+                cp.prof.take();
+                self.caller_prof_failed.store(true, Ordering::Relaxed);
+                self.pipe.counters.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
     }
 }
@@ -340,10 +560,28 @@ impl Recorder {
         let prob_cap = schema.prob_cap;
         let categorical = &schema.categorical;
         let max_side = pipe.config().max_record_side_bytes();
+        let sample_rate = pipe.config().sample_rate;
         let (ids, flagged, too_large) = py.detach(|| {
+            // A large batch is profiled here, in this call (see
+            // `bulk_profile`); a small one record by record on the drain
+            // thread.
+            let mut pre = self.profile_batch(&BatchRows {
+                schema: &schema,
+                view: &view,
+                preds: &preds,
+                probs: probs_view.as_ref(),
+                latency: &latency,
+                cat_codes: &cat_codes,
+                cat_flags: &cat_flags,
+                cat_side: &cat_side,
+                given_ids: given.is_some(),
+                unix_nano,
+            });
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(modeltap_core::ids::random_u64());
             let mut ids = Vec::with_capacity(n);
             let mut flagged = 0u64;
             let mut dropped = 0u64;
+            let mut sampled_out = 0u64;
             let mut too_large = 0u64;
             let mut stalled = false;
             // In drop mode a call waits for room only while the pipeline
@@ -352,9 +590,36 @@ impl Recorder {
             #[allow(clippy::cast_precision_loss)]
             let budget = BULK_STALL + Duration::from_secs_f64(n as f64 / BULK_MIN_ROWS_PER_S);
             let call_deadline = Instant::now() + budget;
+            let waiter = Waiter {
+                pipe,
+                block,
+                call_deadline,
+            };
+            // The batch's profile goes first: its rows are counted only once
+            // it is in (else they are dropped with it).
+            if let Some(p) = pre.as_mut() {
+                if !waiter.push(&mut || pipe.try_push_profile(&mut p.part), &mut stalled) {
+                    stalled = true;
+                }
+            }
+            let profiled_here = pre.is_some() && !stalled;
             for r in 0..n {
                 let id = if given.is_some() { 0 } else { random_u128() };
                 ids.push(id);
+                if let (true, Some(p)) = (profiled_here, pre.as_ref()) {
+                    if sample_rate < 1.0 && rng.random::<f64>() >= sample_rate {
+                        sampled_out += 1;
+                        if (p.row_flags[r]
+                            | preds.flags[r]
+                            | cat_flags.get(r).copied().unwrap_or(0))
+                            & PROBLEM_FLAGS
+                            != 0
+                        {
+                            flagged += 1;
+                        }
+                        continue;
+                    }
+                }
                 if stalled {
                     dropped += 1;
                     continue;
@@ -424,47 +689,9 @@ impl Recorder {
                     slot.n_probabilities = n_prob;
                     slot.flags = flags;
                     slot.side = side.take();
+                    slot.profiled = profiled_here;
                 };
-                let landed = if block {
-                    loop {
-                        if pipe.try_push(side_bytes, &mut fill) {
-                            break true;
-                        }
-                        if pipe.is_stopping() {
-                            break false;
-                        }
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                } else if pipe.try_push(side_bytes, &mut fill) {
-                    true
-                } else {
-                    // Wait while the drain thread makes room; once it stops
-                    // making progress, drop this row and the rest.
-                    let mut progress_at = Instant::now();
-                    let mut seen = pipe.consumed();
-                    loop {
-                        if pipe.is_stopping() {
-                            break false;
-                        }
-                        std::thread::sleep(Duration::from_micros(50));
-                        if pipe.try_push(side_bytes, &mut fill) {
-                            break true;
-                        }
-                        let now_consumed = pipe.consumed();
-                        if now_consumed != seen {
-                            seen = now_consumed;
-                            progress_at = Instant::now();
-                        } else if progress_at.elapsed() >= BULK_STALL {
-                            stalled = true;
-                            break false;
-                        }
-                        if Instant::now() >= call_deadline {
-                            stalled = true;
-                            break false;
-                        }
-                    }
-                };
-                if !landed {
+                if !waiter.push(&mut || pipe.try_push(side_bytes, &mut fill), &mut stalled) {
                     dropped += 1;
                     continue;
                 }
@@ -476,6 +703,10 @@ impl Recorder {
             if dropped > 0 {
                 pipe.count_dropped(dropped);
                 BULK_HANDLED.with(|h| h.set(h.get() + dropped));
+            }
+            if sampled_out > 0 {
+                pipe.count_sampled_out(sampled_out);
+                BULK_HANDLED.with(|h| h.set(h.get() + sampled_out));
             }
             (ids, flagged, too_large)
         });

@@ -11,13 +11,14 @@
 //! on the child's recorder.
 
 mod bulk;
+mod bulk_profile;
 mod schema;
 mod single;
 mod vocab;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use modeltap_core::batch::VocabTarget;
@@ -119,6 +120,11 @@ pub struct Recorder {
     labels: Vocab,
     /// What the vocabularies may take together.
     vocab_budget: Arc<vocab::VocabBudget>,
+    /// The profiler of large `log_batch` calls (see `bulk_profile`).
+    caller_prof: Mutex<Option<bulk_profile::CallerProfiler>>,
+    /// Set once that profiler failed: batches are profiled by the drain
+    /// thread from then on.
+    caller_prof_failed: AtomicBool,
     /// The child's recorder, once this one was inherited across `fork()`.
     forward: OnceLock<Py<Recorder>>,
     logger: Py<PyAny>,
@@ -361,6 +367,8 @@ impl Recorder {
                 cat_vocabs: OnceLock::new(),
                 labels: Vocab::new(VocabTarget::Label, &vocab_budget),
                 vocab_budget,
+                caller_prof: Mutex::new(None),
+                caller_prof_failed: AtomicBool::new(false),
                 forward: OnceLock::new(),
                 logger,
                 warn_last: AtomicU64::new(0),

@@ -124,8 +124,15 @@ impl VocabBudget {
 #[derive(Debug)]
 pub struct Vocab {
     target: VocabTarget,
-    codes: Mutex<HashMap<String, u32>>,
+    codes: Mutex<Codes>,
     budget: Arc<VocabBudget>,
+}
+
+/// Value → code, and code → value (one shared copy of each string).
+#[derive(Debug, Default)]
+struct Codes {
+    by_value: HashMap<Arc<str>, u32>,
+    values: Vec<Arc<str>>,
 }
 
 impl Vocab {
@@ -133,7 +140,7 @@ impl Vocab {
     pub fn new(target: VocabTarget, budget: &Arc<VocabBudget>) -> Self {
         Self {
             target,
-            codes: Mutex::new(HashMap::new()),
+            codes: Mutex::new(Codes::default()),
             budget: Arc::clone(budget),
         }
     }
@@ -146,14 +153,15 @@ impl Vocab {
             .codes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(&c) = codes.get(value) {
+        if let Some(&c) = codes.by_value.get(value) {
             return Some(c);
         }
-        if codes.len() >= MAX_VOCAB || !self.budget.charge(COPIES * (value.len() + ENTRY_OVERHEAD))
+        if codes.values.len() >= MAX_VOCAB
+            || !self.budget.charge(COPIES * (value.len() + ENTRY_OVERHEAD))
         {
             return None;
         }
-        let code = u32::try_from(codes.len()).ok()?;
+        let code = u32::try_from(codes.values.len()).ok()?;
         // Announce before the first record with this code is pushed, and
         // under the lock, so codes reach the drain thread in order.
         pipe.announce_vocab(VocabEntry {
@@ -161,8 +169,39 @@ impl Vocab {
             code,
             value: value.to_owned(),
         });
-        codes.insert(value.to_owned(), code);
+        let shared: Arc<str> = Arc::from(value);
+        codes.by_value.insert(Arc::clone(&shared), code);
+        codes.values.push(shared);
         Some(code)
+    }
+
+    /// The entries with codes from `start` on, in code order (for a
+    /// profiler that learns codes outside the drain thread).
+    pub fn entries_from(&self, start: usize) -> Vec<VocabEntry> {
+        let codes = self
+            .codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        codes
+            .values
+            .iter()
+            .enumerate()
+            .skip(start)
+            .map(|(code, value)| VocabEntry {
+                target: self.target,
+                code: u32::try_from(code).unwrap_or(u32::MAX),
+                value: value.to_string(),
+            })
+            .collect()
+    }
+
+    /// Codes handed out so far.
+    pub fn len(&self) -> usize {
+        self.codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values
+            .len()
     }
 }
 
