@@ -89,7 +89,14 @@ pub struct Binner {
     lo: f64,
     scale: f64,
     table: Vec<u16>,
+    /// Some cell spans more than `SCAN_MAX` bins (data far from uniform):
+    /// those are bisected rather than scanned.
+    skewed: bool,
 }
+
+/// Bins of one grid cell scanned one by one; a cell spanning more is
+/// bisected.
+const SCAN_MAX: usize = 2;
 
 impl Default for Binner {
     /// A binner without cuts: every value in bin 0. (A derived default would
@@ -130,6 +137,7 @@ impl Binner {
                 lo: 0.0,
                 scale: 0.0,
                 table: vec![0, 0],
+                skewed: false,
             };
         };
         if cuts.len() > GRID_MAX_CUTS {
@@ -139,6 +147,7 @@ impl Binner {
                 lo,
                 scale: 0.0,
                 table: vec![0, u16::MAX],
+                skewed: true,
             };
         }
         let cells = (cuts.len() * density.max(1)).next_power_of_two().max(64);
@@ -158,11 +167,32 @@ impl Binner {
             .collect();
         // A sentinel past the last cell: the last cell's bins run to the end.
         table.push(u16::try_from(cuts.len()).unwrap_or(u16::MAX));
+        let skewed = table
+            .windows(2)
+            .any(|w| usize::from(w[1]).saturating_sub(usize::from(w[0])) > SCAN_MAX);
         Self {
             cuts,
             lo,
             scale,
             table,
+            skewed,
+        }
+    }
+
+    /// Where a cell spans many bins, the first candidate at or past the
+    /// bin of `v` by bisection (kept out of line: `bin` stays small enough
+    /// to inline into the per-value loops).
+    #[inline(never)]
+    fn bisect(&self, cell: usize, b: usize, v: f64) -> usize {
+        let n = self.cuts.len();
+        let end = match self.table[cell + 1] {
+            u16::MAX => n,
+            e => usize::from(e).min(n),
+        };
+        if end > b + SCAN_MAX {
+            b + self.cuts[b..end].partition_point(|&c| c < v)
+        } else {
+            b
         }
     }
 
@@ -178,13 +208,8 @@ impl Binner {
         };
         let n = self.cuts.len();
         let mut b = usize::from(self.table[cell]);
-        let end = match self.table[cell + 1] {
-            u16::MAX => n,
-            e => usize::from(e).min(n),
-        };
-        if end > b + 8 {
-            // Many bins in one cell: bisect them.
-            b += self.cuts[b..end].partition_point(|&c| c < v);
+        if self.skewed {
+            b = self.bisect(cell, b, v);
         }
         // A cell's start can lie below its first candidate's lower cut only
         // by rounding; values below the first cut land in bin 0.
