@@ -27,6 +27,7 @@ SECTIONS = {
     "drift": ("Reference.drift against scipy + numpy and Evidently", ["bench_drift.py"]),
     "layouts": ("Reference.drift by input layout", ["bench_drift.py", "--layouts"]),
     "frames": ("an Agent given a whole DataFrame against chunks", ["bench_drift.py", "--frames"]),
+    "wide": ("3,000,000 x 1,000 features through log_batch", ["bench_wide.py"]),
     "trust": ("faults, fuzzing, agent memory", ["bench_trust.py"]),
 }
 # Sections that depend on pandas, run again under pandas 2.

@@ -2009,7 +2009,7 @@ def batch_probabilities(draw: Any, n: int, valid: bool) -> Any:
         return P.tolist()
     if form == "ragged":
         rows = P.tolist()
-        return [r + [0.5] if i % 2 else r for i, r in enumerate(rows)] if n > 1 else [[0.5], []]
+        return [[*r, 0.5] if i % 2 else r for i, r in enumerate(rows)] if n > 1 else [[0.5], []]
     return P
 
 

@@ -999,15 +999,20 @@ pub fn encode_strings<'py>(
         let mut codes: Vec<i32> = Vec::with_capacity(view.len());
         let mut index: FxHashMap<String, i32> = FxHashMap::default();
         let mut dictionary: Vec<String> = Vec::new();
-        // Consecutive rows often hold the very same object.
-        let mut last: Option<(*mut pyo3::ffi::PyObject, i32)> = None;
+        // Rows of a low-cardinality column mostly hold the very same few
+        // objects (NumPy and pandas' parsers reuse them): a direct-mapped
+        // cache of object address -> code skips the hash of their bytes.
+        // The array holds every object it lists, so an address stands for
+        // one object throughout.
+        const CACHE: usize = 256;
+        let mut cache: [(*mut pyo3::ffi::PyObject, i32); CACHE] =
+            [(std::ptr::null_mut(), 0); CACHE];
         for item in &view {
             let ptr = item.as_ptr();
-            if let Some((p, c)) = last {
-                if p == ptr {
-                    codes.push(c);
-                    continue;
-                }
+            let slot = (ptr as usize >> 4) % CACHE;
+            if cache[slot].0 == ptr {
+                codes.push(cache[slot].1);
+                continue;
             }
             let obj = item.bind(py);
             let spelled: Option<std::borrow::Cow<'_, str>> = if let Ok(s) = obj.cast::<PyString>() {
@@ -1044,7 +1049,7 @@ pub fn encode_strings<'py>(
                     }
                 }
             };
-            last = Some((ptr, code));
+            cache[slot] = (ptr, code);
             codes.push(code);
         }
         Ok(Some((
