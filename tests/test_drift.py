@@ -394,3 +394,81 @@ def test_a_variance_past_the_float_range_is_infinite_not_zero():
     row = ref.drift(pd.DataFrame({"x": np.array([1e300, -1e300] * 50)}))["x"]
     assert row["std_cur"] == math.inf
     assert row["mean_cur"] == pytest.approx(0.0, abs=1e290)
+
+
+def _numeric_row(ref_values: np.ndarray, cur_values: np.ndarray) -> dict:
+    ref = modeltap.Reference.from_data(ref_values.reshape(-1, 1), feature_names=["x"])
+    return ref.drift(cur_values.reshape(-1, 1))["x"]
+
+
+def _scipy_wasserstein(r: np.ndarray, c: np.ndarray) -> float:
+    return float(sps.wasserstein_distance(r, c) / np.std(r))
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("binary 0.3 -> 0.6", lambda g: (g.binomial(1, 0.3, 50_000), g.binomial(1, 0.6, 40_000))),
+        (
+            "three levels reversed",
+            lambda g: (
+                g.choice([0, 1, 2], 50_000, p=[0.6, 0.3, 0.1]),
+                g.choice([0, 1, 2], 40_000, p=[0.1, 0.3, 0.6]),
+            ),
+        ),
+        ("counts, shifted", lambda g: (g.poisson(2, 50_000), g.poisson(2.6, 40_000))),
+        (
+            "zero-inflated",
+            lambda g: (
+                np.where(g.random(50_000) < 0.5, 0.0, g.lognormal(0, 0.5, 50_000)),
+                np.where(g.random(40_000) < 0.3, 0.0, g.lognormal(0.2, 0.5, 40_000)),
+            ),
+        ),
+        (
+            "a sentinel below the minimum",
+            lambda g: (
+                np.where(g.random(50_000) < 0.5, 0.0, g.normal(3, 1, 50_000)),
+                np.where(g.random(40_000) < 0.5, -5.0, g.normal(3, 1, 40_000)),
+            ),
+        ),
+    ],
+)
+def test_discrete_and_zero_inflated_columns_match_scipy(name, make):
+    r, c = (np.asarray(v, dtype=np.float64) for v in make(np.random.default_rng(11)))
+    row = _numeric_row(r, c)
+    # Tied values are point masses of the sketch: Wasserstein is exact for
+    # them, and KS sees every mass that moved.
+    assert row["wasserstein"] == pytest.approx(_scipy_wasserstein(r, c), abs=0.02), name
+    assert row["ks"] == pytest.approx(sps.ks_2samp(r, c).statistic, abs=0.006), name
+
+
+def test_moves_below_the_minimum_are_drift_like_moves_above_the_maximum():
+    five = np.full(20_000, 5.0)
+    for to in (4.0, 6.0):
+        row = _numeric_row(five, np.full(10_000, to))
+        assert row["drifted"], to
+        assert row["ks"] == 1.0
+        assert row["psi"] > 10
+        assert row["out_of_range"] == 1.0
+    same = _numeric_row(five, np.full(10_000, 5.0))
+    assert not same["drifted"]
+    assert same["psi"] == 0.0
+    assert same["ks"] == 0.0
+    # half the zeros of a feature become a -5 sentinel
+    g = np.random.default_rng(5)
+    r = np.where(g.random(50_000) < 0.5, 0.0, g.normal(3, 1, 50_000))
+    c = np.where(g.random(50_000) < 0.5, -5.0, g.normal(3, 1, 50_000))
+    row = _numeric_row(r, c)
+    assert row["drifted"]
+    assert row["ks"] == pytest.approx(sps.ks_2samp(r, c).statistic, abs=0.006)
+    assert row["ks"] > 0.45
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_heavy_tails_stay_within_the_stated_bound(sigma):
+    g = np.random.default_rng(int(sigma * 10))
+    r, c = g.lognormal(0, sigma, 100_000), g.lognormal(0, sigma, 100_000)
+    row = _numeric_row(r, c)
+    assert row["wasserstein"] == pytest.approx(_scipy_wasserstein(r, c), abs=0.02)
+    assert row["ks"] == pytest.approx(sps.ks_2samp(r, c).statistic, abs=0.006)
+    assert not row["drifted"]

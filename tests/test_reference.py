@@ -30,7 +30,7 @@ def test_from_pandas_arrow_polars_and_numpy_agree():
     assert b["missing"] == 500
     assert b["mean"] == pytest.approx(df["b"].mean())
     assert b["std"] == pytest.approx(df["b"].std(ddof=0), rel=1e-9)
-    assert b["psi_bins"] == 10
+    assert b["psi_bins"] == 12  # ten deciles, below the minimum, above the maximum
     city = next(c for c in r1.columns if c["name"] == "city")
     assert city["categories"] == ["paris", "rome"]
     assert city["missing"] == int(df["city"].isna().sum())
@@ -50,9 +50,13 @@ def test_bins_and_equal_width():
     e = modeltap.Reference.from_data(x, bins=5, equal_width=True)
     cq = q.columns[0]["psi_cuts"]
     ce = e.columns[0]["psi_cuts"]
-    assert len(cq) == len(ce) == 4
-    assert np.allclose(np.diff(ce), np.diff(ce)[0])  # equal width
-    assert not np.allclose(np.diff(cq), np.diff(cq)[0])  # quantiles
+    # four inner cuts, and the edges of the below-minimum and above-maximum bins
+    assert len(cq) == len(ce) == 6
+    assert ce[0] < x.min() <= ce[1]
+    assert ce[-1] == x.max()
+    inner_e, inner_q = np.asarray(ce[1:-1]), np.asarray(cq[1:-1])
+    assert np.allclose(np.diff(inner_e), np.diff(inner_e)[0])  # equal width
+    assert not np.allclose(np.diff(inner_q), np.diff(inner_q)[0])  # quantiles
 
 
 def test_outputs_are_profiled():

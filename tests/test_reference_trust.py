@@ -424,7 +424,7 @@ def test_psi_bin_out_of_range_no_longer_reaches_drift():
     # The case reported: accepted by reference_info, then Drift panicked
     # (PanicException, a BaseException) indexing the PSI bins.
     data = _mutate(_psi_out_of_range)
-    with pytest.raises(modeltap.ReferenceFormatError, match=r'column "x": PSI bin index 15'):
+    with pytest.raises(modeltap.ReferenceFormatError, match=r'column "x": PSI bin index 17'):
         _core.reference_info(data)
     w = decode("WindowProfile", _window())
     w["reference_fingerprint"] = fingerprint(ref_dict(data)["columns"])
@@ -562,13 +562,13 @@ def _extra_bin(w: dict[str, Any]) -> None:
 def test_profile_that_does_not_fit_its_reference():
     good, bad = _window(), _wmut(_extra_bin)
     # merge: a clear error, never a merge into the wrong bins
-    with pytest.raises(modeltap.BatchDecodeError, match=r"profile 1: .*column 0: 202 counts"):
+    with pytest.raises(modeltap.BatchDecodeError, match=r"profile 1: .*column 0: 203 counts"):
         _core.merge_profiles([good, bad])
     # drift of one such profile: the column counts as empty, with a note
     d = _core.drift(REF.to_bytes(), bad)
     assert d["columns"][COL["x"]]["n_cur"] == 0
     assert d["columns"][COL["y"]]["n_cur"] == 400
-    assert d["notes"] == ['column "x": the profile has 202 counts, the reference 201; ignored'], d[
+    assert d["notes"] == ['column "x": the profile has 203 counts, the reference 202; ignored'], d[
         "notes"
     ]
     # a list: the misfit is left out, the rest merged

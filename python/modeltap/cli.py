@@ -177,7 +177,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--categorical", default="", metavar="A,B", help="columns to treat as categorical"
     )
-    build.add_argument("--bins", type=int, default=10, help="PSI bins per numeric column (10)")
+    build.add_argument(
+        "--bins",
+        type=int,
+        default=10,
+        help="PSI bins per numeric column between its minimum and maximum (10); "
+        "values below the minimum and above the maximum get one bin each",
+    )
     build.add_argument(
         "--equal-width", action="store_true", help="equal-width instead of quantile bins"
     )

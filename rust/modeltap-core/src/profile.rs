@@ -14,6 +14,9 @@ use crate::proto;
 /// each holds at most about 1/FINE_BINS of the reference mass. This bounds
 /// the error of sketch-based statistics (KS, Wasserstein).
 pub const FINE_BINS: usize = 200;
+/// Fewest reference values a tail bin is split down to (see
+/// `build_numeric`).
+const TAIL_MIN_VALUES: f64 = 8.0;
 /// Categories a categorical reference keeps by default (the rest are
 /// "other").
 pub const MAX_CATEGORIES: usize = 1000;
@@ -42,7 +45,10 @@ pub const MAX_VOCAB_CODES: usize = 65_536;
 pub const LATENCY_BUCKETS: usize = 96;
 
 /// Reference file format version this build writes and the newest it reads.
-pub const REFERENCE_FORMAT: u32 = 1;
+/// Version 2 adds a fine and a PSI bin below the reference minimum (its
+/// first cut is the float just below it) and point-mass bins; version 1
+/// files are read as they are.
+pub const REFERENCE_FORMAT: u32 = 2;
 
 /// Latency bucket of a duration in seconds.
 #[inline]
@@ -310,6 +316,19 @@ pub fn add_numeric_values(
     p.above_sum += above_sum;
 }
 
+/// The largest float below `x` (`f64::next_down`, which needs a newer
+/// Rust than this crate's minimum); NaN and -inf are returned as they are.
+pub fn next_down(x: f64) -> f64 {
+    if x.is_nan() || x == f64::NEG_INFINITY {
+        return x;
+    }
+    if x == 0.0 {
+        return -f64::from_bits(1);
+    }
+    let bits = x.to_bits();
+    f64::from_bits(if x > 0.0 { bits - 1 } else { bits + 1 })
+}
+
 /// The `q`-quantile (inverse CDF) of sorted values.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     #[allow(
@@ -562,12 +581,70 @@ pub fn build_numeric(
                 quantile(&finite, q)
             });
         }
-        for i in 1..FINE_BINS {
+        // A value that holds a real share of the reference (a discrete or
+        // zero-inflated column, a sentinel) is a point mass: its bin holds
+        // it alone, (next_down(v), v], so the statistics that read inside
+        // bins (Wasserstein, KS) see the mass where it lies, not spread over
+        // the bin below it; the fine quantiles are taken over the rest, so
+        // the continuous part keeps its full resolution.
+        let n = finite.len();
+        let mut atoms = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let run = finite[i..].partition_point(|&x| x <= finite[i]);
+            if run >= 2 && run * 4 * FINE_BINS >= n {
+                atoms.push(finite[i]);
+            }
+            i += run;
+        }
+        let rest: Vec<f64> = if atoms.is_empty() {
+            Vec::new()
+        } else {
+            finite
+                .iter()
+                .copied()
+                .filter(|v| atoms.binary_search_by(|a| a.total_cmp(v)).is_err())
+                .collect()
+        };
+        let spread = if atoms.is_empty() { &finite } else { &rest };
+        if !spread.is_empty() {
+            for i in 1..FINE_BINS {
+                #[allow(clippy::cast_precision_loss)]
+                cuts.push(quantile(spread, i as f64 / FINE_BINS as f64));
+            }
+            // The outer fine bins of a heavy tail span most of the range:
+            // halve them again and again (1/400, 1/800, ... of the mass at
+            // each end) while each still holds a few values.
+            let mut share = 1.0 / (2.0 * FINE_BINS as f64);
             #[allow(clippy::cast_precision_loss)]
-            cuts.push(quantile(&finite, i as f64 / FINE_BINS as f64));
+            while share * spread.len() as f64 >= TAIL_MIN_VALUES {
+                cuts.push(quantile(spread, share));
+                cuts.push(quantile(spread, 1.0 - share));
+                share /= 2.0;
+            }
+        }
+        for &v in &atoms {
+            cuts.push(v);
+            let edge = next_down(v);
+            if edge.is_finite() {
+                cuts.push(edge);
+            }
         }
         cuts.extend_from_slice(&psi_cuts);
         cuts.push(hi);
+        // Values below the reference minimum get a bin of their own, as
+        // values above its maximum do: (-inf, lo) and (hi, inf), in the fine
+        // bins and the PSI bins alike.
+        let below = next_down(lo);
+        if below.is_finite() {
+            cuts.push(below);
+        }
+        if psi_cuts.len() + 3 <= MAX_PSI_BINS {
+            if below.is_finite() {
+                psi_cuts.push(below);
+            }
+            psi_cuts.push(hi);
+        }
     }
     psi_cuts.sort_by(f64::total_cmp);
     psi_cuts.dedup();
@@ -858,7 +935,9 @@ fn check_reference_column(c: &proto::ColumnSpec, p: &proto::ColumnProfile) -> Re
             ));
         }
         if let (Some(&lo), Some(&hi)) = (n.cuts.first(), n.cuts.last()) {
-            if lo < p.ref_min || hi > p.ref_max {
+            // The first cut may be the float just below the minimum (the
+            // edge of the below-minimum bin).
+            if lo < next_down(p.ref_min) || hi > p.ref_max {
                 return Err(format!(
                     "cuts [{lo}, {hi}] outside the reference range [{}, {}]",
                     p.ref_min, p.ref_max
@@ -1739,17 +1818,47 @@ mod tests {
     }
 
     #[test]
+    fn next_down_is_the_float_below() {
+        for x in [
+            1.0,
+            -1.0,
+            0.0,
+            -0.0,
+            1e-310,
+            -1e-310,
+            f64::MAX,
+            f64::MIN,
+            5.0,
+            1e300,
+        ] {
+            let d = next_down(x);
+            assert!(d < x, "{x}");
+            assert!(d.is_finite() || x == f64::MIN, "{x}");
+        }
+        assert_eq!(next_down(1.0), 1.0 - f64::EPSILON / 2.0);
+        assert_eq!(next_down(f64::MIN), f64::NEG_INFINITY);
+        assert!(next_down(f64::NAN).is_nan());
+    }
+
+    #[test]
     fn numeric_reference_bins_hold_its_mass() {
         let values: Vec<f64> = (0..10_000).map(|i| f64::from(i) / 10.0).collect();
         let (spec, prof) = build_numeric("x", proto::ColumnRole::Feature, 0, &values, 10, false);
         let num = spec.numeric.unwrap();
-        assert_eq!(num.n_psi_bins, 10);
+        // Ten deciles, and a bin below the minimum and above the maximum.
+        assert_eq!(num.n_psi_bins, 12);
         assert_eq!(prof.n, 10_000);
-        let mut psi = vec![0u64; 10];
+        let mut psi = vec![0u64; 12];
         for (j, c) in prof.counts.iter().enumerate() {
             psi[num.psi_bin[j] as usize] += c;
         }
-        assert!(psi.iter().all(|&c| c == 1000), "{psi:?}");
+        assert_eq!(psi[0], 0, "{psi:?}");
+        assert_eq!(psi[11], 0, "{psi:?}");
+        assert!(psi[1..11].iter().all(|&c| c == 1000), "{psi:?}");
+        assert_eq!(bin_of(&num.cuts, -0.000_1), 0);
+        assert_eq!(bin_of(&num.cuts, 0.0), 1);
+        assert_eq!(bin_of(&num.cuts, 999.9), num.cuts.len() - 1);
+        assert_eq!(bin_of(&num.cuts, 1000.0), num.cuts.len());
         assert!(prof
             .counts
             .iter()

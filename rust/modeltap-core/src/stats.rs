@@ -308,15 +308,20 @@ fn wasserstein(cuts: &[f64], rp: &proto::ColumnProfile, cp: &proto::ColumnProfil
     let (lo, hi) = (rp.ref_min, rp.ref_max);
     // CDFs at each cut: the mass of the fine bins up to and including it.
     let (mut fr, mut fc) = (0.0f64, 0.0f64);
-    // At the reference minimum the reference CDF is (about) 0; the current
-    // one holds what lies below it.
+    // Just past the reference minimum both CDFs hold everything up to and
+    // including it (the current one also what lies below it, whose own
+    // part of the integral is `below_sum`).
     let mut prev_x = lo;
     let mut prev = cp.below_min as f64 / nc;
     let mut w = 0.0;
     for (j, &x) in cuts.iter().enumerate() {
         fr += rp.counts.get(j).copied().unwrap_or(0) as f64;
         fc += cp.counts.get(j).copied().unwrap_or(0) as f64;
-        if x <= lo || x > hi {
+        if x <= lo {
+            prev = (fr / nr - fc / nc).abs();
+            continue;
+        }
+        if x > hi {
             continue;
         }
         let cur = (fr / nr - fc / nc).abs();

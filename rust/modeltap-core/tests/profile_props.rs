@@ -170,9 +170,11 @@ fn corrupt(r: &proto::Reference) -> String {
 fn psi_bin_index_out_of_range_is_rejected() {
     let mut r = mixed();
     let n = r.columns[0].numeric.as_mut().unwrap();
-    *n.psi_bin.last_mut().unwrap() = n.n_psi_bins + 5;
+    let n_psi = n.n_psi_bins;
+    *n.psi_bin.last_mut().unwrap() = n_psi + 5;
     let r = refingerprint(r);
-    assert!(corrupt(&r).starts_with("column \"x\": PSI bin index 15 of fine bin"));
+    let want = format!("column \"x\": PSI bin index {} of fine bin", n_psi + 5);
+    assert!(corrupt(&r).starts_with(&want), "{}", corrupt(&r));
     assert!(decode_reference(&encode_reference(&r)).is_err());
     assert!(Compiled::try_new(r).is_err());
 }
