@@ -88,16 +88,7 @@ CLOSE_AFTER = 8
 # vocabulary) has a regression test in tests/test_record_path.py.
 _ENABLED = {n.strip() for n in os.environ.get("MODELTAP_STATEFUL_KNOWN", "").split(",")}
 KNOWN_BUGS: frozenset[str] = frozenset(
-    name
-    for name in (
-        # A float category in a DataFrame is spelled by Arrow ("1e-7",
-        # "1e+20"), in log() and array batches by Rust ("0.0000001",
-        # "100000000000000000000"): one value, two categories; and a float
-        # category column holding 1e20 makes the whole frame unreadable
-        # (integral floats are cast to int64, which overflows).
-        "frame_float_category_spelling",
-    )
-    if "all" not in _ENABLED and name not in _ENABLED
+    name for name in () if "all" not in _ENABLED and name not in _ENABLED
 )
 
 MISSING, NONFINITE, BAD_VALUE, ERROR, NO_PREDICTION = 1, 2, 4, 8, 16
@@ -323,12 +314,30 @@ def rust_float(x: float) -> str:
     return format(short, "f")
 
 
+def repr_float(x: float) -> str:
+    """Python's ``repr`` layout of the shortest digits Rust picks (see
+    :func:`rust_float` for where those differ from Python's own): fixed for
+    decimal exponents -4..15 (".0" when integral), else "1.5e+20"."""
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    short = decimal.Decimal(rust_float(x)).normalize()
+    sign, digits, _ = short.as_tuple()
+    exp = short.adjusted()
+    text = "".join(map(str, digits))
+    minus = "-" if sign else ""
+    if -4 <= exp < 16:
+        fixed = format(short.copy_abs(), "f")
+        return minus + (fixed if "." in fixed else fixed + ".0")
+    mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+    return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+
+
 def float_spelling(x: float) -> str | None:
     if math.isnan(x):
         return None
     if math.isfinite(x) and x == math.floor(x) and abs(x) < 9.0e15:
         return str(int(x))
-    return rust_float(x)
+    return repr_float(x)
 
 
 def is_numpy_bool(v: Any) -> bool:

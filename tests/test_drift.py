@@ -472,3 +472,70 @@ def test_heavy_tails_stay_within_the_stated_bound(sigma):
     assert row["wasserstein"] == pytest.approx(_scipy_wasserstein(r, c), abs=0.02)
     assert row["ks"] == pytest.approx(sps.ks_2samp(r, c).statistic, abs=0.006)
     assert not row["drifted"]
+
+
+def _paths(ref: modeltap.Reference, df: pd.DataFrame) -> dict[str, modeltap.DriftReport]:
+    """The same rows through every path: the dataset, log() row by row, an
+    array batch, a DataFrame batch (small and large)."""
+    out = {"Reference.drift": ref.drift(df)}
+    names = list(df.columns)
+
+    def agent() -> modeltap.Agent:
+        return modeltap.Agent("m", reference=ref, metrics_interval=None, window_s=86_400)
+
+    a = agent()
+    for row in df.itertuples(index=False):
+        a.log(dict(zip(names, row, strict=True)), 0)
+    a.flush(30)
+    out["log"] = a.drift()
+    a.close()
+    if all(df[c].dtype.kind == "f" for c in names):
+        a = agent()
+        a.log_batch(df.to_numpy(), np.zeros(len(df)))
+        a.flush(30)
+        out["log_batch(array)"] = a.drift()
+        a.close()
+    a = agent()
+    a.log_batch(df, np.zeros(len(df)))
+    a.flush(30)
+    out["log_batch(DataFrame)"] = a.drift()
+    a.close()
+    a = agent()
+    for i in range(0, len(df), 100):
+        a.log_batch(df.iloc[i : i + 100], np.zeros(len(df.iloc[i : i + 100])))
+    a.flush(30)
+    out["log_batch(small DataFrames)"] = a.drift()
+    a.close()
+    return out
+
+
+def test_float_categories_are_spelled_one_way_on_every_path():
+    odd = [1e-7, 1e20, 0.1, 3.0, -0.0, 2.5e-5, 1e300, 9.5e15, 1e16, -1.25e-10, np.nan]
+    g = np.random.default_rng(8)
+    train = pd.DataFrame({"c": g.choice(odd, 3_000), "x": g.normal(size=3_000)})
+    ref = modeltap.Reference.from_data(train, categorical=["c"])
+    cats = ref.columns[0]["categories"]
+    assert "1e-07" in cats
+    assert "1e+20" in cats
+    assert "3" in cats
+    assert "0" in cats
+    cur = pd.DataFrame({"c": g.choice(odd, 600), "x": g.normal(size=600)})
+    reports = _paths(ref, cur)
+    want = reports.pop("Reference.drift")
+    assert want["c"]["out_of_range"] == 0.0
+    for name, got in reports.items():
+        assert got.records == want.records, name
+        for k in ("psi", "js", "chi2", "out_of_range", "missing_cur"):
+            assert got["c"][k] == pytest.approx(want["c"][k], rel=1e-12, nan_ok=True), (name, k)
+
+
+def test_long_categories_are_cut_the_same_in_references_and_records():
+    g = np.random.default_rng(9)
+    long = ["\u00e9" * 700 + str(i) for i in range(3)] + ["short"]  # 2 bytes a character
+    train = pd.DataFrame({"c": g.choice(np.array(long, dtype=object), 2_000)})
+    ref = modeltap.Reference.from_data(train, categorical=["c"])
+    assert all(len(c.encode()) <= 1024 for c in ref.columns[0]["categories"])
+    cur = pd.DataFrame({"c": g.choice(np.array(long, dtype=object), 500)})
+    for name, got in _paths(ref, cur).items():
+        assert got["c"]["out_of_range"] == 0.0, name
+        assert not got["c"]["drifted"], name

@@ -22,6 +22,7 @@ __all__ = [
     "assemble_reference",
     "build_categorical_column",
     "build_numeric_column",
+    "clip_values",
     "decode_batch",
     "decode_drift_request",
     "decode_export_response",
@@ -38,6 +39,7 @@ __all__ = [
     "profile_fingerprint",
     "random_id",
     "reference_info",
+    "spell_floats",
 ]
 
 __version__: str
@@ -125,6 +127,13 @@ def encode_strings(
     values: npt.NDArray[np.object_],
     spell_all: bool = False,
 ) -> tuple[npt.NDArray[np.int32], list[str]] | None: ...
+def spell_floats(values: npt.NDArray[np.float64]) -> list[str | None]:
+    """Float categories spelled canonically (integral values as integers,
+    others as Python's repr); None for NaN."""
+
+def clip_values(values: list[str]) -> list[str]:
+    """Category values cut as an agent cuts them (1,024 bytes)."""
+
 def random_id() -> str:
     """A random 128-bit id as 32 hex digits."""
 

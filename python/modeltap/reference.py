@@ -176,7 +176,7 @@ def category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
         except (AttributeError, TypeError, pa.ArrowException):
             pass  # categories Arrow cannot read as they are: the path below
         else:
-            return codes, [str(v) for v in spelled.to_pylist()]
+            return codes, _clipped([str(v) for v in spelled.to_pylist()])
     if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1:
         col = col.chunk(0)
     if isinstance(col, pa.DictionaryArray):
@@ -186,7 +186,7 @@ def category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
             if pa.types.is_unsigned_integer(indices.type):  # polars: uint32
                 indices = indices.cast(pa.int64())
             codes = indices.fill_null(-1).to_numpy(zero_copy_only=False)
-            return np.asarray(codes), [str(v) for v in spelled.to_pylist()]
+            return np.asarray(codes), _clipped([str(v) for v in spelled.to_pylist()])
     values = col
     if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) == np.dtype(
         object
@@ -207,7 +207,7 @@ def category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
         enc = categorical_strings(col).dictionary_encode()
     spelled = categorical_strings(enc.dictionary)
     codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int32)
-    return codes, [str(v) for v in spelled.to_pylist()]
+    return codes, _clipped([str(v) for v in spelled.to_pylist()])
 
 
 def categorical_strings(col: Any) -> Any:
@@ -215,16 +215,31 @@ def categorical_strings(col: Any) -> Any:
     missing values (None, NaN) as nulls, integral numbers without a decimal
     point: the values as the agent and references spell them."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     arr = _arrow_values(col)
     if pa.types.is_floating(arr.type):
-        valid = arr.drop_null()
-        if len(valid) == 0 or pc.all(pc.equal(pc.floor(valid), valid)).as_py():
-            arr = arr.cast(pa.int64())
+        # Spelled by the agent's own rule (integral values as integers,
+        # others as Python's repr), one distinct value at a time.
+        enc = arr.dictionary_encode()
+        distinct = np.asarray(enc.dictionary.to_numpy(zero_copy_only=False), dtype=np.float64)
+        words = pa.array(_core.spell_floats(distinct), pa.string())
+        return pa.DictionaryArray.from_arrays(enc.indices, words).dictionary_decode()
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = arr.cast(pa.string())
     return arr
+
+
+def _clipped(values: list[str]) -> list[str]:
+    """Category values cut as an agent cuts them (1,024 bytes), where any
+    is that long."""
+    if any(len(v) > _CLIP_CHARS_MIN for v in values):
+        return _core.clip_values(values)
+    return values
+
+
+# A str of at most this many characters is within the 1,024 bytes an agent
+# keeps of a category (UTF-8 takes at most 4 bytes a character).
+_CLIP_CHARS_MIN = 1024 // 4
 
 
 def spelled_objects(values: Any) -> Any:
@@ -277,9 +292,15 @@ def _category_counts(col: Any) -> tuple[list[str], list[int], int]:
 
     arr = categorical_strings(col)
     vc = pc.value_counts(arr.drop_null())
-    values = vc.field("values").to_pylist()
-    counts = vc.field("counts").to_pylist()
-    return [str(v) for v in values], [int(c) for c in counts], int(arr.null_count)
+    values = _clipped([str(v) for v in vc.field("values").to_pylist()])
+    counts = [int(c) for c in vc.field("counts").to_pylist()]
+    if len(set(values)) < len(values):
+        # Long values that are one value once cut, as agents cut them.
+        merged: dict[str, int] = {}
+        for v, c in zip(values, counts, strict=True):
+            merged[v] = merged.get(v, 0) + c
+        values, counts = list(merged), list(merged.values())
+    return values, counts, int(arr.null_count)
 
 
 class Reference:

@@ -654,7 +654,17 @@ impl TextView<'_> {
                 }
             }
             let v = &self.data[self.offsets[r]..self.offsets[r + 1]];
-            profile::add_category(p, Some(buckets.get(v).copied().unwrap_or(miss)));
+            let bucket = if v.len() > crate::recorder::MAX_VALUE_BYTES {
+                // Cut as agents and references cut it.
+                let cut = crate::recorder::clip(
+                    String::from_utf8_lossy(v).into_owned(),
+                    crate::recorder::MAX_VALUE_BYTES,
+                );
+                buckets.get(cut.as_bytes()).copied().unwrap_or(miss)
+            } else {
+                buckets.get(v).copied().unwrap_or(miss)
+            };
+            profile::add_category(p, Some(bucket));
         }
     }
 }
@@ -974,6 +984,34 @@ pub fn profile_columns<'py>(
     })
 }
 
+/// Float categories spelled canonically (see `float_spelling`: integral
+/// values as integers, others as Python's `repr`), `None` for NaN: the
+/// spelling references, `log`, `log_batch` and DataFrames share. Meant for
+/// the distinct values of a column (a dictionary), not every row.
+#[pyfunction]
+pub fn spell_floats(values: PyReadonlyArray1<'_, f64>) -> PyResult<Vec<Option<String>>> {
+    guard(|| {
+        Ok(values
+            .as_array()
+            .iter()
+            .map(|&v| crate::recorder::float_spelling(v).map(std::borrow::Cow::into_owned))
+            .collect())
+    })
+}
+
+/// Category values cut as an agent cuts them (at
+/// `MAX_VALUE_BYTES`, 1,024 bytes, marked with the bytes cut), so a long
+/// category is the same value in a reference and in the records.
+#[pyfunction]
+pub fn clip_values(values: Vec<String>) -> PyResult<Vec<String>> {
+    guard(|| {
+        Ok(values
+            .into_iter()
+            .map(|v| crate::recorder::clip(v, crate::recorder::MAX_VALUE_BYTES))
+            .collect())
+    })
+}
+
 /// Codes and dictionary of [`encode_strings`].
 type Encoded<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyList>);
 
@@ -1044,7 +1082,10 @@ pub fn encode_strings<'py>(
                             return Ok(None);
                         };
                         index.insert(text.clone().into_owned(), c);
-                        dictionary.push(text.into_owned());
+                        dictionary.push(crate::recorder::clip(
+                            text.into_owned(),
+                            crate::recorder::MAX_VALUE_BYTES,
+                        ));
                         c
                     }
                 }

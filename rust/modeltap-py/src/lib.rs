@@ -62,6 +62,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::profile_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(drift::profile_columns, m)?)?;
     m.add_function(wrap_pyfunction!(drift::encode_strings, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::spell_floats, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::clip_values, m)?)?;
     m.add_class::<recorder::Recorder>()?;
     m.add_class::<request_ids::RequestIds>()?;
     m.add_class::<request_ids::RequestIdsIter>()?;

@@ -34,7 +34,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::errors::{guard, InvalidRecord};
 use vocab::Vocab;
-pub(crate) use vocab::{canonical, float_spelling};
+pub(crate) use vocab::{canonical, float_spelling, MAX_VALUE_BYTES};
 
 /// Longest caller-given request id kept (bytes); longer ones are cut.
 const MAX_ID_BYTES: usize = 256;
@@ -45,7 +45,7 @@ const MAX_ATTRIBUTES: usize = 64;
 
 /// `s` cut to at most `max` bytes (at a character boundary), marked as cut:
 /// one huge string must not cost the agent unbounded memory.
-fn clip(mut s: String, max: usize) -> String {
+pub(crate) fn clip(mut s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }

@@ -70,7 +70,11 @@ fn spelled<'a>(item: &'a Bound<'_, PyAny>) -> Option<Cow<'a, str>> {
     Some(Cow::Owned(to_str(item)))
 }
 
-/// A float category: missing when NaN, integral values as integers.
+/// The canonical spelling of a float category: integral values below 9e15
+/// as integers ("3", not "3.0"; -0.0 as "0"), every other value as
+/// Python's `repr` spells it ("0.1", "1e-07", "1e+20", "inf"), which is how
+/// references, `log`, `log_batch` and DataFrames all spell it. `None` for
+/// NaN (missing).
 pub fn float_spelling(v: f64) -> Option<Cow<'static, str>> {
     if v.is_nan() {
         return None;
@@ -79,7 +83,48 @@ pub fn float_spelling(v: f64) -> Option<Cow<'static, str>> {
         #[allow(clippy::cast_possible_truncation)]
         return Some(Cow::Owned((v as i64).to_string()));
     }
-    Some(Cow::Owned(v.to_string()))
+    Some(Cow::Owned(python_repr(v)))
+}
+
+/// `repr(v)` of a Python float: the shortest digits that read back as `v`,
+/// in fixed notation for decimal exponents from -4 to 15 (with ".0" when
+/// integral) and scientific ("1.5e+20", "1e-07") outside.
+pub fn python_repr(v: f64) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 { "inf" } else { "-inf" }.to_owned();
+    }
+    if v.is_nan() {
+        return "nan".to_owned();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let negative = mantissa.starts_with('-');
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if negative { "-" } else { "" };
+    if (-4..16).contains(&exp) {
+        let point = exp + 1; // digits before the decimal point
+        let body = if point <= 0 {
+            format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+        } else {
+            let point = point as usize;
+            if digits.len() <= point {
+                format!("{digits}{}.0", "0".repeat(point - digits.len()))
+            } else {
+                format!("{}.{}", &digits[..point], &digits[point..])
+            }
+        };
+        return format!("{sign}{body}");
+    }
+    let (first, rest) = digits.split_at(1);
+    let mantissa = if rest.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first}.{rest}")
+    };
+    let esign = if exp < 0 { '-' } else { '+' };
+    format!("{sign}{mantissa}e{esign}{:02}", exp.unsigned_abs())
 }
 
 fn is_numpy_bool(item: &Bound<'_, PyAny>) -> bool {
