@@ -198,11 +198,14 @@ def test_thresholds_are_configurable(data):
     a.log_batch(cur_x, np.zeros(len(cur_x)))
     a.flush(10)
     default = a.drift()
-    strict = a.drift(rules={"f2": ("ks", 0.0)}, defaults={"numeric": ("psi", 100.0)})
+    strict = a.drift(rules={"f1": ("ks", 0.01)}, defaults={"numeric": ("psi", 100.0)})
     a.close()
     assert "f1" in default.drifted
-    assert strict.drifted == ["f2"]
-    assert strict["f2"]["statistic"] == "ks"
+    assert strict.drifted == ["f1"]
+    assert strict["f1"]["statistic"] == "ks"
+    # a threshold alone never makes drift of what is not significant
+    zero = modeltap.drift.compute(ref.to_bytes(), a._rec.profile(0, 2**64 - 1), {"f2": ("ks", 0.0)})
+    assert "f2" not in zero.drifted
     with pytest.raises(ValueError, match="unknown statistic"):
         modeltap.drift.compute(ref.to_bytes(), b"", {"f0": ("magic", 1.0)})
 
@@ -539,3 +542,46 @@ def test_long_categories_are_cut_the_same_in_references_and_records():
     for name, got in _paths(ref, cur).items():
         assert got["c"]["out_of_range"] == 0.0, name
         assert not got["c"]["drifted"], name
+
+
+def test_identical_draws_are_not_flagged_at_any_sample_size():
+    g = np.random.default_rng(100)
+    ref = modeltap.Reference.from_data(g.normal(size=(10_000, 5)))
+    for n in (100, 1_000, 10_000, 100_000):
+        flagged = sum(len(ref.drift(g.normal(size=(n, 5))).drifted) for _ in range(20))
+        assert flagged <= 5, (n, flagged)  # 5 % of 100 columns
+    tiny = ref.drift(g.normal(size=(12, 5)))
+    assert tiny.drifted == []
+    assert all(r["insufficient"] for r in tiny.rows)
+    assert not any(r["insufficient"] for r in ref.drift(g.normal(size=(30, 5))).rows)
+
+
+@pytest.mark.parametrize("levels", [10, 500, 3_000])
+def test_identical_draws_of_many_categories_are_not_flagged(levels):
+    g = np.random.default_rng(levels)
+    w = 1 / np.arange(1, levels + 1) ** 0.7
+    w /= w.sum()
+    cats = np.array([f"c{i}" for i in range(levels)], dtype=object)
+
+    def frame(n: int) -> pd.DataFrame:
+        return pd.DataFrame({f"k{j}": g.choice(cats, n, p=w) for j in range(5)})
+
+    ref = modeltap.Reference.from_data(frame(10_000), categorical=[f"k{j}" for j in range(5)])
+    for n in (100, 1_000, 10_000):
+        flagged = sum(len(ref.drift(frame(n)).drifted) for _ in range(10))
+        assert flagged <= 2, (levels, n, flagged)  # 5 % of 50 columns
+        # ... while a real change is found at the same sizes
+        if n >= 1_000:
+            moved = pd.DataFrame({"k0": g.choice(cats[::-1], n, p=w)})
+            for j in range(1, 5):
+                moved[f"k{j}"] = g.choice(cats, n, p=w)
+            assert ref.drift(moved).drifted == ["k0"], (levels, n)
+
+
+def test_real_shifts_are_still_found_in_small_windows():
+    g = np.random.default_rng(7)
+    ref = modeltap.Reference.from_data(g.normal(size=(10_000, 1)), feature_names=["x"])
+    assert ref.drift(g.normal(0.8, 1, size=(300, 1)))["x"]["drifted"]
+    assert ref.drift(g.normal(0.0, 3, size=(1_000, 1)))["x"]["drifted"]
+    five = modeltap.Reference.from_data(np.full((1_000, 1), 5.0), feature_names=["x"])
+    assert five.drift(np.full((40, 1), 4.0))["x"]["drifted"]

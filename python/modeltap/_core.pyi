@@ -79,8 +79,10 @@ def build_categorical_column(
     counts: Sequence[int],
     missing: int,
     max_categories: int = ...,
+    chosen: Sequence[str] | None = None,
 ) -> tuple[bytes, bytes]:
-    """A categorical reference column from distinct values and counts."""
+    """A categorical reference column from distinct values and counts;
+    ``chosen``: the categories to keep (else the most frequent)."""
 
 def assemble_reference(
     model: str,

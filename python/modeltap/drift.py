@@ -36,6 +36,7 @@ COLUMNS = (
     "statistic",
     "threshold",
     "drifted",
+    "insufficient",
 )
 
 Rules = Mapping[str, tuple[str, float]]

@@ -547,6 +547,24 @@ def _build(
             name, role, class_index, _numeric_values(col), bins, equal_width
         )
     values, counts, missing = _category_counts(col)
+    if len(values) <= max_categories:
+        return _core.build_categorical_column(
+            name, role, class_index, values, counts, missing, max_categories
+        )
+    # More levels than are kept: which ones are kept is decided on every
+    # other row and their counts taken from the rest. Chosen and counted on
+    # the same rows, the kept categories' counts would carry the luck that
+    # made them frequent, and identical data would look drifted.
+    import pyarrow as pa
+
+    arr = categorical_strings(col)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    rows = np.arange(len(arr))
+    pick_values, pick_counts, _ = _category_counts(arr.take(pa.array(rows[0::2])))
+    ranked = sorted(zip(pick_counts, pick_values, strict=True), key=lambda t: (-t[0], t[1]))
+    chosen = [v for _, v in ranked[:max_categories]]
+    values, counts, missing = _category_counts(arr.take(pa.array(rows[1::2])))
     return _core.build_categorical_column(
-        name, role, class_index, values, counts, missing, max_categories
+        name, role, class_index, values, counts, missing, max_categories, chosen
     )

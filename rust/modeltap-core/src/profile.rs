@@ -703,10 +703,67 @@ pub fn build_categorical(
     missing: u64,
     max_categories: usize,
 ) -> (proto::ColumnSpec, proto::ColumnProfile) {
+    build_categorical_chosen(
+        name,
+        role,
+        class_index,
+        values,
+        missing,
+        max_categories,
+        None,
+    )
+}
+
+/// [`build_categorical`], keeping the categories `chosen` (at most
+/// `max_categories` of them) when given instead of the most frequent of
+/// `values`: a caller that picks them on other rows than it counts keeps
+/// their counts free of the luck that made them frequent.
+pub fn build_categorical_chosen(
+    name: &str,
+    role: proto::ColumnRole,
+    class_index: u32,
+    values: Vec<(String, u64)>,
+    missing: u64,
+    max_categories: usize,
+    chosen: Option<&[String]>,
+) -> (proto::ColumnSpec, proto::ColumnProfile) {
     let mut values = values;
-    values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let keep = values.len().min(max_categories.max(1));
-    let complete = keep == values.len();
+    let (keep, complete) = match chosen {
+        Some(chosen) => {
+            let chosen: std::collections::HashSet<&str> = chosen
+                .iter()
+                .take(max_categories.max(1))
+                .map(String::as_str)
+                .collect();
+            let mut kept: Vec<(String, u64)> = Vec::with_capacity(chosen.len());
+            let mut rest: Vec<(String, u64)> = Vec::new();
+            let mut present = std::collections::HashSet::new();
+            for v in values {
+                if chosen.contains(v.0.as_str()) {
+                    present.insert(v.0.clone());
+                    kept.push(v);
+                } else {
+                    rest.push(v);
+                }
+            }
+            // A chosen category these rows lack is kept, with no count.
+            for c in &chosen {
+                if !present.contains(*c) {
+                    kept.push(((*c).to_owned(), 0));
+                }
+            }
+            kept.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let keep = kept.len();
+            kept.extend(rest);
+            values = kept;
+            (keep, false)
+        }
+        None => {
+            values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let keep = values.len().min(max_categories.max(1));
+            (keep, keep == values.len())
+        }
+    };
     let other: u64 = values[keep..].iter().map(|v| v.1).sum();
     values.truncate(keep);
     let spec = proto::ColumnSpec {

@@ -71,9 +71,10 @@ pub fn build_numeric_column<'py>(
     })
 }
 
-/// A categorical reference column from distinct values and their counts.
+/// A categorical reference column from distinct values and their counts;
+/// `chosen`: the categories to keep (else the most frequent).
 #[pyfunction]
-#[pyo3(signature = (name, role_name, class_index, values, counts, missing, max_categories=profile::MAX_CATEGORIES))]
+#[pyo3(signature = (name, role_name, class_index, values, counts, missing, max_categories=profile::MAX_CATEGORIES, chosen=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn build_categorical_column<'py>(
     py: Python<'py>,
@@ -84,6 +85,7 @@ pub fn build_categorical_column<'py>(
     counts: Vec<u64>,
     missing: u64,
     max_categories: usize,
+    chosen: Option<Vec<String>>,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     guard(|| {
         if values.len() != counts.len() {
@@ -99,13 +101,20 @@ pub fn build_categorical_column<'py>(
         if let Some(v) = values.iter().find(|v| !seen.insert(v.as_str())) {
             return Err(PyValueError::new_err(format!("value {v:?} listed twice")));
         }
-        let (spec, prof) = profile::build_categorical(
+        if let Some(c) = &chosen {
+            let mut once = HashSet::with_capacity(c.len());
+            if let Some(v) = c.iter().find(|v| !once.insert(v.as_str())) {
+                return Err(PyValueError::new_err(format!("value {v:?} chosen twice")));
+            }
+        }
+        let (spec, prof) = profile::build_categorical_chosen(
             name,
             role(role_name)?,
             class_index,
             values.into_iter().zip(counts).collect(),
             missing,
             max_categories,
+            chosen.as_deref(),
         );
         Ok((
             PyBytes::new(py, &spec.encode_to_vec()),
@@ -349,6 +358,7 @@ pub fn drift<'py>(
             d.set_item("statistic", c.decided_by.name())?;
             d.set_item("threshold", c.threshold)?;
             d.set_item("drifted", c.drifted)?;
+            d.set_item("insufficient", c.insufficient)?;
             cols.append(d)?;
         }
         out.set_item("columns", cols)?;
