@@ -585,3 +585,31 @@ def test_real_shifts_are_still_found_in_small_windows():
     assert ref.drift(g.normal(0.0, 3, size=(1_000, 1)))["x"]["drifted"]
     five = modeltap.Reference.from_data(np.full((1_000, 1), 5.0), feature_names=["x"])
     assert five.drift(np.full((40, 1), 4.0))["x"]["drifted"]
+
+
+def test_unseen_is_told_from_other_past_the_kept_levels():
+    g = np.random.default_rng(12)
+    ids = np.array([f"id{i}" for i in range(5_000)], dtype=object)
+    ref = modeltap.Reference.from_data(
+        pd.DataFrame({"user": g.choice(ids, 40_000)}), categorical=["user"]
+    )
+    col = ref.columns[0]
+    assert len(col["categories"]) == 1_000
+    assert not col["complete"]
+    same = ref.drift(pd.DataFrame({"user": g.choice(ids, 20_000)}))["user"]
+    assert same["out_of_range"] < 0.02  # held by the reference, only not kept
+    assert not same["drifted"]
+    new = np.array([f"new{i}" for i in range(20_000)], dtype=object)
+    half = np.where(g.random(20_000) < 0.5, g.choice(ids, 20_000), new)
+    moved = ref.drift(pd.DataFrame({"user": half}))["user"]
+    assert moved["out_of_range"] == pytest.approx(0.5, abs=0.02)  # brand-new ids
+    assert moved["drifted"]
+    # the agent's path tells them apart the same way
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None, window_s=86_400)
+    for v in half[:2_000]:
+        a.log({"user": v}, 0)
+    a.log_batch(pd.DataFrame({"user": half[2_000:]}), np.zeros(18_000))
+    a.flush(30)
+    via_agent = a.drift()["user"]
+    a.close()
+    assert via_agent["out_of_range"] == pytest.approx(moved["out_of_range"], abs=1e-12)

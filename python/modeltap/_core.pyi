@@ -80,9 +80,11 @@ def build_categorical_column(
     missing: int,
     max_categories: int = ...,
     chosen: Sequence[str] | None = None,
+    seen: Sequence[str] = ...,
 ) -> tuple[bytes, bytes]:
     """A categorical reference column from distinct values and counts;
-    ``chosen``: the categories to keep (else the most frequent)."""
+    ``chosen``: the categories to keep (else the most frequent); ``seen``:
+    every value the reference held (else the values given)."""
 
 def assemble_reference(
     model: str,

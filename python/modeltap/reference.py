@@ -557,6 +557,7 @@ def _build(
     # made them frequent, and identical data would look drifted.
     import pyarrow as pa
 
+    seen = values
     arr = categorical_strings(col)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -565,6 +566,8 @@ def _build(
     ranked = sorted(zip(pick_counts, pick_values, strict=True), key=lambda t: (-t[0], t[1]))
     chosen = [v for _, v in ranked[:max_categories]]
     values, counts, missing = _category_counts(arr.take(pa.array(rows[1::2])))
+    # Every value held goes into the filter that tells "other" (held, not
+    # kept) from "unseen" (never held) in production data.
     return _core.build_categorical_column(
-        name, role, class_index, values, counts, missing, max_categories, chosen
+        name, role, class_index, values, counts, missing, max_categories, chosen, seen
     )

@@ -711,6 +711,7 @@ pub fn build_categorical(
         missing,
         max_categories,
         None,
+        &[],
     )
 }
 
@@ -718,6 +719,7 @@ pub fn build_categorical(
 /// `max_categories` of them) when given instead of the most frequent of
 /// `values`: a caller that picks them on other rows than it counts keeps
 /// their counts free of the luck that made them frequent.
+#[allow(clippy::too_many_arguments)]
 pub fn build_categorical_chosen(
     name: &str,
     role: proto::ColumnRole,
@@ -726,6 +728,7 @@ pub fn build_categorical_chosen(
     missing: u64,
     max_categories: usize,
     chosen: Option<&[String]>,
+    seen: &[String],
 ) -> (proto::ColumnSpec, proto::ColumnProfile) {
     let mut values = values;
     let (keep, complete) = match chosen {
@@ -765,6 +768,11 @@ pub fn build_categorical_chosen(
         }
     };
     let other: u64 = values[keep..].iter().map(|v| v.1).sum();
+    let all: Vec<String> = if complete || !seen.is_empty() {
+        Vec::new()
+    } else {
+        values.iter().map(|v| v.0.clone()).collect()
+    };
     values.truncate(keep);
     let spec = proto::ColumnSpec {
         name: name.to_owned(),
@@ -775,8 +783,22 @@ pub fn build_categorical_chosen(
         categorical: Some(proto::CategoricalSpec {
             categories: values.iter().map(|v| v.0.clone()).collect(),
             complete,
+            ..Default::default()
         }),
     };
+    let mut spec = spec;
+    if !complete {
+        // Every value held, kept or not (`seen`, else the ones counted).
+        let (filter, hashes) = if seen.is_empty() {
+            SeenFilter::build(all.iter().map(String::as_str))
+        } else {
+            SeenFilter::build(seen.iter().map(String::as_str))
+        };
+        if let Some(c) = spec.categorical.as_mut() {
+            c.seen_filter = filter;
+            c.seen_hashes = hashes;
+        }
+    }
     let mut prof = empty_profile(&spec, 0.0, 0.0, 0.0);
     for (i, (_, c)) in values.iter().enumerate() {
         prof.counts[i] = *c;
@@ -932,6 +954,20 @@ fn check_categorical(cat: &proto::CategoricalSpec) -> Result<Shape, String> {
     for v in &cat.categories {
         if !seen.insert(v.as_str()) {
             return Err(format!("category {} listed twice", label(v)));
+        }
+    }
+    if !cat.seen_filter.is_empty() {
+        if cat.complete {
+            return Err("a seen-filter on a complete column".into());
+        }
+        if !(1..=16).contains(&cat.seen_hashes) {
+            return Err(format!(
+                "{} seen-filter probes (from 1 to 16)",
+                cat.seen_hashes
+            ));
+        }
+        if cat.seen_filter.len() > SEEN_FILTER_MAX_VALUES * 10 / 8 + 8 {
+            return Err(format!("a seen-filter of {} bytes", cat.seen_filter.len()));
         }
     }
     Ok(Shape::Categorical { categories: k })
@@ -1293,7 +1329,27 @@ impl Compiled {
         };
         map.get(value)
             .copied()
-            .unwrap_or_else(|| self.miss_bucket(col))
+            .unwrap_or_else(|| self.miss_bucket_of(col, value.as_bytes()))
+    }
+
+    /// The bucket of `value`, none of column `col`'s categories: "other"
+    /// when the reference held it but did not keep it (its seen-filter, or
+    /// without one, whenever the reference kept only its most frequent
+    /// values), else "unseen".
+    pub fn miss_bucket_of(&self, col: usize, value: &[u8]) -> usize {
+        let cat = self
+            .reference
+            .columns
+            .get(col)
+            .and_then(|c| c.categorical.as_ref());
+        match cat {
+            Some(c)
+                if !c.complete && !SeenFilter::contains(&c.seen_filter, c.seen_hashes, value) =>
+            {
+                c.categories.len() + 1 // unseen
+            }
+            _ => self.miss_bucket(col),
+        }
     }
 
     /// The bucket of a value that is none of column `col`'s categories:
@@ -1728,6 +1784,60 @@ impl Profiler {
     }
 }
 
+/// A Bloom filter of the values a categorical reference held beyond the
+/// categories it kept (`CategoricalSpec.seen_filter`): about 10 bits and
+/// 7 probes per value, so about 1 % of never-held values pass for held.
+/// The probes are fixed (FNV-1a and a 64-bit mix of it, double hashing), so
+/// every reader agrees with the writer.
+pub struct SeenFilter;
+
+/// Most values a seen-filter covers (12.5 MB of filter); a reference with
+/// more distinct values keeps none, and its misses count as "other".
+pub const SEEN_FILTER_MAX_VALUES: usize = 10_000_000;
+/// Probes per value.
+const SEEN_HASHES: u32 = 7;
+
+impl SeenFilter {
+    fn probes(value: &[u8], hashes: u32, bits: u64) -> impl Iterator<Item = u64> {
+        let h1 = value.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        // splitmix64 finaliser of h1: a second, independent-enough hash
+        let mut z = h1.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let h2 = (z ^ (z >> 31)) | 1;
+        (0..u64::from(hashes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+    }
+
+    /// The filter bytes and probe count for `values` (empty when there are
+    /// none, or more than [`SEEN_FILTER_MAX_VALUES`]).
+    pub fn build<'a>(values: impl ExactSizeIterator<Item = &'a str>) -> (Vec<u8>, u32) {
+        let n = values.len();
+        if n == 0 || n > SEEN_FILTER_MAX_VALUES {
+            return (Vec::new(), 0);
+        }
+        let bytes = (n * 10).div_ceil(8).max(8);
+        let bits = (bytes * 8) as u64;
+        let mut filter = vec![0u8; bytes];
+        for v in values {
+            for b in Self::probes(v.as_bytes(), SEEN_HASHES, bits) {
+                filter[(b / 8) as usize] |= 1 << (b % 8);
+            }
+        }
+        (filter, SEEN_HASHES)
+    }
+
+    /// Whether `value` may have been held (false: certainly not).
+    pub fn contains(filter: &[u8], hashes: u32, value: &[u8]) -> bool {
+        if filter.is_empty() || hashes == 0 {
+            return true;
+        }
+        let bits = (filter.len() * 8) as u64;
+        Self::probes(value, hashes, bits).all(|b| filter[(b / 8) as usize] & (1 << (b % 8)) != 0)
+    }
+}
+
 /// Errors reading a reference file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReferenceError {
@@ -1872,6 +1982,21 @@ mod tests {
         for v in [-1.0, 0.0, 0.5, 4.0, 4.5, 1e6, 4.9e9, 5e9, f64::INFINITY] {
             assert_eq!(b.bin(v), bin_of(&many, v), "{v}");
         }
+    }
+
+    #[test]
+    fn seen_filter_holds_what_it_was_given_and_little_else() {
+        let held: Vec<String> = (0..20_000).map(|i| format!("id-{i}")).collect();
+        let (f, k) = SeenFilter::build(held.iter().map(String::as_str));
+        assert!(held
+            .iter()
+            .all(|v| SeenFilter::contains(&f, k, v.as_bytes())));
+        let false_hits = (0..20_000)
+            .filter(|i| SeenFilter::contains(&f, k, format!("new-{i}").as_bytes()))
+            .count();
+        assert!(false_hits < 400, "{false_hits}"); // about 1 %
+        assert_eq!(SeenFilter::build(std::iter::empty()), (Vec::new(), 0));
+        assert!(SeenFilter::contains(&[], 0, b"anything"));
     }
 
     #[test]

@@ -519,14 +519,17 @@ pub fn column_drift(
                 .categorical
                 .as_ref()
                 .map_or(&[][..], |c| &c.categories[..]);
+            // "Other" and "unseen" are one bin here: which values a
+            // reference never held is luck of its sample too.
             let mut order: Vec<usize> = (0..cats.len()).collect();
             order.sort_by_key(|&i| fnv1a(cats[i].as_bytes()));
-            order.extend(cats.len()..coarse_r.len());
             let pick = |v: &[u64]| {
-                order
+                let mut out: Vec<u64> = order
                     .iter()
                     .map(|&i| v.get(i).copied().unwrap_or(0))
-                    .collect::<Vec<_>>()
+                    .collect();
+                out.push(v.iter().skip(cats.len()).sum());
+                out
             };
             chi_square_grouped_pvalue(&pick(&coarse_r), &pick(&coarse_c))
         }

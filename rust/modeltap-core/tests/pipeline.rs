@@ -225,6 +225,7 @@ fn unusable_reference_never_stops_the_drain() {
             categorical: Some(proto::CategoricalSpec {
                 categories: vec!["a".into()],
                 complete: true,
+                ..Default::default()
             }),
             ..Default::default()
         }],

@@ -72,9 +72,11 @@ pub fn build_numeric_column<'py>(
 }
 
 /// A categorical reference column from distinct values and their counts;
-/// `chosen`: the categories to keep (else the most frequent).
+/// `chosen`: the categories to keep (else the most frequent); `seen`: every
+/// value the reference held, for the filter that tells "other" from
+/// "unseen" (else the values given).
 #[pyfunction]
-#[pyo3(signature = (name, role_name, class_index, values, counts, missing, max_categories=profile::MAX_CATEGORIES, chosen=None))]
+#[pyo3(signature = (name, role_name, class_index, values, counts, missing, max_categories=profile::MAX_CATEGORIES, chosen=None, seen=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 pub fn build_categorical_column<'py>(
     py: Python<'py>,
@@ -86,6 +88,7 @@ pub fn build_categorical_column<'py>(
     missing: u64,
     max_categories: usize,
     chosen: Option<Vec<String>>,
+    seen: Vec<String>,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     guard(|| {
         if values.len() != counts.len() {
@@ -97,8 +100,8 @@ pub fn build_categorical_column<'py>(
                 profile::CATEGORY_LIMIT
             )));
         }
-        let mut seen = HashSet::with_capacity(values.len());
-        if let Some(v) = values.iter().find(|v| !seen.insert(v.as_str())) {
+        let mut listed = HashSet::with_capacity(values.len());
+        if let Some(v) = values.iter().find(|v| !listed.insert(v.as_str())) {
             return Err(PyValueError::new_err(format!("value {v:?} listed twice")));
         }
         if let Some(c) = &chosen {
@@ -115,6 +118,7 @@ pub fn build_categorical_column<'py>(
             missing,
             max_categories,
             chosen.as_deref(),
+            &seen,
         );
         Ok((
             PyBytes::new(py, &spec.encode_to_vec()),
@@ -652,7 +656,7 @@ impl TextView<'_> {
         &self,
         p: &mut proto::ColumnProfile,
         buckets: &FxHashMap<&[u8], usize>,
-        miss: usize,
+        miss: &dyn Fn(&[u8]) -> usize,
         rows: Range<usize>,
     ) {
         for r in rows {
@@ -670,9 +674,12 @@ impl TextView<'_> {
                     String::from_utf8_lossy(v).into_owned(),
                     crate::recorder::MAX_VALUE_BYTES,
                 );
-                buckets.get(cut.as_bytes()).copied().unwrap_or(miss)
+                buckets
+                    .get(cut.as_bytes())
+                    .copied()
+                    .unwrap_or_else(|| miss(cut.as_bytes()))
             } else {
-                buckets.get(v).copied().unwrap_or(miss)
+                buckets.get(v).copied().unwrap_or_else(|| miss(v))
             };
             profile::add_category(p, Some(bucket));
         }
@@ -946,8 +953,9 @@ pub fn profile_columns<'py>(
                     for (k, (_, codes, buckets)) in cat.iter().enumerate() {
                         codes.add(&mut out[num.len() + k], buckets, t.clone());
                     }
-                    for (k, (_, values, buckets, miss)) in texts.iter().enumerate() {
-                        values.add(&mut out[base + k], buckets, *miss, t.clone());
+                    for (k, (col, values, buckets, _)) in texts.iter().enumerate() {
+                        let miss = |v: &[u8]| compiled.miss_bucket_of(*col, v);
+                        values.add(&mut out[base + k], buckets, &miss, t.clone());
                     }
                     for (k, values) in numcats.iter().enumerate() {
                         let at = base + texts.len() + k;
