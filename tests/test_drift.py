@@ -613,3 +613,58 @@ def test_unseen_is_told_from_other_past_the_kept_levels():
     via_agent = a.drift()["user"]
     a.close()
     assert via_agent["out_of_range"] == pytest.approx(moved["out_of_range"], abs=1e-12)
+
+
+def test_a_window_far_larger_than_its_reference_still_drifts():
+    g = np.random.default_rng(21)
+    ref = modeltap.Reference.from_data(g.normal(size=(100, 1)), feature_names=["x"])
+    for n in (500, 20_000):
+        row = ref.drift(g.normal(10, 1, size=(n, 1)))["x"]
+        assert row["drifted"], n
+    cats = modeltap.Reference.from_data(
+        pd.DataFrame({"c": g.choice(["a", "b"], 40)}), categorical=["c"]
+    )
+    assert cats.drift(pd.DataFrame({"c": ["z"] * 5_000}))["c"]["drifted"]
+
+
+def test_kept_categories_do_not_depend_on_row_order():
+    g = np.random.default_rng(22)
+    eu = pd.DataFrame({"city": g.choice([f"eu{i}" for i in range(1_500)], 20_000)})
+    us = pd.DataFrame({"city": g.choice([f"us{i}" for i in range(1_500)], 20_000)})
+    train = pd.concat([eu, us]).sort_index(kind="stable").reset_index(drop=True)
+    ref = modeltap.Reference.from_data(train, categorical=["city"])
+    assert not ref.drift(train)["city"]["drifted"]
+
+
+def test_equal_width_bins_span_the_whole_float_range():
+    m = np.finfo(np.float64).max
+    ref = modeltap.Reference.from_data(np.array([-m, m] * 100)[:, None], equal_width=True)
+    cuts = ref.columns[0]["psi_cuts"]
+    assert all(np.isfinite(cuts))
+    assert modeltap.Reference(ref.to_bytes()).fingerprint == ref.fingerprint
+
+
+def test_labels_past_the_vocabulary_budget_are_profiled_by_their_value():
+    g = np.random.default_rng(23)
+    labels = g.choice(["a", "b"], 2_000)
+    ref = modeltap.Reference.from_data(
+        pd.DataFrame({"x": g.normal(size=2_000)}), predictions=labels
+    )
+    a = modeltap.Agent(
+        "m", reference=ref, metrics_interval=None, buffer_bytes=1 << 20, window_s=86_400
+    )
+    # fill the vocabulary budget with labels first (1 MiB / 8 for all of them)
+    filler = [f"filler-{i}-{'x' * 200}" for i in range(2_000)]
+    a.log_batch(np.zeros((2_000, 1)), filler)
+    late = g.choice(["a", "b"], 1_000)
+    a.log_batch(np.zeros((1_000, 1)), list(late))
+    a.flush(30)
+    got = a.drift(since=None)
+    a.close()
+    pred = next(r for r in got.rows if r["role"] == "prediction")
+    want = ref.drift(
+        pd.DataFrame({"x": np.zeros(3_000)}), predictions=np.concatenate([filler, late])
+    )
+    want_pred = next(r for r in want.rows if r["role"] == "prediction")
+    assert pred["missing_cur"] == want_pred["missing_cur"] == 0.0
+    assert pred["out_of_range"] == pytest.approx(want_pred["out_of_range"], abs=1e-12)

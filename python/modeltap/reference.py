@@ -551,8 +551,8 @@ def _build(
         return _core.build_categorical_column(
             name, role, class_index, values, counts, missing, max_categories
         )
-    # More levels than are kept: which ones are kept is decided on every
-    # other row and their counts taken from the rest. Chosen and counted on
+    # More levels than are kept: which ones are kept is decided on half
+    # the rows and their counts taken from the other half. Chosen and counted on
     # the same rows, the kept categories' counts would carry the luck that
     # made them frequent, and identical data would look drifted.
     import pyarrow as pa
@@ -561,11 +561,14 @@ def _build(
     arr = categorical_strings(col)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    # A fixed pseudo-random half (not every other row: rows ordered by
+    # region or time would give the halves different categories).
+    half = np.random.default_rng(0x5EED).random(len(arr)) < 0.5
     rows = np.arange(len(arr))
-    pick_values, pick_counts, _ = _category_counts(arr.take(pa.array(rows[0::2])))
+    pick_values, pick_counts, _ = _category_counts(arr.take(pa.array(rows[half])))
     ranked = sorted(zip(pick_counts, pick_values, strict=True), key=lambda t: (-t[0], t[1]))
     chosen = [v for _, v in ranked[:max_categories]]
-    values, counts, missing = _category_counts(arr.take(pa.array(rows[1::2])))
+    values, counts, missing = _category_counts(arr.take(pa.array(rows[~half])))
     # Every value held goes into the filter that tells "other" (held, not
     # kept) from "unseen" (never held) in production data.
     return _core.build_categorical_column(

@@ -576,7 +576,8 @@ pub fn build_numeric(
             #[allow(clippy::cast_precision_loss)]
             let q = i as f64 / bins as f64;
             psi_cuts.push(if equal_width {
-                lo + q * (hi - lo)
+                // Weighted, not lo + q * (hi - lo): the span may overflow.
+                lo * (1.0 - q) + hi * q
             } else {
                 quantile(&finite, q)
             });
@@ -1432,6 +1433,10 @@ pub struct Profiler {
 
 const UNMAPPED: u32 = u32::MAX;
 
+/// `RowCategory.feature_index` of a prediction label carried as a string
+/// (past the vocabulary budget).
+pub const LABEL_OVERFLOW_INDEX: u32 = u32::MAX;
+
 impl Profiler {
     /// A profiler for records of `schema` against `compiled`. Columns that
     /// failed the reference checks ([`Compiled::shape`] is `None`) are not
@@ -1749,6 +1754,15 @@ impl Profiler {
                         let b = self.label_map.get(v as usize).copied().unwrap_or(UNMAPPED);
                         (b != UNMAPPED).then_some(b as usize)
                     }
+                    // A label past the vocabulary budget travels as a string
+                    // beside its record (`LABEL_OVERFLOW_INDEX`).
+                    PredictionKind::Label => side
+                        .and_then(|s| {
+                            s.categories
+                                .iter()
+                                .find(|(i, _)| *i == LABEL_OVERFLOW_INDEX)
+                        })
+                        .map(|(_, value)| self.compiled.bucket(col, value)),
                     _ if v.is_nan() => None,
                     _ => Some(
                         self.int_buckets

@@ -263,6 +263,12 @@ pub fn chi_square_grouped_pvalue(reference: &[u64], current: &[u64]) -> f64 {
             }
         }
     }
+    if gr.len() < 2 {
+        // Merged into one group: a reference far smaller than the window
+        // (each group must expect a reference value) whose values all lie
+        // where the window has none. The bins themselves tell.
+        return chi_square(reference, current).1;
+    }
     chi_square(&gr, &gc).1
 }
 
@@ -708,6 +714,12 @@ mod tests {
         // Everything moved below the minimum: a clear difference.
         assert!(chi_square_grouped_pvalue(&[0, 1000, 0], &[40, 0, 0]) < 1e-6);
         assert!(chi_square_grouped_pvalue(&[0, 0], &[1, 2]).is_nan());
+        // A 100-row reference, a 20,000-row window all above its maximum.
+        let mut r = vec![0u64; 12];
+        let mut c = vec![0u64; 12];
+        r[1..11].fill(10);
+        c[11] = 20_000;
+        assert!(chi_square_grouped_pvalue(&r, &c) < 1e-6);
     }
 
     #[test]

@@ -234,11 +234,14 @@ impl Recorder {
                 return None;
             }
         }
-        let mut guard = self
+        // A profiler of the pool (or a new one): a call never waits for
+        // another thread's profiling.
+        let taken = self
             .caller_prof
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cp = guard.get_or_insert_with(|| {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut own = taken.unwrap_or_else(|| {
             let compiled = self
                 .pipe
                 .config()
@@ -250,6 +253,7 @@ impl Recorder {
                 .max(1);
             bulk_profile::CallerProfiler::new(compiled, schema, window_ns)
         });
+        let cp = &mut own;
         cp.sync(self.cat_vocabs.get().map(Vec::as_slice), &self.labels);
         let run = std::panic::AssertUnwindSafe(|| {
             let mut w = std::mem::take(cp.prof.window_mut(b.unix_nano));
@@ -304,16 +308,17 @@ impl Recorder {
             slot.side = None;
             Some(row_flags)
         });
-        match std::panic::catch_unwind(run) {
+        let prepared = match std::panic::catch_unwind(run) {
             Ok(Some(row_flags)) => {
                 let mut parts = cp.prof.take().into_iter();
-                let mut part = parts.next()?;
-                for p in parts {
-                    merge_window(&mut part, &p);
-                }
-                Some(Prepared {
-                    part: Some(Box::new(part)),
-                    row_flags,
+                parts.next().map(|mut part| {
+                    for p in parts {
+                        merge_window(&mut part, &p);
+                    }
+                    Prepared {
+                        part: Some(Box::new(part)),
+                        row_flags,
+                    }
                 })
             }
             Ok(None) => {
@@ -322,12 +327,19 @@ impl Recorder {
             }
             Err(_) => {
                 // Off for good: the drain thread profiles from now on.
-                cp.prof.take();
                 self.caller_prof_failed.store(true, Ordering::Relaxed);
                 self.pipe.counters.errors.fetch_add(1, Ordering::Relaxed);
-                None
+                return None;
             }
+        };
+        let mut pool = self
+            .caller_prof
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < bulk_profile::POOL {
+            pool.push(own);
         }
+        prepared
     }
 }
 

@@ -23,6 +23,10 @@ use super::vocab::Vocab;
 /// profiled record by record on the drain thread.
 pub(super) const MIN_ROWS: usize = 256;
 
+/// Profilers a recorder keeps for calls to come (more concurrent calls
+/// build their own and drop it after).
+pub(super) const POOL: usize = 4;
+
 /// Rows and numeric features of a tile: a matrix is read a block of
 /// features at a time, and within a block a tile of rows at a time into a
 /// column-major scratch (`TILE_ROWS * TILE_FEATURES` doubles, 128 KiB). The

@@ -60,7 +60,7 @@ pub(crate) fn clip(mut s: String, max: usize) -> String {
 }
 
 /// `RowCategory.feature_index` of a prediction label carried as a string.
-pub const LABEL_OVERFLOW: u32 = u32::MAX;
+pub const LABEL_OVERFLOW: u32 = modeltap_core::profile::LABEL_OVERFLOW_INDEX;
 const PROBLEM_FLAGS: u32 =
     flags::MISSING | flags::NONFINITE | flags::BAD_VALUE | flags::NO_PREDICTION;
 
@@ -120,8 +120,9 @@ pub struct Recorder {
     labels: Vocab,
     /// What the vocabularies may take together.
     vocab_budget: Arc<vocab::VocabBudget>,
-    /// The profiler of large `log_batch` calls (see `bulk_profile`).
-    caller_prof: Mutex<Option<bulk_profile::CallerProfiler>>,
+    /// Profilers for large `log_batch` calls, one per call at a time (see
+    /// `bulk_profile`): a pool, so concurrent calls never wait on each other.
+    caller_prof: Mutex<Vec<bulk_profile::CallerProfiler>>,
     /// Set once that profiler failed: batches are profiled by the drain
     /// thread from then on.
     caller_prof_failed: AtomicBool,
@@ -367,7 +368,7 @@ impl Recorder {
                 cat_vocabs: OnceLock::new(),
                 labels: Vocab::new(VocabTarget::Label, &vocab_budget),
                 vocab_budget,
-                caller_prof: Mutex::new(None),
+                caller_prof: Mutex::new(Vec::new()),
                 caller_prof_failed: AtomicBool::new(false),
                 forward: OnceLock::new(),
                 logger,
