@@ -668,3 +668,22 @@ def test_labels_past_the_vocabulary_budget_are_profiled_by_their_value():
     want_pred = next(r for r in want.rows if r["role"] == "prediction")
     assert pred["missing_cur"] == want_pred["missing_cur"] == 0.0
     assert pred["out_of_range"] == pytest.approx(want_pred["out_of_range"], abs=1e-12)
+
+
+def test_rounded_values_logged_as_float32_are_the_same_values():
+    g = np.random.default_rng(24)
+    train = np.round(g.normal(1, 1, size=(20_000, 1)), 1)
+    ref = modeltap.Reference.from_data(train, feature_names=["x"])
+    cur = np.round(g.normal(1, 1, size=(20_000, 1)), 1)
+    want = ref.drift(cur)["x"]
+    got = ref.drift(cur.astype(np.float32))["x"]
+    assert not want["drifted"]
+    assert not got["drifted"]
+    assert got["psi"] == pytest.approx(want["psi"], abs=1e-12)
+    assert got["ks"] == pytest.approx(want["ks"], abs=1e-12)
+    a = modeltap.Agent("m", reference=ref, metrics_interval=None, window_s=86_400)
+    a.log_batch(cur.astype(np.float32), np.zeros(len(cur)))
+    a.flush(30)
+    via_agent = a.drift()["x"]
+    a.close()
+    assert via_agent["psi"] == pytest.approx(want["psi"], abs=1e-12)

@@ -329,6 +329,12 @@ pub fn next_down(x: f64) -> f64 {
     f64::from_bits(if x > 0.0 { bits - 1 } else { bits + 1 })
 }
 
+/// Half-width of a point mass's bin around `v`: a float32 rounding of it,
+/// with room to spare (float32 keeps 24 bits).
+pub fn atom_tolerance(v: f64) -> f64 {
+    v.abs() / 1_048_576.0
+}
+
 /// The `q`-quantile (inverse CDF) of sorted values.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     #[allow(
@@ -624,27 +630,64 @@ pub fn build_numeric(
                 share /= 2.0;
             }
         }
+        // A point mass's bin spans a float32 rounding either side of it
+        // ((v - t, v + t], t = |v| / 2^20), so the same values logged as
+        // float32 (0.1 as 0.10000000149) land in the same bins; every cut at
+        // such a value moves to its upper edge.
+        let atom_lower = |v: f64| {
+            let t = atom_tolerance(v);
+            if t > 0.0 && (v - t).is_finite() {
+                v - t
+            } else {
+                next_down(v)
+            }
+        };
+        let atom_upper = |v: f64| {
+            let t = atom_tolerance(v);
+            if (v + t).is_finite() {
+                v + t
+            } else {
+                v
+            }
+        };
+        let upper = |c: f64| {
+            if atoms.binary_search_by(|a| a.total_cmp(&c)).is_ok() {
+                atom_upper(c)
+            } else {
+                c
+            }
+        };
         for &v in &atoms {
-            cuts.push(v);
-            let edge = next_down(v);
+            cuts.push(atom_upper(v));
+            let edge = atom_lower(v);
             if edge.is_finite() {
                 cuts.push(edge);
             }
         }
-        cuts.extend_from_slice(&psi_cuts);
-        cuts.push(hi);
+        cuts.extend(psi_cuts.iter().map(|&c| upper(c)));
+        cuts.push(upper(hi));
         // Values below the reference minimum get a bin of their own, as
         // values above its maximum do: (-inf, lo) and (hi, inf), in the fine
         // bins and the PSI bins alike.
-        let below = next_down(lo);
+        let below = if atoms.first() == Some(&lo) {
+            atom_lower(lo)
+        } else {
+            next_down(lo)
+        };
         if below.is_finite() {
             cuts.push(below);
+        }
+        for c in &mut cuts {
+            *c = upper(*c);
+        }
+        for c in &mut psi_cuts {
+            *c = upper(*c);
         }
         if psi_cuts.len() + 3 <= MAX_PSI_BINS {
             if below.is_finite() {
                 psi_cuts.push(below);
             }
-            psi_cuts.push(hi);
+            psi_cuts.push(upper(hi));
         }
     }
     psi_cuts.sort_by(f64::total_cmp);
@@ -1029,9 +1072,12 @@ fn check_reference_column(c: &proto::ColumnSpec, p: &proto::ColumnProfile) -> Re
             ));
         }
         if let (Some(&lo), Some(&hi)) = (n.cuts.first(), n.cuts.last()) {
-            // The first cut may be the float just below the minimum (the
-            // edge of the below-minimum bin).
-            if lo < next_down(p.ref_min) || hi > p.ref_max {
+            // The first cut may be just below the minimum (the edge of the
+            // below-minimum bin) and the last just above the maximum (the
+            // upper edge of a point mass there), by a float32 rounding.
+            let low = next_down(p.ref_min).min(p.ref_min - 2.0 * atom_tolerance(p.ref_min));
+            let high = p.ref_max + 2.0 * atom_tolerance(p.ref_max);
+            if lo < low || hi > high {
                 return Err(format!(
                     "cuts [{lo}, {hi}] outside the reference range [{}, {}]",
                     p.ref_min, p.ref_max
