@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -34,31 +33,10 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_drift import PeakRss, rss  # noqa: E402
+
 DISTINCT = 8
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRss:
-    def __init__(self) -> None:
-        import threading
-
-        self.peak = rss()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.done.wait(0.01):
-            self.peak = max(self.peak, rss())
-
-    def stop(self) -> int:
-        self.done.set()
-        self.thread.join()
-        return max(self.peak, rss())
 
 
 def reference(features: int) -> Any:

@@ -6,7 +6,6 @@ record, and ``Reference.drift`` of the same rows, whatever the layout."""
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
@@ -14,25 +13,14 @@ import pandas as pd
 import pytest
 
 import modeltap
+from report_util import same_reports
 
 NAMES = [f"x{i}" for i in range(70)]  # past the compact-binner threshold
 ROWS = 3_001  # not a multiple of any tile or thread split
 
 
 def _same(a: modeltap.DriftReport, b: modeltap.DriftReport, rel: float = 1e-12) -> None:
-    assert a.records == b.records
-    assert len(a.rows) == len(b.rows)
-    for ra, rb in zip(a.rows, b.rows, strict=True):
-        assert ra.keys() == rb.keys()
-        for k, va in ra.items():
-            vb = rb[k]
-            if isinstance(va, float) and isinstance(vb, float):
-                if math.isnan(va):
-                    assert math.isnan(vb), (ra["feature"], k, va, vb)
-                else:
-                    assert vb == pytest.approx(va, rel=rel, abs=1e-12), (ra["feature"], k, va, vb)
-            else:
-                assert va == vb, (ra["feature"], k, va, vb)
+    same_reports(a, b, rel)
 
 
 def _data(rows: int = ROWS, seed: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,14 +5,13 @@ polars frame give the same report (counts exactly, sums to 1e-12)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 import modeltap
+from report_util import same_reports
 
 ROWS = 30_011  # not a multiple of any tile or thread split
 NAMES = [f"x{i}" for i in range(6)]
@@ -43,20 +42,8 @@ def _reference() -> tuple[modeltap.Reference, modeltap.Reference]:
     return ref_num, modeltap.Reference.from_data(df)
 
 
-def _same(a: modeltap.DriftReport, b: modeltap.DriftReport) -> None:
-    assert a.records == b.records
-    assert len(a.rows) == len(b.rows)
-    for ra, rb in zip(a.rows, b.rows, strict=True):
-        assert ra.keys() == rb.keys()
-        for k, va in ra.items():
-            vb = rb[k]
-            if isinstance(va, float) and isinstance(vb, float):
-                if math.isnan(va):
-                    assert math.isnan(vb), (ra["feature"], k, va, vb)
-                else:
-                    assert vb == pytest.approx(va, rel=1e-12, abs=1e-12), (ra["feature"], k)
-            else:
-                assert va == vb, (ra["feature"], k, va, vb)
+def _same(a: modeltap.DriftReport, b: modeltap.DriftReport, rel: float = 1e-12) -> None:
+    same_reports(a, b, rel)
 
 
 def _each_same(ref: modeltap.Reference, want: modeltap.DriftReport, inputs: dict) -> None:
