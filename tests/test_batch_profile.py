@@ -179,6 +179,8 @@ def test_a_stalled_pipeline_drops_the_batch_with_its_profile():
         s = a.stats()
         assert s["logged"] == 10_000
         assert s["dropped_full"] > 0
+        # a batch's profile waits in the ring too, and is no record
+        assert s["in_ring"] <= s["pending"], s
         settled = sum(
             s[k]
             for k in (

@@ -302,6 +302,9 @@ pub struct Pipeline {
     pid: u32,
     /// Bytes of side boxes of records in the ring.
     side_used: AtomicUsize,
+    /// `SlotKind::Profile` slots in the ring (no records: `in_ring` leaves
+    /// them out).
+    parts_in_ring: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -377,6 +380,7 @@ impl Pipeline {
             handle: Mutex::new(None),
             pid: std::process::id(),
             side_used: AtomicUsize::new(0),
+            parts_in_ring: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
         let worker = Arc::clone(&p);
@@ -534,6 +538,9 @@ impl Pipeline {
             return true;
         };
         let side_bytes = bytes + std::mem::size_of::<crate::record::Side>();
+        // Counted before it can be popped (and taken back if it was not
+        // pushed), so `in_ring` never counts it as a record.
+        self.parts_in_ring.fetch_add(1, Ordering::AcqRel);
         match self.insert(side_bytes, |slot| {
             slot.kind = SlotKind::Profile;
             slot.profiled = false;
@@ -542,9 +549,18 @@ impl Pipeline {
                 ..Default::default()
             }));
         }) {
-            Insert::Pushed | Insert::Failed => true,
-            Insert::TooLarge => false,
+            Insert::Pushed => true,
+            Insert::Failed => {
+                // Published as `Void`: the drain skips it without counting.
+                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                true
+            }
+            Insert::TooLarge => {
+                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
             Insert::Full => {
+                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
                 self.wake_drain();
                 false
             }
@@ -655,7 +671,11 @@ impl Pipeline {
             errors: g(&c.errors),
             batches: g(&c.batches),
             bytes: g(&c.bytes),
-            in_ring: self.ring.get().map_or(0, |r| r.len() as u64),
+            in_ring: self
+                .ring
+                .get()
+                .map_or(0, |r| r.len() as u64)
+                .saturating_sub(self.parts_in_ring.load(Ordering::Acquire)),
         }
     }
 
@@ -833,6 +853,9 @@ impl Pipeline {
                 .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
             slot.side = None;
             slot.profiled = false;
+            if slot.kind == SlotKind::Profile {
+                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+            }
             !matches!(slot.kind, SlotKind::Void | SlotKind::Profile)
         }) {
             n += u64::from(counted);
@@ -1014,6 +1037,7 @@ impl Pipeline {
                             // Profiled and sampled by its writer already.
                             let profiled = std::mem::take(&mut slot.profiled);
                             if slot.kind == SlotKind::Profile {
+                                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
                                 let part = slot.side.take().and_then(|s| s.profile);
                                 if let (Some(prof), Some(part)) = (profiler.as_mut(), part) {
                                     if !self.contained("merging a profile", || prof.absorb(&part)) {
