@@ -762,7 +762,8 @@ def expect_frame(
     failure = Verdict(n, rejected=True, raises=strict, why="python")
     if schema is None:
         strings = [c for c in cols if _is_string_col(df[c])]
-        if probabilities is not None and np.asarray(probabilities).ndim != 2:
+        rows = _probability_rows(probabilities) if probabilities is not None else None
+        if probabilities is not None and (rows is None or rows.ndim != 2):
             return failure, schema
         names = declared if declared is not None else cols
         if any(s not in names for s in strings):
