@@ -10,17 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import modeltap
-
-PLACES = (
-    "pending",
-    "shipped",
-    "spooled",
-    "discarded",
-    "sampled_out",
-    "dropped_full",
-    "dropped_spool",
-    "invalid",
-)
+from counters_util import PLACES
 
 
 def assert_adds_up(s):

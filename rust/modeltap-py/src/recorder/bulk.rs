@@ -615,6 +615,11 @@ impl Recorder {
                 }
             }
             let profiled_here = pre.is_some() && !stalled;
+            // Value flags the profile pass already found, row by row.
+            let known_flags: Option<&[u32]> = pre
+                .as_ref()
+                .filter(|_| profiled_here)
+                .map(|p| p.row_flags.as_slice());
             for r in 0..n {
                 let id = if given.is_some() { 0 } else { random_u128() };
                 ids.push(id);
@@ -636,7 +641,9 @@ impl Recorder {
                     dropped += 1;
                     continue;
                 }
-                let mut flags = preds.flags[r] | cat_flags.get(r).copied().unwrap_or(0);
+                let mut flags = preds.flags[r]
+                    | cat_flags.get(r).copied().unwrap_or(0)
+                    | known_flags.map_or(0, |f| f[r]);
                 let mut side = cat_side.get_mut(r).and_then(Option::take);
                 if let Some(label) = preds.labels.get_mut(r).and_then(Option::take) {
                     side.get_or_insert_with(Box::default)
@@ -684,6 +691,8 @@ impl Recorder {
                     for c in 0..nf {
                         vals[c] = if categorical[c] {
                             cat_codes[r * nf + c]
+                        } else if known_flags.is_some() {
+                            view.get(r, c)
                         } else {
                             check(view.get(r, c), &mut flags)
                         };
