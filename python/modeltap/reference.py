@@ -546,7 +546,9 @@ def _build(
         return _core.build_numeric_column(
             name, role, class_index, _numeric_values(col), bins, equal_width
         )
-    values, counts, missing = _category_counts(col)
+    # Spelled once; the counts below read the spelled strings.
+    arr = categorical_strings(col)
+    values, counts, missing = _category_counts(arr)
     if len(values) <= max_categories:
         return _core.build_categorical_column(
             name, role, class_index, values, counts, missing, max_categories
@@ -558,17 +560,13 @@ def _build(
     import pyarrow as pa
 
     seen = values
-    arr = categorical_strings(col)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
     # A fixed pseudo-random half (not every other row: rows ordered by
     # region or time would give the halves different categories).
     half = np.random.default_rng(0x5EED).random(len(arr)) < 0.5
-    rows = np.arange(len(arr))
-    pick_values, pick_counts, _ = _category_counts(arr.take(pa.array(rows[half])))
+    pick_values, pick_counts, _ = _category_counts(arr.filter(pa.array(half)))
     ranked = sorted(zip(pick_counts, pick_values, strict=True), key=lambda t: (-t[0], t[1]))
     chosen = [v for _, v in ranked[:max_categories]]
-    values, counts, missing = _category_counts(arr.take(pa.array(rows[~half])))
+    values, counts, missing = _category_counts(arr.filter(pa.array(~half)))
     # Every value held goes into the filter that tells "other" (held, not
     # kept) from "unseen" (never held) in production data.
     return _core.build_categorical_column(
