@@ -1310,6 +1310,10 @@ pub struct Compiled {
     /// Per column: its shape, `None` where the column or its profile fails
     /// [`check_spec`] / [`check_profile`] (such a column is never profiled).
     shapes: Vec<Option<Shape>>,
+    /// Per column: the binning table of a numeric column (a default one
+    /// otherwise), built once and shared by every profiler of this
+    /// reference (a thousand columns' tables take megabytes).
+    binners: Vec<Binner>,
 }
 
 impl Compiled {
@@ -1346,13 +1350,35 @@ impl Compiled {
                 check_profile(shape, reference.profiles.get(i)?).ok()?;
                 Some(shape)
             })
+            .collect::<Vec<Option<Shape>>>();
+        let numeric = |i: usize| matches!(shapes[i], Some(Shape::Numeric { .. }));
+        let compact = (0..shapes.len()).filter(|&i| numeric(i)).count() >= COMPACT_FROM_COLUMNS;
+        let binners = reference
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match (&c.numeric, numeric(i)) {
+                (Some(n), true) if compact => Binner::compact(&n.cuts),
+                (Some(n), true) => Binner::new(&n.cuts),
+                _ => Binner::default(),
+            })
             .collect();
         Self {
             reference,
             by_name,
             buckets,
             shapes,
+            binners,
         }
+    }
+
+    /// The binning table of column `col` (a default one for a column that
+    /// is not numeric, or out of range).
+    pub fn binner(&self, col: usize) -> &Binner {
+        static NONE: std::sync::OnceLock<Binner> = std::sync::OnceLock::new();
+        self.binners
+            .get(col)
+            .unwrap_or_else(|| NONE.get_or_init(Binner::default))
     }
 
     /// Checks a reference completely ([`validate_reference`]), then
@@ -1464,7 +1490,6 @@ pub struct Profiler {
     int_buckets: HashMap<i64, usize>,
     /// The bucket of an integer prediction that is no category.
     int_miss: usize,
-    binners: Vec<Binner>,
     /// (feature, column) of numeric feature columns, for the hot loop.
     numeric_features: Vec<(usize, usize)>,
     /// (feature, column) of categorical feature columns.
@@ -1515,17 +1540,6 @@ impl Profiler {
         let numeric: Vec<bool> = (0..r.columns.len())
             .map(|i| matches!(compiled.shape(i), Some(Shape::Numeric { .. })))
             .collect();
-        let compact = numeric.iter().filter(|&&n| n).count() >= COMPACT_FROM_COLUMNS;
-        let binners: Vec<Binner> = r
-            .columns
-            .iter()
-            .zip(&numeric)
-            .map(|(c, &num)| match (&c.numeric, num) {
-                (Some(n), true) if compact => Binner::compact(&n.cuts),
-                (Some(n), true) => Binner::new(&n.cuts),
-                _ => Binner::default(),
-            })
-            .collect();
         let numeric_features = feature_cols
             .iter()
             .enumerate()
@@ -1562,7 +1576,6 @@ impl Profiler {
             prob_cols,
             int_buckets,
             int_miss,
-            binners,
             numeric_features,
             categorical_features,
             current: 0,
@@ -1699,7 +1712,7 @@ impl Profiler {
 
     /// The binning table of reference column `col`.
     pub fn binner(&self, col: usize) -> &Binner {
-        &self.binners[col]
+        self.compiled.binner(col)
     }
 
     /// The profile of the window holding `unix_nano` (created empty).
@@ -1757,7 +1770,7 @@ impl Profiler {
         let value = |f: usize| slot.values.get(f).copied().unwrap_or(f64::NAN);
         if numeric_features {
             for &(f, col) in &self.numeric_features {
-                add_numeric_binned(&mut w.columns[col], &self.binners[col], value(f));
+                add_numeric_binned(&mut w.columns[col], self.compiled.binner(col), value(f));
             }
         }
         for &(f, col) in &self.categorical_features {
@@ -1792,7 +1805,7 @@ impl Profiler {
             if slot.flags & flags::NO_PREDICTION != 0 || first.is_none() {
                 cp.missing += 1;
             } else if self.numeric[col] {
-                add_numeric_binned(cp, &self.binners[col], first.unwrap_or(f64::NAN));
+                add_numeric_binned(cp, self.compiled.binner(col), first.unwrap_or(f64::NAN));
             } else {
                 let v = first.unwrap_or(f64::NAN);
                 let bucket = match slot.prediction_kind {
@@ -1832,7 +1845,7 @@ impl Profiler {
             };
             for &(class, col) in &self.prob_cols {
                 let v = probs.get(class).copied().unwrap_or(f64::NAN);
-                add_numeric_binned(&mut w.columns[col], &self.binners[col], v);
+                add_numeric_binned(&mut w.columns[col], self.compiled.binner(col), v);
             }
         }
     }

@@ -819,19 +819,9 @@ pub fn profile_columns<'py>(
             .iter()
             .map(|(i, a, d)| CodeArray::read(a).map(|a| (*i, a, d)))
             .collect::<PyResult<_>>()?;
-        let compact = num_arrays.len() >= profile::COMPACT_FROM_COLUMNS;
-        let num: Vec<(usize, NumView<'_>, profile::Binner)> = num_arrays
+        let num: Vec<(usize, NumView<'_>, &profile::Binner)> = num_arrays
             .iter()
-            .map(|(i, a)| {
-                let spec = compiled.reference.columns[*i].numeric.as_ref();
-                let cuts = spec.map_or(&[][..], |n| &n.cuts[..]);
-                let binner = if compact {
-                    profile::Binner::compact(cuts)
-                } else {
-                    profile::Binner::new(cuts)
-                };
-                (*i, a.view(), binner)
-            })
+            .map(|(i, a)| (*i, a.view(), compiled.binner(*i)))
             .collect();
         let cat: Vec<(usize, CodeView<'_>, Vec<usize>)> = cat_arrays
             .iter()
