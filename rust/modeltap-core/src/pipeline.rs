@@ -520,20 +520,28 @@ impl Pipeline {
         self.counters.sampled_out.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Whether [`Pipeline::try_push_profile`] could ever take `part`.
-    pub fn profile_fits(&self, part: &proto::WindowProfile) -> bool {
-        crate::record::profile_heap_bytes(part) + std::mem::size_of::<crate::record::Side>()
-            <= self.cfg.max_record_side_bytes()
+    /// Most [`crate::record::profile_heap_bytes`] a part given to
+    /// [`Pipeline::try_push_profile`] may have: a quarter of the side
+    /// budget, so that several parts of one wide profile
+    /// ([`crate::profile::split_columns`]) fit in the ring at once.
+    pub fn max_profile_part_bytes(&self) -> usize {
+        (self.cfg.max_record_side_bytes() / 4)
+            .saturating_sub(std::mem::size_of::<crate::record::Side>())
     }
 
     /// Pushes a window profile built by a writer (`SlotKind::Profile`),
-    /// taking it out of `part`; the drain thread merges it into its own
-    /// windows, in ring order, so a flush covers it like a record. Counts
-    /// nothing (it is no record). Returns `false`, leaving `part` in place,
-    /// when the ring or the side budget has no room now; a part larger
-    /// than [`PipelineConfig::max_record_side_bytes`] is never taken (check
-    /// with [`crate::record::profile_heap_bytes`] first).
-    pub fn try_push_profile(&self, part: &mut Option<Box<proto::WindowProfile>>) -> bool {
+    /// taking it out of `part`, whose first column is reference column
+    /// `columns_from`; the drain thread merges it into its own windows, in
+    /// ring order, so a flush covers it like a record. Counts nothing (it
+    /// is no record). Returns `false`, leaving `part` in place, when the
+    /// ring or the side budget has no room now; a part larger than
+    /// [`PipelineConfig::max_record_side_bytes`] is never taken (keep parts
+    /// within [`Pipeline::max_profile_part_bytes`]).
+    pub fn try_push_profile(
+        &self,
+        part: &mut Option<Box<proto::WindowProfile>>,
+        columns_from: usize,
+    ) -> bool {
         let Some(bytes) = part.as_deref().map(crate::record::profile_heap_bytes) else {
             return true;
         };
@@ -546,6 +554,7 @@ impl Pipeline {
             slot.profiled = false;
             slot.side = Some(Box::new(crate::record::Side {
                 profile: part.take(),
+                profile_columns_from: columns_from,
                 ..Default::default()
             }));
         }) {
@@ -1038,9 +1047,13 @@ impl Pipeline {
                             let profiled = std::mem::take(&mut slot.profiled);
                             if slot.kind == SlotKind::Profile {
                                 self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
-                                let part = slot.side.take().and_then(|s| s.profile);
+                                let (part, from) = slot
+                                    .side
+                                    .take()
+                                    .map_or((None, 0), |s| (s.profile, s.profile_columns_from));
                                 if let (Some(prof), Some(part)) = (profiler.as_mut(), part) {
-                                    if !self.contained("merging a profile", || prof.absorb(&part)) {
+                                    let absorb = || prof.absorb(&part, from);
+                                    if !self.contained("merging a profile", absorb) {
                                         profiler = None;
                                         profiling = false;
                                     }

@@ -484,6 +484,74 @@ pub fn merge_column(a: &mut proto::ColumnProfile, b: &proto::ColumnProfile) {
     a.above_sum += b.above_sum;
 }
 
+/// Splits a window profile into column groups of at most `max_bytes`
+/// each (by [`crate::record::profile_heap_bytes`]), for a writer whose
+/// profile is too large for one ring slot: `(group, first column)` pairs,
+/// in column order. The totals (records, errors, flagged, latency) travel
+/// with the last group only, so they are merged once the whole profile
+/// is in. `None` when one column alone is larger than `max_bytes`.
+pub fn split_columns(
+    mut w: proto::WindowProfile,
+    max_bytes: usize,
+) -> Option<Vec<(proto::WindowProfile, usize)>> {
+    use crate::record::profile_heap_bytes;
+    if profile_heap_bytes(&w) <= max_bytes {
+        return Some(vec![(w, 0)]);
+    }
+    let columns = std::mem::take(&mut w.columns);
+    let shell = |w: &proto::WindowProfile| proto::WindowProfile {
+        reference_fingerprint: w.reference_fingerprint.clone(),
+        window_start_unix_nano: w.window_start_unix_nano,
+        window_nano: w.window_nano,
+        ..Default::default()
+    };
+    let per_column = std::mem::size_of::<proto::ColumnProfile>();
+    let base = profile_heap_bytes(&w);
+    let mut groups: Vec<(proto::WindowProfile, usize)> = Vec::new();
+    let mut current = shell(&w);
+    let mut from = 0;
+    let mut bytes = std::mem::size_of::<proto::WindowProfile>();
+    for (i, c) in columns.into_iter().enumerate() {
+        let cost = per_column + 8 * c.counts.len();
+        if bytes + cost > max_bytes && !current.columns.is_empty() {
+            groups.push((std::mem::replace(&mut current, shell(&w)), from));
+            from = i;
+            bytes = std::mem::size_of::<proto::WindowProfile>();
+        }
+        if std::mem::size_of::<proto::WindowProfile>() + cost > max_bytes {
+            return None;
+        }
+        bytes += cost;
+        current.columns.push(c);
+    }
+    // The last group takes the totals (and their latency histogram).
+    if bytes + base - std::mem::size_of::<proto::WindowProfile>() > max_bytes {
+        groups.push((std::mem::replace(&mut current, shell(&w)), from));
+        from += groups.last().map_or(0, |(g, _)| g.columns.len());
+    }
+    current.records = w.records;
+    current.errors = w.errors;
+    current.flagged = w.flagged;
+    current.latency_counts = std::mem::take(&mut w.latency_counts);
+    current.latency_sum = w.latency_sum;
+    groups.push((current, from));
+    Some(groups)
+}
+
+/// Adds `b`'s records, errors, flagged count and latency to `a`'s.
+fn merge_totals(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
+    a.records = a.records.saturating_add(b.records);
+    a.errors = a.errors.saturating_add(b.errors);
+    a.flagged = a.flagged.saturating_add(b.flagged);
+    if a.latency_counts.len() < b.latency_counts.len() {
+        a.latency_counts.resize(b.latency_counts.len(), 0);
+    }
+    for (x, y) in a.latency_counts.iter_mut().zip(&b.latency_counts) {
+        *x = x.saturating_add(*y);
+    }
+    a.latency_sum += b.latency_sum;
+}
+
 /// Merges window profile `b` into `a`; `a` keeps the earlier start and
 /// covers both. The two must have the same shape (profiles of one
 /// reference); a column of `b` whose number of counts differs from `a`'s is
@@ -514,16 +582,7 @@ pub fn merge_window(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
             }
         }
     }
-    a.records = a.records.saturating_add(b.records);
-    a.errors = a.errors.saturating_add(b.errors);
-    a.flagged = a.flagged.saturating_add(b.flagged);
-    if a.latency_counts.len() < b.latency_counts.len() {
-        a.latency_counts.resize(b.latency_counts.len(), 0);
-    }
-    for (x, y) in a.latency_counts.iter_mut().zip(&b.latency_counts) {
-        *x = x.saturating_add(*y);
-    }
-    a.latency_sum += b.latency_sum;
+    merge_totals(a, b);
 }
 
 /// Merges `b` into `a` after checking that the two fit together: the same
@@ -1722,8 +1781,21 @@ impl Profiler {
     }
 
     /// Merges a window profile built elsewhere against the same reference
-    /// and window width (a writer's, see `SlotKind::Profile`).
-    pub fn absorb(&mut self, part: &proto::WindowProfile) {
+    /// and window width (a writer's, see `SlotKind::Profile`), whose first
+    /// column is reference column `columns_from` (a column group of
+    /// [`split_columns`]; 0 and every column for a whole profile).
+    pub fn absorb(&mut self, part: &proto::WindowProfile, columns_from: usize) {
+        if columns_from > 0 || part.columns.len() != self.compiled.reference.columns.len() {
+            let i = self.window(part.window_start_unix_nano);
+            let w = &mut self.windows[i];
+            for (x, y) in w.columns.iter_mut().skip(columns_from).zip(&part.columns) {
+                if x.counts.len() == y.counts.len() {
+                    merge_column(x, y);
+                }
+            }
+            merge_totals(w, part);
+            return;
+        }
         let start = part.window_start_unix_nano;
         match self
             .windows
@@ -1951,6 +2023,49 @@ pub fn decode_reference(bytes: &[u8]) -> Result<proto::Reference, ReferenceError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_columns_keeps_every_column_once_and_the_totals_last() {
+        let w = proto::WindowProfile {
+            reference_fingerprint: "f".into(),
+            window_start_unix_nano: 60,
+            window_nano: 60,
+            records: 10,
+            errors: 2,
+            flagged: 3,
+            latency_counts: vec![1; 40],
+            latency_sum: 1.5,
+            columns: (0..50u64)
+                .map(|i| proto::ColumnProfile {
+                    counts: vec![i; 10 + i as usize],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let whole = crate::record::profile_heap_bytes(&w);
+        let one = split_columns(w.clone(), whole).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0], (w.clone(), 0));
+        let max = whole / 5;
+        let groups = split_columns(w.clone(), max).unwrap();
+        assert!(groups.len() >= 5, "{}", groups.len());
+        let mut next = 0;
+        let mut columns = Vec::new();
+        for (k, (g, from)) in groups.iter().enumerate() {
+            assert!(crate::record::profile_heap_bytes(g) <= max);
+            assert_eq!(*from, next);
+            next += g.columns.len();
+            columns.extend(g.columns.iter().cloned());
+            assert_eq!(g.reference_fingerprint, "f");
+            assert_eq!((g.window_start_unix_nano, g.window_nano), (60, 60));
+            let last = k + 1 == groups.len();
+            assert_eq!(g.records, if last { 10 } else { 0 });
+            assert_eq!(g.latency_counts.len(), if last { 40 } else { 0 });
+        }
+        assert_eq!(columns, w.columns);
+        // one column larger than a part: no split
+        assert!(split_columns(w, 200).is_none());
+    }
 
     #[test]
     fn latency_buckets_cover_every_value() {

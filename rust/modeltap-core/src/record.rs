@@ -69,6 +69,10 @@ pub struct Side {
     pub name: Option<String>,
     /// A window profile (`SlotKind::Profile` only).
     pub profile: Option<Box<crate::proto::WindowProfile>>,
+    /// Index of the reference column `profile`'s first column stands for
+    /// (a wide profile travels in column groups, see
+    /// [`crate::profile::split_columns`]).
+    pub profile_columns_from: usize,
 }
 
 impl Side {

@@ -190,7 +190,9 @@ struct BatchRows<'a, 'v> {
 /// A batch profiled in the call: its window profile (to push ahead of its
 /// rows) and each row's value flags.
 struct Prepared {
-    part: Option<Box<proto::WindowProfile>>,
+    /// The batch's window profile in column groups that each fit a ring
+    /// slot, with the reference column each starts at.
+    parts: Vec<(Option<Box<proto::WindowProfile>>, usize)>,
     row_flags: Vec<u32>,
 }
 
@@ -257,7 +259,13 @@ impl Recorder {
         cp.sync(self.cat_vocabs.get().map(Vec::as_slice), &self.labels);
         let run = std::panic::AssertUnwindSafe(|| {
             let mut w = std::mem::take(cp.prof.window_mut(b.unix_nano));
-            if !self.pipe.profile_fits(&w) {
+            let max_part = self.pipe.max_profile_part_bytes();
+            let column_bytes = |c: &proto::ColumnProfile| {
+                std::mem::size_of::<proto::WindowProfile>()
+                    + std::mem::size_of::<proto::ColumnProfile>()
+                    + 8 * c.counts.len()
+            };
+            if w.columns.iter().any(|c| column_bytes(c) > max_part) {
                 return None;
             }
             let row_flags = bulk_profile::profile_numeric(b.view, schema, &cp.prof, &mut w.columns);
@@ -311,14 +319,19 @@ impl Recorder {
         let prepared = match std::panic::catch_unwind(run) {
             Ok(Some(row_flags)) => {
                 let mut parts = cp.prof.take().into_iter();
-                parts.next().map(|mut part| {
+                let max_part = self.pipe.max_profile_part_bytes();
+                parts.next().and_then(|mut part| {
                     for p in parts {
                         merge_window(&mut part, &p);
                     }
-                    Prepared {
-                        part: Some(Box::new(part)),
+                    let groups = modeltap_core::profile::split_columns(part, max_part)?;
+                    Some(Prepared {
+                        parts: groups
+                            .into_iter()
+                            .map(|(g, from)| (Some(Box::new(g)), from))
+                            .collect(),
                         row_flags,
-                    }
+                    })
                 })
             }
             Ok(None) => {
@@ -609,9 +622,17 @@ impl Recorder {
             };
             // The batch's profile goes first: its rows are counted only once
             // it is in (else they are dropped with it).
+            // A wide profile goes in column groups, the totals last; should
+            // one not get in, the groups before it stay in (their columns
+            // counted) while the rows are dropped.
             if let Some(p) = pre.as_mut() {
-                if !waiter.push(&mut || pipe.try_push_profile(&mut p.part), &mut stalled) {
-                    stalled = true;
+                for (part, from) in &mut p.parts {
+                    if !waiter.push(&mut || pipe.try_push_profile(part, *from), &mut stalled) {
+                        stalled = true;
+                    }
+                    if stalled {
+                        break;
+                    }
                 }
             }
             let profiled_here = pre.is_some() && !stalled;
