@@ -1,6 +1,6 @@
 """Type stubs of the native extension ``modeltap._core``."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, final, overload
 
 import numpy as np
@@ -16,6 +16,8 @@ __all__ = [
     "ReferenceFormatError",
     "RequestIds",
     "RequestIdsIter",
+    "Span",
+    "SpanContext",
     "UnsupportedSchemaVersion",
     "__version__",
     "_after_fork",
@@ -23,6 +25,7 @@ __all__ = [
     "build_categorical_column",
     "build_numeric_column",
     "clip_values",
+    "current_span_context",
     "decode_batch",
     "decode_drift_request",
     "decode_export_response",
@@ -200,6 +203,60 @@ class RequestIdsIter:
     def __next__(self) -> str: ...
 
 @final
+class SpanContext:
+    """A W3C trace context: the trace and span a new span continues."""
+
+    def __new__(
+        cls,
+        trace_id: int | str,
+        span_id: int | str,
+        sampled: bool = True,
+        *,
+        remote: bool = True,
+        trace_state: str | None = None,
+    ) -> SpanContext: ...
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def trace_id_hex(self) -> str: ...
+    @property
+    def span_id_hex(self) -> str: ...
+    @property
+    def sampled(self) -> bool: ...
+    @property
+    def is_remote(self) -> bool: ...
+    @property
+    def trace_state(self) -> str | None: ...
+    def traceparent(self) -> str: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class Span:
+    """One stage of a request being timed (see ``Agent.span``)."""
+
+    def __enter__(self) -> Span: ...
+    def __exit__(
+        self, _exc_type: object = None, exc: BaseException | None = None, _tb: object = None
+    ) -> bool: ...
+    def start(self) -> Span: ...
+    def end(self, error: BaseException | None = None) -> None: ...
+    def set_attribute(self, key: object, value: object) -> None: ...
+    def set_input(self, value: object) -> None: ...
+    def set_output(self, value: object) -> None: ...
+    def set_status(self, ok: bool, description: str | None = None) -> None: ...
+    def record_exception(self, exc: BaseException) -> None: ...
+    @property
+    def context(self) -> SpanContext | None: ...
+    @property
+    def name(self) -> str: ...
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]: ...
+
+def current_span_context() -> SpanContext | None: ...
+
+@final
 class Recorder:
     """The native half of ``modeltap.Agent``."""
 
@@ -227,7 +284,17 @@ class Recorder:
         window_s: float = 60.0,
         sample_rate: float = 1.0,
         buffer_bytes: int = ...,
+        trace_sample_rate: float = 1.0,
     ) -> Recorder: ...
+    def set_capture(self, hook: Callable[[str, str, Any], str | None]) -> bool: ...
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str = "internal",
+        attributes: dict[str, Any] | None = None,
+        parent: SpanContext | None = None,
+    ) -> Span: ...
     def forward_to(self, child: Recorder) -> None: ...
     def last_error(self) -> str | None: ...
     def profile(self, since_unix_nano: int = 0, until_unix_nano: int = ...) -> bytes | None: ...

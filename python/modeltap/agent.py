@@ -22,12 +22,12 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from modeltap import _core
+from modeltap import _core, tracing
 from modeltap.drift import DriftReport, Rules, compute
 from modeltap.exporter import (
     Destination,
@@ -207,6 +207,18 @@ class Agent:
         ``buffer_bytes``). Past that the drain thread stops, the ring fills,
         and new records are dropped and counted: memory stays bounded
         however fast records arrive or however long the collector is away.
+    trace_sample_rate:
+        Share of traces recorded (head sampling, decided by a trace's first
+        span here, or by the sampled flag of an incoming parent). A trace
+        not sampled is still recorded whole when one of its spans ends in an
+        exception.
+    capture_bytes:
+        Most bytes ``span.set_input(...)`` / ``set_output(...)`` keep of a
+        stage's input or output (compact JSON, summarised past that); 0
+        keeps nothing.
+    redact:
+        ``redact(stage, "input" | "output", value)`` returns what to keep
+        of a captured value (``None``: nothing), before it is written.
     """
 
     log: Callable[..., str]
@@ -238,6 +250,9 @@ class Agent:
         reference: Reference | str | os.PathLike[str] | None = None,
         window_s: float = 60.0,
         sample_rate: float = 1.0,
+        trace_sample_rate: float = 1.0,
+        capture_bytes: int = 2048,
+        redact: Callable[[str, str, Any], Any] | None = None,
     ) -> None:
         if not model:
             raise ValueError("model must be a non-empty name")
@@ -285,6 +300,13 @@ class Agent:
         self._cfg["reference"] = reference.to_bytes() if reference is not None else None
         self._cfg["window_s"] = float(window_s)
         self._cfg["sample_rate"] = float(sample_rate)
+        self._cfg["trace_sample_rate"] = float(trace_sample_rate)
+        if int(capture_bytes) < 0:
+            raise ValueError("capture_bytes must be >= 0")
+        if redact is not None and not callable(redact):
+            raise TypeError("redact must be a callable (stage, which, value) -> value")
+        self._capture_bytes = int(capture_bytes)
+        self._redact = redact
         self._sink = sink
         self._spool_dir = spool_dir
         self._spool_max_bytes = int(spool_max_bytes)
@@ -316,6 +338,10 @@ class Agent:
             strict=self.strict,
             **self._cfg,
         )
+        if self._capture_bytes > 0:
+            self._rec.set_capture(
+                tracing.make_capture(self._capture_bytes, self._redact, self._rec.count_error)
+            )
         # The hot path: no Python frame between the caller and the ring.
         self.log = self._rec.log
         dest: Destination
@@ -659,21 +685,69 @@ class Agent:
                 )
         return out, overflow or None
 
+    # -- tracing ---------------------------------------------------------------
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str = "internal",
+        attributes: Mapping[str, Any] | None = None,
+        parent: tracing.SpanContext | None = None,
+    ) -> _core.Span:
+        """A span timing one stage of a request: ``with agent.span("preprocess")
+        as span: ...`` or, as a decorator, ``@agent.span("postprocess")`` (sync
+        and ``async def``; each call gets its own span).
+
+        The span's parent is ``parent`` (e.g. from :meth:`extract`), else the
+        current span (this thread's or asyncio task's), else OpenTelemetry's
+        current span when ``opentelemetry`` is in use; with none it starts a
+        new trace. A record logged inside the span carries its trace and span
+        ids. An exception leaving the span marks it failed (type and message)
+        and is re-raised unchanged. ``kind``: internal, server, client,
+        producer or consumer. Inside, ``span.set_input(x)`` /
+        ``span.set_output(y)`` keep what the stage saw and produced (see
+        ``capture_bytes``, ``redact``); ``span.set_attribute(k, v)`` adds an
+        attribute."""
+        return self._rec.span(
+            name,
+            kind=kind,
+            attributes=dict(attributes) if attributes is not None else None,
+            parent=parent,
+        )
+
+    @staticmethod
+    def extract(headers: Any) -> tracing.SpanContext | None:
+        """The trace context of incoming request ``headers`` (W3C
+        ``traceparent`` / ``tracestate``; a mapping, a list of pairs, or an
+        object with ``get_all``), to pass as ``span(..., parent=ctx)``; None
+        when absent or invalid (a new trace then starts). Never raises."""
+        return tracing.extract(headers)
+
+    @staticmethod
+    def inject(headers: MutableMapping[str, str], ctx: tracing.SpanContext | None = None) -> bool:
+        """Writes the current span's ``traceparent`` (and ``tracestate``) into
+        outgoing ``headers``; returns whether there was a span."""
+        return tracing.inject(headers, ctx)
+
     def monitor(
         self,
         fn: F | None = None,
         *,
         features_arg: int | str | None = None,
+        span_name: str = "inference",
     ) -> Any:
         """Wraps a predict function (sync or ``async def``): logs its input
         (the first argument after ``self``, or ``features_arg``), its output
         and latency, and, if it raises, the error before re-raising it
-        unchanged. A 2-D array input is logged as a batch.
+        unchanged. A 2-D array input is logged as a batch. Each call runs in
+        a span (``span_name``, a child of the current span if any) whose
+        trace and span ids the record carries.
 
         Use as ``@agent.monitor`` or ``@agent.monitor(features_arg="x")``.
         """
         if fn is None:
-            return functools.partial(self.monitor, features_arg=features_arg)
+            return functools.partial(self.monitor, features_arg=features_arg, span_name=span_name)
         target = cast("Callable[..., Any]", fn)
         pick = _input_picker(target, features_arg)
 
@@ -699,31 +773,52 @@ class Agent:
                 return
             self.log(x, out, latency_s=latency, error=err)
 
+        # The inference span: the record is logged inside it, so it carries
+        # the span's trace and span ids.
+        def begin() -> Any:
+            try:
+                return self._rec.span(span_name).start()
+            except Exception:
+                if self.strict:
+                    raise
+                self._rec.count_error()
+                return None
+
+        def end(span: Any, err: BaseException | None) -> None:
+            if span is not None:
+                self._safe(span.end, err)
+
         if inspect.iscoroutinefunction(target):
 
             @functools.wraps(target)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                span = begin()
                 t0 = time.perf_counter()
                 try:
                     out = await target(*args, **kwargs)
                 except BaseException as e:
                     if not isinstance(e, asyncio.CancelledError):
                         self._safe(record, args, kwargs, None, t0, e)
+                    end(span, None if isinstance(e, asyncio.CancelledError) else e)
                     raise
                 self._safe(record, args, kwargs, out, t0, None)
+                end(span, None)
                 return out
 
             return awrapper
 
         @functools.wraps(target)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            span = begin()
             t0 = time.perf_counter()
             try:
                 out = target(*args, **kwargs)
             except BaseException as e:
                 self._safe(record, args, kwargs, None, t0, e)
+                end(span, e)
                 raise
             self._safe(record, args, kwargs, out, t0, None)
+            end(span, None)
             return out
 
         return wrapper

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import modeltap
 
@@ -117,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
         help="level of the collector's log messages (default: INFO)",
     )
     col.add_argument(
+        "--otlp-endpoint",
+        metavar="HOST:PORT",
+        help=(
+            "forward every stored span as OTLP/gRPC to Jaeger, Tempo or an "
+            "OpenTelemetry Collector (batched, retried with backoff; a bounded queue "
+            "whose drops are counted)"
+        ),
+    )
+    col.add_argument(
         "--reference",
         action="append",
         default=[],
@@ -160,6 +170,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    tr = sub.add_parser(
+        "trace",
+        help="one request's spans as a tree, with the prediction records of its trace",
+        description=(
+            "Print the span tree of one trace (each span's duration, status and service) "
+            "and the prediction records logged inside it. Asks a running collector "
+            "(--collector) or reads a store file (--store) directly."
+        ),
+    )
+    tr.add_argument("trace_id", metavar="TRACE_ID", help="32 hex digits")
+    _source_args(tr)
+    tr.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+
+    trs = sub.add_parser(
+        "traces",
+        help="the slowest requests with their time per stage",
+        description=(
+            "List the slowest traces (by their end-to-end duration) that have a span of "
+            "a model, each with the time spent in every stage (span name)."
+        ),
+    )
+    trs.add_argument("--model", help="model name (default: every model)")
+    trs.add_argument("--slowest", type=_positive_int, default=10, help="how many (default 10)")
+    trs.add_argument("--since", help="a duration back from now (90s, 15m, 1h, 7d) or a time")
+    trs.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
+    _source_args(trs)
+    trs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     ref = sub.add_parser("reference", help="build reference files")
     refsub = ref.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
     build = refsub.add_parser(
@@ -193,6 +231,17 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model", default="", help="model name to record in the file")
     build.add_argument("--model-version", default="", help="model version to record in the file")
     return p
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--collector",
+        default="127.0.0.1:7317",
+        metavar="HOST:PORT",
+        help="collector to ask (default 127.0.0.1:7317)",
+    )
+    src.add_argument("--store", metavar="PATH", help="read this store file instead")
 
 
 def _positive_int(text: str) -> int:
@@ -231,9 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory_limit=args.memory_limit,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_pending_mb=args.max_pending_mb,
+            otlp_endpoint=args.otlp_endpoint,
         )
     if args.command == "drift":
         return _drift(args)
+    if args.command in ("trace", "traces"):
+        return _traces(args)
     if args.command == "reference":
         return _reference_build(args)
     return 2
@@ -288,6 +340,133 @@ def _drift(args: argparse.Namespace) -> int:
     Console(width=None if sys.stdout.isatty() else 160).print(t)
     print(f"{len(report.drifted)} of {len(report.rows)} columns drifted")
     return 0
+
+
+def _traces(args: argparse.Namespace) -> int:
+    import json
+
+    from modeltap.client import Client, parse_time
+
+    what = f"modeltap {args.command}"
+    try:
+        if args.store:
+            from modeltap.collector.store import Store
+
+            with Store(args.store) as store:
+                if args.command == "trace":
+                    data: object = store.trace(args.trace_id)
+                else:
+                    data = store.traces(
+                        args.model, args.slowest, parse_time(args.since), parse_time(args.to)
+                    )
+        else:
+            with Client(args.collector) as client:
+                if args.command == "trace":
+                    data = client.trace(args.trace_id)
+                else:
+                    data = client.traces(args.model, args.slowest, args.since, args.to)
+    except Exception as e:
+        details = e.details() if hasattr(e, "details") else str(e)
+        print(f"{what}: {details}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if args.command == "trace":
+        assert isinstance(data, dict)
+        if not data["spans"] and not data["records"]:
+            print(f"{what}: no spans or records of trace {data['trace_id']}", file=sys.stderr)
+            return 1
+        console.print(_span_tree(data))
+        if data["records"]:
+            console.print(_records_table(data["records"]))
+        return 0
+    assert isinstance(data, list)
+    console.print(_slowest_table(data, args.model))
+    return 0
+
+
+def _ms(ns: object) -> str:
+    return f"{int(ns or 0) / 1e6:,.3f} ms"  # type: ignore[call-overload]
+
+
+def _span_tree(data: dict[str, Any]) -> object:
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    spans = data["spans"]
+    ids = {s["span_id"] for s in spans}
+    children: dict[object, list[dict[str, Any]]] = {}
+    for s in spans:
+        parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
+        children.setdefault(parent, []).append(s)
+    root = Tree(f"trace {data['trace_id']}: {len(spans)} spans")
+
+    def label(s: dict[str, Any]) -> str:
+        status = s["status"]
+        mark = "[bold red]error[/]" if status == "error" else status
+        where = s.get("service") or s.get("model") or ""
+        text = f"[bold]{escape(s['name'])}[/] {_ms(s['duration_ns'])} {mark} [dim]{escape(where)}"
+        text += f" {s['span_id']}[/]"
+        if s.get("error_type") or s.get("error_message"):
+            err = f"{s.get('error_type') or ''}: {s.get('error_message') or ''}"
+            text += f" [red]{escape(err)}[/]"
+        return text
+
+    def add(node: object, parent: object) -> None:
+        for s in children.get(parent, []):
+            add(node.add(label(s)), s["span_id"])  # type: ignore[attr-defined]
+
+    add(root, None)
+    return root
+
+
+def _records_table(records: list[dict[str, Any]]) -> object:
+    from rich.table import Table
+
+    t = Table(title="prediction records of this trace")
+    for h in ("request_id", "span_id", "prediction", "latency", "error"):
+        t.add_column(h)
+    for r in records:
+        pred = r.get("prediction_label") or r.get("prediction")
+        err = r.get("error_type") or ""
+        lat = r.get("latency_s")
+        t.add_row(
+            str(r.get("request_id")),
+            str(r.get("span_id")),
+            str(pred),
+            "" if lat is None else f"{lat * 1e3:,.3f} ms",
+            err,
+        )
+    return t
+
+
+def _slowest_table(rows: list[dict[str, Any]], model: str | None) -> object:
+    from rich.table import Table
+
+    stages = sorted({k for r in rows for k in r["stages"]})
+    t = Table(title=f"slowest traces{f' of {model}' if model else ''}")
+    t.add_column("trace_id")
+    t.add_column("root")
+    t.add_column("total", justify="right")
+    for st in stages:
+        t.add_column(st, justify="right")
+    t.add_column("spans", justify="right")
+    t.add_column("error")
+    for r in rows:
+        t.add_row(
+            r["trace_id"],
+            str(r["root"]),
+            _ms(r["duration_ns"]),
+            *(_ms(r["stages"][st]) if st in r["stages"] else "" for st in stages),
+            str(r["spans"]),
+            "yes" if r["error"] else "",
+            style="red" if r["error"] else None,
+        )
+    return t
 
 
 def _reference_build(args: argparse.Namespace) -> int:

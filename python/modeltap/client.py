@@ -83,3 +83,29 @@ class Client:
                 if v is None:
                     row[k] = float("nan")
         return DriftReport(data)
+
+    def _json(self, method: str, query: Mapping[str, Any]) -> Any:
+        req = _core.encode_text_response(json.dumps(dict(query)))
+        return json.loads(_core.decode_text_response(self._call(method, req)))
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        """One trace: ``{"trace_id", "spans": [...], "records": [...]}``."""
+        data: dict[str, Any] = self._json("Trace", {"trace_id": trace_id})
+        return data
+
+    def traces(
+        self,
+        model: str | None = None,
+        slowest: int = 10,
+        since: dt.datetime | str | float | None = None,
+        until: dt.datetime | str | float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The slowest traces (of spans of ``model``), each with its total
+        duration and time per stage."""
+        q: dict[str, Any] = {"model": model, "slowest": slowest}
+        if since is not None:
+            q["from_unix_nano"] = parse_time(since)
+        if until is not None:
+            q["to_unix_nano"] = parse_time(until)
+        rows: list[dict[str, Any]] = self._json("Traces", q)
+        return rows

@@ -50,6 +50,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from modeltap import _core
+from modeltap.collector.otlp import TRACE_SERVICE, OtlpForwarder
+from modeltap.collector.otlp import response as otlp_response
+from modeltap.collector.otlp import spans_from_request as otlp_spans
 from modeltap.collector.store import (
     MAX_UNIX_NANO,
     BatchRejected,
@@ -61,6 +64,8 @@ from modeltap.collector.store import (
     decode,
     drift_data,
     register_reference,
+    slowest_traces,
+    trace_data,
 )
 
 log = logging.getLogger("modeltap.collector")
@@ -134,6 +139,7 @@ class CollectorServer:
         watchdog_s: float = 0.5,
         stall_s: float = 60.0,
         writer_options: dict[str, Any] | None = None,
+        otlp_endpoint: str | None = None,
     ) -> None:
         self.listen = listen
         self.store_path = store
@@ -163,6 +169,10 @@ class CollectorServer:
         self.pending_bytes = 0  # bytes of Export requests not answered yet
         self.exports_in_flight = 0
         self.peak_pending_bytes = 0
+        self.otlp_endpoint = otlp_endpoint
+        self.forwarder: Any = None  # OtlpForwarder once started
+        self.otlp_received = 0  # OTLP-in spans stored
+        self.otlp_rejected = 0  # OTLP-in spans refused (partial success)
 
     # -- health --------------------------------------------------------------
 
@@ -226,9 +236,17 @@ class CollectorServer:
                 "Export": grpc.unary_unary_rpc_method_handler(self._export),
                 "RegisterReference": grpc.unary_unary_rpc_method_handler(self._register),
                 "Drift": grpc.unary_unary_rpc_method_handler(self._drift),
+                "Trace": grpc.unary_unary_rpc_method_handler(self._trace),
+                "Traces": grpc.unary_unary_rpc_method_handler(self._traces),
             },
         )
-        self.server.add_generic_rpc_handlers((handler,))
+        otlp_in = grpc.method_handlers_generic_handler(
+            TRACE_SERVICE,
+            {"Export": grpc.unary_unary_rpc_method_handler(self._otlp_export)},
+        )
+        self.server.add_generic_rpc_handlers((handler, otlp_in))
+        if self.otlp_endpoint:
+            self.forwarder = OtlpForwarder(self.otlp_endpoint)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(self.listen)
         if not self.port:
@@ -246,6 +264,8 @@ class CollectorServer:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await asyncio.to_thread(self.writer.stop)
+        if self.forwarder is not None:
+            await asyncio.to_thread(self.forwarder.close)
         self._pool.shutdown(wait=True)
 
     # -- RPCs ----------------------------------------------------------------
@@ -303,6 +323,8 @@ class CollectorServer:
                 if left is not None:
                     batch.deadline = time.monotonic() + left
                 duplicate, n = await asyncio.wrap_future(self.writer.submit(batch))
+                if self.forwarder is not None and not duplicate:
+                    self.forwarder.offer(batch.spans)
             finally:
                 self.pending_bytes -= size
             return _core.encode_export_response(True, duplicate, n)
@@ -351,6 +373,96 @@ class CollectorServer:
             return _core.encode_text_response(json.dumps(_json_safe(data)))
 
         return await self._answer(context, work, arguments=True)
+
+    async def _trace(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        """``{"trace_id": ...}`` -> the trace's spans and records (JSON)."""
+
+        async def work() -> bytes:
+            q = _json_request(request)
+            tid = str(q.get("trace_id", ""))
+            data = await asyncio.wrap_future(self.writer.run(lambda con: trace_data(con, tid)))
+            return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
+
+        return await self._answer(context, work, arguments=True)
+
+    async def _traces(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        """``{"model", "slowest", "from_unix_nano", "to_unix_nano"}`` -> the
+        slowest traces with their stage breakdown (JSON)."""
+
+        async def work() -> bytes:
+            q = _json_request(request)
+            model = q.get("model") or None
+            n = int(q.get("slowest", 10))
+            if not 0 < n <= 10_000:
+                raise ValueError("slowest must be in 1..10000")
+            lo, hi = q.get("from_unix_nano"), q.get("to_unix_nano")
+            for what, t in (("from", lo), ("to", hi)):
+                if t is not None and not 0 <= int(t) <= MAX_UNIX_NANO:
+                    raise ValueError(f"{what}_unix_nano {t} is out of range")
+            data = await asyncio.wrap_future(
+                self.writer.run(
+                    lambda con: slowest_traces(
+                        con,
+                        model,
+                        n,
+                        int(lo) if lo is not None else None,
+                        int(hi) if hi is not None else None,
+                    )
+                )
+            )
+            return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
+
+        return await self._answer(context, work, arguments=True)
+
+    async def _otlp_export(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        """OTLP/gRPC ``TraceService/Export``: spans of services instrumented
+        with plain OpenTelemetry join the same store and traces."""
+
+        async def work() -> bytes:
+            ok, why = self.serving()
+            if not ok:
+                raise StoreUnavailable(why)
+            loop = asyncio.get_running_loop()
+            table, rejected, reason = await loop.run_in_executor(self._pool, otlp_spans, request)
+            if table is not None:
+                await asyncio.wrap_future(self.writer.run(_span_inserter(table)))
+                self.otlp_received += table.num_rows
+                if self.forwarder is not None:
+                    self.forwarder.offer(table)
+            self.otlp_rejected += rejected
+            return otlp_response(rejected, reason)
+
+        return await self._answer(context, work, arguments=True)
+
+
+def _json_request(request: bytes) -> dict[str, Any]:
+    try:
+        q = json.loads(_core.decode_text_response(request) or "{}")
+    except (ValueError, _core.BatchDecodeError) as e:
+        raise ValueError(f"not a JSON request: {e}") from None
+    if not isinstance(q, dict):
+        raise ValueError("the request must be a JSON object")
+    return q
+
+
+def _span_inserter(table: Any) -> Any:
+    def job(con: Any) -> int:
+        con.execute("BEGIN TRANSACTION")
+        con.register("_otlp_spans", table)
+        try:
+            con.execute("INSERT INTO spans SELECT * FROM _otlp_spans")
+            con.execute("COMMIT")
+        finally:
+            con.unregister("_otlp_spans")
+        return int(table.num_rows)
+
+    return job
 
 
 def parse_rules(texts: list[str]) -> dict[str, tuple[str, float]]:
@@ -431,6 +543,13 @@ async def _main(
         f"{w.abandoned} abandoned by their callers",
         flush=True,
     )
+    if server.forwarder is not None:
+        f = server.forwarder.stats()
+        print(
+            f"OTLP forwarding to {server.otlp_endpoint}: {f['sent']} spans sent, "
+            f"{f['dropped']} dropped",
+            flush=True,
+        )
     return 0
 
 
@@ -443,6 +562,7 @@ def serve(
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
     max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
+    otlp_endpoint: str | None = None,
 ) -> int:
     """Runs a collector until SIGTERM or SIGINT; returns the exit status."""
     try:
@@ -455,6 +575,7 @@ def serve(
                 memory_limit=memory_limit,
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 max_pending_mb=max_pending_mb,
+                otlp_endpoint=otlp_endpoint,
             )
         )
     except (OSError, ValueError, _core.ReferenceFormatError) as e:

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -112,6 +113,28 @@ CREATE TABLE IF NOT EXISTS "references" (
     reference BLOB,
     PRIMARY KEY (model, version, fingerprint)
 );
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id VARCHAR,
+    span_id VARCHAR,
+    parent_span_id VARCHAR,
+    name VARCHAR,
+    kind VARCHAR,
+    start_ts TIMESTAMPTZ,
+    start_unix_nano UBIGINT,
+    duration_ns UBIGINT,
+    status VARCHAR,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    attributes MAP(VARCHAR, VARCHAR),
+    trace_state VARCHAR,
+    service VARCHAR,
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    host VARCHAR,
+    request_id VARCHAR,
+    source VARCHAR
+);
 CREATE TABLE IF NOT EXISTS system_metrics (
     ts TIMESTAMPTZ,
     model VARCHAR,
@@ -194,6 +217,7 @@ class DecodedBatch:
     errors: pa.Table | None
     system: pa.Table | None
     profiles: pa.Table | None = None
+    spans: pa.Table | None = None
     nbytes: int = 0  # decoded size (Arrow buffers)
     deadline: float | None = None  # time.monotonic() past which nobody waits
     future: Future[tuple[bool, int]] = field(default_factory=Future)
@@ -258,6 +282,14 @@ def _check_batch(d: Mapping[str, Any]) -> None:
         for g in s.get("gpus") or ():
             if g["index"] > 2**31 - 1:  # gpu_index INTEGER
                 raise _out_of_range("system.gpus.index", g["index"], "must be < 2^31")
+    if d["spans"] is not None:
+        sp = d["spans"]
+        _check_unix_nano("spans.start_unix_nano", sp["start_unix_nano"])
+        ends = np.asarray(sp["start_unix_nano"], dtype=np.uint64)
+        dur = np.asarray(sp["duration_nano"], dtype=np.uint64)
+        if dur.size and int(dur.max()) > MAX_UNIX_NANO:
+            raise _out_of_range("spans.duration_nano", int(dur.max()), "must be a time span")
+        _check_unix_nano("spans.start_unix_nano + duration_nano", ends + dur)
     for start, width, _records, _blob in d["profiles"]:
         _check_unix_nano("profiles.window_start_unix_nano", start)
         # merging adds start and width: their sum must stay a time too
@@ -462,7 +494,12 @@ def decode(data: bytes) -> DecodedBatch:
                 "profile": pa.array([bytes(p[3]) for p in ps], pa.binary()),
             }
         )
-    nbytes = sum(t.nbytes for t in (predictions, errors, system, profiles) if t is not None)
+    spans = (
+        span_table(d["spans"], model=model, version=version, agent_id=agent_id, host=m.get("host"))
+        if d["spans"] is not None and len(d["spans"]["start_unix_nano"])
+        else None
+    )
+    nbytes = sum(t.nbytes for t in (predictions, errors, system, profiles, spans) if t is not None)
     if nbytes > max(MAX_EXPANSION * len(data), MIN_DECODED_ALLOWANCE):
         raise _core.BatchDecodeError(
             f"out of range: a batch of {len(data)} bytes expands to {nbytes} bytes "
@@ -480,7 +517,78 @@ def decode(data: bytes) -> DecodedBatch:
         errors=errors,
         system=system,
         profiles=profiles,
+        spans=spans,
         nbytes=nbytes + len(data),
+    )
+
+
+SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
+SPAN_STATUS = ("unset", "ok", "error")
+SPAN_COLUMNS = [
+    ("trace_id", pa.string()),
+    ("span_id", pa.string()),
+    ("parent_span_id", pa.string()),
+    ("name", pa.string()),
+    ("kind", pa.string()),
+    ("start_ts", pa.int64()),
+    ("start_unix_nano", pa.uint64()),
+    ("duration_ns", pa.uint64()),
+    ("status", pa.string()),
+    ("error_type", pa.string()),
+    ("error_message", pa.string()),
+    ("attributes", pa.map_(pa.string(), pa.string())),
+    ("trace_state", pa.string()),
+    ("service", pa.string()),
+    ("model", pa.string()),
+    ("version", pa.string()),
+    ("agent_id", pa.string()),
+    ("host", pa.string()),
+    ("request_id", pa.string()),
+    ("source", pa.string()),
+]
+
+
+def span_rows_table(cols: Mapping[str, Any]) -> pa.Table:
+    """The ``spans`` table of columns given by name (missing ones NULL)."""
+    n = len(cols["trace_id"])
+    t = pa.table(
+        {c: pa.array(cols[c], ty) if c in cols else pa.nulls(n, ty) for c, ty in SPAN_COLUMNS}
+    )
+    return t.set_column(5, "start_ts", t.column("start_ts").cast(TS))
+
+
+def span_table(
+    sp: Mapping[str, Any], *, model: str, version: str, agent_id: str, host: str | None
+) -> pa.Table:
+    """The ``spans`` rows of an agent's batch (``decode_batch(...)["spans"]``)."""
+    n = len(sp["start_unix_nano"])
+    start = np.asarray(sp["start_unix_nano"], dtype=np.uint64)
+    kinds = np.asarray(sp["kinds"], dtype=np.int64)
+    status = np.asarray(sp["status"], dtype=np.int64)
+    service = model + (f"@{version}" if version else "")
+    return span_rows_table(
+        {
+            "trace_id": sp["trace_ids"],
+            "span_id": sp["span_ids"],
+            "parent_span_id": sp["parent_span_ids"],
+            "name": sp["names"],
+            "kind": [SPAN_KINDS[k] if 0 <= k < len(SPAN_KINDS) else "unspecified" for k in kinds],
+            "start_ts": start.astype(np.int64),
+            "start_unix_nano": start,
+            "duration_ns": np.asarray(sp["duration_nano"], dtype=np.uint64),
+            "status": [SPAN_STATUS[k] if 0 <= k < len(SPAN_STATUS) else "unset" for k in status],
+            "error_type": sp["error_types"],
+            "error_message": sp["error_messages"],
+            "attributes": [list(a.items()) if a else None for a in sp["attributes"]],
+            "trace_state": sp["trace_states"],
+            "service": [service] * n,
+            "model": [model] * n,
+            "version": [version] * n,
+            "agent_id": [agent_id] * n,
+            "host": [host] * n,
+            "request_id": sp["request_ids"],
+            "source": ["agent"] * n,
+        }
     )
 
 
@@ -1094,6 +1202,7 @@ class StoreWriter:
         self._append(con, "errors", [b.errors for b in group])
         self._append(con, "system_metrics", [b.system for b in group])
         self._append(con, "window_profiles", [b.profiles for b in group])
+        self._append(con, "spans", [b.spans for b in group])
         return added
 
     @staticmethod
@@ -1230,6 +1339,93 @@ def drift_data(
     return out
 
 
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def trace_data(con: duckdb.DuckDBPyConnection, trace_id: str) -> dict[str, Any]:
+    """The spans of one trace (oldest first) and the prediction records
+    logged inside it, as JSON-able dicts. Raises ``ValueError`` for a trace
+    id that is not 32 hex digits."""
+    tid = trace_id.strip().lower()
+    if not _TRACE_ID.fullmatch(tid):
+        raise ValueError(f"a trace id is 32 hex digits, not {trace_id!r}")
+    spans = _dicts(
+        con.execute(
+            "SELECT trace_id, span_id, parent_span_id, name, kind, start_unix_nano, "
+            "duration_ns, status, error_type, error_message, attributes, service, model, "
+            "version, agent_id, host, source FROM spans WHERE trace_id = ? "
+            "ORDER BY start_unix_nano, span_id",
+            [tid],
+        )
+    )
+    for sp in spans:
+        a = sp.get("attributes")
+        sp["attributes"] = dict(a) if a else {}
+    records = _dicts(
+        con.execute(
+            "SELECT epoch_ns(ts) AS unix_nano, model, version, request_id, span_id, "
+            "prediction, prediction_label, latency_s, error_type, error_message "
+            "FROM predictions WHERE trace_id = ? ORDER BY ts",
+            [tid],
+        )
+    )
+    return {"trace_id": tid, "spans": spans, "records": records}
+
+
+def slowest_traces(
+    con: duckdb.DuckDBPyConnection,
+    model: str | None,
+    n: int = 10,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+) -> list[dict[str, Any]]:
+    """The ``n`` slowest traces (by their root span's duration) that have a
+    span of ``model`` (any model when None), starting in ``[since, until)``,
+    each with its total duration and the summed duration of every span name
+    in it (its stage breakdown)."""
+    conds: list[str] = []
+    params: list[Any] = []
+    if model is not None:
+        conds.append("trace_id IN (SELECT trace_id FROM spans WHERE model = ?)")
+        params.append(model)
+    _time_range(conds, params, "start_ts", since_ns, until_ns)
+    where = ("WHERE " + " AND ".join(conds)) if conds else ""
+    rows = _dicts(
+        con.execute(
+            f"""
+            WITH t AS (
+                SELECT trace_id,
+                       min(start_unix_nano) AS start_unix_nano,
+                       max(start_unix_nano + duration_ns) - min(start_unix_nano) AS duration_ns,
+                       count(*) AS spans,
+                       bool_or(status = 'error') AS error,
+                       arg_min(name, start_unix_nano) AS root
+                FROM spans {where} GROUP BY trace_id
+            )
+            SELECT * FROM t ORDER BY duration_ns DESC, trace_id LIMIT ?
+            """,
+            [*params, int(n)],
+        )
+    )
+    if rows:
+        ids = [r["trace_id"] for r in rows]
+        stages: dict[str, dict[str, int]] = {i: {} for i in ids}
+        for tid, name, dur in con.execute(
+            "SELECT trace_id, name, sum(duration_ns) FROM spans "
+            "WHERE trace_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY 1, 2",
+            [ids],
+        ).fetchall():
+            stages[tid][name] = int(dur)
+        for r in rows:
+            r["stages"] = stages[r["trace_id"]]
+    return rows
+
+
+def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
 def _ns(t: dt.datetime | str | int | float | None) -> int | None:
     if t is None:
         return None
@@ -1323,6 +1519,40 @@ class Store:
         from modeltap.drift import DriftReport
 
         return DriftReport(drift_data(self.con, model, version, _ns(since), _ns(until), rules))
+
+    def spans(
+        self,
+        trace_id: str | None = None,
+        model: str | None = None,
+        since: dt.datetime | str | int | None = None,
+        until: dt.datetime | str | int | None = None,
+    ) -> pa.Table:
+        """Spans (of one trace, or of a model), oldest first."""
+        conds: list[str] = []
+        params: list[Any] = []
+        if trace_id is not None:
+            conds.append("trace_id = ?")
+            params.append(trace_id.lower())
+        if model is not None:
+            conds.append("model = ?")
+            params.append(model)
+        _time_range(conds, params, "start_ts", _ns(since), _ns(until))
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        return self.sql(f"SELECT * FROM spans {where} ORDER BY start_unix_nano", params)
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        """One trace: its spans and the prediction records logged in it."""
+        return trace_data(self.con, trace_id)
+
+    def traces(
+        self,
+        model: str | None = None,
+        slowest: int = 10,
+        since: dt.datetime | str | int | None = None,
+        until: dt.datetime | str | int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The slowest traces with their stage breakdown."""
+        return slowest_traces(self.con, model, slowest, _ns(since), _ns(until))
 
     def system_metrics(self, model: str | None = None) -> pa.Table:
         """System samples (GPU columns are NULL where NVML was absent)."""

@@ -309,9 +309,31 @@ impl BatchBuilder {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         spans.duration_nano.push(slot.latency_s.max(0.0) as u64);
         spans.status.push(u32::from(slot.status));
+        spans.kinds.push(u32::from(slot.span_kind));
         self.bytes += ROW_OVERHEAD;
-        if let Some(id) = slot.side.take().and_then(|s| s.request_id) {
+        let Some(side) = slot.side.take() else {
+            return;
+        };
+        let side = *side;
+        self.bytes += side.heap_bytes();
+        if let Some(id) = side.request_id {
             spans.request_ids.push(proto::RowString { row, value: id });
+        }
+        if let Some((r#type, message)) = side.error {
+            spans.errors.push(proto::RowError {
+                row,
+                r#type,
+                message,
+            });
+        }
+        if !side.attributes.is_empty() {
+            spans.attributes.push(proto::RowAttributes {
+                row,
+                attributes: side.attributes.into_iter().collect(),
+            });
+        }
+        if let Some(value) = side.trace_state {
+            spans.trace_states.push(proto::RowString { row, value });
         }
     }
 
@@ -633,6 +655,23 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
         check("spans.name_codes", s.name_codes.len(), ns)?;
         check("spans.duration_nano", s.duration_nano.len(), ns)?;
         check("spans.status", s.status.len(), ns)?;
+        if !s.kinds.is_empty() {
+            check("spans.kinds", s.kinds.len(), ns)?;
+        }
+        at_most("spans.errors", s.errors.len(), ns)?;
+        at_most("spans.attributes", s.attributes.len(), ns)?;
+        at_most("spans.trace_states", s.trace_states.len(), ns)?;
+        let rows = s
+            .errors
+            .iter()
+            .map(|e| e.row)
+            .chain(s.attributes.iter().map(|a| a.row))
+            .chain(s.trace_states.iter().map(|t| t.row));
+        if let Some(r) = rows.into_iter().find(|&r| r as usize >= ns) {
+            return Err(CodecError::Inconsistent(format!(
+                "a span error, attribute or tracestate names span {r} of {ns}"
+            )));
+        }
         if s.name_codes.iter().any(|&c| c as usize >= s.names.len()) {
             return Err(CodecError::Inconsistent(
                 "span name code outside the names dictionary".into(),

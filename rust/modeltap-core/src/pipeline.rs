@@ -156,6 +156,10 @@ pub struct Counters {
     pub batches: AtomicU64,
     /// Encoded bytes.
     pub bytes: AtomicU64,
+    /// Spans put in the ring (they are no records: none of the above).
+    pub spans: AtomicU64,
+    /// Spans dropped: no room in the ring or the side budget.
+    pub spans_dropped: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -191,6 +195,10 @@ pub struct Stats {
     pub bytes: u64,
     /// Records in the ring now.
     pub in_ring: u64,
+    /// Spans put in the ring.
+    pub spans: u64,
+    /// Spans dropped (no room).
+    pub spans_dropped: u64,
 }
 
 /// What became of a batch the exporter took.
@@ -302,11 +310,17 @@ pub struct Pipeline {
     pid: u32,
     /// Bytes of side boxes of records in the ring.
     side_used: AtomicUsize,
-    /// `SlotKind::Profile` slots in the ring (no records: `in_ring` leaves
-    /// them out).
+    /// `SlotKind::Profile` and `SlotKind::Span` slots in the ring (no
+    /// records: `in_ring` leaves them out).
     parts_in_ring: AtomicU64,
+    /// Spans ended before the first record fixed the schema (and so the
+    /// ring): the drain thread batches them as they are.
+    early_spans: Mutex<Vec<Slot>>,
     last_error: Mutex<Option<String>>,
 }
+
+/// Most spans kept before the ring exists (see `Pipeline::push_span`).
+pub const MAX_EARLY_SPANS: usize = 4096;
 
 /// What became of an attempt to put a record in the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +395,7 @@ impl Pipeline {
             pid: std::process::id(),
             side_used: AtomicUsize::new(0),
             parts_in_ring: AtomicU64::new(0),
+            early_spans: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
         });
         let worker = Arc::clone(&p);
@@ -576,6 +591,44 @@ impl Pipeline {
         }
     }
 
+    /// Puts a span (`SlotKind::Span`, written by `fill` with a side box of
+    /// `side_bytes`) in the ring, never waiting: counted in `spans`, or in
+    /// `spans_dropped` (returning `false`) when there is no room. A span is
+    /// no record: the record counters do not see it.
+    /// Before the first record fixes the schema there is no ring: up to
+    /// [`MAX_EARLY_SPANS`] spans wait in a small queue instead.
+    pub fn push_span(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
+        if self.ring.get().is_none() {
+            let mut early = lock(&self.early_spans);
+            if self.is_stopping() || early.len() >= MAX_EARLY_SPANS {
+                self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let mut slot = Slot::with_stride(0);
+            fill(&mut slot);
+            slot.kind = SlotKind::Span;
+            early.push(slot);
+            self.counters.spans.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.parts_in_ring.fetch_add(1, Ordering::AcqRel);
+        let pushed = match self.insert(side_bytes, fill) {
+            Insert::Pushed => true,
+            Insert::Full => {
+                self.wake_drain();
+                false
+            }
+            Insert::Failed | Insert::TooLarge => false,
+        };
+        if pushed {
+            self.counters.spans.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+            self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        pushed
+    }
+
     fn insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
         if side_bytes > self.cfg.max_record_side_bytes() {
             return Insert::TooLarge;
@@ -685,6 +738,8 @@ impl Pipeline {
                 .get()
                 .map_or(0, |r| r.len() as u64)
                 .saturating_sub(self.parts_in_ring.load(Ordering::Acquire)),
+            spans: g(&c.spans),
+            spans_dropped: g(&c.spans_dropped),
         }
     }
 
@@ -862,10 +917,16 @@ impl Pipeline {
                 .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
             slot.side = None;
             slot.profiled = false;
-            if slot.kind == SlotKind::Profile {
+            if matches!(slot.kind, SlotKind::Profile | SlotKind::Span) {
                 self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
             }
-            !matches!(slot.kind, SlotKind::Void | SlotKind::Profile)
+            if slot.kind == SlotKind::Span {
+                self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            !matches!(
+                slot.kind,
+                SlotKind::Void | SlotKind::Profile | SlotKind::Span
+            )
         }) {
             n += u64::from(counted);
         }
@@ -1012,10 +1073,26 @@ impl Pipeline {
             let b = builder.get_or_insert_with(|| {
                 BatchBuilder::new(Arc::clone(self.schema.get().unwrap_or(&empty_schema)))
             });
-            if let (Some(ring), Some(schema)) = (self.ring.get(), self.schema.get()) {
-                if !Arc::ptr_eq(b.schema(), schema) && b.is_empty() {
+            if let Some(schema) = self.schema.get() {
+                if !Arc::ptr_eq(b.schema(), schema) {
+                    // Spans batched before the schema was fixed go first.
+                    if !b.is_empty() {
+                        self.seal(b, &mut vocab, None, &mut seq);
+                        batch_started = None;
+                    }
                     *b = BatchBuilder::new(Arc::clone(schema));
                 }
+            }
+            {
+                let mut early = lock(&self.early_spans);
+                if !early.is_empty() {
+                    for mut slot in early.drain(..) {
+                        b.push(&mut slot);
+                    }
+                    batch_started.get_or_insert_with(Instant::now);
+                }
+            }
+            if let (Some(ring), Some(schema)) = (self.ring.get(), self.schema.get()) {
                 if profiler.is_none() && profiling {
                     let compiled =
                         self.cfg.reference.clone().unwrap_or_else(|| {
@@ -1058,6 +1135,13 @@ impl Pipeline {
                                         profiling = false;
                                     }
                                 }
+                                return;
+                            }
+                            if slot.kind == SlotKind::Span {
+                                // No record: neither profiled nor sampled
+                                // (its trace was sampled when it began).
+                                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                                b.push(slot);
                                 return;
                             }
                             if let Some(prof) = profiler.as_mut().filter(|_| !profiled) {

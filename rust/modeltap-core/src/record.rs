@@ -69,6 +69,8 @@ pub struct Side {
     pub name: Option<String>,
     /// A window profile (`SlotKind::Profile` only).
     pub profile: Option<Box<crate::proto::WindowProfile>>,
+    /// W3C `tracestate` of a span's trace (spans only).
+    pub trace_state: Option<String>,
     /// Index of the reference column `profile`'s first column stands for
     /// (a wide profile travels in column groups, see
     /// [`crate::profile::split_columns`]).
@@ -91,6 +93,7 @@ impl Side {
             + self.outputs.as_ref().map_or(0, |v| 8 * v.len())
             + self.probabilities.as_ref().map_or(0, |v| 8 * v.len())
             + self.name.as_ref().map_or(0, s)
+            + self.trace_state.as_ref().map_or(0, s)
             + self.profile.as_deref().map_or(0, profile_heap_bytes)
     }
 }
@@ -133,8 +136,11 @@ pub struct Slot {
     /// Probabilities written inline (0..=prob_cap), or `u16::MAX` when they
     /// are in `side.probabilities`.
     pub n_probabilities: u16,
-    /// Span status (spans only).
+    /// Span status (spans only): 0 unset, 1 ok, 2 error.
     pub status: u8,
+    /// Span kind (spans only), OpenTelemetry's numbers (1 internal, 2
+    /// server, 3 client, 4 producer, 5 consumer).
+    pub span_kind: u8,
     /// Pre-allocated value row.
     pub values: Box<[f64]>,
     /// Rare variable-length parts.
@@ -176,6 +182,7 @@ impl Slot {
         self.n_outputs = 0;
         self.n_probabilities = 0;
         self.status = 0;
+        self.span_kind = 0;
         self.side = None;
         self.profiled = false;
     }

@@ -206,6 +206,44 @@ fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'p
         }
     }
     d.set_item("request_ids", req)?;
+    let n = s.start_unix_nano.len();
+    let kinds: Vec<u32> = if s.kinds.len() == n {
+        s.kinds.clone()
+    } else {
+        vec![1; n]
+    };
+    d.set_item("kinds", kinds.into_pyarray(py))?;
+    let mut error_types: Vec<Option<&str>> = vec![None; n];
+    let mut error_messages: Vec<Option<&str>> = vec![None; n];
+    for e in &s.errors {
+        let r = e.row as usize;
+        if r < n {
+            error_types[r] = Some(e.r#type.as_str());
+            error_messages[r] = Some(e.message.as_str());
+        }
+    }
+    d.set_item("error_types", error_types)?;
+    d.set_item("error_messages", error_messages)?;
+    let attributes = pyo3::types::PyList::new(py, (0..n).map(|_| py.None()))?;
+    for a in &s.attributes {
+        if (a.row as usize) < n {
+            let m = PyDict::new(py);
+            let mut keys: Vec<_> = a.attributes.iter().collect();
+            keys.sort();
+            for (k, v) in keys {
+                m.set_item(k, v)?;
+            }
+            attributes.set_item(a.row as usize, m)?;
+        }
+    }
+    d.set_item("attributes", attributes)?;
+    let mut states: Vec<Option<&str>> = vec![None; n];
+    for t in &s.trace_states {
+        if let Some(slot) = states.get_mut(t.row as usize) {
+            *slot = Some(t.value.as_str());
+        }
+    }
+    d.set_item("trace_states", states)?;
     Ok(d)
 }
 

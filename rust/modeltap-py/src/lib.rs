@@ -22,6 +22,12 @@ fn _after_fork() {
     modeltap_core::ids::after_fork();
 }
 
+/// The current span's context (None outside every span).
+#[pyfunction]
+fn current_span_context(py: Python<'_>) -> Option<Bound<'_, recorder::SpanContext>> {
+    recorder::current_context(py)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -65,6 +71,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::spell_floats, m)?)?;
     m.add_function(wrap_pyfunction!(drift::clip_values, m)?)?;
     m.add_class::<recorder::Recorder>()?;
+    m.add_class::<recorder::Span>()?;
+    m.add_class::<recorder::SpanContext>()?;
+    m.add_function(wrap_pyfunction!(current_span_context, m)?)?;
     m.add_class::<request_ids::RequestIds>()?;
     m.add_class::<request_ids::RequestIdsIter>()?;
     Ok(())

@@ -586,6 +586,7 @@ impl Recorder {
         let categorical = &schema.categorical;
         let max_side = pipe.config().max_record_side_bytes();
         let sample_rate = pipe.config().sample_rate;
+        let (trace_id, span_id) = super::trace::current_ids(py);
         let (ids, flagged, too_large) = py.detach(|| {
             // A large batch is profiled here, in this call (see
             // `bulk_profile`); a small one record by record on the drain
@@ -702,8 +703,8 @@ impl Recorder {
                     slot.kind = SlotKind::Record;
                     slot.unix_nano = unix_nano;
                     slot.request_id = id;
-                    slot.trace_id = 0;
-                    slot.span_id = 0;
+                    slot.trace_id = trace_id;
+                    slot.span_id = span_id;
                     slot.parent_span_id = 0;
                     slot.latency_s = latency[r];
                     slot.prediction_kind = preds.kinds[r];

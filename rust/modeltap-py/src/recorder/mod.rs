@@ -14,7 +14,10 @@ mod bulk;
 mod bulk_profile;
 mod schema;
 mod single;
+mod trace;
 mod vocab;
+
+pub(crate) use trace::{current as current_context, Span, SpanContext};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -133,6 +136,11 @@ pub struct Recorder {
     warn_suppressed: AtomicU64,
     warn_interval: Duration,
     born: Instant,
+    /// Share of traces recorded (head sampling, see `trace`).
+    trace_sample_rate: f64,
+    /// `capture(stage, "input" | "output", value) -> str | None`: what a
+    /// span keeps of a stage's input or output (`Span.set_input`).
+    capture: OnceLock<Py<PyAny>>,
 }
 
 impl Drop for Recorder {
@@ -252,7 +260,7 @@ impl Recorder {
         start_unix_nano=0, agent_version=String::new(), features=None, categorical=Vec::new(),
         buffer_size=65536, batch_size=4096, flush_interval_s=1.0, max_pending_batches=64,
         on_full="drop", strict=false, warn_interval_s=10.0, reference=None, window_s=60.0,
-        sample_rate=1.0, buffer_bytes=DEFAULT_BUFFER_BYTES))]
+        sample_rate=1.0, buffer_bytes=DEFAULT_BUFFER_BYTES, trace_sample_rate=1.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -277,6 +285,7 @@ impl Recorder {
         window_s: f64,
         sample_rate: f64,
         buffer_bytes: usize,
+        trace_sample_rate: f64,
     ) -> PyResult<Self> {
         guard(|| {
             if !(window_s.is_finite() && window_s > 0.0) {
@@ -286,6 +295,9 @@ impl Recorder {
             }
             if !(sample_rate > 0.0 && sample_rate <= 1.0) {
                 return Err(PyValueError::new_err("sample_rate must be in (0, 1]"));
+            }
+            if !(0.0..=1.0).contains(&trace_sample_rate) {
+                return Err(PyValueError::new_err("trace_sample_rate must be in [0, 1]"));
             }
             let reference = match reference {
                 Some(bytes) => Some(Arc::new(modeltap_core::profile::Compiled::new(
@@ -376,8 +388,27 @@ impl Recorder {
                 warn_suppressed: AtomicU64::new(0),
                 warn_interval: seconds("warn_interval_s", warn_interval_s)?,
                 born: Instant::now(),
+                trace_sample_rate,
+                capture: OnceLock::new(),
             })
         })
+    }
+
+    /// Sets the hook spans capture inputs and outputs through (once).
+    fn set_capture(&self, hook: Py<PyAny>) -> bool {
+        self.capture.set(hook).is_ok()
+    }
+
+    /// A span named `name` (see `modeltap.Agent.span`).
+    #[pyo3(signature = (name, *, kind="internal", attributes=None, parent=None))]
+    fn span(
+        slf: &Bound<'_, Self>,
+        name: &str,
+        kind: &str,
+        attributes: Option<Bound<'_, PyDict>>,
+        parent: Option<Py<SpanContext>>,
+    ) -> PyResult<Span> {
+        Span::create(slf.clone().unbind(), name, kind, attributes, parent)
     }
 
     /// Logs one prediction; returns its request id. See `modeltap.Agent.log`.
@@ -619,6 +650,8 @@ impl Recorder {
                 ("batches", s.batches),
                 ("bytes", s.bytes),
                 ("in_ring", s.in_ring),
+                ("spans", s.spans),
+                ("spans_dropped", s.spans_dropped),
                 ("side_bytes", pipe.side_used() as u64),
             ] {
                 d.set_item(k, v)?;

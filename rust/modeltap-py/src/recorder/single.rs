@@ -166,7 +166,8 @@ impl Recorder {
                         flag_names(problems)
                     )))
                 } else {
-                    self.publish(py, &row, &mut p, unix_nano, id, latency);
+                    let ids = super::trace::current_ids(py);
+                    self.publish(py, &row, &mut p, unix_nano, id, latency, ids);
                     if problems != 0 {
                         self.pipe.counters.flagged.fetch_add(1, Ordering::Relaxed);
                         self.warn(
@@ -365,6 +366,7 @@ impl Recorder {
     /// Copies a parsed record into the ring; honours `on_full="block"`.
     /// The record either lands with its own values or is counted in
     /// `dropped_full`, never both.
+    #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
         py: Python<'_>,
@@ -373,6 +375,7 @@ impl Recorder {
         unix_nano: u64,
         request_id: u128,
         latency_s: f64,
+        (trace_id, span_id): (u128, u64),
     ) {
         let mut side = p.side.take();
         let side_bytes = side.as_ref().map_or(0, |s| s.heap_bytes());
@@ -381,8 +384,8 @@ impl Recorder {
             slot.kind = SlotKind::Record;
             slot.unix_nano = unix_nano;
             slot.request_id = request_id;
-            slot.trace_id = 0;
-            slot.span_id = 0;
+            slot.trace_id = trace_id;
+            slot.span_id = span_id;
             slot.parent_span_id = 0;
             slot.latency_s = latency_s;
             slot.flags = flags;
@@ -410,7 +413,7 @@ impl Recorder {
     }
 }
 
-fn error_parts(obj: &Bound<'_, PyAny>) -> (String, String) {
+pub(super) fn error_parts(obj: &Bound<'_, PyAny>) -> (String, String) {
     if let Ok(s) = obj.cast::<PyString>() {
         return (String::new(), s.to_string_lossy().into_owned());
     }

@@ -1,0 +1,750 @@
+//! Spans: the stages of a request (`Agent.span`), recorded natively into
+//! the same ring as records (`SlotKind::Span`), no Python object kept once
+//! a span ended.
+//!
+//! The current span lives in one `contextvars.ContextVar` (threads and
+//! asyncio tasks each see their own), read and set through the C API. Its
+//! value is a [`SpanContext`]: W3C trace id, span id, sampled flag and
+//! `tracestate`. A record logged inside a span carries that span's ids.
+//!
+//! Head sampling: a trace's first local span decides (`trace_sample_rate`),
+//! or follows the sampled flag of a remote parent. The spans of a trace not
+//! sampled are held (at most [`MAX_KEPT_SPANS`]) until its local root ends:
+//! should any of them end in an exception, the whole trace is recorded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use modeltap_core::ids::{hex_u128, random_u128, random_u64};
+use modeltap_core::pipeline::now_unix_nano;
+use modeltap_core::record::{Side, Slot, SlotKind};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyString};
+
+use super::single::error_parts;
+use super::{clip, Recorder, MAX_ATTRIBUTES, MAX_TEXT_BYTES};
+use crate::errors::guard;
+use crate::parse::to_str;
+
+/// Spans of a trace not sampled held until its root ends (in case one
+/// ends in an exception); past that the oldest are let go.
+pub(crate) const MAX_KEPT_SPANS: usize = 256;
+/// Longest `tracestate` kept (W3C: at most 32 members; 512 bytes is what
+/// a vendor must propagate).
+const MAX_TRACE_STATE_BYTES: usize = 8 * 1024;
+
+/// Span kinds, OpenTelemetry's numbers.
+const KINDS: [(&str, u8); 5] = [
+    ("internal", 1),
+    ("server", 2),
+    ("client", 3),
+    ("producer", 4),
+    ("consumer", 5),
+];
+
+/// Span status: unset, ok, error (OpenTelemetry's numbers).
+const STATUS_UNSET: u8 = 0;
+const STATUS_OK: u8 = 1;
+const STATUS_ERROR: u8 = 2;
+
+// The context-variable C API (PEP 567). Not in the limited API's headers,
+// but exported with these signatures by every CPython since 3.7; it is what
+// `contextvars.ContextVar.get/set/reset` call, without a method call each.
+extern "C" {
+    fn PyContextVar_New(
+        name: *const std::ffi::c_char,
+        def: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+    fn PyContextVar_Get(
+        var: *mut ffi::PyObject,
+        default_value: *mut ffi::PyObject,
+        value: *mut *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+    fn PyContextVar_Set(var: *mut ffi::PyObject, value: *mut ffi::PyObject) -> *mut ffi::PyObject;
+    fn PyContextVar_Reset(var: *mut ffi::PyObject, token: *mut ffi::PyObject) -> std::ffi::c_int;
+}
+
+static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static HELPERS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The `ContextVar` holding the current span's context.
+pub(crate) fn current_var(py: Python<'_>) -> &Bound<'_, PyAny> {
+    CURRENT
+        .get_or_init(py, || {
+            // SAFETY: a NUL-terminated name and no default; the new
+            // reference is owned by the returned `Py` (NULL only on memory
+            // exhaustion, which `from_owned_ptr` would turn into a panic
+            // caught by `guard`).
+            unsafe {
+                Py::from_owned_ptr(
+                    py,
+                    PyContextVar_New(c"modeltap_current_span".as_ptr(), std::ptr::null_mut()),
+                )
+            }
+        })
+        .bind(py)
+}
+
+/// `modeltap.tracing` (the Python half: decorators, capture, OpenTelemetry).
+fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    HELPERS
+        .get_or_try_init(py, || {
+            py.import("modeltap.tracing").map(|m| m.into_any().unbind())
+        })
+        .map(|m| m.bind(py))
+}
+
+/// The current span's context, if any.
+pub(crate) fn current(py: Python<'_>) -> Option<Bound<'_, SpanContext>> {
+    let var = current_var(py);
+    let mut out: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: `var` is a live ContextVar; `out` receives a new reference
+    // or stays NULL when the variable has no value in this context.
+    let rc = unsafe { PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut out) };
+    if rc < 0 {
+        drop(PyErr::take(py));
+        return None;
+    }
+    if out.is_null() {
+        return None;
+    }
+    // SAFETY: `out` is a new, non-NULL reference handed to us.
+    let obj = unsafe { Bound::from_owned_ptr(py, out) };
+    obj.cast_into::<SpanContext>().ok()
+}
+
+/// The ids a record logged now carries: the current span's.
+pub(crate) fn current_ids(py: Python<'_>) -> (u128, u64) {
+    current(py).map_or((0, 0), |c| {
+        let c = c.get();
+        (c.trace_id, c.span_id)
+    })
+}
+
+/// Whether `opentelemetry.trace` was imported (then its current span is a
+/// parent, and ours is made its current span's context).
+fn otel_loaded(py: Python<'_>) -> bool {
+    // SAFETY: returns a borrowed reference to sys.modules (or NULL).
+    let modules = unsafe { ffi::PyImport_GetModuleDict() };
+    if modules.is_null() {
+        return false;
+    }
+    // SAFETY: `modules` is a dict; the key is NUL-terminated; the result
+    // is borrowed (NULL when absent, with no exception set).
+    let m = unsafe { ffi::PyDict_GetItemString(modules, c"opentelemetry.trace".as_ptr()) };
+    let _ = py;
+    !m.is_null()
+}
+
+/// A trace not sampled: its finished spans, held until its root ends.
+#[derive(Default)]
+pub(crate) struct Kept {
+    errored: AtomicBool,
+    spans: Mutex<Vec<Finished>>,
+}
+
+/// An ended span, as the ring takes it.
+struct Finished {
+    trace_id: u128,
+    span_id: u64,
+    parent: u64,
+    start_unix_nano: u64,
+    duration_nano: u64,
+    status: u8,
+    kind: u8,
+    side: Option<Box<Side>>,
+}
+
+impl Finished {
+    fn push(self, rec: &Recorder) {
+        let side_bytes = self.side.as_ref().map_or(0, |s| s.heap_bytes());
+        let mut side = self.side;
+        rec.pipe.push_span(side_bytes, |slot: &mut Slot| {
+            slot.kind = SlotKind::Span;
+            slot.unix_nano = self.start_unix_nano;
+            slot.request_id = 0;
+            slot.trace_id = self.trace_id;
+            slot.span_id = self.span_id;
+            slot.parent_span_id = self.parent;
+            #[allow(clippy::cast_precision_loss)]
+            {
+                slot.latency_s = self.duration_nano as f64;
+            }
+            slot.flags = 0;
+            slot.n_outputs = 0;
+            slot.n_probabilities = 0;
+            slot.status = self.status;
+            slot.span_kind = self.kind;
+            slot.side = side.take();
+        });
+    }
+}
+
+/// A W3C trace context: the trace and span a new span continues.
+#[pyclass(frozen, module = "modeltap._core")]
+pub struct SpanContext {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    pub(crate) sampled: bool,
+    pub(crate) remote: bool,
+    pub(crate) trace_state: Option<Arc<str>>,
+    kept: Option<Arc<Kept>>,
+}
+
+fn id_arg(obj: &Bound<'_, PyAny>, what: &str, hex_len: usize) -> PyResult<u128> {
+    let bad = || PyValueError::new_err(format!("{what} must be a non-zero id"));
+    let v = if let Ok(s) = obj.cast::<PyString>() {
+        let s = s.to_str()?;
+        if s.len() != hex_len || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(PyValueError::new_err(format!(
+                "{what} must be {hex_len} hex digits, not {s:?}"
+            )));
+        }
+        u128::from_str_radix(s, 16).map_err(|_| bad())?
+    } else if obj.is_instance_of::<PyInt>() {
+        obj.extract::<u128>().map_err(|_| bad())?
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be an int or a hex string"
+        )));
+    };
+    if v == 0 || (hex_len == 16 && v > u128::from(u64::MAX)) {
+        return Err(bad());
+    }
+    Ok(v)
+}
+
+#[pymethods]
+impl SpanContext {
+    /// A context to continue: `trace_id` (16 bytes) and `span_id` (8 bytes)
+    /// as ints or hex strings, neither zero.
+    #[new]
+    #[pyo3(signature = (trace_id, span_id, sampled=true, *, remote=true, trace_state=None))]
+    fn new(
+        trace_id: &Bound<'_, PyAny>,
+        span_id: &Bound<'_, PyAny>,
+        sampled: bool,
+        remote: bool,
+        trace_state: Option<String>,
+    ) -> PyResult<Self> {
+        let trace_id = id_arg(trace_id, "trace_id", 32)?;
+        #[allow(clippy::cast_possible_truncation)]
+        let span_id = id_arg(span_id, "span_id", 16)? as u64;
+        Ok(Self {
+            trace_id,
+            span_id,
+            sampled,
+            remote,
+            trace_state: trace_state
+                .filter(|s| !s.is_empty())
+                .map(|s| Arc::from(clip(s, MAX_TRACE_STATE_BYTES))),
+            kept: None,
+        })
+    }
+
+    /// The trace id (int).
+    #[getter]
+    fn trace_id(&self) -> u128 {
+        self.trace_id
+    }
+
+    /// The span id (int).
+    #[getter]
+    fn span_id(&self) -> u64 {
+        self.span_id
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    #[getter]
+    fn trace_id_hex(&self) -> String {
+        modeltap_core::ids::hex_string(self.trace_id)
+    }
+
+    /// The span id as 16 lowercase hex digits.
+    #[getter]
+    fn span_id_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
+
+    /// Whether the trace is recorded.
+    #[getter]
+    fn sampled(&self) -> bool {
+        self.sampled
+    }
+
+    /// Whether the context came from another process (a header).
+    #[getter]
+    fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// The W3C `tracestate` carried along, if any.
+    #[getter]
+    fn trace_state(&self) -> Option<String> {
+        self.trace_state.as_deref().map(str::to_owned)
+    }
+
+    /// The W3C `traceparent` header value of this context.
+    fn traceparent(&self) -> String {
+        let mut t = [0u8; 32];
+        hex_u128(self.trace_id, &mut t);
+        format!(
+            "00-{}-{:016x}-{:02x}",
+            std::str::from_utf8(&t).unwrap_or_default(),
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SpanContext(trace_id='{}', span_id='{}', sampled={}, remote={})",
+            self.trace_id_hex(),
+            self.span_id_hex(),
+            if self.sampled { "True" } else { "False" },
+            if self.remote { "True" } else { "False" }
+        )
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<SpanContext>().is_ok_and(|o| {
+            let o = o.get();
+            o.trace_id == self.trace_id
+                && o.span_id == self.span_id
+                && o.sampled == self.sampled
+                && o.trace_state == self.trace_state
+        })
+    }
+
+    fn __hash__(&self) -> u64 {
+        #[allow(clippy::cast_possible_truncation)]
+        let t = self.trace_id as u64 ^ (self.trace_id >> 64) as u64;
+        t ^ self.span_id
+    }
+}
+
+/// One stage of a request being timed: a context manager (`with`), a
+/// decorator (`@`), or started and ended by hand (`start()` / `end()`).
+#[pyclass(module = "modeltap._core")]
+pub struct Span {
+    rec: Py<Recorder>,
+    name: Arc<str>,
+    kind: u8,
+    parent: Option<Py<SpanContext>>,
+    ctx: Option<Py<SpanContext>>,
+    parent_span_id: u64,
+    local_root: bool,
+    start_unix_nano: u64,
+    started: Option<Instant>,
+    token: Option<Py<PyAny>>,
+    otel_token: Option<Py<PyAny>>,
+    side: Option<Box<Side>>,
+    status: u8,
+    ended: bool,
+    initial: Option<Py<PyDict>>,
+}
+
+fn kind_code(kind: &str) -> PyResult<u8> {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|&(_, c)| c)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "kind must be one of internal, server, client, producer, consumer; not {kind:?}"
+            ))
+        })
+}
+
+impl Span {
+    pub(crate) fn create(
+        rec: Py<Recorder>,
+        name: &str,
+        kind: &str,
+        attributes: Option<Bound<'_, PyDict>>,
+        parent: Option<Py<SpanContext>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            rec,
+            name: Arc::from(clip(name.to_owned(), MAX_TEXT_BYTES)),
+            kind: kind_code(kind)?,
+            parent,
+            ctx: None,
+            parent_span_id: 0,
+            local_root: true,
+            start_unix_nano: 0,
+            started: None,
+            token: None,
+            otel_token: None,
+            side: None,
+            status: STATUS_UNSET,
+            ended: false,
+            initial: attributes.map(Bound::unbind),
+        })
+    }
+
+    fn recording(&self) -> bool {
+        !self.ended
+            && self
+                .ctx
+                .as_ref()
+                .is_some_and(|c| c.get().sampled || c.get().kept.is_some())
+    }
+
+    fn attribute(&mut self, key: String, value: String) {
+        let side = self.side.get_or_insert_with(Box::default);
+        if let Some(slot) = side.attributes.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else if side.attributes.len() < MAX_ATTRIBUTES {
+            side.attributes.push((key, value));
+        }
+    }
+
+    fn begin(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.ctx.is_some() {
+            return Err(PyValueError::new_err(format!(
+                "span {:?} was already started; make a new one per use",
+                &*self.name
+            )));
+        }
+        let rec = self.rec.get().live();
+        let otel = otel_loaded(py);
+        let parent: Option<Bound<'_, SpanContext>> = match &self.parent {
+            Some(p) => Some(p.bind(py).clone()),
+            None => {
+                let ours = current(py);
+                // OpenTelemetry's current span is the parent when we have
+                // none, or when it is a span of our trace started inside
+                // ours (ours is OpenTelemetry's current one while it runs).
+                let theirs = if otel {
+                    helpers(py)?
+                        .call_method0("_otel_parent")
+                        .ok()
+                        .and_then(|o| o.cast_into::<SpanContext>().ok())
+                } else {
+                    None
+                };
+                match (ours, theirs) {
+                    (Some(o), Some(t))
+                        if t.get().trace_id == o.get().trace_id
+                            && t.get().span_id != o.get().span_id =>
+                    {
+                        let t = t.get();
+                        Some(Bound::new(
+                            py,
+                            SpanContext {
+                                trace_id: t.trace_id,
+                                span_id: t.span_id,
+                                sampled: o.get().sampled,
+                                remote: false,
+                                trace_state: o.get().trace_state.clone(),
+                                kept: o.get().kept.clone(),
+                            },
+                        )?)
+                    }
+                    (Some(o), _) => Some(o),
+                    (None, t) => t,
+                }
+            }
+        };
+        let span_id = random_u64();
+        let ctx = match parent {
+            Some(p) => {
+                let p = p.get();
+                self.parent_span_id = p.span_id;
+                self.local_root = p.remote;
+                let kept = if p.sampled {
+                    None
+                } else {
+                    p.kept.clone().or_else(|| Some(Arc::new(Kept::default())))
+                };
+                SpanContext {
+                    trace_id: p.trace_id,
+                    span_id,
+                    sampled: p.sampled,
+                    remote: false,
+                    trace_state: p.trace_state.clone(),
+                    kept,
+                }
+            }
+            None => {
+                let rate = rec.trace_sample_rate;
+                #[allow(clippy::cast_precision_loss)]
+                let sampled =
+                    rate >= 1.0 || (random_u64() as f64) < rate * 18_446_744_073_709_551_616.0;
+                SpanContext {
+                    trace_id: random_u128(),
+                    span_id,
+                    sampled,
+                    remote: false,
+                    trace_state: None,
+                    kept: (!sampled).then(|| Arc::new(Kept::default())),
+                }
+            }
+        };
+        let ctx = Py::new(py, ctx)?;
+        let var = current_var(py);
+        // SAFETY: `var` is a live ContextVar and `ctx` a live object; the
+        // returned token is a new reference (NULL with an exception set on
+        // failure).
+        let token = unsafe { PyContextVar_Set(var.as_ptr(), ctx.as_ptr()) };
+        if token.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: non-NULL new reference.
+        self.token = Some(unsafe { Py::from_owned_ptr(py, token) });
+        if otel {
+            self.otel_token = helpers(py)?
+                .call_method1("_otel_attach", (ctx.clone_ref(py),))
+                .ok()
+                .filter(|t| !t.is_none())
+                .map(Bound::unbind);
+        }
+        self.ctx = Some(ctx);
+        if let Some(attrs) = self.initial.take() {
+            for (k, v) in attrs.bind(py).iter() {
+                self.attribute(
+                    clip(to_str(&k), MAX_TEXT_BYTES),
+                    clip(to_str(&v), MAX_TEXT_BYTES),
+                );
+            }
+        }
+        self.start_unix_nano = now_unix_nano();
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    fn finish(&mut self, py: Python<'_>, error: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        if self.ended {
+            return Ok(());
+        }
+        let Some(started) = self.started else {
+            return Err(PyValueError::new_err(format!(
+                "span {:?} was never started",
+                &*self.name
+            )));
+        };
+        let duration = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.ended = true;
+        if let Some(token) = self.token.take() {
+            // SAFETY: both are live objects; a token from another context
+            // (a span ended in another task or thread) makes Reset fail
+            // with an exception, cleared below: the span still ends.
+            let rc = unsafe { PyContextVar_Reset(current_var(py).as_ptr(), token.as_ptr()) };
+            if rc < 0 {
+                drop(PyErr::take(py));
+            }
+        }
+        if let Some(t) = self.otel_token.take() {
+            let _ = helpers(py).and_then(|h| h.call_method1("_otel_detach", (t,)));
+        }
+        if let Some(e) = error.filter(|e| !e.is_none()) {
+            let (ty, msg) = error_parts(e);
+            self.side.get_or_insert_with(Box::default).error =
+                Some((clip(ty, MAX_TEXT_BYTES), clip(msg, MAX_TEXT_BYTES)));
+            self.status = STATUS_ERROR;
+        }
+        let Some(ctx) = self.ctx.as_ref() else {
+            return Ok(());
+        };
+        let ctx = ctx.get();
+        let mut side = self.side.take();
+        if let (Some(s), Some(ts)) = (side.as_mut(), ctx.trace_state.as_ref()) {
+            s.trace_state = Some(ts.to_string());
+        } else if let Some(ts) = ctx.trace_state.as_ref() {
+            side = Some(Box::new(Side {
+                trace_state: Some(ts.to_string()),
+                ..Side::default()
+            }));
+        }
+        let done = Finished {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent: self.parent_span_id,
+            start_unix_nano: self.start_unix_nano,
+            duration_nano: duration,
+            status: self.status,
+            kind: self.kind,
+            side: side.map(|s| {
+                let mut s = s;
+                s.name = Some(self.name.to_string());
+                s
+            }),
+        };
+        let done = if done.side.is_none() {
+            Finished {
+                side: Some(Box::new(Side {
+                    name: Some(self.name.to_string()),
+                    ..Side::default()
+                })),
+                ..done
+            }
+        } else {
+            done
+        };
+        let rec = self.rec.get().live();
+        match &ctx.kept {
+            None => done.push(rec),
+            Some(kept) => {
+                let errored = self.status == STATUS_ERROR;
+                let mut held = kept
+                    .spans
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if errored && !kept.errored.swap(true, Ordering::AcqRel) {
+                    for f in held.drain(..) {
+                        f.push(rec);
+                    }
+                }
+                if kept.errored.load(Ordering::Acquire) {
+                    drop(held);
+                    done.push(rec);
+                } else if self.local_root {
+                    // The trace ends here without an error: let it go.
+                    held.clear();
+                } else {
+                    if held.len() >= MAX_KEPT_SPANS {
+                        held.remove(0);
+                    }
+                    held.push(done);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Span {
+    fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
+        let py = slf.py();
+        guard(|| slf.begin(py))?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (_exc_type=None, exc=None, _tb=None))]
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        guard(|| self.finish(py, exc))?;
+        Ok(false)
+    }
+
+    /// Starts the span by hand (and makes it current); end it with `end()`.
+    fn start(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
+        let py = slf.py();
+        guard(|| slf.begin(py))?;
+        Ok(slf)
+    }
+
+    /// Ends the span, with `error` (an exception) marking it failed.
+    #[pyo3(signature = (error=None))]
+    fn end(&mut self, py: Python<'_>, error: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        guard(|| self.finish(py, error))
+    }
+
+    /// Sets an attribute (key and value kept as text, 64 per span).
+    fn set_attribute(&mut self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
+        if self.recording() || self.ctx.is_none() {
+            self.attribute(
+                clip(to_str(key), MAX_TEXT_BYTES),
+                clip(to_str(value), MAX_TEXT_BYTES),
+            );
+        }
+    }
+
+    /// Keeps what came into this stage (the agent's `capture_bytes` cap
+    /// and `redact` hook apply) as the `modeltap.input` attribute.
+    fn set_input(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.capture(py, "input", value)
+    }
+
+    /// Keeps what this stage produced, as the `modeltap.output` attribute.
+    fn set_output(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.capture(py, "output", value)
+    }
+
+    /// Sets the status: `ok=True` (ok) or `ok=False` (error) with an
+    /// optional description.
+    #[pyo3(signature = (ok, description=None))]
+    fn set_status(&mut self, ok: bool, description: Option<String>) {
+        self.status = if ok { STATUS_OK } else { STATUS_ERROR };
+        if let (false, Some(d)) = (ok, description) {
+            let side = self.side.get_or_insert_with(Box::default);
+            if side.error.is_none() {
+                side.error = Some((String::new(), clip(d, MAX_TEXT_BYTES)));
+            }
+        }
+    }
+
+    /// Marks the span failed with `exc` (type and message kept).
+    fn record_exception(&mut self, exc: &Bound<'_, PyAny>) {
+        let (ty, msg) = error_parts(exc);
+        self.side.get_or_insert_with(Box::default).error =
+            Some((clip(ty, MAX_TEXT_BYTES), clip(msg, MAX_TEXT_BYTES)));
+        self.status = STATUS_ERROR;
+    }
+
+    /// The span's context (None before it started).
+    #[getter]
+    fn context(&self, py: Python<'_>) -> Option<Py<SpanContext>> {
+        self.ctx.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    /// The span's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
+
+    /// Used as a decorator: each call of `fn` (sync or `async def`) runs
+    /// in a new span of this name, kind and attributes.
+    fn __call__(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let kind = KINDS
+            .iter()
+            .find(|(_, c)| *c == self.kind)
+            .map_or("internal", |(k, _)| *k);
+        let attrs = self.initial.as_ref().map(|a| a.clone_ref(py));
+        Ok(helpers(py)?
+            .call_method1(
+                "_decorate",
+                (self.rec.clone_ref(py), &*self.name, kind, attrs, func),
+            )?
+            .unbind())
+    }
+}
+
+impl Span {
+    fn capture(&mut self, py: Python<'_>, which: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !self.recording() {
+            return Ok(());
+        }
+        let rec = self.rec.get().live();
+        let Some(hook) = rec.capture.get() else {
+            return Ok(());
+        };
+        // The hook never raises into the caller's stage (it counts its own
+        // failures); a failure here is counted as the agent's error.
+        match hook.bind(py).call1((&*self.name, which, value)) {
+            Ok(text) if !text.is_none() => {
+                self.attribute(format!("modeltap.{which}"), to_str(&text));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                rec.pipe.counters.errors.fetch_add(1, Ordering::Relaxed);
+                if rec.strict {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
