@@ -15,7 +15,10 @@ from modeltap._core import (
     InvalidRecord,
     ReferenceFormatError,
     RequestIds,
+    Span,
+    SpanContext,
     UnsupportedSchemaVersion,
+    current_span_context,
     decode_batch,
     random_id,
 )
@@ -48,9 +51,12 @@ __all__ = [
     "Reference",
     "ReferenceFormatError",
     "RequestIds",
+    "Span",
+    "SpanContext",
     "Store",
     "UnsupportedSchemaVersion",
     "__version__",
+    "current_span_context",
     "decode_batch",
     "random_id",
 ]
