@@ -110,16 +110,19 @@ def test_tracestate_parsing(case, value, want):
 def test_header_names_are_case_insensitive_and_tracestate_lists_combine():
     for name in ("traceparent", "TraceParent", "TRACEPARENT"):
         ctx = modeltap.Agent.extract({name: VALID, "TraceState": "rojo=1"})
-        assert ctx is not None and ctx.trace_id_hex == T
+        assert ctx is not None
+        assert ctx.trace_id_hex == T
         assert ctx.trace_state == "rojo=1"
     # several tracestate headers are one list, in order
     ctx = modeltap.Agent.extract(
         [("traceparent", VALID), ("tracestate", "rojo=1"), ("tracestate", "congo=2")]
     )
-    assert ctx is not None and ctx.trace_state == "rojo=1,congo=2"
+    assert ctx is not None
+    assert ctx.trace_state == "rojo=1,congo=2"
     # bytes headers (ASGI scope)
     ctx = modeltap.Agent.extract([(b"traceparent", VALID.encode())])
-    assert ctx is not None and ctx.span_id_hex == P
+    assert ctx is not None
+    assert ctx.span_id_hex == P
 
 
 def test_duplicate_traceparent_headers_start_a_new_trace():
@@ -128,7 +131,8 @@ def test_duplicate_traceparent_headers_start_a_new_trace():
 
 def test_an_invalid_tracestate_is_dropped_not_the_trace():
     ctx = modeltap.Agent.extract({"traceparent": VALID, "tracestate": "k=1,k=2"})
-    assert ctx is not None and ctx.trace_id_hex == T
+    assert ctx is not None
+    assert ctx.trace_id_hex == T
     assert ctx.trace_state is None
 
 
@@ -152,7 +156,8 @@ def test_email_message_headers_work():
     m["tracestate"] = "a=1"
     m["tracestate"] = "b=2"
     ctx = modeltap.Agent.extract(m)
-    assert ctx is not None and ctx.trace_state == "a=1,b=2"
+    assert ctx is not None
+    assert ctx.trace_state == "a=1,b=2"
 
 
 def test_inject_writes_the_current_span_and_carries_tracestate():

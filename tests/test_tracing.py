@@ -86,7 +86,8 @@ def test_nested_spans_and_the_monitored_record_share_one_trace():
     (rec,) = sink.records()
     assert rec == {"trace_id": tid, "span_id": spans["inference"]["span_ids"]}
     s = a.stats()
-    assert s["spans"] == 4 and s["spans_dropped"] == 0
+    assert s["spans"] == 4
+    assert s["spans_dropped"] == 0
     assert s["logged"] == s["shipped"] == 1
     assert settled(s) == s["logged"]
 
@@ -240,11 +241,17 @@ def test_head_sampling_drops_whole_traces_but_keeps_errors():
     for _ in range(20):
         with a.span("ok"), a.span("inner"):
             pass
-    with pytest.raises(ValueError, match="x"), a.span("failing") as failing:
-        with a.span("early"):
-            pass  # ended before the error: kept all the same
-        with a.span("broken"):
-            raise ValueError("x")
+    failing = a.span("failing")
+
+    def failing_request() -> None:
+        with failing:
+            with a.span("early"):
+                pass  # ended before the error: kept all the same
+            with a.span("broken"):
+                raise ValueError("x")
+
+    with pytest.raises(ValueError, match="x"):
+        failing_request()
     assert not failing.context.sampled
     assert a.flush(10)
     a.close()
@@ -308,7 +315,8 @@ def test_capture_of_inputs_and_outputs_is_capped_and_redacted():
     assert len(out.encode()) <= 200
     assert out.startswith('{"shape":[10000],"dtype":"float64"')
     post = spans["postprocess"]["attributes"]["modeltap.output"]
-    assert len(post.encode()) <= 200 and post.endswith("[10000 bytes]")
+    assert len(post.encode()) <= 200
+    assert post.endswith("[10000 bytes]")
 
 
 def test_capture_off_and_a_failing_redact_never_reach_the_caller():
@@ -342,7 +350,9 @@ def test_spans_before_the_first_record_are_kept():
     a.close()
     assert [s["names"] for s in sink.spans()] == ["warmup", "after"]
     s = a.stats()
-    assert s["spans"] == 2 and s["logged"] == 1 and settled(s) == 1
+    assert s["spans"] == 2
+    assert s["logged"] == 1
+    assert settled(s) == 1
 
 
 def test_a_span_is_used_once_and_misuse_is_a_clear_error():

@@ -75,7 +75,8 @@ def test_a_trace_crosses_an_http_hop_and_shows_as_one_tree(tmp_path):
             server.shutdown()
             server.server_close()
         tid = root.context.trace_id_hex
-        assert gateway.flush(10) and model.flush(10)
+        assert gateway.flush(10)
+        assert model.flush(10)
         gateway.close()
         model.close()
         with modeltap.Client(col.addr) as c:
@@ -114,7 +115,8 @@ def test_a_trace_crosses_an_http_hop_and_shows_as_one_tree(tmp_path):
         assert set(row["stages"]) == set(spans)
 
         bad = _cli("trace", "not-an-id", "--collector", col.addr)
-        assert bad.returncode == 1 and "32 hex digits" in bad.stderr
+        assert bad.returncode == 1
+        assert "32 hex digits" in bad.stderr
         assert "Traceback" not in bad.stderr
 
 
@@ -159,18 +161,25 @@ def test_spans_are_forwarded_to_an_otlp_receiver(tmp_path, receiver):
     with BackgroundCollector(tmp_path / "s.duckdb", otlp_endpoint=addr) as col:
         a = modeltap.Agent("ranker", version="3", collector=col.addr, metrics_interval=None)
         t0 = time.time_ns()
-        with pytest.raises(KeyError), a.span("request", kind="server") as root:
-            with a.span("preprocess"):
-                time.sleep(0.005)
-            with a.span("postprocess"):
-                raise KeyError("nope")
+        root = a.span("request", kind="server")
+
+        def request() -> None:
+            with root:
+                with a.span("preprocess"):
+                    time.sleep(0.005)
+                with a.span("postprocess"):
+                    raise KeyError("nope")
+
+        with pytest.raises(KeyError):
+            request()
         t1 = time.time_ns()
         assert a.flush(10)
         a.close()
         fwd = col.server.forwarder
         assert fwd.flush(20)
         stats = fwd.stats()
-    assert stats["sent"] == 3 and stats["dropped"] == 0
+    assert stats["sent"] == 3
+    assert stats["dropped"] == 0
     assert stats["retries"] >= 2  # the receiver refused the first calls
     got = rec.spans()
     assert len(got) == 3
@@ -212,11 +221,14 @@ def test_an_opentelemetry_sdk_service_joins_the_same_trace(tmp_path):
         tracer = provider.get_tracer("test")
         a = modeltap.Agent("ranker", collector=col.addr, metrics_interval=None)
         try:
-            with tracer.start_as_current_span("gateway") as gw, a.span("model") as ours:
-                # instrumentation inside our stage sees our span as parent
-                with tracer.start_as_current_span("feature-store"):
-                    with a.span("decode"):
-                        pass
+            # instrumentation inside our stage sees our span as parent
+            with (
+                tracer.start_as_current_span("gateway") as gw,
+                a.span("model") as ours,
+                tracer.start_as_current_span("feature-store"),
+                a.span("decode"),
+            ):
+                pass
         finally:
             assert a.flush(10)
             a.close()
@@ -234,7 +246,8 @@ def test_an_opentelemetry_sdk_service_joins_the_same_trace(tmp_path):
         assert spans["decode"]["parent_span_id"] == spans["feature-store"]["span_id"]
         r = _cli("trace", tid, "--collector", col.addr)
         assert r.returncode == 0, r.stderr
-        assert "api-gateway" in r.stdout and "feature-store" in r.stdout
+        assert "api-gateway" in r.stdout
+        assert "feature-store" in r.stdout
     # the OpenTelemetry context is restored after our spans
     assert not trace.get_current_span().get_span_context().is_valid
 
