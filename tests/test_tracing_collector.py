@@ -284,3 +284,49 @@ def test_otlp_in_refuses_garbage_and_counts_bad_spans(tmp_path):
         assert [s["name"] for s in got["spans"]] == ["ok"]
         assert got["spans"][0]["service"] == "unknown_service"
         assert got["spans"][0]["duration_ns"] == 10
+
+
+def test_stage_latency_merges_across_replicas_and_time(tmp_path):
+    with BackgroundCollector(tmp_path / "s.duckdb") as col:
+        replicas = [
+            modeltap.Agent("ranker", version="1", collector=col.addr, metrics_interval=None)
+            for _ in range(2)
+        ]
+        waits = {0: 0.001, 1: 0.004}  # replica 1 is slower at inference
+        for i, a in enumerate(replicas):
+            for _ in range(60):
+                with a.span("request", kind="server"):
+                    with a.span("preprocess"):
+                        pass
+                    with a.span("inference"):
+                        time.sleep(waits[i])
+            with pytest.raises(RuntimeError), a.span("request"):
+                raise RuntimeError("x")
+        for a in replicas:
+            assert a.flush(10)
+        local = replicas[1].stage_latency()
+        for a in replicas:
+            a.close()
+        with modeltap.Client(col.addr) as c:
+            rows = {(r["stage"], r["end_to_end"]): r for r in c.stage_latency("ranker")}
+    inf = rows[("inference", False)]
+    assert inf["spans"] == 120
+    # half the spans take >= 1 ms, half >= 4 ms: p50 from the 1 ms half,
+    # p99 from the 4 ms half (buckets are 2^(1/4) wide)
+    assert 0.0009 < inf["p50_s"] < 0.004
+    assert inf["p99_s"] >= 0.004 / 1.2
+    req = rows[("request", True)]
+    assert req["spans"] == 122
+    assert req["errors"] == 2
+    assert rows[("request", False)]["spans"] == 122
+    assert rows[("preprocess", False)]["p99_s"] < inf["p50_s"]
+    # one replica's own view
+    mine = {(r["stage"], r["end_to_end"]): r for r in local}
+    assert mine[("inference", False)]["spans"] == 60
+    assert mine[("inference", False)]["p50_s"] >= 0.004 / 1.2
+    # the CLI reads the same from the store
+    r = _cli("latency", "--model", "ranker", "--store", str(tmp_path / "s.duckdb"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert {(x["stage"], x["end_to_end"]): x["spans"] for x in json.loads(r.stdout)} == {
+        k: v["spans"] for k, v in rows.items()
+    }

@@ -43,6 +43,7 @@ __all__ = [
     "random_id",
     "reference_info",
     "spell_floats",
+    "stage_latency",
 ]
 
 __version__: str
@@ -255,6 +256,7 @@ class Span:
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]: ...
 
 def current_span_context() -> SpanContext | None: ...
+def stage_latency(parts: list[bytes]) -> list[dict[str, Any]]: ...
 
 @final
 class Recorder:

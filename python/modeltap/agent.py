@@ -716,6 +716,21 @@ class Agent:
             parent=parent,
         )
 
+    def stage_latency(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Latency per stage (span name) and end to end (the spans that began
+        their trace here) from this agent's window profiles, optionally only
+        the windows starting in ``[since, until)`` (Unix seconds): spans,
+        errors, mean and p50/p95/p99 seconds. Spans still in the ring count
+        once :meth:`flush` ran."""
+        lo = 0 if since is None else _unix_ns("since", since)
+        hi = 2**64 - 1 if until is None else _unix_ns("until", until)
+        blob = self._rec.profile(lo, hi)
+        if blob is None:
+            return []
+        return tracing.stage_summary(_core.stage_latency([blob]))
+
     @staticmethod
     def extract(headers: Any) -> tracing.SpanContext | None:
         """The trace context of incoming request ``headers`` (W3C

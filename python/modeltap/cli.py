@@ -198,6 +198,23 @@ def _parser() -> argparse.ArgumentParser:
     _source_args(trs)
     trs.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    lat = sub.add_parser(
+        "latency",
+        help="latency per stage and end to end (p50/p95/p99), from the stored profiles",
+        description=(
+            "Print each stage's (span name's) latency and the end-to-end latency of "
+            "requests (spans that began their trace) of a model over a time range: "
+            "spans, errors, mean, p50, p95 and p99, merged from every agent's window "
+            "profiles."
+        ),
+    )
+    lat.add_argument("--model", required=True, help="model name")
+    lat.add_argument("--version", help="model version (default: every version)")
+    lat.add_argument("--since", help="a duration back from now (90s, 15m, 1h, 7d) or a time")
+    lat.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
+    _source_args(lat)
+    lat.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     ref = sub.add_parser("reference", help="build reference files")
     refsub = ref.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
     build = refsub.add_parser(
@@ -286,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _drift(args)
     if args.command in ("trace", "traces"):
         return _traces(args)
+    if args.command == "latency":
+        return _latency(args)
     if args.command == "reference":
         return _reference_build(args)
     return 2
@@ -386,6 +405,51 @@ def _traces(args: argparse.Namespace) -> int:
         return 0
     assert isinstance(data, list)
     console.print(_slowest_table(data, args.model))
+    return 0
+
+
+def _latency(args: argparse.Namespace) -> int:
+    import json
+
+    from modeltap.client import Client, parse_time
+
+    try:
+        if args.store:
+            from modeltap.collector.store import Store
+
+            with Store(args.store) as store:
+                rows = store.stage_latency(
+                    args.model, args.version, parse_time(args.since), parse_time(args.to)
+                )
+        else:
+            with Client(args.collector) as client:
+                rows = client.stage_latency(args.model, args.version, args.since, args.to)
+    except Exception as e:
+        details = e.details() if hasattr(e, "details") else str(e)
+        print(f"modeltap latency: {details}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"modeltap latency: no spans of {args.model} in that range", file=sys.stderr)
+        return 1
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{args.model}: latency per stage")
+    for h in ("stage", "spans", "errors", "mean", "p50", "p95", "p99"):
+        t.add_column(h, justify="left" if h == "stage" else "right")
+    for r in rows:
+        name = f"{r['stage']} (end to end)" if r["end_to_end"] else r["stage"]
+        t.add_row(
+            name,
+            f"{r['spans']:,}",
+            f"{r['errors']:,}",
+            *(f"{r[k] * 1e3:,.3f} ms" for k in ("mean_s", "p50_s", "p95_s", "p99_s")),
+            style="bold" if r["end_to_end"] else None,
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
     return 0
 
 

@@ -109,3 +109,20 @@ class Client:
             q["to_unix_nano"] = parse_time(until)
         rows: list[dict[str, Any]] = self._json("Traces", q)
         return rows
+
+    def stage_latency(
+        self,
+        model: str,
+        version: str | None = None,
+        since: dt.datetime | str | float | None = None,
+        until: dt.datetime | str | float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Latency per stage and end to end of a model (p50/p95/p99
+        seconds), merged by the collector from every agent's profiles."""
+        q: dict[str, Any] = {"model": model, "version": version}
+        if since is not None:
+            q["from_unix_nano"] = parse_time(since)
+        if until is not None:
+            q["to_unix_nano"] = parse_time(until)
+        rows: list[dict[str, Any]] = self._json("Latency", q)
+        return rows

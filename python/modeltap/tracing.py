@@ -195,6 +195,58 @@ def current_span_context() -> SpanContext | None:
     return _core.current_span_context()
 
 
+# -- stage latency -------------------------------------------------------------
+
+LATENCY_BUCKETS = 96
+
+
+def _bucket_seconds(b: int) -> float:
+    """A representative latency of bucket ``b`` (see the core's
+    ``latency_bucket``: bucket 0 is under 1 µs, bucket b >= 1 covers
+    [2^((b-1)/4), 2^(b/4)) µs): its geometric middle."""
+    if b <= 0:
+        return 0.5e-6
+    return float(2.0 ** ((b - 0.5) / 4.0)) * 1e-6
+
+
+def _quantile(counts: list[int], q: float) -> float:
+    total = sum(counts)
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    seen = 0
+    for b, c in enumerate(counts):
+        seen += c
+        if seen >= rank and c:
+            return _bucket_seconds(b)
+    return _bucket_seconds(len(counts) - 1)
+
+
+def stage_summary(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per stage (span name; ``end_to_end`` for the spans that began their
+    trace, by name): spans, errors, mean and p50/p95/p99 in seconds. The
+    quantiles come from log buckets a factor 2^(1/4) wide (within ±9 %)."""
+    rows = []
+    for st in sorted(stages, key=lambda s: (not s["root"], s["name"])):
+        counts = list(st["counts"])
+        n = sum(counts)
+        if n == 0:
+            continue
+        rows.append(
+            {
+                "stage": st["name"],
+                "end_to_end": bool(st["root"]),
+                "spans": n,
+                "errors": int(st["errors"]),
+                "mean_s": st["sum"] / n,
+                "p50_s": _quantile(counts, 0.50),
+                "p95_s": _quantile(counts, 0.95),
+                "p99_s": _quantile(counts, 0.99),
+            }
+        )
+    return rows
+
+
 # -- decorators --------------------------------------------------------------
 
 

@@ -65,6 +65,7 @@ from modeltap.collector.store import (
     drift_data,
     register_reference,
     slowest_traces,
+    stage_latency_data,
     trace_data,
 )
 
@@ -238,6 +239,7 @@ class CollectorServer:
                 "Drift": grpc.unary_unary_rpc_method_handler(self._drift),
                 "Trace": grpc.unary_unary_rpc_method_handler(self._trace),
                 "Traces": grpc.unary_unary_rpc_method_handler(self._traces),
+                "Latency": grpc.unary_unary_rpc_method_handler(self._latency),
             },
         )
         otlp_in = grpc.method_handlers_generic_handler(
@@ -415,6 +417,37 @@ class CollectorServer:
                 )
             )
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
+
+        return await self._answer(context, work, arguments=True)
+
+    async def _latency(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        """``{"model", "version", "from_unix_nano", "to_unix_nano"}`` -> the
+        latency per stage and end to end (JSON)."""
+
+        async def work() -> bytes:
+            q = _json_request(request)
+            model = q.get("model")
+            if not isinstance(model, str) or not model:
+                raise ValueError("name a model")
+            version = q.get("version") or None
+            lo, hi = q.get("from_unix_nano"), q.get("to_unix_nano")
+            for what, t in (("from", lo), ("to", hi)):
+                if t is not None and not 0 <= int(t) <= MAX_UNIX_NANO:
+                    raise ValueError(f"{what}_unix_nano {t} is out of range")
+            data = await asyncio.wrap_future(
+                self.writer.run(
+                    lambda con: stage_latency_data(
+                        con,
+                        model,
+                        version,
+                        int(lo) if lo is not None else None,
+                        int(hi) if hi is not None else None,
+                    )
+                )
+            )
+            return _core.encode_text_response(json.dumps(_json_safe(data)))
 
         return await self._answer(context, work, arguments=True)
 

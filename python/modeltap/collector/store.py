@@ -1421,6 +1421,46 @@ def slowest_traces(
     return rows
 
 
+def stage_latency_data(
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    version: str | None = None,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+) -> list[dict[str, Any]]:
+    """Latency per stage and end to end of a model (every version unless
+    given) over windows starting in ``[since, until)``, summed from every
+    agent's stored window profiles (see ``tracing.stage_summary``)."""
+    from modeltap.tracing import stage_summary
+
+    conds = ["model = ?"]
+    params: list[Any] = [model]
+    if version is not None:
+        conds.append("version = ?")
+        params.append(version)
+    _time_range(conds, params, "window_start", since_ns, until_ns)
+    cur = con.execute(f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params)
+    acc: dict[tuple[str, bool], dict[str, Any]] = {}
+    while chunk := cur.fetchmany(MERGE_CHUNK):
+        try:
+            stages = _core.stage_latency([bytes(r[0]) for r in chunk])
+        except _core.BatchDecodeError:
+            stages = []
+            for r in chunk:  # a damaged part is left out, not the range
+                with contextlib.suppress(_core.BatchDecodeError):
+                    stages.extend(_core.stage_latency([bytes(r[0])]))
+        for st in stages:
+            key = (st["name"], st["root"])
+            have = acc.get(key)
+            if have is None:
+                acc[key] = st
+                continue
+            have["counts"] = [a + b for a, b in zip(have["counts"], st["counts"], strict=False)]
+            have["sum"] += st["sum"]
+            have["errors"] += st["errors"]
+    return stage_summary(list(acc.values()))
+
+
 def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -1553,6 +1593,17 @@ class Store:
     ) -> list[dict[str, Any]]:
         """The slowest traces with their stage breakdown."""
         return slowest_traces(self.con, model, slowest, _ns(since), _ns(until))
+
+    def stage_latency(
+        self,
+        model: str,
+        version: str | None = None,
+        since: dt.datetime | str | int | None = None,
+        until: dt.datetime | str | int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Latency per stage and end to end (p50/p95/p99 seconds), merged
+        from the stored window profiles of every agent."""
+        return stage_latency_data(self.con, model, version, _ns(since), _ns(until))
 
     def system_metrics(self, model: str | None = None) -> pa.Table:
         """System samples (GPU columns are NULL where NVML was absent)."""

@@ -303,6 +303,10 @@ pub struct Pipeline {
     space_cv: Condvar,
     settled_cv: Condvar,
     flush_target: AtomicU64,
+    /// Seals asked for by `flush` before the ring exists (spans only), and
+    /// seals done for them by the drain thread.
+    seals_asked: AtomicU64,
+    seals_done: AtomicU64,
     stop: AtomicBool,
     wake_mask: usize,
     drain: OnceLock<Thread>,
@@ -389,6 +393,8 @@ impl Pipeline {
             space_cv: Condvar::new(),
             settled_cv: Condvar::new(),
             flush_target: AtomicU64::new(0),
+            seals_asked: AtomicU64::new(0),
+            seals_done: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             drain: OnceLock::new(),
             handle: Mutex::new(None),
@@ -850,7 +856,7 @@ impl Pipeline {
     /// has been settled, or `timeout` passes. Returns whether it got there.
     pub fn flush(&self, timeout: Duration) -> bool {
         let Some(ring) = self.ring.get() else {
-            return true;
+            return self.flush_early_spans(timeout);
         };
         let target = ring.tail_pos() as u64;
         if target == 0 {
@@ -866,6 +872,34 @@ impl Pipeline {
             }
             if q.finished && q.items.is_empty() && q.in_hand.is_empty() {
                 return q.settled_upto >= target;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            q = self
+                .settled_cv
+                .wait_timeout(q, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// `flush` before the first record fixed the schema: only spans can be
+    /// waiting. Asks the drain thread to seal what it holds, then waits
+    /// until every queued batch is settled.
+    fn flush_early_spans(&self, timeout: Duration) -> bool {
+        if self.counters.spans.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let asked = self.seals_asked.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake_drain();
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.out);
+        loop {
+            let sealed = self.seals_done.load(Ordering::Acquire) >= asked;
+            if (sealed || q.finished) && q.items.is_empty() && q.in_hand.is_empty() {
+                return true;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -1062,6 +1096,7 @@ impl Pipeline {
         let mut last_system = Instant::now();
         // Off for good once the profiler failed: records still flow.
         let mut profiling = true;
+        let mut profiler_fixed = false;
         let empty_schema = Arc::new(Schema {
             feature_names: Vec::new(),
             categorical: Vec::new(),
@@ -1083,23 +1118,42 @@ impl Pipeline {
                     *b = BatchBuilder::new(Arc::clone(schema));
                 }
             }
+            // The profiler: on the empty schema until the first record fixes
+            // one (spans still count their stage latencies), then rebuilt
+            // for it, keeping the windows profiled so far.
+            let fixed = self.schema.get().is_some();
+            if profiling && (profiler.is_none() || (fixed && !profiler_fixed)) {
+                let compiled = self
+                    .cfg
+                    .reference
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Compiled::new(proto::Reference::default())));
+                let schema = self.schema.get().unwrap_or(&empty_schema);
+                let mut fresh = Profiler::new(compiled, schema, window_ns);
+                if let Some(mut old) = profiler.take() {
+                    for w in old.take() {
+                        fresh.absorb(&w, 0);
+                    }
+                }
+                profiler = Some(fresh);
+                profiler_fixed = fixed;
+            }
             {
                 let mut early = lock(&self.early_spans);
                 if !early.is_empty() {
                     for mut slot in early.drain(..) {
+                        if let Some(prof) = profiler.as_mut() {
+                            if !self.contained("profiling a span", || prof.add_span(&slot)) {
+                                profiler = None;
+                                profiling = false;
+                            }
+                        }
                         b.push(&mut slot);
                     }
                     batch_started.get_or_insert_with(Instant::now);
                 }
             }
-            if let (Some(ring), Some(schema)) = (self.ring.get(), self.schema.get()) {
-                if profiler.is_none() && profiling {
-                    let compiled =
-                        self.cfg.reference.clone().unwrap_or_else(|| {
-                            Arc::new(Compiled::new(proto::Reference::default()))
-                        });
-                    profiler = Some(Profiler::new(compiled, schema, window_ns));
-                }
+            if let Some(ring) = self.ring.get().filter(|_| fixed) {
                 // Categories and labels announced before the records that use
                 // them: learn them before popping.
                 let fresh: Vec<VocabEntry> = lock(&self.vocab).drain(..).collect();
@@ -1138,9 +1192,16 @@ impl Pipeline {
                                 return;
                             }
                             if slot.kind == SlotKind::Span {
-                                // No record: neither profiled nor sampled
-                                // (its trace was sampled when it began).
+                                // No record: not sampled (its trace was
+                                // when it began); its duration counts in
+                                // the window's stage latencies.
                                 self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                                if let Some(prof) = profiler.as_mut() {
+                                    if !self.contained("profiling a span", || prof.add_span(slot)) {
+                                        profiler = None;
+                                        profiling = false;
+                                    }
+                                }
                                 b.push(slot);
                                 return;
                             }
@@ -1189,10 +1250,22 @@ impl Pipeline {
             let flush_now = target > marked && popped >= target;
             let age_due = batch_started.is_some_and(|t| t.elapsed() >= self.cfg.flush_interval);
             let system_due = last_system.elapsed() >= self.cfg.flush_interval;
-            if flush_now || age_due || stopping || (system_due && !lock(&self.system).is_empty()) {
+            let seals_asked = self.seals_asked.load(Ordering::Acquire);
+            let seal_asked = seals_asked > self.seals_done.load(Ordering::Acquire);
+            if flush_now
+                || age_due
+                || stopping
+                || seal_asked
+                || (system_due && !lock(&self.system).is_empty())
+            {
                 self.seal(b, &mut vocab, profiler.as_mut(), &mut seq);
                 batch_started = None;
                 last_system = Instant::now();
+            }
+            if seal_asked {
+                let _q = lock(&self.out);
+                self.seals_done.store(seals_asked, Ordering::Release);
+                self.settled_cv.notify_all();
             }
             if flush_now || stopping {
                 marked = popped;

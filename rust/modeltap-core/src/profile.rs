@@ -43,6 +43,13 @@ pub const MAX_VOCAB_CODES: usize = 65_536;
 /// Latency buckets: bucket i holds latencies in [2^((i-1)/4), 2^(i/4)) µs,
 /// bucket 0 everything below 1 µs, the last everything above.
 pub const LATENCY_BUCKETS: usize = 96;
+/// Most stage names a window profile keeps (see `StageLatency`); spans of
+/// other names count under [`OTHER_STAGE`].
+pub const MAX_STAGES: usize = 64;
+/// The stage the spans of names past [`MAX_STAGES`] count under.
+pub const OTHER_STAGE: &str = "(other)";
+/// Longest stage name kept in a profile (bytes; longer ones are cut).
+pub const MAX_STAGE_NAME: usize = 256;
 
 /// Reference file format version this build writes and the newest it reads.
 /// Version 2 adds a fine and a PSI bin below the reference minimum (its
@@ -534,6 +541,7 @@ pub fn split_columns(
     current.flagged = w.flagged;
     current.latency_counts = std::mem::take(&mut w.latency_counts);
     current.latency_sum = w.latency_sum;
+    current.stages = std::mem::take(&mut w.stages);
     groups.push((current, from));
     Some(groups)
 }
@@ -550,6 +558,62 @@ fn merge_totals(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
         *x = x.saturating_add(*y);
     }
     a.latency_sum += b.latency_sum;
+    merge_stages(&mut a.stages, &b.stages);
+}
+
+/// Adds the stage latencies of `b` to `a` (by name and root; names past
+/// [`MAX_STAGES`] under [`OTHER_STAGE`]).
+pub fn merge_stages(a: &mut Vec<proto::StageLatency>, b: &[proto::StageLatency]) {
+    for st in b {
+        let at = stage_entry(a, &st.name, st.root);
+        if at.counts.len() < st.counts.len() {
+            at.counts.resize(st.counts.len(), 0);
+        }
+        for (x, y) in at.counts.iter_mut().zip(&st.counts) {
+            *x = x.saturating_add(*y);
+        }
+        at.sum += st.sum;
+        at.errors = at.errors.saturating_add(st.errors);
+    }
+}
+
+/// The entry of stage `(name, root)` in `stages`, added if there is room,
+/// else the [`OTHER_STAGE`] entry of the same `root`.
+fn stage_entry<'a>(
+    stages: &'a mut Vec<proto::StageLatency>,
+    name: &str,
+    root: bool,
+) -> &'a mut proto::StageLatency {
+    let find = |stages: &[proto::StageLatency], n: &str| {
+        stages.iter().position(|s| s.root == root && s.name == n)
+    };
+    let named = stages
+        .iter()
+        .filter(|s| s.root == root && s.name != OTHER_STAGE)
+        .count();
+    let i = match find(stages, name) {
+        Some(i) => i,
+        None => {
+            let name = if named < MAX_STAGES {
+                name
+            } else {
+                OTHER_STAGE
+            };
+            match find(stages, name) {
+                Some(i) => i,
+                None => {
+                    stages.push(proto::StageLatency {
+                        name: name.to_owned(),
+                        root,
+                        counts: vec![0; LATENCY_BUCKETS],
+                        ..Default::default()
+                    });
+                    stages.len() - 1
+                }
+            }
+        }
+    };
+    &mut stages[i]
 }
 
 /// Merges window profile `b` into `a`; `a` keeps the earlier start and
@@ -1244,6 +1308,35 @@ pub fn validate_window(w: &proto::WindowProfile) -> Result<(), ProfileError> {
             w.errors, w.flagged, w.records
         ));
     }
+    // MAX_STAGES names and an "(other)" entry, for roots and for the rest.
+    if w.stages.len() > 2 * (MAX_STAGES + 1) {
+        return bad(format!(
+            "{} stages (at most {})",
+            w.stages.len(),
+            2 * (MAX_STAGES + 1)
+        ));
+    }
+    for st in &w.stages {
+        if st.counts.len() > LATENCY_BUCKETS
+            || st.name.len() > MAX_STAGE_NAME
+            || !(st.sum.is_finite() && st.sum >= 0.0)
+        {
+            return bad(format!(
+                "stage {:?}: malformed",
+                st.name.get(..40).unwrap_or("")
+            ));
+        }
+        let n = st
+            .counts
+            .iter()
+            .try_fold(0u64, |acc, &c| acc.checked_add(c));
+        if n.is_none_or(|n| st.errors > n) {
+            return bad(format!(
+                "stage {:?}: more errors than spans",
+                st.name.get(..40).unwrap_or("")
+            ));
+        }
+    }
     for (i, c) in w.columns.iter().enumerate() {
         let col = |why: String| bad(format!("column {i}: {why}"));
         if c.counts.len() > MAX_COUNTS {
@@ -1807,6 +1900,40 @@ impl Profiler {
         }
     }
 
+    /// Counts a span's duration under its stage (its name) in the window
+    /// it started in; `flags & 1` marks the span that began its trace here
+    /// (also counted as a root: the request end to end).
+    pub fn add_span(&mut self, slot: &crate::record::Slot) {
+        let name = slot
+            .side
+            .as_deref()
+            .and_then(|s| s.name.as_deref())
+            .unwrap_or("");
+        let name = if name.len() > MAX_STAGE_NAME {
+            let mut end = MAX_STAGE_NAME;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            &name[..end]
+        } else {
+            name
+        };
+        let wi = self.window(slot.unix_nano);
+        let seconds = slot.latency_s / 1e9;
+        let error = slot.status == 2;
+        let roots: &[bool] = if slot.flags & 1 != 0 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &root in roots {
+            let st = stage_entry(&mut self.windows[wi].stages, name, root);
+            st.counts[latency_bucket(seconds)] += 1;
+            st.sum += seconds.max(0.0);
+            st.errors += u64::from(error);
+        }
+    }
+
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn add_record(
         &mut self,
@@ -2025,6 +2152,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stages_merge_by_name_and_cap_their_names() {
+        let stage = |name: &str, root: bool, n: u64| proto::StageLatency {
+            name: name.into(),
+            root,
+            counts: {
+                let mut c = vec![0; LATENCY_BUCKETS];
+                c[10] = n;
+                c
+            },
+            sum: n as f64,
+            errors: 1,
+        };
+        let mut a = Vec::new();
+        merge_stages(&mut a, &[stage("x", false, 2), stage("x", true, 3)]);
+        merge_stages(&mut a, &[stage("x", false, 5)]);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].counts[10], 7);
+        assert_eq!(a[0].errors, 2);
+        assert_eq!(a[1].counts[10], 3);
+        // past MAX_STAGES names the rest count under "(other)"
+        let many: Vec<_> = (0..MAX_STAGES + 10)
+            .map(|i| stage(&format!("s{i}"), false, 1))
+            .collect();
+        merge_stages(&mut a, &many);
+        let plain: Vec<_> = a.iter().filter(|s| !s.root).collect();
+        assert_eq!(plain.len(), MAX_STAGES + 1);
+        let other = plain.iter().find(|s| s.name == OTHER_STAGE).unwrap();
+        assert_eq!(other.counts[10], 11);
+        let total: u64 = plain.iter().map(|s| s.counts[10]).sum();
+        assert_eq!(total, 7 + (MAX_STAGES + 10) as u64);
+        // a profile carrying them is valid; a forged one is not
+        let mut w = proto::WindowProfile {
+            stages: a,
+            ..Default::default()
+        };
+        assert!(validate_window(&w).is_ok());
+        w.stages[0].errors = 1_000;
+        assert!(validate_window(&w).is_err());
+        w.stages[0].errors = 0;
+        w.stages[0].sum = f64::NAN;
+        assert!(validate_window(&w).is_err());
+        w.stages[0].sum = 0.0;
+        w.stages[0].counts = vec![1; LATENCY_BUCKETS + 1];
+        assert!(validate_window(&w).is_err());
+    }
+
+    #[test]
     fn split_columns_keeps_every_column_once_and_the_totals_last() {
         let w = proto::WindowProfile {
             reference_fingerprint: "f".into(),
@@ -2035,6 +2209,7 @@ mod tests {
             flagged: 3,
             latency_counts: vec![1; 40],
             latency_sum: 1.5,
+            stages: Vec::new(),
             columns: (0..50u64)
                 .map(|i| proto::ColumnProfile {
                     counts: vec![i; 10 + i as usize],

@@ -103,6 +103,14 @@ pub fn profile_heap_bytes(w: &crate::proto::WindowProfile) -> usize {
     let per_column = std::mem::size_of::<crate::proto::ColumnProfile>();
     std::mem::size_of::<crate::proto::WindowProfile>()
         + 8 * w.latency_counts.len()
+        + w.stages
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<crate::proto::StageLatency>()
+                    + s.name.len()
+                    + 8 * s.counts.len()
+            })
+            .sum::<usize>()
         + w.columns
             .iter()
             .map(|c| per_column + 8 * c.counts.len())

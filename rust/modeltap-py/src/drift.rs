@@ -257,6 +257,37 @@ pub fn merge_profiles<'py>(
     })
 }
 
+/// The stage latencies of encoded window profiles, summed (whatever their
+/// references): a list of `{"name", "root", "counts", "sum", "errors"}`
+/// (`counts` over the latency buckets of `latency_bucket`). A damaged part
+/// raises `BatchDecodeError`.
+#[pyfunction]
+pub fn stage_latency<'py>(py: Python<'py>, parts: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyList>> {
+    guard(|| {
+        let stages = py
+            .detach(|| -> Result<Vec<proto::StageLatency>, String> {
+                let mut acc = Vec::new();
+                for (i, p) in parts.iter().enumerate() {
+                    let w = profile::decode_window(p).map_err(|e| format!("profile {i}: {e}"))?;
+                    profile::merge_stages(&mut acc, &w.stages);
+                }
+                Ok(acc)
+            })
+            .map_err(BatchDecodeError::new_err)?;
+        let out = PyList::empty(py);
+        for st in stages {
+            let d = PyDict::new(py);
+            d.set_item("name", st.name)?;
+            d.set_item("root", st.root)?;
+            d.set_item("counts", st.counts)?;
+            d.set_item("sum", st.sum)?;
+            d.set_item("errors", st.errors)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    })
+}
+
 fn parse_rules(m: Option<HashMap<String, (String, f64)>>) -> PyResult<HashMap<String, Rule>> {
     m.unwrap_or_default()
         .into_iter()

@@ -156,6 +156,8 @@ struct Finished {
     duration_nano: u64,
     status: u8,
     kind: u8,
+    /// The span began its trace in this process (no parent, or a remote one).
+    root: bool,
     side: Option<Box<Side>>,
 }
 
@@ -174,7 +176,7 @@ impl Finished {
             {
                 slot.latency_s = self.duration_nano as f64;
             }
-            slot.flags = 0;
+            slot.flags = u32::from(self.root);
             slot.n_outputs = 0;
             slot.n_probabilities = 0;
             slot.status = self.status;
@@ -569,6 +571,7 @@ impl Span {
             duration_nano: duration,
             status: self.status,
             kind: self.kind,
+            root: self.local_root,
             side: side.map(|s| {
                 let mut s = s;
                 s.name = Some(self.name.to_string());
