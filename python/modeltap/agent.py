@@ -709,6 +709,8 @@ class Agent:
         ``span.set_output(y)`` keep what the stage saw and produced (see
         ``capture_bytes``, ``redact``); ``span.set_attribute(k, v)`` adds an
         attribute."""
+        if attributes is None and parent is None and kind == "internal":
+            return self._rec.span(name)
         return self._rec.span(
             name,
             kind=kind,
@@ -799,6 +801,11 @@ class Agent:
                 self._rec.count_error()
                 return None
 
+        def begin_failed() -> None:
+            if self.strict:
+                raise
+            self._rec.count_error()
+
         def end(span: Any, err: BaseException | None) -> None:
             if span is not None:
                 self._safe(span.end, err)
@@ -822,18 +829,48 @@ class Agent:
 
             return awrapper
 
+        perf_counter = time.perf_counter
+        ndarray = np.ndarray
+
         @functools.wraps(target)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            span = begin()
-            t0 = time.perf_counter()
+            # The common case inline (one span, one record): this runs on
+            # every request.
+            span: _core.Span | None
+            try:
+                span = self._rec.span(span_name).start()
+            except Exception:
+                begin_failed()
+                span = None
+            t0 = perf_counter()
             try:
                 out = target(*args, **kwargs)
             except BaseException as e:
                 self._safe(record, args, kwargs, None, t0, e)
                 end(span, e)
                 raise
-            self._safe(record, args, kwargs, out, t0, None)
-            end(span, None)
+            try:
+                latency = perf_counter() - t0
+                x = pick(args, kwargs)
+                if type(x) is ndarray and x.ndim == 2:
+                    self.log_batch(x, out, latency_s=latency)
+                else:
+                    self.log(x, out, latency_s=latency)
+                if span is not None:
+                    span.end()
+            except _core.InvalidRecord:
+                if span is not None:
+                    self._safe(span.end, None)
+                raise
+            except LookupError:
+                self._rec.count_error()
+                end(span, None)
+            except Exception:
+                if self.strict:
+                    raise
+                self._rec.count_error()
+                log.exception("modeltap: failed to record a prediction")
+                end(span, None)
             return out
 
         return wrapper

@@ -286,13 +286,16 @@ impl BatchBuilder {
     }
 
     fn push_span(&mut self, slot: &mut Slot) {
-        let name = slot
-            .side
-            .as_mut()
-            .and_then(|s| s.name.take())
-            .unwrap_or_default();
-        let next = row_u32(self.span_names.len());
-        let code = *self.span_names.entry(name).or_insert(next);
+        let name = slot.span_name.take();
+        let name: &str = name.as_deref().unwrap_or("");
+        let code = match self.span_names.get(name) {
+            Some(&c) => c,
+            None => {
+                let next = row_u32(self.span_names.len());
+                self.span_names.insert(name.to_owned(), next);
+                next
+            }
+        };
         let spans = self.msg.spans.get_or_insert_with(Default::default);
         let row = row_u32(spans.start_unix_nano.len());
         spans

@@ -1904,11 +1904,7 @@ impl Profiler {
     /// it started in; `flags & 1` marks the span that began its trace here
     /// (also counted as a root: the request end to end).
     pub fn add_span(&mut self, slot: &crate::record::Slot) {
-        let name = slot
-            .side
-            .as_deref()
-            .and_then(|s| s.name.as_deref())
-            .unwrap_or("");
+        let name = slot.span_name.as_deref().unwrap_or("");
         let name = if name.len() > MAX_STAGE_NAME {
             let mut end = MAX_STAGE_NAME;
             while !name.is_char_boundary(end) {

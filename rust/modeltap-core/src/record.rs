@@ -65,8 +65,6 @@ pub struct Side {
     pub outputs: Option<Vec<f64>>,
     /// Probabilities when they do not fit the slot's probability width.
     pub probabilities: Option<Vec<f64>>,
-    /// Span name (spans only).
-    pub name: Option<String>,
     /// A window profile (`SlotKind::Profile` only).
     pub profile: Option<Box<crate::proto::WindowProfile>>,
     /// W3C `tracestate` of a span's trace (spans only).
@@ -92,7 +90,6 @@ impl Side {
             + self.categories.iter().map(|(_, v)| s(v) + 8).sum::<usize>()
             + self.outputs.as_ref().map_or(0, |v| 8 * v.len())
             + self.probabilities.as_ref().map_or(0, |v| 8 * v.len())
-            + self.name.as_ref().map_or(0, s)
             + self.trace_state.as_ref().map_or(0, s)
             + self.profile.as_deref().map_or(0, profile_heap_bytes)
     }
@@ -149,6 +146,9 @@ pub struct Slot {
     /// Span kind (spans only), OpenTelemetry's numbers (1 internal, 2
     /// server, 3 client, 4 producer, 5 consumer).
     pub span_kind: u8,
+    /// Span name (spans only): shared, so a span needs no allocation of
+    /// its own for it.
+    pub span_name: Option<std::sync::Arc<str>>,
     /// Pre-allocated value row.
     pub values: Box<[f64]>,
     /// Rare variable-length parts.
@@ -191,6 +191,7 @@ impl Slot {
         self.n_probabilities = 0;
         self.status = 0;
         self.span_kind = 0;
+        self.span_name = None;
         self.side = None;
         self.profiled = false;
     }

@@ -14,7 +14,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use modeltap_core::ids::{hex_u128, random_u128, random_u64};
 use modeltap_core::pipeline::now_unix_nano;
@@ -128,16 +127,40 @@ pub(crate) fn current_ids(py: Python<'_>) -> (u128, u64) {
 /// Whether `opentelemetry.trace` was imported (then its current span is a
 /// parent, and ours is made its current span's context).
 fn otel_loaded(py: Python<'_>) -> bool {
+    static KEY: PyOnceLock<Py<PyString>> = PyOnceLock::new();
+    let key = KEY.get_or_init(py, || PyString::intern(py, "opentelemetry.trace").unbind());
     // SAFETY: returns a borrowed reference to sys.modules (or NULL).
     let modules = unsafe { ffi::PyImport_GetModuleDict() };
     if modules.is_null() {
         return false;
     }
-    // SAFETY: `modules` is a dict; the key is NUL-terminated; the result
-    // is borrowed (NULL when absent, with no exception set).
-    let m = unsafe { ffi::PyDict_GetItemString(modules, c"opentelemetry.trace".as_ptr()) };
-    let _ = py;
+    // SAFETY: `modules` is a dict and `key` a live str (its hash cached);
+    // the result is borrowed, NULL when absent (no exception set).
+    let m = unsafe { ffi::PyDict_GetItem(modules, key.as_ptr()) };
     !m.is_null()
+}
+
+/// `name` as a shared string, from a small cache of this thread's span
+/// names (a span then needs no allocation for its name).
+fn intern(name: &str) -> Arc<str> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<std::collections::HashMap<Box<str>, Arc<str>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    const MAX_CACHED: usize = 1024;
+    NAMES.with(|cell| {
+        let Ok(mut names) = cell.try_borrow_mut() else {
+            return Arc::from(name);
+        };
+        if let Some(a) = names.get(name) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(name);
+        if names.len() < MAX_CACHED {
+            names.insert(Box::from(name), Arc::clone(&a));
+        }
+        a
+    })
 }
 
 /// A trace not sampled: its finished spans, held until its root ends.
@@ -158,6 +181,7 @@ struct Finished {
     kind: u8,
     /// The span began its trace in this process (no parent, or a remote one).
     root: bool,
+    name: Arc<str>,
     side: Option<Box<Side>>,
 }
 
@@ -165,6 +189,7 @@ impl Finished {
     fn push(self, rec: &Recorder) {
         let side_bytes = self.side.as_ref().map_or(0, |s| s.heap_bytes());
         let mut side = self.side;
+        let mut name = Some(self.name);
         rec.pipe.push_span(side_bytes, |slot: &mut Slot| {
             slot.kind = SlotKind::Span;
             slot.unix_nano = self.start_unix_nano;
@@ -181,6 +206,7 @@ impl Finished {
             slot.n_probabilities = 0;
             slot.status = self.status;
             slot.span_kind = self.kind;
+            slot.span_name = name.take();
             slot.side = side.take();
         });
     }
@@ -341,7 +367,7 @@ pub struct Span {
     parent_span_id: u64,
     local_root: bool,
     start_unix_nano: u64,
-    started: Option<Instant>,
+    started: bool,
     token: Option<Py<PyAny>>,
     otel_token: Option<Py<PyAny>>,
     side: Option<Box<Side>>,
@@ -372,14 +398,18 @@ impl Span {
     ) -> PyResult<Self> {
         Ok(Self {
             rec,
-            name: Arc::from(clip(name.to_owned(), MAX_TEXT_BYTES)),
+            name: if name.len() > MAX_TEXT_BYTES {
+                Arc::from(clip(name.to_owned(), MAX_TEXT_BYTES))
+            } else {
+                intern(name)
+            },
             kind: kind_code(kind)?,
             parent,
             ctx: None,
             parent_span_id: 0,
             local_root: true,
             start_unix_nano: 0,
-            started: None,
+            started: false,
             token: None,
             otel_token: None,
             side: None,
@@ -516,7 +546,7 @@ impl Span {
             }
         }
         self.start_unix_nano = now_unix_nano();
-        self.started = Some(Instant::now());
+        self.started = true;
         Ok(())
     }
 
@@ -524,13 +554,15 @@ impl Span {
         if self.ended {
             return Ok(());
         }
-        let Some(started) = self.started else {
+        if !self.started {
             return Err(PyValueError::new_err(format!(
                 "span {:?} was never started",
                 &*self.name
             )));
-        };
-        let duration = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        }
+        // Wall-clock start and end, as OpenTelemetry takes them (a clock
+        // stepped back mid-span gives 0, never a wrapped duration).
+        let duration = now_unix_nano().saturating_sub(self.start_unix_nano);
         self.ended = true;
         if let Some(token) = self.token.take() {
             // SAFETY: both are live objects; a token from another context
@@ -555,13 +587,8 @@ impl Span {
         };
         let ctx = ctx.get();
         let mut side = self.side.take();
-        if let (Some(s), Some(ts)) = (side.as_mut(), ctx.trace_state.as_ref()) {
-            s.trace_state = Some(ts.to_string());
-        } else if let Some(ts) = ctx.trace_state.as_ref() {
-            side = Some(Box::new(Side {
-                trace_state: Some(ts.to_string()),
-                ..Side::default()
-            }));
+        if let Some(ts) = ctx.trace_state.as_ref() {
+            side.get_or_insert_with(Box::default).trace_state = Some(ts.to_string());
         }
         let done = Finished {
             trace_id: ctx.trace_id,
@@ -572,22 +599,8 @@ impl Span {
             status: self.status,
             kind: self.kind,
             root: self.local_root,
-            side: side.map(|s| {
-                let mut s = s;
-                s.name = Some(self.name.to_string());
-                s
-            }),
-        };
-        let done = if done.side.is_none() {
-            Finished {
-                side: Some(Box::new(Side {
-                    name: Some(self.name.to_string()),
-                    ..Side::default()
-                })),
-                ..done
-            }
-        } else {
-            done
+            name: Arc::clone(&self.name),
+            side,
         };
         let rec = self.rec.get().live();
         match &ctx.kept {
