@@ -28,6 +28,7 @@ SECTIONS = {
     "layouts": ("Reference.drift by input layout", ["bench_drift.py", "--layouts"]),
     "frames": ("an Agent given a whole DataFrame against chunks", ["bench_drift.py", "--frames"]),
     "wide": ("3,000,000 x 1,000 features through log_batch", ["bench_wide.py"]),
+    "tracing": ("spans against OpenTelemetry SDK spans", ["bench_tracing.py"]),
     "trust": ("faults, fuzzing, agent memory", ["bench_trust.py"]),
 }
 # Sections that depend on pandas, run again under pandas 2.

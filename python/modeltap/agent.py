@@ -344,6 +344,7 @@ class Agent:
             )
         # The hot path: no Python frame between the caller and the ring.
         self.log = self._rec.log
+        self.__dict__["span"] = self._rec.span  # Agent.span, without a frame
         dest: Destination
         if self.collector is not None:
             spool = (
@@ -838,7 +839,7 @@ class Agent:
             # every request.
             span: _core.Span | None
             try:
-                span = self._rec.span(span_name).start()
+                span = self._rec.start_span(span_name)
             except Exception:
                 begin_failed()
                 span = None

@@ -24,7 +24,7 @@ fn _after_fork() {
 
 /// The current span's context (None outside every span).
 #[pyfunction]
-fn current_span_context(py: Python<'_>) -> Option<Bound<'_, recorder::SpanContext>> {
+fn current_span_context(py: Python<'_>) -> Option<recorder::SpanContext> {
     recorder::current_context(py)
 }
 

@@ -405,10 +405,35 @@ impl Recorder {
         slf: &Bound<'_, Self>,
         name: &str,
         kind: &str,
-        attributes: Option<Bound<'_, PyDict>>,
+        attributes: Option<Bound<'_, PyAny>>,
         parent: Option<Py<SpanContext>>,
     ) -> PyResult<Span> {
+        let attributes = match attributes {
+            None => None,
+            Some(a) => Some(match a.cast_into::<PyDict>() {
+                Ok(d) => d,
+                Err(e) => {
+                    let a = e.into_inner();
+                    let d = PyDict::new(a.py());
+                    d.call_method1("update", (a,))?;
+                    d
+                }
+            }),
+        };
         Span::create(slf.clone().unbind(), name, kind, attributes, parent)
+    }
+
+    /// A span named `name`, started (the inference span of
+    /// `Agent.monitor`: one call instead of two).
+    fn start_span(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<Span>> {
+        let py = slf.py();
+        let span = Py::new(
+            py,
+            Span::create(slf.clone().unbind(), name, "internal", None, None)?,
+        )?;
+        let me = span.as_ptr();
+        span.borrow_mut(py).start_now(py, me)?;
+        Ok(span)
     }
 
     /// Logs one prediction; returns its request id. See `modeltap.Agent.log`.

@@ -4,8 +4,9 @@
 //!
 //! The current span lives in one `contextvars.ContextVar` (threads and
 //! asyncio tasks each see their own), read and set through the C API. Its
-//! value is a [`SpanContext`]: W3C trace id, span id, sampled flag and
-//! `tracestate`. A record logged inside a span carries that span's ids.
+//! value is the current [`Span`] itself, whose [`SpanContext`] holds the
+//! W3C trace id, span id, sampled flag and `tracestate`. A record logged
+//! inside a span carries that span's ids.
 //!
 //! Head sampling: a trace's first local span decides (`trace_sample_rate`),
 //! or follows the sampled flag of a remote parent. The spans of a trace not
@@ -97,8 +98,9 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|m| m.bind(py))
 }
 
-/// The current span's context, if any.
-pub(crate) fn current(py: Python<'_>) -> Option<Bound<'_, SpanContext>> {
+/// The current span's context, if any. The variable holds the current
+/// `Span` itself (no object of its own per span), or a `SpanContext`.
+pub(crate) fn current(py: Python<'_>) -> Option<SpanContext> {
     let var = current_var(py);
     let mut out: *mut ffi::PyObject = std::ptr::null_mut();
     // SAFETY: `var` is a live ContextVar; `out` receives a new reference
@@ -113,15 +115,17 @@ pub(crate) fn current(py: Python<'_>) -> Option<Bound<'_, SpanContext>> {
     }
     // SAFETY: `out` is a new, non-NULL reference handed to us.
     let obj = unsafe { Bound::from_owned_ptr(py, out) };
-    obj.cast_into::<SpanContext>().ok()
+    if let Ok(span) = obj.cast::<Span>() {
+        // A span busy in a call of its own (a capture hook that opened a
+        // span) reads as none: the new span starts a trace of its own.
+        return span.try_borrow().ok().and_then(|s| s.ctx.clone());
+    }
+    obj.cast::<SpanContext>().ok().map(|c| c.get().clone())
 }
 
 /// The ids a record logged now carries: the current span's.
 pub(crate) fn current_ids(py: Python<'_>) -> (u128, u64) {
-    current(py).map_or((0, 0), |c| {
-        let c = c.get();
-        (c.trace_id, c.span_id)
-    })
+    current(py).map_or((0, 0), |c| (c.trace_id, c.span_id))
 }
 
 /// Whether `opentelemetry.trace` was imported (then its current span is a
@@ -214,6 +218,7 @@ impl Finished {
 
 /// A W3C trace context: the trace and span a new span continues.
 #[pyclass(frozen, module = "modeltap._core")]
+#[derive(Clone)]
 pub struct SpanContext {
     pub(crate) trace_id: u128,
     pub(crate) span_id: u64,
@@ -363,7 +368,7 @@ pub struct Span {
     name: Arc<str>,
     kind: u8,
     parent: Option<Py<SpanContext>>,
-    ctx: Option<Py<SpanContext>>,
+    ctx: Option<SpanContext>,
     parent_span_id: u64,
     local_root: bool,
     start_unix_nano: u64,
@@ -419,12 +424,16 @@ impl Span {
         })
     }
 
+    pub(crate) fn start_now(&mut self, py: Python<'_>, me: *mut ffi::PyObject) -> PyResult<()> {
+        guard(|| self.begin(py, me))
+    }
+
     fn recording(&self) -> bool {
         !self.ended
             && self
                 .ctx
                 .as_ref()
-                .is_some_and(|c| c.get().sampled || c.get().kept.is_some())
+                .is_some_and(|c| c.sampled || c.kept.is_some())
     }
 
     fn attribute(&mut self, key: String, value: String) {
@@ -436,7 +445,9 @@ impl Span {
         }
     }
 
-    fn begin(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// Starts the span and makes it current: `me` is this span's object
+    /// (the context variable holds it).
+    fn begin(&mut self, py: Python<'_>, me: *mut ffi::PyObject) -> PyResult<()> {
         if self.ctx.is_some() {
             return Err(PyValueError::new_err(format!(
                 "span {:?} was already started; make a new one per use",
@@ -445,8 +456,8 @@ impl Span {
         }
         let rec = self.rec.get().live();
         let otel = otel_loaded(py);
-        let parent: Option<Bound<'_, SpanContext>> = match &self.parent {
-            Some(p) => Some(p.bind(py).clone()),
+        let parent: Option<SpanContext> = match &self.parent {
+            Some(p) => Some(p.get().clone()),
             None => {
                 let ours = current(py);
                 // OpenTelemetry's current span is the parent when we have
@@ -456,27 +467,20 @@ impl Span {
                     helpers(py)?
                         .call_method0("_otel_parent")
                         .ok()
-                        .and_then(|o| o.cast_into::<SpanContext>().ok())
+                        .and_then(|o| o.cast::<SpanContext>().ok().map(|c| c.get().clone()))
                 } else {
                     None
                 };
                 match (ours, theirs) {
-                    (Some(o), Some(t))
-                        if t.get().trace_id == o.get().trace_id
-                            && t.get().span_id != o.get().span_id =>
-                    {
-                        let t = t.get();
-                        Some(Bound::new(
-                            py,
-                            SpanContext {
-                                trace_id: t.trace_id,
-                                span_id: t.span_id,
-                                sampled: o.get().sampled,
-                                remote: false,
-                                trace_state: o.get().trace_state.clone(),
-                                kept: o.get().kept.clone(),
-                            },
-                        )?)
+                    (Some(o), Some(t)) if t.trace_id == o.trace_id && t.span_id != o.span_id => {
+                        Some(SpanContext {
+                            trace_id: t.trace_id,
+                            span_id: t.span_id,
+                            sampled: o.sampled,
+                            remote: false,
+                            trace_state: o.trace_state,
+                            kept: o.kept,
+                        })
                     }
                     (Some(o), _) => Some(o),
                     (None, t) => t,
@@ -486,20 +490,19 @@ impl Span {
         let span_id = random_u64();
         let ctx = match parent {
             Some(p) => {
-                let p = p.get();
                 self.parent_span_id = p.span_id;
                 self.local_root = p.remote;
                 let kept = if p.sampled {
                     None
                 } else {
-                    p.kept.clone().or_else(|| Some(Arc::new(Kept::default())))
+                    p.kept.or_else(|| Some(Arc::new(Kept::default())))
                 };
                 SpanContext {
                     trace_id: p.trace_id,
                     span_id,
                     sampled: p.sampled,
                     remote: false,
-                    trace_state: p.trace_state.clone(),
+                    trace_state: p.trace_state,
                     kept,
                 }
             }
@@ -518,12 +521,11 @@ impl Span {
                 }
             }
         };
-        let ctx = Py::new(py, ctx)?;
         let var = current_var(py);
-        // SAFETY: `var` is a live ContextVar and `ctx` a live object; the
-        // returned token is a new reference (NULL with an exception set on
-        // failure).
-        let token = unsafe { PyContextVar_Set(var.as_ptr(), ctx.as_ptr()) };
+        // SAFETY: `var` is a live ContextVar and `me` this span's live
+        // object; the returned token is a new reference (NULL with an
+        // exception set on failure).
+        let token = unsafe { PyContextVar_Set(var.as_ptr(), me) };
         if token.is_null() {
             return Err(PyErr::fetch(py));
         }
@@ -531,7 +533,7 @@ impl Span {
         self.token = Some(unsafe { Py::from_owned_ptr(py, token) });
         if otel {
             self.otel_token = helpers(py)?
-                .call_method1("_otel_attach", (ctx.clone_ref(py),))
+                .call_method1("_otel_attach", (ctx.clone(),))
                 .ok()
                 .filter(|t| !t.is_none())
                 .map(Bound::unbind);
@@ -585,7 +587,6 @@ impl Span {
         let Some(ctx) = self.ctx.as_ref() else {
             return Ok(());
         };
-        let ctx = ctx.get();
         let mut side = self.side.take();
         if let Some(ts) = ctx.trace_state.as_ref() {
             side.get_or_insert_with(Box::default).trace_state = Some(ts.to_string());
@@ -638,7 +639,8 @@ impl Span {
 impl Span {
     fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
         let py = slf.py();
-        guard(|| slf.begin(py))?;
+        let me = slf.as_ptr();
+        guard(|| slf.begin(py, me))?;
         Ok(slf)
     }
 
@@ -657,7 +659,8 @@ impl Span {
     /// Starts the span by hand (and makes it current); end it with `end()`.
     fn start(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
         let py = slf.py();
-        guard(|| slf.begin(py))?;
+        let me = slf.as_ptr();
+        guard(|| slf.begin(py, me))?;
         Ok(slf)
     }
 
@@ -711,8 +714,8 @@ impl Span {
 
     /// The span's context (None before it started).
     #[getter]
-    fn context(&self, py: Python<'_>) -> Option<Py<SpanContext>> {
-        self.ctx.as_ref().map(|c| c.clone_ref(py))
+    fn context(&self) -> Option<SpanContext> {
+        self.ctx.clone()
     }
 
     /// The span's name.
