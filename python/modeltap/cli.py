@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         "collector",
         help="run the collector daemon (gRPC in, DuckDB store)",
         description=(
-            "Run the collector daemon: a gRPC server (modeltap.v1.Collector plus the "
-            "standard grpc.health.v1 service) that decodes agents' batches and stores "
+            "Run the collector daemon: a gRPC server (modeltap.v1.Collector, OpenTelemetry's "
+            "OTLP TraceService and the standard grpc.health.v1 service) that decodes "
+            "agents' batches (and OTLP spans) and stores "
             "them exactly once in a DuckDB database, acknowledging a batch only after "
             "its transaction is durably committed. SIGTERM/SIGINT stop accepting "
             "calls, finish those in flight and close the store cleanly."

@@ -1,6 +1,7 @@
 """The collector's gRPC server (grpc.aio): ``modeltap.v1.Collector/Export``,
-``RegisterReference`` and ``Drift``, plus the standard health checking
-service.
+``RegisterReference``, ``Drift``, ``Trace``, ``Traces`` and ``Latency``,
+OpenTelemetry's OTLP ``TraceService/Export`` (spans of services instrumented
+with OpenTelemetry), plus the standard health checking service.
 
 Batches arrive as bytes (no Python protobuf objects), are decoded natively
 on a small thread pool, checked against the range of every column they go
