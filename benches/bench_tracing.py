@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -106,18 +105,6 @@ def _make(kind: str) -> tuple[Callable[[], Any], Callable[[], None], Any]:
     return request_otel, shutdown, None
 
 
-def _back_to_back(fn: Callable[[], Any], rounds: int, per_round: int) -> float:
-    for _ in range(per_round):
-        fn()
-    means = []
-    for _ in range(rounds):
-        t0 = time.perf_counter_ns()
-        for _ in range(per_round):
-            fn()
-        means.append((time.perf_counter_ns() - t0) / per_round)
-    return statistics.median(means)
-
-
 def _paced(fn: Callable[[], Any], agent: Any, rate: float, seconds: float) -> dict[str, float]:
     n = int(rate * seconds)
     lat = np.empty(n)
@@ -151,7 +138,9 @@ def _paced(fn: Callable[[], Any], agent: Any, rate: float, seconds: float) -> di
 def worker(kind: str, quick: bool) -> dict[str, Any]:
     fn, close, agent = _make(kind)
     rounds, per_round = (5, 20_000) if quick else (9, 50_000)
-    b2b = _back_to_back(fn, rounds, per_round)
+    from bench_agent import back_to_back
+
+    b2b = back_to_back(fn, rounds, per_round)
     paced = _paced(fn, agent, 1000.0, 2.0 if quick else 5.0)
     out: dict[str, Any] = {"back_to_back_ns": b2b, **paced}
     if agent is not None:

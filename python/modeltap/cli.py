@@ -154,14 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     when.add_argument("--since", help="a duration back from now (90s, 15m, 1h, 7d) or a time")
     when.add_argument("--from", dest="from_", metavar="TIME", help="start (ISO time)")
     dr.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
-    src = dr.add_mutually_exclusive_group()
-    src.add_argument(
-        "--collector",
-        default="127.0.0.1:7317",
-        metavar="HOST:PORT",
-        help="collector to ask (default 127.0.0.1:7317)",
-    )
-    src.add_argument("--store", metavar="PATH", help="read this store file instead")
+    _source_args(dr)
     dr.add_argument(
         "--rule",
         action="append",

@@ -35,6 +35,18 @@ def parse_time(t: dt.datetime | str | float | None, now: float | None = None) ->
     return int(t.timestamp() * 1e9)
 
 
+def _range(
+    since: dt.datetime | str | float | None, until: dt.datetime | str | float | None
+) -> dict[str, int]:
+    """The time range of a JSON query (keys only for the ends given)."""
+    out = {}
+    if since is not None:
+        out["from_unix_nano"] = parse_time(since)
+    if until is not None:
+        out["to_unix_nano"] = parse_time(until)
+    return {k: v for k, v in out.items() if v is not None}
+
+
 class Client:
     """Talks to ``modeltap collector`` over gRPC."""
 
@@ -102,11 +114,7 @@ class Client:
     ) -> list[dict[str, Any]]:
         """The slowest traces (of spans of ``model``), each with its total
         duration and time per stage."""
-        q: dict[str, Any] = {"model": model, "slowest": slowest}
-        if since is not None:
-            q["from_unix_nano"] = parse_time(since)
-        if until is not None:
-            q["to_unix_nano"] = parse_time(until)
+        q: dict[str, Any] = {"model": model, "slowest": slowest, **_range(since, until)}
         rows: list[dict[str, Any]] = self._json("Traces", q)
         return rows
 
@@ -119,10 +127,6 @@ class Client:
     ) -> list[dict[str, Any]]:
         """Latency per stage and end to end of a model (p50/p95/p99
         seconds), merged by the collector from every agent's profiles."""
-        q: dict[str, Any] = {"model": model, "version": version}
-        if since is not None:
-            q["from_unix_nano"] = parse_time(since)
-        if until is not None:
-            q["to_unix_nano"] = parse_time(until)
+        q: dict[str, Any] = {"model": model, "version": version, **_range(since, until)}
         rows: list[dict[str, Any]] = self._json("Latency", q)
         return rows

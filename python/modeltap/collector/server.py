@@ -384,7 +384,7 @@ class CollectorServer:
 
         async def work() -> bytes:
             q = _json_request(request)
-            tid = str(q.get("trace_id", ""))
+            tid = _text_arg(q, "trace_id") or ""
             data = await asyncio.wrap_future(self.writer.run(lambda con: trace_data(con, tid)))
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
 
@@ -398,24 +398,13 @@ class CollectorServer:
 
         async def work() -> bytes:
             q = _json_request(request)
-            model = q.get("model") or None
-            n = int(q.get("slowest", 10))
-            if not 0 < n <= 10_000:
-                raise ValueError("slowest must be in 1..10000")
-            lo, hi = q.get("from_unix_nano"), q.get("to_unix_nano")
-            for what, t in (("from", lo), ("to", hi)):
-                if t is not None and not 0 <= int(t) <= MAX_UNIX_NANO:
-                    raise ValueError(f"{what}_unix_nano {t} is out of range")
+            model = _text_arg(q, "model")
+            n = q.get("slowest", 10)
+            if type(n) is not int or not 0 < n <= 10_000:
+                raise ValueError("slowest must be an integer in 1..10000")
+            lo, hi = _time_args(q)
             data = await asyncio.wrap_future(
-                self.writer.run(
-                    lambda con: slowest_traces(
-                        con,
-                        model,
-                        n,
-                        int(lo) if lo is not None else None,
-                        int(hi) if hi is not None else None,
-                    )
-                )
+                self.writer.run(lambda con: slowest_traces(con, model, n, lo, hi))
             )
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
 
@@ -429,24 +418,13 @@ class CollectorServer:
 
         async def work() -> bytes:
             q = _json_request(request)
-            model = q.get("model")
-            if not isinstance(model, str) or not model:
+            model = _text_arg(q, "model")
+            if model is None:
                 raise ValueError("name a model")
-            version = q.get("version") or None
-            lo, hi = q.get("from_unix_nano"), q.get("to_unix_nano")
-            for what, t in (("from", lo), ("to", hi)):
-                if t is not None and not 0 <= int(t) <= MAX_UNIX_NANO:
-                    raise ValueError(f"{what}_unix_nano {t} is out of range")
+            version = _text_arg(q, "version")
+            lo, hi = _time_args(q)
             data = await asyncio.wrap_future(
-                self.writer.run(
-                    lambda con: stage_latency_data(
-                        con,
-                        model,
-                        version,
-                        int(lo) if lo is not None else None,
-                        int(hi) if hi is not None else None,
-                    )
-                )
+                self.writer.run(lambda con: stage_latency_data(con, model, version, lo, hi))
             )
             return _core.encode_text_response(json.dumps(_json_safe(data)))
 
@@ -483,6 +461,27 @@ def _json_request(request: bytes) -> dict[str, Any]:
     if not isinstance(q, dict):
         raise ValueError("the request must be a JSON object")
     return q
+
+
+def _text_arg(q: dict[str, Any], key: str) -> str | None:
+    """A string argument of a JSON request (None when absent or empty)."""
+    v = q.get(key)
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{key} must be a string")
+    return v
+
+
+def _time_args(q: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``from_unix_nano`` and ``to_unix_nano`` of a JSON request, checked."""
+    out: list[int | None] = []
+    for key in ("from_unix_nano", "to_unix_nano"):
+        t = q.get(key)
+        if t is not None and (type(t) is not int or not 0 <= t <= MAX_UNIX_NANO):
+            raise ValueError(f"{key} must be Unix nanoseconds in 0..{MAX_UNIX_NANO}")
+        out.append(t)
+    return out[0], out[1]
 
 
 def _span_inserter(table: Any) -> Any:

@@ -864,14 +864,24 @@ impl Pipeline {
         }
         self.flush_target.fetch_max(target, Ordering::AcqRel);
         self.wake_drain();
+        self.wait_out(timeout, |q| {
+            if q.settled_upto >= target {
+                Some(true)
+            } else if q.finished && q.items.is_empty() && q.in_hand.is_empty() {
+                Some(false)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Waits (at most `timeout`) until `done` decides on the out queue.
+    fn wait_out(&self, timeout: Duration, done: impl Fn(&OutQueue) -> Option<bool>) -> bool {
         let deadline = Instant::now() + timeout;
         let mut q = lock(&self.out);
         loop {
-            if q.settled_upto >= target {
-                return true;
-            }
-            if q.finished && q.items.is_empty() && q.in_hand.is_empty() {
-                return q.settled_upto >= target;
+            if let Some(answer) = done(&q) {
+                return answer;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -894,23 +904,10 @@ impl Pipeline {
         }
         let asked = self.seals_asked.fetch_add(1, Ordering::AcqRel) + 1;
         self.wake_drain();
-        let deadline = Instant::now() + timeout;
-        let mut q = lock(&self.out);
-        loop {
+        self.wait_out(timeout, |q| {
             let sealed = self.seals_done.load(Ordering::Acquire) >= asked;
-            if (sealed || q.finished) && q.items.is_empty() && q.in_hand.is_empty() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            q = self
-                .settled_cv
-                .wait_timeout(q, (deadline - now).min(Duration::from_millis(50)))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+            ((sealed || q.finished) && q.items.is_empty() && q.in_hand.is_empty()).then_some(true)
+        })
     }
 
     /// Stops the drain thread after it has moved everything in the ring into
