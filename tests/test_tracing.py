@@ -355,22 +355,6 @@ def test_spans_before_the_first_record_are_kept():
     assert settled(s) == 1
 
 
-def test_a_span_is_used_once_and_misuse_is_a_clear_error():
-    a, _ = _agent()
-    try:
-        s = a.span("once")
-        with s:
-            pass
-        with pytest.raises(ValueError, match="already started"), s:
-            pass
-        with pytest.raises(ValueError, match="kind must be one of"):
-            a.span("x", kind="weird")
-        with pytest.raises(ValueError, match="never started"):
-            a.span("y").end()
-    finally:
-        a.close()
-
-
 def test_a_full_ring_drops_spans_counted_and_records_stay_right():
     gate = threading.Event()
     sink = Sink()
@@ -393,4 +377,131 @@ def test_a_full_ring_drops_spans_counted_and_records_stay_right():
         assert settled(s) == s["logged"] == 501
     finally:
         gate.set()
+        a.close()
+
+
+def test_an_oversized_tracestate_is_cut_by_whole_members_and_stays_a_valid_header():
+    import http.client
+
+    from modeltap import tracing
+
+    members = [f"k{i}={'v' * 200}" for i in range(20)] + [f"s{i}=x" for i in range(12)]
+    state = ",".join(members)  # 32 members, 4 KB: valid, but more than we propagate
+    assert tracing.parse_tracestate(state) == state
+    ctx = modeltap.Agent.extract(
+        {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": state}
+    )
+    a, _ = _agent()
+    try:
+        with a.span("client", parent=ctx):
+            h: dict[str, str] = {}
+            a.inject(h)
+    finally:
+        a.close()
+    out = h["tracestate"]
+    assert len(out) <= 512
+    assert tracing.parse_tracestate(out) == out  # still a valid list
+    kept = out.split(",")
+    assert all(m in members for m in kept)  # whole members only
+    assert kept == [f"s{i}=x" for i in range(12)]  # the long ones went first
+    # and a real HTTP client accepts it
+    conn = http.client.HTTPConnection("127.0.0.1", 9)
+    conn.putrequest("GET", "/")
+    conn.putheader("tracestate", out)
+    conn.close()
+    assert modeltap.SpanContext(1, 1, trace_state="k=\u2026").trace_state is None
+
+
+@pytest.mark.parametrize("otel", [False, True], ids=["alone", "opentelemetry loaded"])
+def test_a_span_ended_out_of_order_or_elsewhere_does_not_stay_current(otel):
+    if otel:
+        import opentelemetry.trace  # noqa: F401  (the bridge publishes our spans)
+    a, _sink = _agent()
+    try:
+        outer = a.span("outer").start()
+        inner = a.span("inner").start()
+        outer.end()  # out of order
+        inner.end()
+        with a.span("next") as nxt:
+            pass
+        assert nxt.context.trace_id != outer.context.trace_id  # a trace of its own
+        assert modeltap.current_span_context() is None
+
+        started = a.span("cross").start()
+        t = threading.Thread(target=started.end)
+        t.start()
+        t.join()
+        with a.span("after") as after:
+            pass
+        assert after.context.trace_id != started.context.trace_id
+    finally:
+        a.close()
+
+
+def test_misuse_is_counted_not_raised_outside_strict():
+    a, _ = _agent()
+    try:
+        s = a.span("once")
+        with s:
+            pass
+        with s:  # reused: counted, the block still runs
+            pass
+        a.span("never").end()
+        a.span("k", kind="weird")
+        with a.span(12345) as odd:  # a name that is no str
+            odd.set_status(False, 404)
+        assert a.stats()["errors"] == 3
+    finally:
+        a.close()
+    strict, _ = _agent(strict=True)
+    try:
+        with pytest.raises(ValueError, match="kind must be one of"):
+            strict.span("k", kind="weird")
+        s = strict.span("once")
+        with s:
+            pass
+        with pytest.raises(ValueError, match="already started"), s:
+            pass
+    finally:
+        strict.close()
+
+
+def test_spans_before_the_first_record_stay_within_the_side_budget():
+    a, sink = _agent(buffer_bytes=1 << 20)  # 128 KiB of side room
+    big = {f"a{i}": "x" * 16_000 for i in range(60)}  # ~1 MB of attributes each
+    try:
+        for _ in range(50):
+            with a.span("heavy", attributes=big):
+                pass
+        s = a.stats()
+        assert s["spans_dropped"] == 50  # none fits; none is kept
+        assert s["side_bytes"] == 0
+        for _ in range(3_000):  # many small ones: drained as they come
+            with a.span("light"):
+                pass
+        assert a.flush(10)
+        s = a.stats()
+        assert s["spans"] == 3_000
+        assert s["spans_dropped"] == 50
+    finally:
+        a.close()
+    assert sum(1 for x in sink.spans() if x["names"] == "light") == 3_000
+
+
+def test_spans_in_a_discarded_batch_are_counted_lost():
+    def refuse(_b: bytes) -> None:
+        raise RuntimeError("sink down")
+
+    a = modeltap.Agent("m", sink=refuse, metrics_interval=None)
+    try:
+        a.log([1.0], 1.0)
+        for _ in range(10):
+            with a.span("s"):
+                pass
+        a.flush(10)
+        s = a.stats()
+        assert s["discarded"] == 1
+        assert s["spans"] == 10
+        assert s["spans_lost"] == 10
+    finally:
         a.close()

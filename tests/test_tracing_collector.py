@@ -277,6 +277,20 @@ def test_otlp_in_refuses_garbage_and_counts_bad_spans(tmp_path):
             bad.trace_id, bad.span_id, bad.name = tid, sid, "bad"
         resp = export(req.SerializeToString(), timeout=10)
         assert resp.partial_success.rejected_spans == 3
+        # a small request that would expand past 8x its size (one long
+        # service name repeated on every span) is refused whole
+        bomb = trace_service_pb2.ExportTraceServiceRequest()
+        rs = bomb.resource_spans.add()
+        kv = rs.resource.attributes.add()
+        kv.key, kv.value.string_value = "service.name", "s" * 16_000
+        spans = rs.scope_spans.add()
+        for i in range(2_000):
+            sp = spans.spans.add()
+            sp.trace_id, sp.span_id = (i + 1).to_bytes(16, "big"), (i + 1).to_bytes(8, "big")
+        with pytest.raises(grpc.RpcError) as e:
+            export(bomb.SerializeToString(), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expands" in e.value.details()
         assert "16 bytes" in resp.partial_success.error_message
         ch.close()
         with modeltap.Client(col.addr) as c:
@@ -330,3 +344,48 @@ def test_stage_latency_merges_across_replicas_and_time(tmp_path):
     assert {(x["stage"], x["end_to_end"]): x["spans"] for x in json.loads(r.stdout)} == {
         k: v["spans"] for k, v in rows.items()
     }
+
+
+def test_forwarding_to_a_hanging_endpoint_counts_every_span_and_closes(tmp_path):
+    from modeltap.collector.otlp import OtlpForwarder
+    from modeltap.collector.store import span_rows_table
+
+    class Hang(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            time.sleep(3)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Hang(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        n = 5_000
+        table = span_rows_table(
+            {
+                "trace_id": [f"{i + 1:032x}" for i in range(n)],
+                "span_id": [f"{i + 1:016x}" for i in range(n)],
+                "name": ["s"] * n,
+                "start_ts": list(range(n)),
+                "start_unix_nano": list(range(n)),
+                "duration_ns": [1] * n,
+            }
+        )
+        fwd = OtlpForwarder(
+            f"127.0.0.1:{port}", max_queue=3_000, timeout_s=0.3, retry_s=0.5, interval_s=0.05
+        )
+        t0 = time.monotonic()
+        fwd.offer(table)  # 2,000 past the queue: dropped at once
+        assert fwd.stats()["dropped"] == 2_000
+        fwd.close(timeout_s=0.5)
+        took = time.monotonic() - t0
+        s = fwd.stats()
+        assert s["sent"] == 0
+        assert s["dropped"] == n  # every span accounted for
+        assert s["queued"] == 0
+        assert not fwd._thread.is_alive()
+        assert took < 5
+        fwd.offer(table)  # after close: counted, not queued
+        assert fwd.stats()["dropped"] == 2 * n
+    finally:
+        server.stop(0)

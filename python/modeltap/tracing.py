@@ -34,7 +34,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from modeltap import _core
 
@@ -369,7 +369,13 @@ def _otel_parent() -> SpanContext | None:
     except ImportError:
         return None
     try:
-        sc = trace.get_current_span().get_span_context()
+        current = trace.get_current_span()
+        if isinstance(current, _bridge_class()):
+            # One of ours, published by _otel_attach: our own variable says
+            # whether it is still current (OpenTelemetry's may be stale when
+            # spans ended out of order).
+            return None
+        sc = current.get_span_context()
         if not sc.is_valid:
             return None
         state = sc.trace_state.to_header() if sc.trace_state else None
@@ -385,14 +391,29 @@ def _otel_parent() -> SpanContext | None:
         return None
 
 
+_BRIDGE: list[type] = []
+
+
+def _bridge_class() -> type:
+    """OpenTelemetry's ``NonRecordingSpan``, marked as one of ours."""
+    if not _BRIDGE:
+        from opentelemetry.trace import NonRecordingSpan
+
+        class ModeltapSpan(NonRecordingSpan):
+            """A modeltap span as OpenTelemetry's current span."""
+
+        _BRIDGE.append(ModeltapSpan)
+    return _BRIDGE[0]
+
+
 def _otel_attach(ctx: SpanContext) -> object | None:
     """Makes ``ctx`` OpenTelemetry's current span context (a non-recording
     span), so instrumentation inside the stage continues our trace. Returns
-    the token to detach it, or None."""
+    what ``_otel_detach`` needs, or None."""
     try:
         from opentelemetry import context, trace
-        from opentelemetry.trace import NonRecordingSpan, TraceFlags, TraceState
         from opentelemetry.trace import SpanContext as OtelContext
+        from opentelemetry.trace import TraceFlags, TraceState
     except ImportError:
         return None
     try:
@@ -404,16 +425,34 @@ def _otel_attach(ctx: SpanContext) -> object | None:
             trace_flags=TraceFlags(0x01 if ctx.sampled else 0x00),
             trace_state=state,
         )
-        return context.attach(trace.set_span_in_context(NonRecordingSpan(sc)))
+        span = _bridge_class()(sc)
+        span._modeltap_previous = context.get_current()
+        span._modeltap_ended = False
+        return (context.attach(trace.set_span_in_context(span)), span)
     except Exception:
         log.debug("modeltap: setting OpenTelemetry's context failed", exc_info=True)
         return None
 
 
-def _otel_detach(token: object) -> None:
+def _otel_detach(handle: object) -> None:
+    """Restores OpenTelemetry's context when our span ends: by its token
+    when the span is OpenTelemetry's current one; spans ended out of order
+    (or elsewhere) are marked ended and stepped over once they surface, so
+    OpenTelemetry never keeps an ended span of ours as its current one."""
     try:
-        from opentelemetry import context
+        from opentelemetry import context, trace
 
-        context.detach(token)  # type: ignore[arg-type]
+        token: Any
+        span: Any
+        token, span = cast("tuple[Any, Any]", handle)
+        span._modeltap_ended = True
+        if trace.get_current_span() is span:
+            context.detach(token)
+        bridge = _bridge_class()
+        for _ in range(256):
+            current = trace.get_current_span()
+            if not (isinstance(current, bridge) and current._modeltap_ended):  # type: ignore[attr-defined]
+                break
+            context.attach(current._modeltap_previous)  # type: ignore[attr-defined]
     except Exception:
         log.debug("modeltap: restoring OpenTelemetry's context failed", exc_info=True)

@@ -271,7 +271,10 @@ class OtlpForwarder:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.retry_s = retry_s
-        self._queue: deque[dict[str, Any]] = deque()
+        # Tables as they arrive (converted to rows on the forwarder's own
+        # thread, never on the caller's), and the spans they hold.
+        self._queue: deque[pa.Table] = deque()
+        self._queued = 0
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._stop = False
@@ -286,23 +289,24 @@ class OtlpForwarder:
         self._thread.start()
 
     def offer(self, table: pa.Table | None) -> None:
-        """Queues the spans of ``table`` (a ``spans`` table); what does not
-        fit the queue is dropped and counted."""
+        """Queues the spans of ``table`` (a ``spans`` table) without
+        converting them (cheap enough for an event loop); what does not fit
+        the queue, or comes after ``close()``, is dropped and counted."""
         if table is None or table.num_rows == 0:
             return
-        rows = rows_of(table)
         with self._cv:
-            room = self.max_queue - len(self._queue)
-            if room < len(rows):
-                self.dropped += len(rows) - max(room, 0)
+            room = 0 if self._stop else max(self.max_queue - self._queued, 0)
+            if room < table.num_rows:
+                lost = table.num_rows - room
+                self.dropped += lost
                 log.warning(
-                    "OTLP forwarding to %s: queue full, %d span(s) dropped",
-                    self.endpoint,
-                    len(rows) - max(room, 0),
+                    "OTLP forwarding to %s: queue full, %d span(s) dropped", self.endpoint, lost
                 )
-                rows = rows[: max(room, 0)]
-            self._queue.extend(rows)
-            self._cv.notify()
+                table = table.slice(0, room)
+            if table.num_rows:
+                self._queue.append(table)
+                self._queued += table.num_rows
+                self._cv.notify()
 
     def stats(self) -> dict[str, int]:
         """Spans sent, dropped, queued; batches sent; retries."""
@@ -310,7 +314,7 @@ class OtlpForwarder:
             return {
                 "sent": self.sent,
                 "dropped": self.dropped,
-                "queued": len(self._queue) + self._in_flight,
+                "queued": self._queued + self._in_flight,
                 "batches": self.batches,
                 "retries": self.retries,
             }
@@ -320,7 +324,7 @@ class OtlpForwarder:
         deadline = time.monotonic() + timeout_s
         with self._cv:
             self._cv.notify()
-            while self._queue or self._in_flight:
+            while self._queued or self._in_flight:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -328,24 +332,39 @@ class OtlpForwarder:
         return True
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Sends what is queued within ``timeout_s``, then stops."""
+        """Sends what is queued within ``timeout_s``, then stops; what is
+        still queued then is counted as dropped."""
         self.flush(timeout_s)
         with self._cv:
             self._stop = True
+            self.dropped += self._queued
+            self._queue.clear()
+            self._queued = 0
             self._cv.notify_all()
-        self._thread.join(timeout_s)
+        # The thread may be inside a call: it gives up at its deadline (a
+        # retry never starts once stopping) and counts that batch dropped.
+        self._thread.join(self.timeout_s + 1.0)
         self._channel.close()
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                if not self._queue and not self._stop:
+                if not self._queued and not self._stop:
                     self._cv.wait(self.interval_s)
-                if self._stop and not self._queue:
+                if self._stop and not self._queued:
                     return
-                n = min(len(self._queue), self.batch_size)
-                batch = [self._queue.popleft() for _ in range(n)]
+                parts: list[pa.Table] = []
+                n = 0
+                while self._queue and n < self.batch_size:
+                    t = self._queue.popleft()
+                    take = min(t.num_rows, self.batch_size - n)
+                    parts.append(t.slice(0, take))
+                    if take < t.num_rows:
+                        self._queue.appendleft(t.slice(take))
+                    n += take
+                self._queued -= n
                 self._in_flight = n
+            batch = [r for t in parts for r in rows_of(t)]
             if batch:
                 ok = self._send(batch)
                 with self._cv:
@@ -369,8 +388,8 @@ class OtlpForwarder:
             try:
                 self._export(data, timeout=self.timeout_s)
                 return True
-            except grpc.RpcError as e:
-                code = e.code() if hasattr(e, "code") else None
+            except Exception as e:  # grpc.RpcError, or a channel closed under us
+                code = e.code() if isinstance(e, grpc.RpcError) and hasattr(e, "code") else None
                 if code not in RETRYABLE or time.monotonic() + delay > deadline or self._stop:
                     log.warning(
                         "OTLP forwarding to %s: %d span(s) dropped (%s)",

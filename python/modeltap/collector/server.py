@@ -55,7 +55,9 @@ from modeltap.collector.otlp import TRACE_SERVICE, OtlpForwarder
 from modeltap.collector.otlp import response as otlp_response
 from modeltap.collector.otlp import spans_from_request as otlp_spans
 from modeltap.collector.store import (
+    MAX_EXPANSION,
     MAX_UNIX_NANO,
+    MIN_DECODED_ALLOWANCE,
     BatchRejected,
     Overloaded,
     StoredDataInvalid,
@@ -151,6 +153,7 @@ class CollectorServer:
         self.watchdog_s = watchdog_s
         self.stall_s = stall_s
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="modeltap-decode")
+        self._otlp_pool = ThreadPoolExecutor(1, thread_name_prefix="modeltap-otlp-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -270,6 +273,7 @@ class CollectorServer:
         if self.forwarder is not None:
             await asyncio.to_thread(self.forwarder.close)
         self._pool.shutdown(wait=True)
+        self._otlp_pool.shutdown(wait=True)
 
     # -- RPCs ----------------------------------------------------------------
 
@@ -436,21 +440,48 @@ class CollectorServer:
         """OTLP/gRPC ``TraceService/Export``: spans of services instrumented
         with plain OpenTelemetry join the same store and traces."""
 
+        size = len(request)
+
         async def work() -> bytes:
+            # The same admission as Export: a flood of OTLP requests is shed
+            # (RESOURCE_EXHAUSTED) rather than queued without bound.
+            if self.exports_in_flight >= self.max_concurrent_rpcs:
+                raise Overloaded(f"{self.exports_in_flight} exports in flight")
             ok, why = self.serving()
             if not ok:
                 raise StoreUnavailable(why)
-            loop = asyncio.get_running_loop()
-            table, rejected, reason = await loop.run_in_executor(self._pool, otlp_spans, request)
-            if table is not None:
-                await asyncio.wrap_future(self.writer.run(_span_inserter(table)))
-                self.otlp_received += table.num_rows
-                if self.forwarder is not None:
-                    self.forwarder.offer(table)
+            if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+                raise Overloaded(
+                    f"{self.pending_bytes} bytes of batches pending (limit "
+                    f"{self.max_pending_bytes})"
+                )
+            self.pending_bytes += size
+            try:
+                loop = asyncio.get_running_loop()
+                # Decoded on a thread of its own: agents' batches keep theirs.
+                table, rejected, reason = await loop.run_in_executor(
+                    self._otlp_pool, otlp_spans, request
+                )
+                if table is not None:
+                    if table.nbytes > max(MAX_EXPANSION * size, MIN_DECODED_ALLOWANCE):
+                        raise _core.BatchDecodeError(
+                            f"out of range: an OTLP request of {size} bytes expands to "
+                            f"{table.nbytes} bytes (at most {MAX_EXPANSION}x)"
+                        )
+                    await asyncio.wrap_future(self.writer.run(_span_inserter(table)))
+                    self.otlp_received += table.num_rows
+                    if self.forwarder is not None:
+                        self.forwarder.offer(table)
+            finally:
+                self.pending_bytes -= size
             self.otlp_rejected += rejected
             return otlp_response(rejected, reason)
 
-        return await self._answer(context, work, arguments=True)
+        self.exports_in_flight += 1
+        try:
+            return await self._answer(context, work, arguments=True)
+        finally:
+            self.exports_in_flight -= 1
 
 
 def _json_request(request: bytes) -> dict[str, Any]:

@@ -1348,7 +1348,8 @@ def trace_data(con: duckdb.DuckDBPyConnection, trace_id: str) -> dict[str, Any]:
     id that is not 32 hex digits."""
     tid = trace_id.strip().lower()
     if not _TRACE_ID.fullmatch(tid):
-        raise ValueError(f"a trace id is 32 hex digits, not {trace_id!r}")
+        shown = trace_id if len(trace_id) <= 64 else f"{trace_id[:64]}... ({len(trace_id)} chars)"
+        raise ValueError(f"a trace id is 32 hex digits, not {shown!r}")
     spans = _dicts(
         con.execute(
             "SELECT trace_id, span_id, parent_span_id, name, kind, start_unix_nano, "

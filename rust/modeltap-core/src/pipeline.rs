@@ -160,6 +160,8 @@ pub struct Counters {
     pub spans: AtomicU64,
     /// Spans dropped: no room in the ring or the side budget.
     pub spans_dropped: AtomicU64,
+    /// Spans in batches discarded or dropped from the spool.
+    pub spans_lost: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -199,6 +201,8 @@ pub struct Stats {
     pub spans: u64,
     /// Spans dropped (no room).
     pub spans_dropped: u64,
+    /// Spans in batches discarded or dropped from the spool.
+    pub spans_lost: u64,
 }
 
 /// What became of a batch the exporter took.
@@ -221,6 +225,8 @@ pub struct EncodedBatch {
     pub seq: u64,
     /// Records in it.
     pub n_records: u64,
+    /// Spans in it.
+    pub n_spans: u64,
     /// The protobuf bytes.
     pub bytes: Vec<u8>,
 }
@@ -236,7 +242,8 @@ enum OutItem {
 struct OutQueue {
     items: VecDeque<OutItem>,
     n_batches: usize,
-    in_hand: HashMap<u64, (u64, usize)>,
+    /// In the exporter's hands: (records, spans, bytes) by batch seq.
+    in_hand: HashMap<u64, (u64, u64, usize)>,
     /// Bytes of the queued and in-hand batches.
     bytes: usize,
     settled_upto: u64,
@@ -606,15 +613,26 @@ impl Pipeline {
     pub fn push_span(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
         if self.ring.get().is_none() {
             let mut early = lock(&self.early_spans);
-            if self.is_stopping() || early.len() >= MAX_EARLY_SPANS {
+            // Charged to the side budget like a slot's side box.
+            let room = self.side_used.load(Ordering::Acquire) + side_bytes <= self.cfg.side_bytes();
+            if self.is_stopping() || early.len() >= MAX_EARLY_SPANS || !room {
                 self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
+                drop(early);
+                self.wake_drain();
                 return false;
             }
+            self.side_used.fetch_add(side_bytes, Ordering::AcqRel);
             let mut slot = Slot::with_stride(0);
             fill(&mut slot);
             slot.kind = SlotKind::Span;
+            slot.side_charge = side_bytes;
             early.push(slot);
+            let half = early.len() == MAX_EARLY_SPANS / 2;
+            drop(early);
             self.counters.spans.fetch_add(1, Ordering::Relaxed);
+            if half {
+                self.wake_drain();
+            }
             return true;
         }
         self.parts_in_ring.fetch_add(1, Ordering::AcqRel);
@@ -746,6 +764,7 @@ impl Pipeline {
                 .saturating_sub(self.parts_in_ring.load(Ordering::Acquire)),
             spans: g(&c.spans),
             spans_dropped: g(&c.spans_dropped),
+            spans_lost: g(&c.spans_lost),
         }
     }
 
@@ -790,7 +809,8 @@ impl Pipeline {
             if let Some(pos) = pos.filter(|&p| p == 0 || q.in_hand.is_empty()) {
                 if let Some(OutItem::Batch(b)) = q.items.remove(pos) {
                     q.n_batches -= 1;
-                    q.in_hand.insert(b.seq, (b.n_records, b.bytes.len()));
+                    q.in_hand
+                        .insert(b.seq, (b.n_records, b.n_spans, b.bytes.len()));
                     self.space_cv.notify_all();
                     return Take::Batch(b);
                 }
@@ -814,9 +834,12 @@ impl Pipeline {
     /// Returns `false` if no such batch was in hand.
     pub fn settle(&self, seq: u64, outcome: Outcome) -> bool {
         let mut q = lock(&self.out);
-        let Some((n, bytes)) = q.in_hand.remove(&seq) else {
+        let Some((n, spans, bytes)) = q.in_hand.remove(&seq) else {
             return false;
         };
+        if matches!(outcome, Outcome::Discarded | Outcome::DroppedSpool) {
+            self.counters.spans_lost.fetch_add(spans, Ordering::Relaxed);
+        }
         q.bytes = q.bytes.saturating_sub(bytes);
         self.space_cv.notify_all();
         self.count_outcome(outcome, n);
@@ -1029,6 +1052,7 @@ impl Pipeline {
             return;
         }
         let n = builder.len() as u64;
+        let n_spans = builder.n_spans() as u64;
         self.remember(&profiles);
         let mut msg = builder.seal(&self.cfg.model, *seq, &*vocab, system, now_unix_nano());
         msg.profiles = profiles;
@@ -1040,6 +1064,7 @@ impl Pipeline {
         self.enqueue(OutItem::Batch(EncodedBatch {
             seq: *seq,
             n_records: n,
+            n_spans,
             bytes,
         }));
         *seq += 1;
@@ -1139,6 +1164,8 @@ impl Pipeline {
                 let mut early = lock(&self.early_spans);
                 if !early.is_empty() {
                     for mut slot in early.drain(..) {
+                        self.side_used
+                            .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
                         if let Some(prof) = profiler.as_mut() {
                             if !self.contained("profiling a span", || prof.add_span(&slot)) {
                                 profiler = None;

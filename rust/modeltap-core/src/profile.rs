@@ -572,7 +572,7 @@ pub fn merge_stages(a: &mut Vec<proto::StageLatency>, b: &[proto::StageLatency])
         for (x, y) in at.counts.iter_mut().zip(&st.counts) {
             *x = x.saturating_add(*y);
         }
-        at.sum += st.sum;
+        at.sum = (at.sum + st.sum).min(f64::MAX);
         at.errors = at.errors.saturating_add(st.errors);
     }
 }
@@ -1330,9 +1330,12 @@ pub fn validate_window(w: &proto::WindowProfile) -> Result<(), ProfileError> {
             .counts
             .iter()
             .try_fold(0u64, |acc, &c| acc.checked_add(c));
-        if n.is_none_or(|n| st.errors > n) {
+        // A span lasts at most ~115 days (1e7 s) for its sum to be believed.
+        #[allow(clippy::cast_precision_loss)]
+        let believable = |n: u64| st.errors <= n && st.sum <= n as f64 * 1e7;
+        if !n.is_some_and(believable) {
             return bad(format!(
-                "stage {:?}: more errors than spans",
+                "stage {:?}: more errors than spans, or a sum past its spans",
                 st.name.get(..40).unwrap_or("")
             ));
         }

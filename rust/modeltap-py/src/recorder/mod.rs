@@ -403,7 +403,7 @@ impl Recorder {
     #[pyo3(signature = (name, *, kind="internal", attributes=None, parent=None))]
     fn span(
         slf: &Bound<'_, Self>,
-        name: &str,
+        name: &Bound<'_, PyAny>,
         kind: &str,
         attributes: Option<Bound<'_, PyAny>>,
         parent: Option<Py<SpanContext>>,
@@ -420,7 +420,11 @@ impl Recorder {
                 }
             }),
         };
-        Span::create(slf.clone().unbind(), name, kind, attributes, parent)
+        let name = match name.cast::<PyString>() {
+            Ok(n) => n.to_cow()?,
+            Err(_) => std::borrow::Cow::Owned(crate::parse::to_str(name)),
+        };
+        Span::create(slf.clone().unbind(), &name, kind, attributes, parent)
     }
 
     /// A span named `name`, started (the inference span of
@@ -677,6 +681,7 @@ impl Recorder {
                 ("in_ring", s.in_ring),
                 ("spans", s.spans),
                 ("spans_dropped", s.spans_dropped),
+                ("spans_lost", s.spans_lost),
                 ("side_bytes", pipe.side_used() as u64),
             ] {
                 d.set_item(k, v)?;

@@ -33,9 +33,35 @@ use crate::parse::to_str;
 /// Spans of a trace not sampled held until its root ends (in case one
 /// ends in an exception); past that the oldest are let go.
 pub(crate) const MAX_KEPT_SPANS: usize = 256;
-/// Longest `tracestate` kept (W3C: at most 32 members; 512 bytes is what
-/// a vendor must propagate).
-const MAX_TRACE_STATE_BYTES: usize = 8 * 1024;
+/// Longest `tracestate` propagated: W3C asks for at least 512 characters,
+/// and for whole members to go when it must be shortened (see
+/// [`limit_trace_state`]).
+const MAX_TRACE_STATE_BYTES: usize = 512;
+/// Members longer than this go first when a `tracestate` is shortened.
+const LONG_TRACE_STATE_MEMBER: usize = 128;
+
+/// `tracestate` cut to [`MAX_TRACE_STATE_BYTES`] the way W3C Trace Context
+/// says: whole members only, those over 128 characters first, then from
+/// the end; never a byte of a member. None when nothing remains, or when
+/// it holds anything but printable ASCII (it goes into a header).
+fn limit_trace_state(s: &str) -> Option<String> {
+    if s.bytes().any(|b| !(0x20..=0x7e).contains(&b)) {
+        return None;
+    }
+    let mut members: Vec<&str> = s
+        .split(',')
+        .map(|m| m.trim_matches([' ', '\t']))
+        .filter(|m| !m.is_empty())
+        .collect();
+    let size = |m: &[&str]| m.iter().map(|x| x.len()).sum::<usize>() + m.len().saturating_sub(1);
+    if size(&members) > MAX_TRACE_STATE_BYTES {
+        members.retain(|m| m.len() <= LONG_TRACE_STATE_MEMBER);
+    }
+    while size(&members) > MAX_TRACE_STATE_BYTES {
+        members.pop();
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
 
 /// Span kinds, OpenTelemetry's numbers.
 const KINDS: [(&str, u8); 5] = [
@@ -101,6 +127,32 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 /// The current span's context, if any. The variable holds the current
 /// `Span` itself (no object of its own per span), or a `SpanContext`.
 pub(crate) fn current(py: Python<'_>) -> Option<SpanContext> {
+    let mut obj = current_object(py)?;
+    // An ended span left current (ended in another thread or task, or out
+    // of order) stands for the one that was current before it.
+    for _ in 0..MAX_DEPTH {
+        if let Ok(span) = obj.cast::<Span>() {
+            // A span busy in a call of its own (a capture hook that opened
+            // a span) reads as none: the new span starts a trace of its own.
+            let s = span.try_borrow().ok()?;
+            if !s.ended {
+                return s.ctx.clone();
+            }
+            let prev = s.previous.as_ref()?.bind(py).clone();
+            drop(s);
+            obj = prev;
+            continue;
+        }
+        return obj.cast::<SpanContext>().ok().map(|c| c.get().clone());
+    }
+    None
+}
+
+/// Ended spans looked through before giving up (nesting depth).
+const MAX_DEPTH: usize = 256;
+
+/// The object the current-span variable holds, if any.
+fn current_object(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
     let var = current_var(py);
     let mut out: *mut ffi::PyObject = std::ptr::null_mut();
     // SAFETY: `var` is a live ContextVar; `out` receives a new reference
@@ -114,13 +166,7 @@ pub(crate) fn current(py: Python<'_>) -> Option<SpanContext> {
         return None;
     }
     // SAFETY: `out` is a new, non-NULL reference handed to us.
-    let obj = unsafe { Bound::from_owned_ptr(py, out) };
-    if let Ok(span) = obj.cast::<Span>() {
-        // A span busy in a call of its own (a capture hook that opened a
-        // span) reads as none: the new span starts a trace of its own.
-        return span.try_borrow().ok().and_then(|s| s.ctx.clone());
-    }
-    obj.cast::<SpanContext>().ok().map(|c| c.get().clone())
+    Some(unsafe { Bound::from_owned_ptr(py, out) })
 }
 
 /// The ids a record logged now carries: the current span's.
@@ -273,8 +319,9 @@ impl SpanContext {
             sampled,
             remote,
             trace_state: trace_state
-                .filter(|s| !s.is_empty())
-                .map(|s| Arc::from(clip(s, MAX_TRACE_STATE_BYTES))),
+                .as_deref()
+                .and_then(limit_trace_state)
+                .map(Arc::from),
             kept: None,
         })
     }
@@ -374,6 +421,13 @@ pub struct Span {
     start_unix_nano: u64,
     started: bool,
     token: Option<Py<PyAny>>,
+    /// What the current-span variable held before this span (see `current`).
+    previous: Option<Py<PyAny>>,
+    /// The address of this span's own object while it is started (only
+    /// compared, never dereferenced).
+    me: Option<usize>,
+    /// Its recorder was already forwarded (to a forked child's) when it began.
+    began_forwarded: bool,
     otel_token: Option<Py<PyAny>>,
     side: Option<Box<Side>>,
     status: u8,
@@ -401,6 +455,17 @@ impl Span {
         attributes: Option<Bound<'_, PyDict>>,
         parent: Option<Py<SpanContext>>,
     ) -> PyResult<Self> {
+        let kind = match kind_code(kind) {
+            Ok(k) => k,
+            Err(e) => {
+                let r = rec.get().live();
+                if r.strict {
+                    return Err(e);
+                }
+                r.pipe.counters.errors.fetch_add(1, Ordering::Relaxed);
+                1 // the caller's path goes on: an internal span
+            }
+        };
         Ok(Self {
             rec,
             name: if name.len() > MAX_TEXT_BYTES {
@@ -408,7 +473,7 @@ impl Span {
             } else {
                 intern(name)
             },
-            kind: kind_code(kind)?,
+            kind,
             parent,
             ctx: None,
             parent_span_id: 0,
@@ -416,12 +481,27 @@ impl Span {
             start_unix_nano: 0,
             started: false,
             token: None,
+            previous: None,
+            me: None,
+            began_forwarded: false,
             otel_token: None,
             side: None,
             status: STATUS_UNSET,
             ended: false,
             initial: attributes.map(Bound::unbind),
         })
+    }
+
+    /// A span used the wrong way: raised in strict mode, else counted as
+    /// one of the agent's errors and logged (the caller's path goes on).
+    fn misuse(&self, py: Python<'_>, msg: &str) -> PyResult<()> {
+        let rec = self.rec.get().live();
+        if rec.strict {
+            return Err(PyValueError::new_err(msg.to_owned()));
+        }
+        rec.pipe.counters.errors.fetch_add(1, Ordering::Relaxed);
+        rec.warn(py, &format!("modeltap: {msg}"));
+        Ok(())
     }
 
     pub(crate) fn start_now(&mut self, py: Python<'_>, me: *mut ffi::PyObject) -> PyResult<()> {
@@ -449,12 +529,17 @@ impl Span {
     /// (the context variable holds it).
     fn begin(&mut self, py: Python<'_>, me: *mut ffi::PyObject) -> PyResult<()> {
         if self.ctx.is_some() {
-            return Err(PyValueError::new_err(format!(
-                "span {:?} was already started; make a new one per use",
-                &*self.name
-            )));
+            return self.misuse(
+                py,
+                &format!(
+                    "span {:?} was already started; make a new one per use",
+                    &*self.name
+                ),
+            );
         }
+        self.began_forwarded = self.rec.get().forward.get().is_some();
         let rec = self.rec.get().live();
+        self.previous = current_object(py).map(Bound::unbind);
         let otel = otel_loaded(py);
         let parent: Option<SpanContext> = match &self.parent {
             Some(p) => Some(p.get().clone()),
@@ -531,6 +616,7 @@ impl Span {
         }
         // SAFETY: non-NULL new reference.
         self.token = Some(unsafe { Py::from_owned_ptr(py, token) });
+        self.me = Some(me as usize);
         if otel {
             self.otel_token = helpers(py)?
                 .call_method1("_otel_attach", (ctx.clone(),))
@@ -557,22 +643,25 @@ impl Span {
             return Ok(());
         }
         if !self.started {
-            return Err(PyValueError::new_err(format!(
-                "span {:?} was never started",
-                &*self.name
-            )));
+            return self.misuse(py, &format!("span {:?} was never started", &*self.name));
         }
         // Wall-clock start and end, as OpenTelemetry takes them (a clock
         // stepped back mid-span gives 0, never a wrapped duration).
         let duration = now_unix_nano().saturating_sub(self.start_unix_nano);
         self.ended = true;
         if let Some(token) = self.token.take() {
-            // SAFETY: both are live objects; a token from another context
-            // (a span ended in another task or thread) makes Reset fail
-            // with an exception, cleared below: the span still ends.
-            let rc = unsafe { PyContextVar_Reset(current_var(py).as_ptr(), token.as_ptr()) };
-            if rc < 0 {
-                drop(PyErr::take(py));
+            // Only while this span is the current one: ending it out of
+            // order, or in another thread or task, leaves the variable as
+            // it is (an ended span there reads as the one before it).
+            let me = self.me.take();
+            let is_current = current_object(py).is_some_and(|o| Some(o.as_ptr() as usize) == me);
+            if is_current {
+                // SAFETY: both are live objects; a token of another
+                // context makes Reset fail with an exception, cleared.
+                let rc = unsafe { PyContextVar_Reset(current_var(py).as_ptr(), token.as_ptr()) };
+                if rc < 0 {
+                    drop(PyErr::take(py));
+                }
             }
         }
         if let Some(t) = self.otel_token.take() {
@@ -603,6 +692,11 @@ impl Span {
             name: Arc::clone(&self.name),
             side,
         };
+        // A span begun before fork() and ended in the child is the
+        // parent's to record (it ends there too).
+        if !self.began_forwarded && self.rec.get().forward.get().is_some() {
+            return Ok(());
+        }
         let rec = self.rec.get().live();
         match &ctx.kept {
             None => done.push(rec),
@@ -694,12 +788,13 @@ impl Span {
     /// Sets the status: `ok=True` (ok) or `ok=False` (error) with an
     /// optional description.
     #[pyo3(signature = (ok, description=None))]
-    fn set_status(&mut self, ok: bool, description: Option<String>) {
+    fn set_status(&mut self, ok: &Bound<'_, PyAny>, description: Option<&Bound<'_, PyAny>>) {
+        let ok = ok.is_truthy().unwrap_or(false);
         self.status = if ok { STATUS_OK } else { STATUS_ERROR };
-        if let (false, Some(d)) = (ok, description) {
+        if let (false, Some(d)) = (ok, description.filter(|d| !d.is_none())) {
             let side = self.side.get_or_insert_with(Box::default);
             if side.error.is_none() {
-                side.error = Some((String::new(), clip(d, MAX_TEXT_BYTES)));
+                side.error = Some((String::new(), clip(to_str(d), MAX_TEXT_BYTES)));
             }
         }
     }
