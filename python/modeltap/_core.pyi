@@ -41,6 +41,7 @@ __all__ = [
     "profile_columns",
     "profile_fingerprint",
     "random_id",
+    "record_latency",
     "reference_info",
     "spell_floats",
     "stage_latency",
@@ -257,6 +258,7 @@ class Span:
 
 def current_span_context() -> SpanContext | None: ...
 def stage_latency(parts: list[bytes]) -> list[dict[str, Any]]: ...
+def record_latency(parts: list[bytes]) -> dict[str, Any]: ...
 
 @final
 class Recorder:

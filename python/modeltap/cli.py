@@ -119,6 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         help="level of the collector's log messages (default: INFO)",
     )
     col.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help=(
+            "serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. "
+            "127.0.0.1:7318 (default: none)"
+        ),
+    )
+    col.add_argument(
         "--otlp-endpoint",
         metavar="HOST:PORT",
         help=(
@@ -292,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_pending_mb=args.max_pending_mb,
             otlp_endpoint=args.otlp_endpoint,
+            http=args.http,
         )
     if args.command == "drift":
         return _drift(args)

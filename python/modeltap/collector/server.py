@@ -144,6 +144,8 @@ class CollectorServer:
         stall_s: float = 60.0,
         writer_options: dict[str, Any] | None = None,
         otlp_endpoint: str | None = None,
+        http: str | None = None,
+        metrics_refresh_s: float = 15.0,
     ) -> None:
         self.listen = listen
         self.store_path = store
@@ -175,6 +177,9 @@ class CollectorServer:
         self.exports_in_flight = 0
         self.peak_pending_bytes = 0
         self.otlp_endpoint = otlp_endpoint
+        self.http = http
+        self.metrics_refresh_s = metrics_refresh_s
+        self.metrics: Any = None  # MetricsServer once started
         self.forwarder: Any = None  # OtlpForwarder once started
         self.otlp_received = 0  # OTLP-in spans stored
         self.otlp_rejected = 0  # OTLP-in spans refused (partial success)
@@ -258,6 +263,10 @@ class CollectorServer:
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         await asyncio.to_thread(self.writer.start)
+        if self.http:
+            from modeltap.collector.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, self.http, refresh_s=self.metrics_refresh_s).start()
         self._refresh_health()
         self._watchdog = asyncio.ensure_future(self._watch())
         await self.server.start()
@@ -265,6 +274,8 @@ class CollectorServer:
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stops accepting calls, finishes those in flight, closes the store."""
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         if self.server is not None:
             await self.server.stop(grace_s)
         if self._watchdog is not None:
@@ -592,6 +603,12 @@ async def _main(
         log.info("registered reference %s for %s %s", fp, model, version)
     host = listen.rsplit(":", 1)[0]
     print(f"modeltap collector listening on {host}:{port}, store {store}", flush=True)
+    if server.metrics is not None:
+        http_host = (server.http or "").rpartition(":")[0] or "127.0.0.1"
+        print(
+            f"metrics on http://{http_host}:{server.metrics.port}/metrics (/healthz, /readyz)",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -627,6 +644,7 @@ def serve(
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
     max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
     otlp_endpoint: str | None = None,
+    http: str | None = None,
 ) -> int:
     """Runs a collector until SIGTERM or SIGINT; returns the exit status."""
     try:
@@ -640,6 +658,7 @@ def serve(
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 max_pending_mb=max_pending_mb,
                 otlp_endpoint=otlp_endpoint,
+                http=http,
             )
         )
     except (OSError, ValueError, _core.ReferenceFormatError) as e:

@@ -779,6 +779,7 @@ class StoreWriter:
         self.reason = "not opened yet"
         self.stored_batches = 0
         self.stored_records = 0
+        self.last_lag_s: float | None = None  # creation to storage, latest batch
         self.duplicates = 0
         self.rejected = 0  # batches the store refused (their data)
         self.abandoned = 0  # batches whose caller gave up before the write
@@ -1067,6 +1068,8 @@ class StoreWriter:
             else:
                 self.stored_batches += 1
                 self.stored_records += b.n_records
+                if b.created_ns:
+                    self.last_lag_s = max(time.time_ns() - b.created_ns, 0) / 1e9
             _settle(b.future, (is_dup, b.n_records))
 
     def _failed(self, group: list[DecodedBatch], e: BaseException) -> None:

@@ -288,6 +288,38 @@ pub fn stage_latency<'py>(py: Python<'py>, parts: Vec<Vec<u8>>) -> PyResult<Boun
     })
 }
 
+/// The prediction latencies of encoded window profiles, summed (whatever
+/// their references): `{"records", "errors", "counts", "sum"}` (`counts`
+/// over the latency buckets of `latency_bucket`). A damaged part raises
+/// `BatchDecodeError`.
+#[pyfunction]
+pub fn record_latency<'py>(py: Python<'py>, parts: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyDict>> {
+    guard(|| {
+        let (records, errors, counts, sum) = py
+            .detach(|| -> Result<(u64, u64, Vec<u64>, f64), String> {
+                let mut counts = vec![0u64; profile::LATENCY_BUCKETS];
+                let (mut records, mut errors, mut sum) = (0u64, 0u64, 0.0f64);
+                for (i, p) in parts.iter().enumerate() {
+                    let w = profile::decode_window(p).map_err(|e| format!("profile {i}: {e}"))?;
+                    records = records.saturating_add(w.records);
+                    errors = errors.saturating_add(w.errors);
+                    for (x, y) in counts.iter_mut().zip(&w.latency_counts) {
+                        *x = x.saturating_add(*y);
+                    }
+                    sum += w.latency_sum;
+                }
+                Ok((records, errors, counts, sum))
+            })
+            .map_err(BatchDecodeError::new_err)?;
+        let d = PyDict::new(py);
+        d.set_item("records", records)?;
+        d.set_item("errors", errors)?;
+        d.set_item("counts", counts)?;
+        d.set_item("sum", sum)?;
+        Ok(d)
+    })
+}
+
 fn parse_rules(m: Option<HashMap<String, (String, f64)>>) -> PyResult<HashMap<String, Rule>> {
     m.unwrap_or_default()
         .into_iter()

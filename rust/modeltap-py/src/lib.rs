@@ -65,6 +65,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::reference_info, m)?)?;
     m.add_function(wrap_pyfunction!(drift::merge_profiles, m)?)?;
     m.add_function(wrap_pyfunction!(drift::stage_latency, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::record_latency, m)?)?;
     m.add_function(wrap_pyfunction!(drift::drift, m)?)?;
     m.add_function(wrap_pyfunction!(drift::profile_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(drift::profile_columns, m)?)?;

@@ -1,0 +1,461 @@
+"""The collector's HTTP port: ``/metrics`` in the Prometheus exposition
+format (through ``prometheus-client``), ``/healthz`` and ``/readyz``.
+
+Two kinds of figures:
+
+- Live ones, read at each scrape from the server and its store writer:
+  batches and records ingested, duplicates, refusals, pending bytes, OTLP
+  spans in and forwarded, the store's size, ingest lag.
+- Figures of the store, computed every ``refresh_s`` by a job on the store
+  writer's thread (a scrape never touches DuckDB) and kept as a snapshot:
+  per model and version, predictions, errors by type, predicted classes,
+  prediction latency and stage latency histograms (from the window
+  profiles, read incrementally: each stored profile is added once), drift
+  per feature over the last ``drift_window_s`` (the statistic and the
+  decision), and the latest system sample of every agent.
+
+Label cardinality is bounded: no request or trace ids; per model at most
+``MAX_FEATURES`` features (those with the largest PSI; the rest are
+summed up in ``modeltap_features_drifted``), ``MAX_CLASSES`` classes and
+``MAX_ERROR_TYPES`` error types (the rest under ``"other"``); stage names
+are at most 64 per window profile already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from modeltap import _core
+
+log = logging.getLogger("modeltap.collector")
+
+MAX_FEATURES = 100
+MAX_CLASSES = 20
+MAX_ERROR_TYPES = 20
+OTHER = "other"
+# Latency buckets of the profiles are 2^(1/4) µs apart; Prometheus buckets
+# take every fourth: 1 µs, 2 µs, ... 2^23 µs (8.4 s), then +Inf.
+BOUNDS = [(2.0**k) * 1e-6 for k in range(24)]
+
+
+def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets of profile latency counts."""
+    out = []
+    total = 0
+    upto = 0
+    for k, le in enumerate(BOUNDS):
+        last = 4 * k  # bucket j covers up to 2^(j/4) µs
+        while upto <= last and upto < len(counts):
+            total += counts[upto]
+            upto += 1
+        out.append((repr(le), float(total)))
+    out.append(("+Inf", float(sum(counts))))
+    return out
+
+
+class StoreFigures:
+    """The snapshot of store figures, refreshed incrementally."""
+
+    def __init__(self, drift_window_s: float) -> None:
+        self.drift_window_s = drift_window_s
+        self.last_profile_rowid = -1
+        self.last_prediction_rowid = -1
+        self.latency: dict[tuple[str, str], dict[str, Any]] = {}
+        self.stages: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
+        self.classes: dict[tuple[str, str], dict[str, int]] = {}
+        self.models: list[tuple[str, str, int, int]] = []
+        self.errors: list[tuple[str, str, str, int]] = []
+        self.drift: list[tuple[str, str, list[dict[str, Any]]]] = []
+        self.system: list[dict[str, Any]] = []
+        self.refreshed_at = 0.0
+
+    def refresh(self, con: Any) -> None:
+        """Runs on the store writer's thread."""
+        self.models = [
+            (str(m), str(v), int(r or 0), int(b))
+            for m, v, r, b in con.execute(
+                "SELECT model, version, sum(n_records), count(*) FROM batches "
+                "WHERE model IS NOT NULL GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+        ]
+        errs = con.execute(
+            "SELECT model, version, coalesce(error_type, ''), count(*) AS n FROM errors "
+            "GROUP BY ALL ORDER BY n DESC"
+        ).fetchall()
+        self.errors = _cap_labels([(m, v, t, n) for m, v, t, n in errs], MAX_ERROR_TYPES)
+        self._profiles(con)
+        self._classes(con)
+        self._drift(con)
+        self.system = [
+            dict(zip(("model", "version", "agent_id", "host", "gpu_index"), r[:5], strict=True))
+            | dict(
+                zip(
+                    (
+                        "process_cpu_percent",
+                        "rss_bytes",
+                        "gpu_utilization_percent",
+                        "gpu_memory_used_bytes",
+                    ),
+                    r[5:],
+                    strict=True,
+                )
+            )
+            for r in con.execute(
+                "SELECT model, version, agent_id, host, gpu_index, process_cpu_percent, "
+                "rss_bytes, gpu_utilization_percent, gpu_memory_used_bytes FROM system_metrics "
+                "WHERE ts > now() - INTERVAL 5 MINUTE "
+                "QUALIFY row_number() OVER (PARTITION BY agent_id, gpu_index ORDER BY ts DESC) = 1"
+            ).fetchall()
+        ]
+        self.refreshed_at = time.time()
+
+    def _profiles(self, con: Any) -> None:
+        cur = con.execute(
+            "SELECT rowid, model, version, profile FROM window_profiles WHERE rowid > ? "
+            "ORDER BY rowid",
+            [self.last_profile_rowid],
+        )
+        while chunk := cur.fetchmany(1024):
+            by_model: dict[tuple[str, str], list[bytes]] = {}
+            for rowid, m, v, blob in chunk:
+                by_model.setdefault((str(m), str(v)), []).append(bytes(blob))
+                self.last_profile_rowid = max(self.last_profile_rowid, int(rowid))
+            for key, blobs in by_model.items():
+                try:
+                    rec = _core.record_latency(blobs)
+                    stages = _core.stage_latency(blobs)
+                except _core.BatchDecodeError:
+                    continue  # a damaged part: left out, as drift does
+                acc = self.latency.setdefault(
+                    key, {"records": 0, "errors": 0, "counts": [0] * 96, "sum": 0.0}
+                )
+                acc["records"] += rec["records"]
+                acc["errors"] += rec["errors"]
+                acc["sum"] += rec["sum"]
+                acc["counts"] = [a + b for a, b in zip(acc["counts"], rec["counts"], strict=False)]
+                for st in stages:
+                    skey = (*key, st["name"], bool(st["root"]))
+                    have = self.stages.setdefault(skey, {"counts": [0] * 96, "sum": 0.0})
+                    have["counts"] = [
+                        a + b for a, b in zip(have["counts"], st["counts"], strict=False)
+                    ]
+                    have["sum"] += st["sum"]
+
+    def _classes(self, con: Any) -> None:
+        row = con.execute("SELECT max(rowid) FROM predictions").fetchone()
+        top = int(row[0]) if row and row[0] is not None else -1
+        if top <= self.last_prediction_rowid:
+            return
+        for m, v, cls, n in con.execute(
+            "SELECT model, version, coalesce(prediction_label, CAST(prediction AS VARCHAR), "
+            "'none'), count(*) FROM predictions WHERE rowid > ? AND rowid <= ? GROUP BY ALL",
+            [self.last_prediction_rowid, top],
+        ).fetchall():
+            counts = self.classes.setdefault((str(m), str(v)), {})
+            name = str(cls)
+            if name not in counts and len(counts) >= MAX_CLASSES:
+                name = OTHER
+            counts[name] = counts.get(name, 0) + int(n)
+        self.last_prediction_rowid = top
+
+    def _drift(self, con: Any) -> None:
+        from modeltap.collector.store import drift_data
+
+        since = time.time_ns() - int(self.drift_window_s * 1e9)
+        out = []
+        pairs = con.execute(
+            'SELECT DISTINCT model, version FROM "references" ORDER BY ALL'
+        ).fetchall()
+        for model, version in pairs:
+            try:
+                data = drift_data(con, str(model), str(version), since, None)
+            except (LookupError, ValueError):
+                continue  # nothing in the window, or nothing usable
+            except Exception:
+                log.debug("drift for %s %s left out of /metrics", model, version, exc_info=True)
+                continue
+            out.append((str(model), str(version), list(data["columns"])))
+        self.drift = out
+
+
+def _cap_labels(rows: list[tuple[Any, Any, Any, int]], cap: int) -> list[tuple[str, str, str, int]]:
+    """(model, version, label, n) rows, at most ``cap`` labels per model and
+    version (the most frequent; the rest summed under "other")."""
+    kept: dict[tuple[str, str], dict[str, int]] = {}
+    for m, v, label, n in rows:
+        per = kept.setdefault((str(m), str(v)), {})
+        name = str(label)
+        if name not in per and len(per) >= cap:
+            name = OTHER
+        per[name] = per.get(name, 0) + int(n)
+    return [(m, v, lab, n) for (m, v), per in kept.items() for lab, n in per.items()]
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class _Collector:
+    """prometheus-client's custom collector over the server and the snapshot."""
+
+    def __init__(self, server: Any, figures: StoreFigures) -> None:
+        self.server = server
+        self.figures = figures
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        s, w, f = self.server, self.server.writer, self.figures
+        c = CounterMetricFamily
+        g = GaugeMetricFamily
+        yield c("modeltap_batches_ingested", "Batches stored.", value=w.stored_batches)
+        yield c("modeltap_records_ingested", "Records stored.", value=w.stored_records)
+        yield c("modeltap_duplicate_batches", "Batches received again.", value=w.duplicates)
+        refused = c("modeltap_exports_refused", "Calls refused, by reason.", labels=["reason"])
+        refused.add_metric(["invalid"], s.rejected)
+        refused.add_metric(["overloaded"], s.shed)
+        refused.add_metric(["internal"], s.internal)
+        yield refused
+        yield g("modeltap_pending_bytes", "Bytes received, not yet stored.", value=s.pending_bytes)
+        yield c("modeltap_otlp_spans_received", "OTLP spans stored.", value=s.otlp_received)
+        yield c("modeltap_otlp_spans_rejected", "OTLP spans refused.", value=s.otlp_rejected)
+        if s.forwarder is not None:
+            st = s.forwarder.stats()
+            fwd = c("modeltap_otlp_spans_forwarded", "Spans forwarded.", labels=["outcome"])
+            fwd.add_metric(["sent"], st["sent"])
+            fwd.add_metric(["dropped"], st["dropped"])
+            yield fwd
+        yield g("modeltap_store_size_bytes", "Store file and its WAL.", value=_store_bytes(w.path))
+        yield g("modeltap_ready", "1 while batches can be stored.", value=float(s.serving()[0]))
+        lag = g(
+            "modeltap_ingest_lag_seconds",
+            "Seconds from a batch's creation to its storage, the latest batch.",
+        )
+        if w.last_lag_s is not None:
+            lag.add_metric([], w.last_lag_s)
+        yield lag
+        yield g(
+            "modeltap_metrics_refreshed_timestamp_seconds",
+            "When the store figures below were computed.",
+            value=f.refreshed_at,
+        )
+        yield from self._store(f)
+
+    def _store(self, f: StoreFigures) -> Iterator[Metric]:
+        mv = ["model", "version"]
+        preds = CounterMetricFamily("modeltap_predictions", "Predictions stored.", labels=mv)
+        batches = CounterMetricFamily("modeltap_batches", "Batches stored.", labels=mv)
+        for m, v, r, b in f.models:
+            preds.add_metric([m, v], r)
+            batches.add_metric([m, v], b)
+        yield preds
+        yield batches
+        errs = CounterMetricFamily(
+            "modeltap_prediction_errors", "Predictions logged with an error.", labels=[*mv, "type"]
+        )
+        for m, v, t, n in f.errors:
+            errs.add_metric([m, v, t], n)
+        yield errs
+        cls = CounterMetricFamily(
+            "modeltap_predictions_by_class",
+            "Predictions by predicted class.",
+            labels=[*mv, "class"],
+        )
+        for (m, v), counts in f.classes.items():
+            for name, n in counts.items():
+                cls.add_metric([m, v, name], n)
+        yield cls
+        lat = HistogramMetricFamily(
+            "modeltap_prediction_latency_seconds", "Prediction latency.", labels=mv
+        )
+        for (m, v), acc in f.latency.items():
+            lat.add_metric([m, v], histogram_buckets(acc["counts"]), sum_value=acc["sum"])
+        yield lat
+        stage = HistogramMetricFamily(
+            "modeltap_stage_latency_seconds",
+            "Span durations per stage (end_to_end: spans that began their trace).",
+            labels=[*mv, "stage", "end_to_end"],
+        )
+        for (m, v, name, root), acc in f.stages.items():
+            stage.add_metric(
+                [m, v, name, "true" if root else "false"],
+                histogram_buckets(acc["counts"]),
+                sum_value=acc["sum"],
+            )
+        yield stage
+        stat = GaugeMetricFamily(
+            "modeltap_feature_drift",
+            f"Drift statistic per feature over the last window (at most {MAX_FEATURES} "
+            "features per model: those with the largest PSI).",
+            labels=[*mv, "feature", "statistic"],
+        )
+        drifted = GaugeMetricFamily(
+            "modeltap_feature_drifted",
+            "1 where the feature's drift decision is drifted.",
+            labels=[*mv, "feature"],
+        )
+        total = GaugeMetricFamily(
+            "modeltap_features_drifted", "Features (and outputs) drifted, all of them.", labels=mv
+        )
+        for m, v, cols in f.drift:
+            total.add_metric([m, v], sum(1 for c in cols if c.get("drifted")))
+            ranked = sorted(cols, key=lambda c: -(_finite(c.get("psi")) or 0.0))
+            for col in ranked[:MAX_FEATURES]:
+                name = str(col["feature"])
+                for key in ("psi", "ks", "js", "wasserstein", "hellinger", "chi2"):
+                    val = _finite(col.get(key))
+                    if val is not None:
+                        stat.add_metric([m, v, name, key], val)
+                drifted.add_metric([m, v, name], 1.0 if col.get("drifted") else 0.0)
+        yield stat
+        yield drifted
+        yield total
+        agent_labels = ["model", "version", "agent_id", "host"]
+        gauge = GaugeMetricFamily
+        cpu = gauge("modeltap_agent_cpu_percent", "Agent process CPU.", labels=agent_labels)
+        rss = gauge("modeltap_agent_rss_bytes", "Agent process RSS.", labels=agent_labels)
+        gpu_l = [*agent_labels, "gpu"]
+        gu = gauge("modeltap_agent_gpu_utilization_percent", "GPU use.", labels=gpu_l)
+        gm = gauge("modeltap_agent_gpu_memory_used_bytes", "GPU memory used.", labels=gpu_l)
+        seen: set[str] = set()
+        for row in f.system:
+            labels = [str(row[k] or "") for k in agent_labels]
+            if row["agent_id"] not in seen:
+                seen.add(row["agent_id"])
+                if (x := _finite(row["process_cpu_percent"])) is not None:
+                    cpu.add_metric(labels, x)
+                if (x := _finite(row["rss_bytes"])) is not None:
+                    rss.add_metric(labels, x)
+            if row["gpu_index"] is not None:  # absent without NVML: no series, never 0
+                if (x := _finite(row["gpu_utilization_percent"])) is not None:
+                    gu.add_metric([*labels, str(row["gpu_index"])], x)
+                if (x := _finite(row["gpu_memory_used_bytes"])) is not None:
+                    gm.add_metric([*labels, str(row["gpu_index"])], x)
+        yield from (cpu, rss, gu, gm)
+
+
+def _store_bytes(path: Any) -> float:
+    total = 0
+    for p in (str(path), str(path) + ".wal"):
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(p)
+    return float(total)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+class _ThreadingServer(WSGIServer):
+    daemon_threads = True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        t = threading.Thread(target=self._handle, args=(request, client_address), daemon=True)
+        t.start()
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` on ``listen`` (HOST:PORT;
+    port 0 picks one), with the store figures refreshed every ``refresh_s``."""
+
+    def __init__(
+        self,
+        server: Any,
+        listen: str,
+        *,
+        refresh_s: float = 15.0,
+        drift_window_s: float = 3600.0,
+    ) -> None:
+        self.server = server
+        self.refresh_s = refresh_s
+        self.figures = StoreFigures(drift_window_s)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(server, self.figures))
+        host, _, port = listen.rpartition(":")
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                out: list[bytes] = metrics_app(environ, start_response)
+                return out
+            if path == "/healthz":
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            if path == "/readyz":
+                ok, why = server.serving()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "text/plain")])
+                return [(("ready" if ok else f"not ready: {why}") + "\n").encode()]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: /metrics, /healthz, /readyz\n"]
+
+        self.httpd = make_server(
+            host or "127.0.0.1",
+            int(port),
+            app,
+            server_class=_ThreadingServer,
+            handler_class=_QuietHandler,
+        )
+        self.port = int(self.httpd.server_port)
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self.httpd.serve_forever, name="modeltap-http", daemon=True),
+            threading.Thread(target=self._refresh_loop, name="modeltap-figures", daemon=True),
+        ]
+
+    def start(self) -> MetricsServer:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def refresh(self, timeout_s: float = 60.0) -> bool:
+        """Recomputes the store figures now (on the store writer's thread)."""
+        try:
+            self.server.writer.run(self.figures.refresh).result(timeout_s)
+            return True
+        except Exception:
+            log.warning("refreshing the store figures for /metrics failed", exc_info=True)
+            return False
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._stop.wait(self.refresh_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        for t in self._threads:
+            t.join(5)
