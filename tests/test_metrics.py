@@ -105,6 +105,12 @@ def test_metrics_hold_what_was_logged(loaded):
     # agents' system samples (GPU series only where NVML read a GPU: never zeros)
     assert any(x.labels["model"] == "m" for x in s.get("modeltap_agent_rss_bytes", []))
     assert all(x.value > 0 for x in s.get("modeltap_agent_rss_bytes", []))
+    # what the agents counted themselves, carried by their batches
+    assert _value(s, "modeltap_agent_records_logged_total", model="m") == 300
+    assert _value(s, "modeltap_agent_records_logged_total", model="many") == 60
+    for reason in ("full", "spool", "discarded", "invalid"):
+        assert _value(s, "modeltap_agent_records_dropped_total", model="m", reason=reason) == 0
+    assert _value(s, "modeltap_agent_spans_dropped_total", model="m") == 0
     # no request or trace ids anywhere in the labels
     for samples in s.values():
         for x in samples:

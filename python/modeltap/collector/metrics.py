@@ -83,6 +83,7 @@ class StoreFigures:
         self.errors: list[tuple[str, str, str, int]] = []
         self.drift: list[tuple[str, str, list[dict[str, Any]]]] = []
         self.system: list[dict[str, Any]] = []
+        self.agents: list[dict[str, Any]] = []
         self.refreshed_at = 0.0
 
     def refresh(self, con: Any) -> None:
@@ -123,6 +124,13 @@ class StoreFigures:
                 "QUALIFY row_number() OVER (PARTITION BY agent_id, gpu_index ORDER BY ts DESC) = 1"
             ).fetchall()
         ]
+        cur = con.execute(
+            "SELECT * EXCLUDE (ts, batch_seq) FROM agent_counters "
+            "WHERE ts > now() - INTERVAL 15 MINUTE "
+            "QUALIFY row_number() OVER (PARTITION BY agent_id ORDER BY batch_seq DESC) = 1"
+        )
+        names = [x[0] for x in cur.description or ()]
+        self.agents = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         self.refreshed_at = time.time()
 
     def _profiles(self, con: Any) -> None:
@@ -353,6 +361,35 @@ class _Collector:
                 if (x := _finite(row["gpu_memory_used_bytes"])) is not None:
                     gm.add_metric([*labels, str(row["gpu_index"])], x)
         yield from (cpu, rss, gu, gm)
+        # What agents counted themselves (each batch carries its agent's
+        # counters; agents seen in the last 15 minutes).
+        logged = CounterMetricFamily(
+            "modeltap_agent_records_logged", "Records handed to each agent.", labels=agent_labels
+        )
+        dropped = CounterMetricFamily(
+            "modeltap_agent_records_dropped",
+            "Records an agent could not deliver, by reason (full: its ring or memory budget; "
+            "spool: its spool was full; discarded: refused for good or left at close; "
+            "invalid: rejected).",
+            labels=[*agent_labels, "reason"],
+        )
+        spans_dropped = CounterMetricFamily(
+            "modeltap_agent_spans_dropped",
+            "Spans an agent dropped (no room) or lost (with a discarded batch).",
+            labels=agent_labels,
+        )
+        for row in f.agents:
+            labels = [str(row[k] or "") for k in agent_labels]
+            logged.add_metric(labels, row["logged"])
+            for reason, key in (
+                ("full", "dropped_full"),
+                ("spool", "dropped_spool"),
+                ("discarded", "discarded"),
+                ("invalid", "invalid"),
+            ):
+                dropped.add_metric([*labels, reason], row[key])
+            spans_dropped.add_metric(labels, row["spans_dropped"] + row["spans_lost"])
+        yield from (logged, dropped, spans_dropped)
 
 
 def _store_bytes(path: Any) -> float:

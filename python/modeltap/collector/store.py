@@ -113,6 +113,24 @@ CREATE TABLE IF NOT EXISTS "references" (
     reference BLOB,
     PRIMARY KEY (model, version, fingerprint)
 );
+CREATE TABLE IF NOT EXISTS agent_counters (
+    ts TIMESTAMPTZ,
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    host VARCHAR,
+    batch_seq UBIGINT,
+    logged UBIGINT,
+    dropped_full UBIGINT,
+    dropped_spool UBIGINT,
+    discarded UBIGINT,
+    invalid UBIGINT,
+    sampled_out UBIGINT,
+    errors UBIGINT,
+    spans UBIGINT,
+    spans_dropped UBIGINT,
+    spans_lost UBIGINT
+);
 CREATE TABLE IF NOT EXISTS spans (
     trace_id VARCHAR,
     span_id VARCHAR,
@@ -218,6 +236,7 @@ class DecodedBatch:
     system: pa.Table | None
     profiles: pa.Table | None = None
     spans: pa.Table | None = None
+    counters: pa.Table | None = None
     nbytes: int = 0  # decoded size (Arrow buffers)
     deadline: float | None = None  # time.monotonic() past which nobody waits
     future: Future[tuple[bool, int]] = field(default_factory=Future)
@@ -499,6 +518,20 @@ def decode(data: bytes) -> DecodedBatch:
         if d["spans"] is not None and len(d["spans"]["start_unix_nano"])
         else None
     )
+    counters = None
+    if d["agent_counters"] is not None:
+        ac = d["agent_counters"]
+        counters = pa.table(
+            {
+                "ts": pa.array([int(d["created_unix_nano"])], pa.int64()).cast(TS),
+                "model": pa.array([model], pa.string()),
+                "version": pa.array([version], pa.string()),
+                "agent_id": pa.array([agent_id], pa.string()),
+                "host": pa.array([m.get("host")], pa.string()),
+                "batch_seq": pa.array([int(d["batch_seq"])], pa.uint64()),
+                **{k: pa.array([int(ac[k])], pa.uint64()) for k in AGENT_COUNTERS},
+            }
+        )
     nbytes = sum(t.nbytes for t in (predictions, errors, system, profiles, spans) if t is not None)
     if nbytes > max(MAX_EXPANSION * len(data), MIN_DECODED_ALLOWANCE):
         raise _core.BatchDecodeError(
@@ -518,10 +551,23 @@ def decode(data: bytes) -> DecodedBatch:
         system=system,
         profiles=profiles,
         spans=spans,
+        counters=counters,
         nbytes=nbytes + len(data),
     )
 
 
+AGENT_COUNTERS = (
+    "logged",
+    "dropped_full",
+    "dropped_spool",
+    "discarded",
+    "invalid",
+    "sampled_out",
+    "errors",
+    "spans",
+    "spans_dropped",
+    "spans_lost",
+)
 SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
 SPAN_STATUS = ("unset", "ok", "error")
 SPAN_COLUMNS = [
@@ -1206,6 +1252,7 @@ class StoreWriter:
         self._append(con, "system_metrics", [b.system for b in group])
         self._append(con, "window_profiles", [b.profiles for b in group])
         self._append(con, "spans", [b.spans for b in group])
+        self._append(con, "agent_counters", [b.counters for b in group])
         return added
 
     @staticmethod

@@ -1056,6 +1056,19 @@ impl Pipeline {
         self.remember(&profiles);
         let mut msg = builder.seal(&self.cfg.model, *seq, &*vocab, system, now_unix_nano());
         msg.profiles = profiles;
+        let c = self.stats();
+        msg.agent_counters = Some(proto::AgentCounters {
+            logged: c.logged,
+            dropped_full: c.dropped_full,
+            dropped_spool: c.dropped_spool,
+            discarded: c.discarded,
+            invalid: c.invalid,
+            sampled_out: c.sampled_out,
+            errors: c.errors,
+            spans: c.spans,
+            spans_dropped: c.spans_dropped,
+            spans_lost: c.spans_lost,
+        });
         let bytes = encode(&msg);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters

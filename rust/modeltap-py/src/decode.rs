@@ -477,6 +477,27 @@ pub fn decode_batch<'py>(
     }
     d.set_item("attributes", attrs)?;
     d.set_item("system", system_list(py, &b.system)?)?;
+    match &b.agent_counters {
+        Some(c) => {
+            let m = PyDict::new(py);
+            for (k, v) in [
+                ("logged", c.logged),
+                ("dropped_full", c.dropped_full),
+                ("dropped_spool", c.dropped_spool),
+                ("discarded", c.discarded),
+                ("invalid", c.invalid),
+                ("sampled_out", c.sampled_out),
+                ("errors", c.errors),
+                ("spans", c.spans),
+                ("spans_dropped", c.spans_dropped),
+                ("spans_lost", c.spans_lost),
+            ] {
+                m.set_item(k, v)?;
+            }
+            d.set_item("agent_counters", m)?;
+        }
+        None => d.set_item("agent_counters", py.None())?,
+    }
     let profiles = PyList::empty(py);
     for w in &b.profiles {
         use prost::Message;
