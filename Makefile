@@ -3,13 +3,20 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev demo lint rust-test unsafe-check fuzz py-test test bench bench-ingest bench-drift bench-rust bench-trust bench-readme clean
+.PHONY: install dev system-deps demo lint rust-test unsafe-check fuzz py-test test bench bench-ingest bench-drift bench-rust bench-trust bench-readme clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
 
 dev:  ## build and install modeltap with the test and lint tools
 	$(PIP) install ".[dev]"
+
+# Debian packages the tests run against: prometheus (and its promtool).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:  ## install the Debian packages the tests need (prometheus), if missing
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		( $(SUDO) apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus )
 
 demo: install
 	modeltap demo
@@ -34,7 +41,7 @@ fuzz:  ## cargo-fuzz targets (batch decoder, reference reader, profile decoder),
 py-test:  ## the Python test suite against the installed package
 	$(PY) -m pytest
 
-test: dev lint rust-test unsafe-check fuzz py-test
+test: system-deps dev lint rust-test unsafe-check fuzz py-test
 
 bench:  ## end-to-end Python bench (release build, OTel baseline)
 	$(PIP) install ".[bench]"
