@@ -37,6 +37,16 @@ def test_demo_end_to_end(tmp_path):
         n = s.sql("SELECT count(*) AS n FROM predictions").to_pylist()[0]["n"]
     assert n == 7205
     assert "7,205" in out
+    # 200 traced requests (request, preprocess, inference, postprocess) and
+    # 5 failing ones (request, inference)
+    assert "traces (810 spans stored" in out
+    assert "request (end to end)         205 spans" in out
+    assert "inference                    205 spans" in out
+    assert "errors 5" in out
+    trace_id = out.split("modeltap trace ")[1].split()[0]
+    with modeltap.Store(store) as s:
+        got = s.trace(trace_id)
+    assert {sp["name"] for sp in got["spans"]} >= {"request", "inference"}
 
 
 def test_background_collector(tmp_path):

@@ -55,6 +55,9 @@ class DemoResult:
     latency_ms: tuple[float, float] = (0.0, 0.0)
     stored_errors: list[tuple[str, int]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    slowest: list[dict[str, Any]] = field(default_factory=list)
+    spans: int = 0
 
 
 def run(
@@ -116,6 +119,9 @@ def run(
             "SELECT count(*) AS n, count(gpu_index) AS g, max(gpu_name) AS name FROM system_metrics"
         ).to_pylist()[0]
         result.system_samples = int(samples["n"])
+        result.stages = s.stage_latency("demo-credit")
+        result.slowest = s.traces("demo-credit", slowest=1)
+        result.spans = int(s.sql("SELECT count(*) AS n FROM spans").to_pylist()[0]["n"])
         result.gpu = (
             f"{samples['name']} ({samples['g']} readings)"
             if samples["g"]
@@ -154,13 +160,20 @@ def _serve(
         predict_ns[i] = t1 - t0
         log_ns[i] = t2 - t1
         if i % 10 == 0:
-            predict(x)
+            # A traced request: its stages are spans, the record joins them.
+            with agent.span("request", kind="server"):
+                with agent.span("preprocess"):
+                    z = np.clip(x, -6.0, 6.0)
+                predict(z)
+                with agent.span("postprocess"):
+                    pass
     errors_seen = 0
     for _ in range(5):
         bad = rng.normal(size=N_FEATURES)
         bad[3] = np.inf
         try:
-            predict(bad)
+            with agent.span("request", kind="server"):
+                predict(bad)
         except ValueError:
             errors_seen += 1
     Xb = rng.normal(size=(batch_rows, N_FEATURES))
@@ -232,7 +245,22 @@ def render(r: DemoResult) -> str:
         "  predictions by class: " + ", ".join(f"{k} {v:,}" for k, v in r.by_label),
         "  errors: " + (", ".join(f"{k} {v}" for k, v in r.stored_errors) or "none"),
         f"  system samples    {r.system_samples:>14,}   GPU: {r.gpu}",
+        "",
+        f"traces ({r.spans:,} spans stored; latency per stage from the window profiles)",
     ]
+    for st in r.stages:
+        name = f"{st['stage']} (end to end)" if st["end_to_end"] else st["stage"]
+        lines.append(
+            f"  {name:<24}{st['spans']:>8,} spans  p50 {st['p50_s'] * 1e6:>9,.1f} µs"
+            f"  p99 {st['p99_s'] * 1e6:>9,.1f} µs  errors {st['errors']}"
+        )
+    if r.slowest:
+        t = r.slowest[0]
+        where = f" --store {r.store}" if r.timings.get("kept") else ""
+        lines.append(
+            f"  slowest request: {t['duration_ns'] / 1e3:,.1f} µs, "
+            f"modeltap trace {t['trace_id']}{where}"
+        )
     return "\n".join(lines)
 
 
