@@ -31,9 +31,10 @@ def _parser() -> argparse.ArgumentParser:
             "Start a collector (on a thread of this process, writing a DuckDB store), "
             "serve a small synthetic 3-class model (20 features) whose every "
             "prediction is logged through a modeltap Agent (Agent.log, "
-            "@agent.monitor, log_batch) and shipped to that collector, then query "
-            "the store with SQL and print the agent's counters, the cost of logging "
-            "and what the store holds."
+            "@agent.monitor, log_batch; every tenth request traced through "
+            "preprocess, inference and postprocess spans) and shipped to that "
+            "collector, then query the store with SQL and print the agent's counters, "
+            "the cost of logging, what the store holds and the latency per stage."
         ),
     )
     demo.add_argument(
