@@ -18,7 +18,8 @@ from modeltap.collector.server import BackgroundCollector
 
 
 def _scrape(port: int) -> dict[str, list]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
     out: dict[str, list] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -135,8 +136,71 @@ def test_drift_gauges_equal_the_collectors_drift(loaded):
 def test_health_endpoints(loaded):
     col, _ = loaded
     port = col.server.metrics.port
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").status == 200
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read() == b"ready\n"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
+        assert r.read() == b"ready\n"
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/nope")
     assert e.value.code == 404
+    e.value.close()
+
+
+def test_scrapes_during_refreshes_always_answer(tmp_path):
+    import threading
+
+    with BackgroundCollector(
+        tmp_path / "s.duckdb", http="127.0.0.1:0", metrics_refresh_s=0.1
+    ) as col:
+        stop = threading.Event()
+        failures: list[BaseException] = []
+        ok = 0
+
+        def scrape() -> None:
+            nonlocal ok
+            while not stop.is_set():
+                try:
+                    _scrape(col.server.metrics.port)
+                    ok += 1
+                except BaseException as e:  # an HTTP 500 included
+                    failures.append(e)
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=scrape) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for wave in range(3):  # new models, classes and stages each wave
+                agents = [
+                    modeltap.Agent(f"m{wave}-{i}", collector=col.addr, metrics_interval=None)
+                    for i in range(4)
+                ]
+                for a in agents:
+                    with a.span(f"stage{wave}"):
+                        a.log([1.0], f"c{wave}")
+                for a in agents:
+                    a.close()
+                assert col.server.metrics.refresh()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not failures, failures[:3]
+        assert ok > 0
+        s = _scrape(col.server.metrics.port)
+        assert len(s["modeltap_predictions_total"]) == 12
+
+
+def test_label_values_are_capped(tmp_path):
+    with BackgroundCollector(
+        tmp_path / "s.duckdb", http="127.0.0.1:0", metrics_refresh_s=3600
+    ) as col:
+        a = modeltap.Agent("x" * 5_000, collector=col.addr, metrics_interval=None)
+        a.log([1.0], "y" * 5_000)
+        a.close()
+        assert col.server.metrics.refresh()
+        s = _scrape(col.server.metrics.port)
+    (p,) = s["modeltap_predictions_total"]
+    assert len(p.labels["model"]) == 200
+    (c,) = s["modeltap_predictions_by_class_total"]
+    assert len(c.labels["class"]) == 200

@@ -39,7 +39,7 @@ def test_alert_rules_pass_promtool():
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
     unit = subprocess.run(
         [promtool, "test", "rules", "alerts_test.yml"],
         cwd=DEPLOY / "prometheus",
@@ -137,7 +137,7 @@ def test_a_real_prometheus_scrapes_the_collector(tmp_path):
             assert 0.001 <= float(p50["value"][1]) <= 0.004  # 2 ms, within its bucket
             # the alert rules loaded and evaluate
             rules = _get(f"{base}/api/v1/rules")["data"]["groups"][0]["rules"]
-            assert len(rules) == 6
+            assert len(rules) == 7
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and any(r.get("health") != "ok" for r in rules):
                 time.sleep(0.5)

@@ -24,12 +24,14 @@ are at most 64 per window profile already.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -46,6 +48,12 @@ from modeltap import _core
 log = logging.getLogger("modeltap.collector")
 
 MAX_FEATURES = 100
+MAX_STAGES = 64  # stage names per model and version (the rest: "(other)")
+OTHER_STAGE = "(other)"
+MAX_LABEL = 200  # characters of a label value kept
+PROFILES_PER_STEP = 2048  # stored profiles read per job of a refresh
+MAX_CONNECTIONS = 64  # HTTP connections served at once
+HTTP_TIMEOUT_S = 10.0
 MAX_CLASSES = 20
 MAX_ERROR_TYPES = 20
 OTHER = "other"
@@ -70,14 +78,19 @@ def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
 
 
 class StoreFigures:
-    """The snapshot of store figures, refreshed incrementally."""
+    """Figures of the store, refreshed incrementally by jobs on the store
+    writer's thread (which alone touch the working state); each finished
+    refresh publishes a copy (``snapshot``) that scrapes read, so a scrape
+    never sees one half-updated."""
 
     def __init__(self, drift_window_s: float) -> None:
         self.drift_window_s = drift_window_s
         self.last_profile_rowid = -1
         self.last_prediction_rowid = -1
+        self.snapshot: StoreFigures | None = None
         self.latency: dict[tuple[str, str], dict[str, Any]] = {}
         self.stages: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
+        self.stage_names: dict[tuple[str, str], set[str]] = {}
         self.classes: dict[tuple[str, str], dict[str, int]] = {}
         self.models: list[tuple[str, str, int, int]] = []
         self.errors: list[tuple[str, str, str, int]] = []
@@ -87,7 +100,13 @@ class StoreFigures:
         self.refreshed_at = 0.0
 
     def refresh(self, con: Any) -> None:
-        """Runs on the store writer's thread."""
+        """One whole refresh in one job (tests; the server runs it in steps)."""
+        while self.step_profiles(con):
+            pass
+        self.finish(con)
+
+    def finish(self, con: Any) -> None:
+        """The rest of a refresh (bounded queries), then publishes it."""
         self.models = [
             (str(m), str(v), int(r or 0), int(b))
             for m, v, r, b in con.execute(
@@ -100,7 +119,6 @@ class StoreFigures:
             "GROUP BY ALL ORDER BY n DESC"
         ).fetchall()
         self.errors = _cap_labels([(m, v, t, n) for m, v, t, n in errs], MAX_ERROR_TYPES)
-        self._profiles(con)
         self._classes(con)
         self._drift(con)
         self.system = [
@@ -127,19 +145,41 @@ class StoreFigures:
         cur = con.execute(
             "SELECT * EXCLUDE (ts, batch_seq) FROM agent_counters "
             "WHERE ts > now() - INTERVAL 15 MINUTE "
-            "QUALIFY row_number() OVER (PARTITION BY agent_id ORDER BY batch_seq DESC) = 1"
+            # the counters of the batch stored last (a forged batch_seq
+            # cannot pin them; the agent's next batch replaces them)
+            "QUALIFY row_number() OVER (PARTITION BY agent_id ORDER BY rowid DESC) = 1"
         )
         names = [x[0] for x in cur.description or ()]
         self.agents = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         self.refreshed_at = time.time()
+        self.publish()
 
-    def _profiles(self, con: Any) -> None:
+    def publish(self) -> None:
+        """Copies the working state into ``snapshot`` (one assignment)."""
+        snap = StoreFigures(self.drift_window_s)
+        snap.latency = copy.deepcopy(self.latency)
+        snap.stages = copy.deepcopy(self.stages)
+        snap.classes = copy.deepcopy(self.classes)
+        snap.models = list(self.models)
+        snap.errors = list(self.errors)
+        snap.drift = list(self.drift)
+        snap.system = list(self.system)
+        snap.agents = list(self.agents)
+        snap.refreshed_at = self.refreshed_at
+        self.snapshot = snap
+
+    def step_profiles(self, con: Any) -> bool:
+        """Adds up to PROFILES_PER_STEP stored profiles not read yet; returns
+        whether more remain (a big store is read over many short jobs, so
+        batches waiting for the writer go between them)."""
         cur = con.execute(
             "SELECT rowid, model, version, profile FROM window_profiles WHERE rowid > ? "
-            "ORDER BY rowid",
-            [self.last_profile_rowid],
+            "ORDER BY rowid LIMIT ?",
+            [self.last_profile_rowid, PROFILES_PER_STEP],
         )
+        n = 0
         while chunk := cur.fetchmany(1024):
+            n += len(chunk)
             by_model: dict[tuple[str, str], list[bytes]] = {}
             for rowid, m, v, blob in chunk:
                 by_model.setdefault((str(m), str(v)), []).append(bytes(blob))
@@ -155,28 +195,42 @@ class StoreFigures:
                 )
                 acc["records"] += rec["records"]
                 acc["errors"] += rec["errors"]
-                acc["sum"] += rec["sum"]
+                if math.isfinite(rec["sum"]) and rec["sum"] >= 0:
+                    acc["sum"] += rec["sum"]
                 acc["counts"] = [a + b for a, b in zip(acc["counts"], rec["counts"], strict=False)]
                 for st in stages:
-                    skey = (*key, st["name"], bool(st["root"]))
+                    name = _label(st["name"])
+                    named = self.stage_names.setdefault(key, set())
+                    if name not in named:
+                        if len(named) >= MAX_STAGES:
+                            name = OTHER_STAGE
+                        named.add(name)
+                    skey = (*key, name, bool(st["root"]))
                     have = self.stages.setdefault(skey, {"counts": [0] * 96, "sum": 0.0})
                     have["counts"] = [
                         a + b for a, b in zip(have["counts"], st["counts"], strict=False)
                     ]
-                    have["sum"] += st["sum"]
+                    if math.isfinite(st["sum"]) and st["sum"] >= 0:
+                        have["sum"] += st["sum"]
+        return n >= PROFILES_PER_STEP
 
     def _classes(self, con: Any) -> None:
         row = con.execute("SELECT max(rowid) FROM predictions").fetchone()
         top = int(row[0]) if row and row[0] is not None else -1
         if top <= self.last_prediction_rowid:
             return
+        # Classes: labels, or integral predictions (class ids); a regression
+        # model's values are no classes. The first MAX_CLASSES seen keep
+        # their own series (a counter's labels never move), the rest "other".
         for m, v, cls, n in con.execute(
-            "SELECT model, version, coalesce(prediction_label, CAST(prediction AS VARCHAR), "
-            "'none'), count(*) FROM predictions WHERE rowid > ? AND rowid <= ? GROUP BY ALL",
+            "SELECT model, version, coalesce(prediction_label, CASE WHEN prediction = "
+            "floor(prediction) AND abs(prediction) < 1e15 THEN CAST(CAST(prediction AS BIGINT) "
+            "AS VARCHAR) END) AS cls, count(*) FROM predictions WHERE rowid > ? AND rowid <= ? "
+            "GROUP BY ALL HAVING cls IS NOT NULL",
             [self.last_prediction_rowid, top],
         ).fetchall():
             counts = self.classes.setdefault((str(m), str(v)), {})
-            name = str(cls)
+            name = _label(cls)
             if name not in counts and len(counts) >= MAX_CLASSES:
                 name = OTHER
             counts[name] = counts.get(name, 0) + int(n)
@@ -215,6 +269,16 @@ def _cap_labels(rows: list[tuple[Any, Any, Any, int]], cap: int) -> list[tuple[s
     return [(m, v, lab, n) for (m, v), per in kept.items() for lab, n in per.items()]
 
 
+def _label(x: Any) -> str:
+    """A label value, cut to MAX_LABEL characters."""
+    s = str(x)
+    return s if len(s) <= MAX_LABEL else s[: MAX_LABEL - 1] + "…"
+
+
+def _labels(*xs: Any) -> list[str]:
+    return [_label(x) for x in xs]
+
+
 def _finite(x: Any) -> float | None:
     try:
         f = float(x)
@@ -234,12 +298,14 @@ class _Collector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        s, w, f = self.server, self.server.writer, self.figures
+        s, w = self.server, self.server.writer
+        f = self.figures.snapshot or StoreFigures(self.figures.drift_window_s)
         c = CounterMetricFamily
         g = GaugeMetricFamily
         yield c("modeltap_batches_ingested", "Batches stored.", value=w.stored_batches)
         yield c("modeltap_records_ingested", "Records stored.", value=w.stored_records)
         yield c("modeltap_duplicate_batches", "Batches received again.", value=w.duplicates)
+        yield c("modeltap_export_calls", "Export calls received.", value=s.received)
         refused = c("modeltap_exports_refused", "Calls refused, by reason.", labels=["reason"])
         refused.add_metric(["invalid"], s.rejected)
         refused.add_metric(["overloaded"], s.shed)
@@ -275,15 +341,15 @@ class _Collector:
         preds = CounterMetricFamily("modeltap_predictions", "Predictions stored.", labels=mv)
         batches = CounterMetricFamily("modeltap_batches", "Batches stored.", labels=mv)
         for m, v, r, b in f.models:
-            preds.add_metric([m, v], r)
-            batches.add_metric([m, v], b)
+            preds.add_metric(_labels(m, v), r)
+            batches.add_metric(_labels(m, v), b)
         yield preds
         yield batches
         errs = CounterMetricFamily(
             "modeltap_prediction_errors", "Predictions logged with an error.", labels=[*mv, "type"]
         )
         for m, v, t, n in f.errors:
-            errs.add_metric([m, v, t], n)
+            errs.add_metric(_labels(m, v, t), n)
         yield errs
         cls = CounterMetricFamily(
             "modeltap_predictions_by_class",
@@ -292,13 +358,13 @@ class _Collector:
         )
         for (m, v), counts in f.classes.items():
             for name, n in counts.items():
-                cls.add_metric([m, v, name], n)
+                cls.add_metric(_labels(m, v, name), n)
         yield cls
         lat = HistogramMetricFamily(
             "modeltap_prediction_latency_seconds", "Prediction latency.", labels=mv
         )
         for (m, v), acc in f.latency.items():
-            lat.add_metric([m, v], histogram_buckets(acc["counts"]), sum_value=acc["sum"])
+            lat.add_metric(_labels(m, v), histogram_buckets(acc["counts"]), sum_value=acc["sum"])
         yield lat
         stage = HistogramMetricFamily(
             "modeltap_stage_latency_seconds",
@@ -307,7 +373,7 @@ class _Collector:
         )
         for (m, v, name, root), acc in f.stages.items():
             stage.add_metric(
-                [m, v, name, "true" if root else "false"],
+                _labels(m, v, name, "true" if root else "false"),
                 histogram_buckets(acc["counts"]),
                 sum_value=acc["sum"],
             )
@@ -327,15 +393,15 @@ class _Collector:
             "modeltap_features_drifted", "Features (and outputs) drifted, all of them.", labels=mv
         )
         for m, v, cols in f.drift:
-            total.add_metric([m, v], sum(1 for c in cols if c.get("drifted")))
+            total.add_metric(_labels(m, v), sum(1 for c in cols if c.get("drifted")))
             ranked = sorted(cols, key=lambda c: -(_finite(c.get("psi")) or 0.0))
             for col in ranked[:MAX_FEATURES]:
                 name = str(col["feature"])
                 for key in ("psi", "ks", "js", "wasserstein", "hellinger", "chi2"):
                     val = _finite(col.get(key))
                     if val is not None:
-                        stat.add_metric([m, v, name, key], val)
-                drifted.add_metric([m, v, name], 1.0 if col.get("drifted") else 0.0)
+                        stat.add_metric(_labels(m, v, name, key), val)
+                drifted.add_metric(_labels(m, v, name), 1.0 if col.get("drifted") else 0.0)
         yield stat
         yield drifted
         yield total
@@ -348,7 +414,7 @@ class _Collector:
         gm = gauge("modeltap_agent_gpu_memory_used_bytes", "GPU memory used.", labels=gpu_l)
         seen: set[str] = set()
         for row in f.system:
-            labels = [str(row[k] or "") for k in agent_labels]
+            labels = _labels(*(row[k] or "" for k in agent_labels))
             if row["agent_id"] not in seen:
                 seen.add(row["agent_id"])
                 if (x := _finite(row["process_cpu_percent"])) is not None:
@@ -379,7 +445,7 @@ class _Collector:
             labels=agent_labels,
         )
         for row in f.agents:
-            labels = [str(row[k] or "") for k in agent_labels]
+            labels = _labels(*(row[k] or "" for k in agent_labels))
             logged.add_metric(labels, row["logged"])
             for reason, key in (
                 ("full", "dropped_full"),
@@ -401,14 +467,28 @@ def _store_bytes(path: Any) -> float:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = HTTP_TIMEOUT_S
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
 
 
 class _ThreadingServer(WSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once (more are
+    closed at once), each with a read timeout: slow or idle clients cannot
+    hold threads and file descriptors without bound."""
+
     daemon_threads = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
     def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        request.settimeout(HTTP_TIMEOUT_S)
         t = threading.Thread(target=self._handle, args=(request, client_address), daemon=True)
         t.start()
 
@@ -416,9 +496,10 @@ class _ThreadingServer(WSGIServer):
         try:
             self.finish_request(request, client_address)
         except Exception:
-            self.handle_error(request, client_address)
+            log.debug("http: a request failed", exc_info=True)
         finally:
             self.shutdown_request(request)
+            self._slots.release()
 
 
 class MetricsServer:
@@ -466,6 +547,8 @@ class MetricsServer:
         )
         self.port = int(self.httpd.server_port)
         self._stop = threading.Event()
+        self._inflight: Any = None  # the refresh job queued last, until it ran
+        self._refresh_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self.httpd.serve_forever, name="modeltap-http", daemon=True),
             threading.Thread(target=self._refresh_loop, name="modeltap-figures", daemon=True),
@@ -477,11 +560,33 @@ class MetricsServer:
         return self
 
     def refresh(self, timeout_s: float = 60.0) -> bool:
-        """Recomputes the store figures now (on the store writer's thread)."""
+        """Recomputes the store figures now, in short jobs on the store
+        writer's thread (batches waiting for it go between them). A job
+        still queued from an earlier call (the writer stuck) is waited for,
+        never queued again."""
+        deadline = time.monotonic() + timeout_s
+        with self._refresh_lock:
+            return self._refresh(deadline)
+
+    def _refresh(self, deadline: float) -> bool:
         try:
-            self.server.writer.run(self.figures.refresh).result(timeout_s)
+            while True:
+                if self._inflight is None:
+                    self._inflight = self.server.writer.run(self.figures.step_profiles)
+                more = self._inflight.result(max(deadline - time.monotonic(), 0.0))
+                self._inflight = None
+                if not more:
+                    break
+            if self._inflight is None:
+                self._inflight = self.server.writer.run(self.figures.finish)
+            self._inflight.result(max(deadline - time.monotonic(), 0.0))
+            self._inflight = None
             return True
+        except FutureTimeout:
+            log.warning("refreshing the store figures for /metrics: the store writer is busy")
+            return False
         except Exception:
+            self._inflight = None
             log.warning("refreshing the store figures for /metrics failed", exc_info=True)
             return False
 

@@ -557,7 +557,11 @@ fn merge_totals(a: &mut proto::WindowProfile, b: &proto::WindowProfile) {
     for (x, y) in a.latency_counts.iter_mut().zip(&b.latency_counts) {
         *x = x.saturating_add(*y);
     }
-    a.latency_sum += b.latency_sum;
+    // A sum that is no time (NaN, infinite, negative: a forged or an old
+    // agent's profile) adds nothing, so it cannot poison every later sum.
+    if b.latency_sum.is_finite() && b.latency_sum >= 0.0 {
+        a.latency_sum = (a.latency_sum + b.latency_sum).min(f64::MAX);
+    }
     merge_stages(&mut a.stages, &b.stages);
 }
 
@@ -1963,7 +1967,9 @@ impl Profiler {
         }
         if !slot.latency_s.is_nan() {
             w.latency_counts[latency_bucket(slot.latency_s)] += 1;
-            w.latency_sum += slot.latency_s;
+            if slot.latency_s.is_finite() && slot.latency_s > 0.0 {
+                w.latency_sum += slot.latency_s;
+            }
         }
         let value = |f: usize| slot.values.get(f).copied().unwrap_or(f64::NAN);
         if numeric_features {
