@@ -59,3 +59,18 @@ def test_background_collector(tmp_path):
     with modeltap.Store(tmp_path / "s.duckdb") as s:
         t = s.predictions("m")
     assert sorted(t.column("f0").to_pylist()) == [float(i) for i in range(100)]
+
+
+def test_cli_errors_are_one_line_without_a_traceback(tmp_path):
+    for args in (
+        ["reference", "build", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")],
+        ["latency", "--model", "m", "--store", str(tmp_path / "nope" / "s.duckdb")],
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "modeltap", *args], capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 1, (args, p.stdout, p.stderr)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, p.stderr
+        assert lines[0].startswith(f"modeltap {args[0]}: ")
+        assert "Traceback" not in p.stderr

@@ -285,6 +285,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collector":
         level = args.collector_log_level or "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        # One clear line and a non-zero status, never a traceback (unless
+        # asked for with --log-level DEBUG).
+        if level == "DEBUG":
+            raise
+        what = e.details() if hasattr(e, "details") else str(e)
+        print(f"modeltap {args.command}: {what or type(e).__name__}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from modeltap import demo
 
