@@ -169,6 +169,28 @@ def timer_overhead_ns() -> float:
     return float(np.median(samples))
 
 
+def pace(fn: Callable[[], Any], rate: float, seconds: float) -> np.ndarray:
+    """Calls ``fn`` ``rate`` times a second for ``seconds`` (sleeping, then
+    spinning, up to each call's time); returns each call's ns."""
+    n = int(rate * seconds)
+    lat = np.empty(n)
+    pc = time.perf_counter_ns
+    period = 1e9 / rate
+    start = pc()
+    for i in range(n):
+        target = start + i * period
+        while True:
+            left = target - pc()
+            if left <= 0:
+                break
+            if left > 200_000:
+                time.sleep((left - 150_000) / 1e9)
+        t0 = pc()
+        fn()
+        lat[i] = pc() - t0
+    return lat
+
+
 def paced(kind: str, rec: dict[str, Any], rate: float, seconds: float) -> dict[str, float]:
     """Logs at ``rate`` calls/s with sleeps between calls, through a fresh
     agent (no other agent or tracer alive); returns per-call p50/p99 (ns) and
@@ -182,23 +204,9 @@ def paced(kind: str, rec: dict[str, Any], rate: float, seconds: float) -> dict[s
     log(x, pred, p)
     agent.flush(5)
     n = int(rate * seconds)
-    lat = np.empty(n)
-    pc = time.perf_counter_ns
-    period = 1e9 / rate
     proc0 = time.process_time_ns()
     thr0 = time.thread_time_ns()
-    start = pc()
-    for i in range(n):
-        target = start + i * period
-        while True:
-            left = target - pc()
-            if left <= 0:
-                break
-            if left > 200_000:
-                time.sleep((left - 150_000) / 1e9)
-        t0 = pc()
-        log(x, pred, p)
-        lat[i] = pc() - t0
+    lat = pace(lambda: log(x, pred, p), rate, seconds)
     agent.flush(10)
     proc1 = time.process_time_ns()
     thr1 = time.thread_time_ns()

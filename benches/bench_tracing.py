@@ -106,32 +106,19 @@ def _make(kind: str) -> tuple[Callable[[], Any], Callable[[], None], Any]:
 
 
 def _paced(fn: Callable[[], Any], agent: Any, rate: float, seconds: float) -> dict[str, float]:
-    n = int(rate * seconds)
-    lat = np.empty(n)
-    pc = time.perf_counter_ns
-    period = 1e9 / rate
+    from bench_agent import pace
+
     if agent is not None:
         agent.flush(5)
     proc0, thr0 = time.process_time_ns(), time.thread_time_ns()
-    start = pc()
-    for i in range(n):
-        target = start + i * period
-        while True:
-            left = target - pc()
-            if left <= 0:
-                break
-            if left > 200_000:
-                time.sleep((left - 150_000) / 1e9)
-        t0 = pc()
-        fn()
-        lat[i] = pc() - t0
+    lat = pace(fn, rate, seconds)
     if agent is not None:
         agent.flush(10)
     background = (time.process_time_ns() - proc0) - (time.thread_time_ns() - thr0)
     return {
         "p50_ns": float(np.percentile(lat, 50)),
         "p99_ns": float(np.percentile(lat, 99)),
-        "background_cpu_ns": background / n if agent is not None else float("nan"),
+        "background_cpu_ns": background / len(lat) if agent is not None else float("nan"),
     }
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import modeltap
+from counters_util import settled
 from report_util import same_reports
 
 NAMES = [f"x{i}" for i in range(70)]  # past the compact-binner threshold
@@ -181,20 +182,7 @@ def test_a_stalled_pipeline_drops_the_batch_with_its_profile():
         assert s["dropped_full"] > 0
         # a batch's profile waits in the ring too, and is no record
         assert s["in_ring"] <= s["pending"], s
-        settled = sum(
-            s[k]
-            for k in (
-                "pending",
-                "shipped",
-                "spooled",
-                "discarded",
-                "sampled_out",
-                "dropped_full",
-                "dropped_spool",
-                "invalid",
-            )
-        )
-        assert settled == s["logged"]
+        assert settled(s) == s["logged"]
     finally:
         gate.set()
         a.close()

@@ -127,7 +127,12 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 /// The current span's context, if any. The variable holds the current
 /// `Span` itself (no object of its own per span), or a `SpanContext`.
 pub(crate) fn current(py: Python<'_>) -> Option<SpanContext> {
-    let mut obj = current_object(py)?;
+    context_of(current_object(py)?)
+}
+
+/// The context `obj` (a value of the current-span variable) stands for.
+fn context_of(mut obj: Bound<'_, PyAny>) -> Option<SpanContext> {
+    let py = obj.py();
     // An ended span left current (ended in another thread or task, or out
     // of order) stands for the one that was current before it.
     for _ in 0..MAX_DEPTH {
@@ -539,12 +544,14 @@ impl Span {
         }
         self.began_forwarded = self.rec.get().forward.get().is_some();
         let rec = self.rec.get().live();
-        self.previous = current_object(py).map(Bound::unbind);
+        // Read once: the variable's value now is both what this span
+        // restores and where its parent comes from.
+        let previous = current_object(py);
         let otel = otel_loaded(py);
         let parent: Option<SpanContext> = match &self.parent {
             Some(p) => Some(p.get().clone()),
             None => {
-                let ours = current(py);
+                let ours = previous.clone().and_then(context_of);
                 // OpenTelemetry's current span is the parent when we have
                 // none, or when it is a span of our trace started inside
                 // ours (ours is OpenTelemetry's current one while it runs).
@@ -572,6 +579,7 @@ impl Span {
                 }
             }
         };
+        self.previous = previous.map(Bound::unbind);
         let span_id = random_u64();
         let ctx = match parent {
             Some(p) => {
