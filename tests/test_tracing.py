@@ -505,3 +505,16 @@ def test_spans_in_a_discarded_batch_are_counted_lost():
         assert s["spans_lost"] == 10
     finally:
         a.close()
+
+
+def test_absurd_capture_sizes_and_names_are_refused_or_kept_safely():
+    for bad in (-1, 10**20):
+        with pytest.raises(ValueError, match="capture_bytes"):
+            modeltap.Agent("m", sink=lambda b: None, metrics_interval=None, capture_bytes=bad)
+    a, sink = _agent()
+    with a.span("bad\ud800name"):  # a lone surrogate: kept, not raised
+        pass
+    assert a.flush(10)
+    a.close()
+    (sp,) = sink.spans()
+    assert sp["names"].startswith("bad")

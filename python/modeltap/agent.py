@@ -132,6 +132,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_all_at_exit)
 
 
+# Most bytes a span keeps of a stage's input or output (`capture_bytes`).
+MAX_CAPTURE_BYTES = 64 * 1024
+
+
 class Agent:
     """Records every prediction of one model (and version) with almost no
     cost on the serving thread.
@@ -215,7 +219,7 @@ class Agent:
     capture_bytes:
         Most bytes ``span.set_input(...)`` / ``set_output(...)`` keep of a
         stage's input or output (compact JSON, summarised past that); 0
-        keeps nothing.
+        keeps nothing; at most 64 KiB.
     redact:
         ``redact(stage, "input" | "output", value)`` returns what to keep
         of a captured value (``None``: nothing), before it is written.
@@ -301,8 +305,8 @@ class Agent:
         self._cfg["window_s"] = float(window_s)
         self._cfg["sample_rate"] = float(sample_rate)
         self._cfg["trace_sample_rate"] = float(trace_sample_rate)
-        if int(capture_bytes) < 0:
-            raise ValueError("capture_bytes must be >= 0")
+        if not 0 <= int(capture_bytes) <= MAX_CAPTURE_BYTES:
+            raise ValueError(f"capture_bytes must be in 0..{MAX_CAPTURE_BYTES}")
         if redact is not None and not callable(redact):
             raise TypeError("redact must be a callable (stage, which, value) -> value")
         self._capture_bytes = int(capture_bytes)

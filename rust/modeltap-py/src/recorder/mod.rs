@@ -421,7 +421,11 @@ impl Recorder {
             }),
         };
         let name = match name.cast::<PyString>() {
-            Ok(n) => n.to_cow()?,
+            // A name that is no valid UTF-8 (a lone surrogate) is kept
+            // with replacement characters, never raised.
+            Ok(n) => n
+                .to_cow()
+                .unwrap_or_else(|_| std::borrow::Cow::Owned(n.to_string_lossy().into_owned())),
             Err(_) => std::borrow::Cow::Owned(crate::parse::to_str(name)),
         };
         Span::create(slf.clone().unbind(), &name, kind, attributes, parent)
