@@ -24,7 +24,16 @@ def test_full_ring_drops_and_counts(collected):
         gate.wait(30)
         collected(data)
 
-    a = modeltap.Agent("m", sink=slow_sink, buffer_size=64, batch_size=8, metrics_interval=None)
+    # At most two 8-record batches may wait for the stuck sink: past the
+    # 64 ring slots the rest must drop, however the threads are scheduled.
+    a = modeltap.Agent(
+        "m",
+        sink=slow_sink,
+        buffer_size=64,
+        batch_size=8,
+        max_pending_records=16,
+        metrics_interval=None,
+    )
     ids = [a.log([float(i)], i) for i in range(3000)]
     s = a.stats()
     assert s["dropped_full"] > 0
