@@ -11,12 +11,15 @@ install:  ## build (release) and install modeltap
 dev:  ## build and install modeltap with the test and lint tools
 	$(PIP) install ".[dev]"
 
-# Debian packages the tests run against: prometheus (and its promtool).
+# Debian packages the tests run against: prometheus (and its promtool),
+# chromium and its driver (the HTML report in a real browser).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-deps:  ## install the Debian packages the tests need (prometheus), if missing
-	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+system-deps:  ## install the Debian packages the tests need (prometheus, chromium), if missing
+	command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+		command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		( $(SUDO) apt-get update -qq && \
-		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus )
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			prometheus chromium chromium-driver )
 
 demo: install
 	modeltap demo

@@ -26,6 +26,7 @@ from modeltap._core import __version__ as __version__
 from modeltap.agent import Agent
 from modeltap.client import Client
 from modeltap.drift import DriftReport
+from modeltap.reads import connect
 from modeltap.reference import Reference
 
 Sequence.register(RequestIds)
@@ -56,6 +57,7 @@ __all__ = [
     "Store",
     "UnsupportedSchemaVersion",
     "__version__",
+    "connect",
     "current_span_context",
     "decode_batch",
     "random_id",

@@ -29,14 +29,17 @@ __all__ = [
     "decode_batch",
     "decode_drift_request",
     "decode_export_response",
+    "decode_query_chunk",
     "decode_reference_upload",
     "decode_text_response",
     "drift",
     "encode_drift_request",
     "encode_export_response",
+    "encode_query_chunk",
     "encode_reference_upload",
     "encode_strings",
     "encode_text_response",
+    "histograms",
     "merge_profiles",
     "profile_columns",
     "profile_fingerprint",
@@ -115,6 +118,9 @@ def drift(
     """Drift of a window profile against a reference."""
 
 def profile_fingerprint(data: bytes) -> str: ...
+def histograms(reference: bytes, window: bytes) -> list[dict[str, Any]]:
+    """Reference and window counts per column in the bins drift compares."""
+
 def profile_columns(
     reference: bytes,
     numeric: Sequence[tuple[int, npt.NDArray[np.floating[Any]]]],
@@ -170,6 +176,8 @@ def encode_drift_request(
 def decode_drift_request(data: bytes) -> tuple[str, str, int, int, list[str]]: ...
 def encode_text_response(text: str) -> bytes: ...
 def decode_text_response(data: bytes) -> str: ...
+def encode_query_chunk(arrow_ipc: bytes) -> bytes: ...
+def decode_query_chunk(data: bytes) -> bytes: ...
 
 @final
 class RequestIds:

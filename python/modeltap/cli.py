@@ -218,6 +218,50 @@ def _parser() -> argparse.ArgumentParser:
     _source_args(lat)
     lat.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    qry = sub.add_parser(
+        "query",
+        help="run one SQL SELECT on a running collector's store (or a store file)",
+        description=(
+            "Run one SELECT statement on the store: a running collector answers it on a "
+            "read-only connection beside ingestion (--collector), or a store file no "
+            "collector is writing is read directly (--store). Tables: predictions, errors, "
+            "spans, system_metrics, window_profiles, batches, agent_counters, "
+            "feature_schemas, references. Prints a table (the first --max-rows rows), "
+            "or every row as JSON (--json) or CSV (--csv)."
+        ),
+    )
+    qry.add_argument("sql", metavar="SQL", help='one SELECT statement, e.g. "SELECT ..."')
+    _source_args(qry)
+    fmt = qry.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print every row as a JSON array")
+    fmt.add_argument("--csv", action="store_true", help="print every row as CSV")
+    qry.add_argument(
+        "--max-rows",
+        type=_positive_int,
+        default=100,
+        help="rows shown in the table (default 100; --json and --csv print every row)",
+    )
+
+    rep = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a model",
+        description=(
+            "Write one HTML file (plots inlined: it opens offline) about a model over a "
+            "time range: summary (records, error rate, latency p50/p95/p99, drifted "
+            "features), the drift table with every statistic, reference-against-current "
+            "histograms per feature, drift, predictions and latency over time, latency per "
+            "stage, system metrics and errors by type. Reads a running collector "
+            "(--collector) or a store file (--store). A collector started with --http "
+            "serves the same page live at /models/NAME."
+        ),
+    )
+    rep.add_argument("--model", required=True, help="model name")
+    rep.add_argument("--version", help="model version (default: the newest)")
+    rep.add_argument("--since", help="a duration back from now (90s, 15m, 1h, 7d) or a time")
+    rep.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
+    rep.add_argument("--out", required=True, metavar="PATH", help="HTML file to write")
+    _source_args(rep)
+
     ref = sub.add_parser("reference", help="build reference files")
     refsub = ref.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
     build = refsub.add_parser(
@@ -324,6 +368,10 @@ def _run(args: argparse.Namespace) -> int:
         return _traces(args)
     if args.command == "latency":
         return _latency(args)
+    if args.command == "query":
+        return _query(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "reference":
         return _reference_build(args)
     return 2
@@ -333,7 +381,7 @@ def _drift(args: argparse.Namespace) -> int:
     import json
     import math
 
-    from modeltap.client import Client, parse_time
+    from modeltap.client import Client
     from modeltap.collector.server import parse_rules
 
     rules = parse_rules(args.rule)
@@ -343,9 +391,7 @@ def _drift(args: argparse.Namespace) -> int:
             from modeltap.collector.store import Store
 
             with Store(args.store) as store:
-                report = store.drift(
-                    args.model, args.version, parse_time(since), parse_time(args.to), rules=rules
-                )
+                report = store.drift(args.model, args.version, since, args.to, rules=rules)
         else:
             with Client(args.collector) as client:
                 report = client.drift(args.model, args.version, since, args.to, rules=rules)
@@ -383,7 +429,7 @@ def _drift(args: argparse.Namespace) -> int:
 def _traces(args: argparse.Namespace) -> int:
     import json
 
-    from modeltap.client import Client, parse_time
+    from modeltap.client import Client
 
     what = f"modeltap {args.command}"
     try:
@@ -394,9 +440,7 @@ def _traces(args: argparse.Namespace) -> int:
                 if args.command == "trace":
                     data: object = store.trace(args.trace_id)
                 else:
-                    data = store.traces(
-                        args.model, args.slowest, parse_time(args.since), parse_time(args.to)
-                    )
+                    data = store.traces(args.model, args.slowest, args.since, args.to)
         else:
             with Client(args.collector) as client:
                 if args.command == "trace":
@@ -430,16 +474,14 @@ def _traces(args: argparse.Namespace) -> int:
 def _latency(args: argparse.Namespace) -> int:
     import json
 
-    from modeltap.client import Client, parse_time
+    from modeltap.client import Client
 
     try:
         if args.store:
             from modeltap.collector.store import Store
 
             with Store(args.store) as store:
-                rows = store.stage_latency(
-                    args.model, args.version, parse_time(args.since), parse_time(args.to)
-                )
+                rows = store.stage_latency(args.model, args.version, args.since, args.to)
         else:
             with Client(args.collector) as client:
                 rows = client.stage_latency(args.model, args.version, args.since, args.to)
@@ -469,6 +511,70 @@ def _latency(args: argparse.Namespace) -> int:
             style="bold" if r["end_to_end"] else None,
         )
     Console(width=None if sys.stdout.isatty() else 160).print(t)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from modeltap.reads import connect
+
+    console = Console(stderr=True)
+    with (
+        console.status(f"reading {args.model} from {args.store or args.collector}"),
+        connect(args.store) if args.store else connect(args.collector) as src,
+    ):
+        rep = src.report(args.model, args.version, args.since, args.to)
+    path = rep.save(args.out)
+    s = rep.summary
+    drifted = s.get("drifted")
+    print(
+        f"{path}: {rep.model} {rep.data['version']}, {int(s.get('records') or 0):,} records, "
+        + ("no reference" if drifted is None else f"{len(drifted)} drifted features")
+        + f", built in {rep.data['build_s']:.2f} s"
+    )
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from modeltap.reads import connect
+
+    with connect(args.store) if args.store else connect(args.collector) as src:
+        reader = src.stream(args.sql)
+        if args.csv:
+            import pyarrow.csv as pacsv
+
+            out = sys.stdout.buffer
+            with pacsv.CSVWriter(out, reader.schema) as w:
+                for b in reader:
+                    w.write_batch(b)
+            out.flush()
+            return 0
+        if args.json:
+            import json
+
+            first = True
+            sys.stdout.write("[")
+            for b in reader:
+                for row in b.to_pylist():
+                    sys.stdout.write(("\n  " if first else ",\n  ") + json.dumps(row, default=str))
+                    first = False
+            sys.stdout.write("\n]\n" if not first else "]\n")
+            return 0
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table(*(escape(f.name) for f in reader.schema))
+        shown = total = 0
+        for b in reader:
+            total += b.num_rows
+            for row in b.slice(0, max(0, args.max_rows - shown)).to_pylist():
+                t.add_row(*(escape("NULL" if v is None else str(v)) for v in row.values()))
+                shown += 1
+        Console(width=None if sys.stdout.isatty() else 200).print(t)
+        more = f" (the first {shown} shown; --json or --csv for all)" if total > shown else ""
+        print(f"{total:,} rows{more}")
     return 0
 
 

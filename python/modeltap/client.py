@@ -1,43 +1,30 @@
-"""A small client for a running collector: register references, ask for
-drift."""
+"""A client for a running collector: register references; drift, traces
+and latency per stage; and every read of :class:`modeltap.reads.Reads`
+(SQL, predictions, errors, spans, system metrics), answered by the
+collector while it goes on ingesting."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from modeltap import _core
 from modeltap.drift import DriftReport
+from modeltap.reads import Reads, TimeArg, parse_time
 from modeltap.reference import Reference
+
+if TYPE_CHECKING:  # pyarrow is imported when a query is made, not by agents
+    import pyarrow as pa
+
+__all__ = ["Client", "parse_time"]
 
 SERVICE = "/modeltap.v1.Collector/"
 
 
-def parse_time(t: dt.datetime | str | float | None, now: float | None = None) -> int | None:
-    """Unix nanoseconds from a datetime, an ISO time, Unix seconds, or a
-    duration back from now ("90s", "15m", "1h", "7d")."""
-    if t is None:
-        return None
-    if isinstance(t, (int, float)):
-        return int(t * 1e9)
-    if isinstance(t, str):
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-        if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
-            return int(((now or time.time()) - float(t[:-1]) * units[t[-1]]) * 1e9)
-        t = dt.datetime.fromisoformat(t)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return int(t.timestamp() * 1e9)
-
-
-def _range(
-    since: dt.datetime | str | float | None, until: dt.datetime | str | float | None
-) -> dict[str, int]:
+def _range(since: TimeArg, until: TimeArg) -> dict[str, int]:
     """The time range of a JSON query (keys only for the ends given)."""
     out = {}
     if since is not None:
@@ -47,13 +34,27 @@ def _range(
     return {k: v for k, v in out.items() if v is not None}
 
 
-class Client:
-    """Talks to ``modeltap collector`` over gRPC."""
+class Client(Reads):
+    """Talks to ``modeltap collector`` over gRPC. ``timeout_s`` bounds each
+    call, ``read_timeout_s`` each query streamed by :meth:`stream` (and
+    :meth:`sql`, :meth:`predictions`, ...; the collector interrupts its own
+    reads past ``--read-timeout``)."""
 
-    def __init__(self, target: str = "127.0.0.1:7317", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7317",
+        timeout_s: float = 30.0,
+        read_timeout_s: float = 300.0,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self.read_timeout_s = read_timeout_s
+        self._channel = grpc.insecure_channel(
+            target,
+            # A query's pieces are about a megabyte; a single row past that
+            # comes alone, up to the collector's message limit.
+            options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)],
+        )
 
     def close(self) -> None:
         """Closes the channel."""
@@ -69,6 +70,34 @@ class Client:
         fn: Any = self._channel.unary_unary(SERVICE + method)
         return bytes(fn(request, timeout=self.timeout_s))
 
+    def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
+        """Runs one SELECT on the collector (read-only, beside ingestion);
+        its result a batch at a time as the collector streams it. Raises
+        ``grpc.RpcError`` (INVALID_ARGUMENT for a bad or writing query,
+        RESOURCE_EXHAUSTED when the collector has too many reads,
+        DEADLINE_EXCEEDED past the read timeout)."""
+        import pyarrow as pa
+
+        req = _core.encode_text_response(
+            json.dumps({"sql": query, "params": list(params) if params else None}, default=str)
+        )
+        fn: Any = self._channel.unary_stream(SERVICE + "Query")
+        call = fn(req, timeout=self.read_timeout_s)
+        try:
+            first = next(call)
+        except StopIteration:
+            raise RuntimeError("the collector sent no schema for the query") from None
+        schema = pa.ipc.open_stream(_core.decode_query_chunk(first)).schema
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for piece in call:
+                    yield from pa.ipc.open_stream(_core.decode_query_chunk(piece))
+            finally:
+                call.cancel()  # a reader dropped early frees the collector's read
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
     def register_reference(self, reference: Reference, model: str, version: str) -> str:
         """Registers ``reference`` for (model, version); returns its fingerprint."""
         req = _core.encode_reference_upload(model, version, reference.to_bytes())
@@ -78,8 +107,8 @@ class Client:
         self,
         model: str,
         version: str | None = None,
-        since: dt.datetime | str | float | None = None,
-        until: dt.datetime | str | float | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
         *,
         rules: Mapping[str, tuple[str, float]] | None = None,
     ) -> DriftReport:
@@ -109,8 +138,8 @@ class Client:
         self,
         model: str | None = None,
         slowest: int = 10,
-        since: dt.datetime | str | float | None = None,
-        until: dt.datetime | str | float | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
     ) -> list[dict[str, Any]]:
         """The slowest traces (of spans of ``model``), each with its total
         duration and time per stage."""
@@ -122,8 +151,8 @@ class Client:
         self,
         model: str,
         version: str | None = None,
-        since: dt.datetime | str | float | None = None,
-        until: dt.datetime | str | float | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
     ) -> list[dict[str, Any]]:
         """Latency per stage and end to end of a model (p50/p95/p99
         seconds), merged by the collector from every agent's profiles."""

@@ -502,6 +502,70 @@ class _ThreadingServer(WSGIServer):
             self._slots.release()
 
 
+class Pages:
+    """The collector's live pages: ``/`` (every model in the store) and
+    ``/models/NAME?version=V&since=1h&until=...`` (the model's report, built
+    from the store when opened; plotly.js from ``/static/plotly.min.js``)."""
+
+    PLOTLY = "/static/plotly.min.js"
+
+    def __init__(self, server: Any) -> None:
+        from modeltap.collector.reader import CollectorReads
+
+        self.reads = CollectorReads(server.reader)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        from urllib.parse import parse_qs
+
+        from modeltap import report
+
+        path = environ.get("PATH_INFO", "")
+        html_type = ("Content-Type", "text/html; charset=utf-8")
+        try:
+            if path == self.PLOTLY:
+                body = report.plotly_js().encode()
+                start_response(
+                    "200 OK",
+                    [
+                        ("Content-Type", "text/javascript; charset=utf-8"),
+                        ("Cache-Control", "public, max-age=86400"),
+                    ],
+                )
+                return [body]
+            if path == "/":
+                page = report.index_html(self.reads.models())
+                start_response("200 OK", [html_type, ("Cache-Control", "no-store")])
+                return [page.encode()]
+            if path.startswith("/models/") and len(path) > len("/models/"):
+                # PATH_INFO is already percent-decoded (as Latin-1 bytes)
+                name = path[len("/models/") :].encode("latin-1").decode("utf-8", "replace")
+                q = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                rep = report.Report.build(
+                    self.reads,
+                    name,
+                    q.get("version") or None,
+                    q.get("since") or None,
+                    q.get("until") or None,
+                )
+                page = rep.to_html(plotly_src=self.PLOTLY)
+                start_response("200 OK", [html_type, ("Cache-Control", "no-store")])
+                return [page.encode()]
+        except LookupError as e:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"not found: {e}\n".encode()]
+        except (ValueError, TypeError) as e:
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"bad request: {e}\n".encode()]
+        except Exception as e:
+            log.warning("page %s failed", path, exc_info=True)
+            start_response(
+                "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
+            )
+            return [f"cannot build the page now: {type(e).__name__}: {e}\n".encode()]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+
 class MetricsServer:
     """``/metrics``, ``/healthz``, ``/readyz`` on ``listen`` (HOST:PORT;
     port 0 picks one), with the store figures refreshed every ``refresh_s``."""
@@ -521,6 +585,7 @@ class MetricsServer:
         self.registry.register(_Collector(server, self.figures))
         host, _, port = listen.rpartition(":")
         metrics_app = make_wsgi_app(self.registry)
+        pages = Pages(server)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
             path = environ.get("PATH_INFO", "")
@@ -535,8 +600,10 @@ class MetricsServer:
                 status = "200 OK" if ok else "503 Service Unavailable"
                 start_response(status, [("Content-Type", "text/plain")])
                 return [(("ready" if ok else f"not ready: {why}") + "\n").encode()]
+            if path == "/" or path.startswith(("/models/", "/static/")):
+                return pages(environ, start_response)
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found: /metrics, /healthz, /readyz\n"]
+            return [b"not found: /, /models/NAME, /metrics, /healthz, /readyz\n"]
 
         self.httpd = make_server(
             host or "127.0.0.1",

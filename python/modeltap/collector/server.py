@@ -42,10 +42,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import duckdb
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -54,6 +55,14 @@ from modeltap import _core
 from modeltap.collector.otlp import TRACE_SERVICE, OtlpForwarder
 from modeltap.collector.otlp import response as otlp_response
 from modeltap.collector.otlp import spans_from_request as otlp_spans
+from modeltap.collector.reader import (
+    DEFAULT_MAX_ADMITTED,
+    DEFAULT_MAX_READS,
+    DEFAULT_READ_TIMEOUT_S,
+    ReadTimeout,
+    StoreReader,
+    check_read_only,
+)
 from modeltap.collector.store import (
     MAX_EXPANSION,
     MAX_UNIX_NANO,
@@ -88,6 +97,29 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Code = grpc.StatusCode
 
 
+_DUCKDB_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Code]] = [
+    ((duckdb.OutOfMemoryException,), Code.RESOURCE_EXHAUSTED),
+    ((duckdb.PermissionException, duckdb.TransactionException), Code.PERMISSION_DENIED),
+    ((duckdb.ConnectionException, duckdb.IOException), Code.UNAVAILABLE),
+    ((duckdb.InterruptException,), Code.DEADLINE_EXCEEDED),
+    (
+        (
+            duckdb.ParserException,
+            duckdb.BinderException,
+            duckdb.CatalogException,
+            duckdb.ConversionException,
+            duckdb.InvalidInputException,
+            duckdb.OutOfRangeException,
+            duckdb.NotImplementedException,
+            duckdb.SyntaxException,
+            duckdb.DataError,
+            duckdb.ProgrammingError,
+        ),
+        Code.INVALID_ARGUMENT,
+    ),
+]
+
+
 class _Refusal(Exception):
     """An RPC answered with a status other than OK."""
 
@@ -114,6 +146,12 @@ def _status(e: BaseException, *, arguments: bool = False) -> _Refusal:
         return _Refusal(Code.RESOURCE_EXHAUSTED, f"collector overloaded, retry later: {e}")
     if isinstance(e, StoreUnavailable):
         return _Refusal(Code.UNAVAILABLE, f"store unavailable: {e}")
+    if isinstance(e, ReadTimeout):
+        return _Refusal(Code.DEADLINE_EXCEEDED, str(e))
+    if isinstance(e, duckdb.Error):  # of a read: the caller's query, mostly
+        for kinds, code in _DUCKDB_CODES:
+            if isinstance(e, kinds):
+                return _Refusal(code, str(e))
     if arguments and isinstance(e, ValueError):
         return _Refusal(Code.INVALID_ARGUMENT, str(e))
     log.error("internal error", exc_info=e)
@@ -146,6 +184,9 @@ class CollectorServer:
         otlp_endpoint: str | None = None,
         http: str | None = None,
         metrics_refresh_s: float = 15.0,
+        max_reads: int = DEFAULT_MAX_READS,
+        max_admitted: int = DEFAULT_MAX_ADMITTED,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
         self.listen = listen
         self.store_path = store
@@ -166,6 +207,12 @@ class CollectorServer:
             on_health=self._health_changed,
             memory_limit=check_memory_limit(memory_limit),
             **(writer_options or {}),
+        )
+        self.reader = StoreReader(
+            self.writer.read_root,
+            max_reads=max_reads,
+            max_admitted=max_admitted,
+            timeout_s=read_timeout_s,
         )
         self.server: Any = None
         self.port = 0
@@ -234,7 +281,9 @@ class CollectorServer:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                # Query answers come in pieces of about a megabyte; one row
+                # larger than that goes alone, up to the message limit.
+                ("grpc.max_send_message_length", self.max_message_bytes),
             ],
             # Exports are limited below this (see _export), so that health
             # checks and reads still get through while exports are shed.
@@ -249,6 +298,7 @@ class CollectorServer:
                 "Trace": grpc.unary_unary_rpc_method_handler(self._trace),
                 "Traces": grpc.unary_unary_rpc_method_handler(self._traces),
                 "Latency": grpc.unary_unary_rpc_method_handler(self._latency),
+                "Query": grpc.unary_stream_rpc_method_handler(self._query),
             },
         )
         otlp_in = grpc.method_handlers_generic_handler(
@@ -280,6 +330,7 @@ class CollectorServer:
             await self.server.stop(grace_s)
         if self._watchdog is not None:
             self._watchdog.cancel()
+        await asyncio.to_thread(self.reader.close)
         await asyncio.to_thread(self.writer.stop)
         if self.forwarder is not None:
             await asyncio.to_thread(self.forwarder.close)
@@ -303,12 +354,7 @@ class CollectorServer:
             raise
         except BaseException as e:  # native panics included
             r = _status(e, arguments=arguments)
-        if r.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION):
-            self.rejected += 1
-        elif r.code == Code.RESOURCE_EXHAUSTED:
-            self.shed += 1
-        elif r.code == Code.INTERNAL:
-            self.internal += 1
+        self._count(r)
         await context.abort(r.code, r.details)
         raise AssertionError("unreachable: abort raises")
 
@@ -382,7 +428,7 @@ class CollectorServer:
                     raise ValueError(f"{what}_unix_nano {t} is past the largest time")
             rules = parse_rules(rule_texts)
             data = await asyncio.wrap_future(
-                self.writer.run(
+                self.reader.run(
                     lambda con: drift_data(
                         con, model, version or None, lo or None, hi or None, rules
                     )
@@ -400,7 +446,7 @@ class CollectorServer:
         async def work() -> bytes:
             q = _json_request(request)
             tid = _text_arg(q, "trace_id") or ""
-            data = await asyncio.wrap_future(self.writer.run(lambda con: trace_data(con, tid)))
+            data = await asyncio.wrap_future(self.reader.run(lambda con: trace_data(con, tid)))
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
 
         return await self._answer(context, work, arguments=True)
@@ -419,7 +465,7 @@ class CollectorServer:
                 raise ValueError("slowest must be an integer in 1..10000")
             lo, hi = _time_args(q)
             data = await asyncio.wrap_future(
-                self.writer.run(lambda con: slowest_traces(con, model, n, lo, hi))
+                self.reader.run(lambda con: slowest_traces(con, model, n, lo, hi))
             )
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
 
@@ -439,11 +485,79 @@ class CollectorServer:
             version = _text_arg(q, "version")
             lo, hi = _time_args(q)
             data = await asyncio.wrap_future(
-                self.writer.run(lambda con: stage_latency_data(con, model, version, lo, hi))
+                self.reader.run(lambda con: stage_latency_data(con, model, version, lo, hi))
             )
             return _core.encode_text_response(json.dumps(_json_safe(data)))
 
         return await self._answer(context, work, arguments=True)
+
+    async def _query(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        """``{"sql": "SELECT ...", "params": [...]}`` -> the result as a
+        stream of Arrow IPC pieces (see collector/reader.py)."""
+        loop = asyncio.get_running_loop()
+        reader = self.reader
+        session = None
+        ok = timed_out = False
+        timers: list[asyncio.TimerHandle] = []
+        refusal: _Refusal | None = None
+        try:
+            q = _json_request(request)
+            sql = q.get("sql")
+            if not isinstance(sql, str):
+                raise ValueError("sql must be a string")
+            params = _query_params(q.get("params"))
+            check_read_only(sql)  # refuses anything but one SELECT
+            reader.admit()
+            session = reader.session(sql, params)
+        except BaseException as e:
+            session = None
+            refusal = _status(e, arguments=True)
+        if refusal is not None:
+            self._count(refusal)
+            await context.abort(refusal.code, refusal.details)
+            return
+        assert session is not None
+        task = asyncio.current_task()
+        left = context.time_remaining()
+        budget = reader.timeout_s if left is None else min(reader.timeout_s, left)
+        # At the deadline the query is interrupted; a client that stopped
+        # taking pieces is cut off a little later (its RPC cancelled).
+        timers.append(loop.call_later(budget, session.interrupt))
+        if task is not None:
+            timers.append(loop.call_later(budget + 5.0, task.cancel))
+        try:
+            try:
+                piece = await loop.run_in_executor(reader.pool, session.start)
+                while piece is not None:
+                    yield _core.encode_query_chunk(piece)
+                    piece = await loop.run_in_executor(reader.pool, session.next)
+                ok = True
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:
+                timed_out = isinstance(e, ReadTimeout)
+                refusal = _status(e, arguments=True)
+            if refusal is not None:
+                self._count(refusal)
+                await context.abort(refusal.code, refusal.details)
+        finally:
+            for t in timers:
+                t.cancel()
+            session.interrupt()
+            try:
+                reader.pool.submit(reader.finished, session, ok, timed_out)
+            except RuntimeError:  # the pool has stopped: close it here
+                reader.finished(session, ok, timed_out)
+
+    def _count(self, r: _Refusal) -> None:
+        if r.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION):
+            self.rejected += 1
+        elif r.code == Code.RESOURCE_EXHAUSTED:
+            self.shed += 1
+        elif r.code == Code.INTERNAL:
+            self.internal += 1
 
     async def _otlp_export(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -503,6 +617,23 @@ def _json_request(request: bytes) -> dict[str, Any]:
     if not isinstance(q, dict):
         raise ValueError("the request must be a JSON object")
     return q
+
+
+def _query_params(v: Any) -> list[Any] | None:
+    """The ``params`` of a Query: a list of JSON scalars or lists of them
+    (or none)."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) > 1000:
+        raise ValueError("params must be a list of at most 1000 values")
+    scalar = (str, int, float, bool)
+    for x in v:
+        if isinstance(x, list):
+            if len(x) > 10_000 or not all(y is None or isinstance(y, scalar) for y in x):
+                raise ValueError("a list in params holds at most 10000 scalars")
+        elif x is not None and not isinstance(x, scalar):
+            raise ValueError("each of params must be a string, number, boolean, null or a list")
+    return v
 
 
 def _text_arg(q: dict[str, Any], key: str) -> str | None:
@@ -689,7 +820,9 @@ class BackgroundCollector:
         return self
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Finishes in-flight calls and closes the store."""
+        """Finishes in-flight calls and closes the store (once)."""
+        if self._loop.is_closed():
+            return
         asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self._loop).result(60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -31,9 +30,9 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from modeltap import _core
+from modeltap.reads import Reads, TimeArg, arrow_reader, parse_time, time_range
 
 log = logging.getLogger("modeltap.collector")
 
@@ -813,6 +812,7 @@ class StoreWriter:
         self._queued_bytes = 0
         self._queued_jobs = 0
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._read_root: duckdb.DuckDBPyConnection | None = None
         self._thread: threading.Thread | None = None
         self._wal_ino: int | None = None
         # feature schemas known to be stored (an LRU: one evicted is only
@@ -951,19 +951,36 @@ class StoreWriter:
                     "checkpoint_threshold": CHECKPOINT_THRESHOLD,
                     # DuckDB's own default is 80 % of the machine's memory.
                     "memory_limit": self.memory_limit,
+                    # Reads of the running store (collector/reader.py) run
+                    # any SELECT a client sends: no query may touch a file
+                    # (read_csv, COPY, ATTACH) or fetch an extension.
+                    "enable_external_access": False,
+                    "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False,
                 },
             )
             con.execute(SCHEMA)
             con.execute("CHECKPOINT")
+            read_root = con.cursor()
         except Exception as e:
             self._con = None
             self._set_health(False, f"cannot open: {e}")
             return False
         self._con = con
+        self._read_root = read_root
         self._set_health(True, "serving")
         return True
 
+    def read_root(self) -> duckdb.DuckDBPyConnection | None:
+        """A connection to the open store that readers take cursors from
+        (None while it is not open)."""
+        return self._read_root
+
     def _close(self) -> None:
+        root, self._read_root = self._read_root, None
+        if root is not None:
+            with contextlib.suppress(Exception):
+                root.close()
         if self._con is not None:
             with contextlib.suppress(Exception):
                 self._con.close()
@@ -1286,18 +1303,6 @@ class StoreWriter:
             self._wal_ino = ino
 
 
-def _time_range(
-    conds: list[str], params: list[Any], column: str, since: int | None, until: int | None
-) -> None:
-    """Adds ``since <= column < until`` (Unix ns, either may be None)."""
-    if since is not None:
-        conds.append(f"{column} >= make_timestamptz(? // 1000)")
-        params.append(since)
-    if until is not None:
-        conds.append(f"{column} < make_timestamptz(? // 1000)")
-        params.append(until)
-
-
 def register_reference(
     con: duckdb.DuckDBPyConnection, model: str, version: str, data: bytes
 ) -> str:
@@ -1349,7 +1354,7 @@ def drift_data(
         ) from e
     conds = ["model = ?", "version = ?", "reference_fingerprint = ?"]
     params: list[Any] = [model, version, fingerprint]
-    _time_range(conds, params, "window_start", since_ns, until_ns)
+    time_range(conds, params, "window_start", since_ns, until_ns)
     if info["fingerprint"] != fingerprint:
         raise StoredDataInvalid(
             f"the reference stored for {model} {version} as {fingerprint} is "
@@ -1439,7 +1444,7 @@ def slowest_traces(
     if model is not None:
         conds.append("trace_id IN (SELECT trace_id FROM spans WHERE model = ?)")
         params.append(model)
-    _time_range(conds, params, "start_ts", since_ns, until_ns)
+    time_range(conds, params, "start_ts", since_ns, until_ns)
     where = ("WHERE " + " AND ".join(conds)) if conds else ""
     rows = _dicts(
         con.execute(
@@ -1472,6 +1477,38 @@ def slowest_traces(
     return rows
 
 
+class StageTotals:
+    """Stage latencies summed over window profiles (whatever their
+    references); a damaged part is left out, not the range."""
+
+    def __init__(self) -> None:
+        self._acc: dict[tuple[str, bool], dict[str, Any]] = {}
+
+    def add(self, blobs: list[bytes]) -> None:
+        try:
+            stages = _core.stage_latency(blobs)
+        except _core.BatchDecodeError:
+            stages = []
+            for b in blobs:
+                with contextlib.suppress(_core.BatchDecodeError):
+                    stages.extend(_core.stage_latency([b]))
+        for st in stages:
+            key = (st["name"], st["root"])
+            have = self._acc.get(key)
+            if have is None:
+                self._acc[key] = st
+                continue
+            have["counts"] = [a + b for a, b in zip(have["counts"], st["counts"], strict=False)]
+            have["sum"] += st["sum"]
+            have["errors"] += st["errors"]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per stage and end to end: spans, errors, mean, p50/p95/p99."""
+        from modeltap.tracing import stage_summary
+
+        return stage_summary(list(self._acc.values()))
+
+
 def stage_latency_data(
     con: duckdb.DuckDBPyConnection,
     model: str,
@@ -1482,34 +1519,17 @@ def stage_latency_data(
     """Latency per stage and end to end of a model (every version unless
     given) over windows starting in ``[since, until)``, summed from every
     agent's stored window profiles (see ``tracing.stage_summary``)."""
-    from modeltap.tracing import stage_summary
-
     conds = ["model = ?"]
     params: list[Any] = [model]
     if version is not None:
         conds.append("version = ?")
         params.append(version)
-    _time_range(conds, params, "window_start", since_ns, until_ns)
+    time_range(conds, params, "window_start", since_ns, until_ns)
     cur = con.execute(f"SELECT profile FROM window_profiles WHERE {' AND '.join(conds)}", params)
-    acc: dict[tuple[str, bool], dict[str, Any]] = {}
+    totals = StageTotals()
     while chunk := cur.fetchmany(MERGE_CHUNK):
-        try:
-            stages = _core.stage_latency([bytes(r[0]) for r in chunk])
-        except _core.BatchDecodeError:
-            stages = []
-            for r in chunk:  # a damaged part is left out, not the range
-                with contextlib.suppress(_core.BatchDecodeError):
-                    stages.extend(_core.stage_latency([bytes(r[0])]))
-        for st in stages:
-            key = (st["name"], st["root"])
-            have = acc.get(key)
-            if have is None:
-                acc[key] = st
-                continue
-            have["counts"] = [a + b for a, b in zip(have["counts"], st["counts"], strict=False)]
-            have["sum"] += st["sum"]
-            have["errors"] += st["errors"]
-    return stage_summary(list(acc.values()))
+        totals.add([bytes(r[0]) for r in chunk])
+    return totals.summary()
 
 
 def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -1517,22 +1537,12 @@ def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _ns(t: dt.datetime | str | int | float | None) -> int | None:
-    if t is None:
-        return None
-    if isinstance(t, (int, float)):
-        return int(t)
-    if isinstance(t, str):
-        t = dt.datetime.fromisoformat(t)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return int(t.timestamp() * 1e9)
-
-
-class Store:
-    """Reads a collector's store from Python, returning Arrow tables (or
-    pandas DataFrames). DuckDB lets one process write a database file at a
-    time: open the store while the collector is stopped, or a copy of it.
+class Store(Reads):
+    """Reads a collector's store file from Python, returning Arrow tables
+    (or pandas DataFrames): the read API of :class:`modeltap.Client`, on a
+    store no collector is writing (DuckDB lets one process write a database
+    file at a time; a running collector is read through its address, see
+    :func:`modeltap.connect`).
 
     >>> with modeltap.Store("modeltap.duckdb") as store:           # doctest: +SKIP
     ...     df = store.predictions("fraud", since="2026-01-01", as_pandas=True)
@@ -1552,56 +1562,16 @@ class Store:
         """Closes the connection."""
         self.con.close()
 
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
-        """Runs any SQL query; returns an Arrow table."""
-        rel = self.con.sql(query, params=list(params) if params else None)
-        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
-        return fetch()
-
-    def models(self) -> pa.Table:
-        """Each (model, version) with its record count and time range."""
-        return self.sql(
-            "SELECT model, version, count(*) AS records, min(ts) AS first, max(ts) AS last "
-            "FROM predictions GROUP BY ALL ORDER BY model, version"
-        )
-
-    def predictions(
-        self,
-        model: str | None = None,
-        version: str | None = None,
-        since: dt.datetime | str | int | None = None,
-        until: dt.datetime | str | int | None = None,
-        *,
-        expand: bool = True,
-        as_pandas: bool = False,
-    ) -> Any:
-        """Predictions of a model (and version) in ``[since, until)``
-        (datetimes, ISO strings or Unix nanoseconds), oldest first. With
-        ``expand`` (and one feature schema in the result) each feature and
-        each categorical value becomes a column of its own."""
-        where, params = self._filter(model, version, since, until)
-        t = self.sql(f"SELECT * FROM predictions {where} ORDER BY ts", params)
-        if expand and t.num_rows:
-            t = self._expand(t)
-        return t.to_pandas() if as_pandas else t
-
-    def errors(
-        self,
-        model: str | None = None,
-        version: str | None = None,
-        since: dt.datetime | str | int | None = None,
-        until: dt.datetime | str | int | None = None,
-    ) -> pa.Table:
-        """Errors logged with predictions."""
-        where, params = self._filter(model, version, since, until)
-        return self.sql(f"SELECT * FROM errors {where} ORDER BY ts", params)
+    def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
+        """Runs one SQL query; its result a batch at a time."""
+        return arrow_reader(self.con.cursor(), query, params, 1_000_000)
 
     def drift(
         self,
         model: str,
         version: str | None = None,
-        since: dt.datetime | str | int | None = None,
-        until: dt.datetime | str | int | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
         *,
         rules: Mapping[str, tuple[str, float]] | None = None,
     ) -> Any:
@@ -1609,27 +1579,9 @@ class Store:
         merged from the stored window profiles of every agent."""
         from modeltap.drift import DriftReport
 
-        return DriftReport(drift_data(self.con, model, version, _ns(since), _ns(until), rules))
-
-    def spans(
-        self,
-        trace_id: str | None = None,
-        model: str | None = None,
-        since: dt.datetime | str | int | None = None,
-        until: dt.datetime | str | int | None = None,
-    ) -> pa.Table:
-        """Spans (of one trace, or of a model), oldest first."""
-        conds: list[str] = []
-        params: list[Any] = []
-        if trace_id is not None:
-            conds.append("trace_id = ?")
-            params.append(trace_id.lower())
-        if model is not None:
-            conds.append("model = ?")
-            params.append(model)
-        _time_range(conds, params, "start_ts", _ns(since), _ns(until))
-        where = ("WHERE " + " AND ".join(conds)) if conds else ""
-        return self.sql(f"SELECT * FROM spans {where} ORDER BY start_unix_nano", params)
+        return DriftReport(
+            drift_data(self.con, model, version, parse_time(since), parse_time(until), rules)
+        )
 
     def trace(self, trace_id: str) -> dict[str, Any]:
         """One trace: its spans and the prediction records logged in it."""
@@ -1639,64 +1591,19 @@ class Store:
         self,
         model: str | None = None,
         slowest: int = 10,
-        since: dt.datetime | str | int | None = None,
-        until: dt.datetime | str | int | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
     ) -> list[dict[str, Any]]:
         """The slowest traces with their stage breakdown."""
-        return slowest_traces(self.con, model, slowest, _ns(since), _ns(until))
+        return slowest_traces(self.con, model, slowest, parse_time(since), parse_time(until))
 
     def stage_latency(
         self,
         model: str,
         version: str | None = None,
-        since: dt.datetime | str | int | None = None,
-        until: dt.datetime | str | int | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
     ) -> list[dict[str, Any]]:
         """Latency per stage and end to end (p50/p95/p99 seconds), merged
         from the stored window profiles of every agent."""
-        return stage_latency_data(self.con, model, version, _ns(since), _ns(until))
-
-    def system_metrics(self, model: str | None = None) -> pa.Table:
-        """System samples (GPU columns are NULL where NVML was absent)."""
-        where, params = self._filter(model, None, None, None)
-        return self.sql(f"SELECT * FROM system_metrics {where} ORDER BY ts", params)
-
-    @staticmethod
-    def _filter(
-        model: str | None,
-        version: str | None,
-        since: dt.datetime | str | int | None,
-        until: dt.datetime | str | int | None,
-    ) -> tuple[str, list[Any]]:
-        conds: list[str] = []
-        params: list[Any] = []
-        if model is not None:
-            conds.append("model = ?")
-            params.append(model)
-        if version is not None:
-            conds.append("version = ?")
-            params.append(version)
-        _time_range(conds, params, "ts", _ns(since), _ns(until))
-        return ("WHERE " + " AND ".join(conds)) if conds else "", params
-
-    def _expand(self, t: pa.Table) -> pa.Table:
-        ids = pc.unique(t.column("schema_id")).to_pylist()
-        if len(ids) != 1:
-            return t
-        row = self.con.execute(
-            "SELECT feature_names, feature_kinds, categorical_names FROM feature_schemas "
-            "WHERE schema_id = ?",
-            [ids[0]],
-        ).fetchone()
-        if row is None:
-            return t
-        names, kinds, cats = row
-        feats = t.column("features")
-        catcol = t.column("categories")
-        out = t.drop_columns(["features", "categories"])
-        for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
-            if kind == "categorical":
-                out = out.append_column(name, pc.list_element(catcol, cats.index(name)))
-            else:
-                out = out.append_column(name, pc.list_element(feats, i))
-        return out
+        return stage_latency_data(self.con, model, version, parse_time(since), parse_time(until))

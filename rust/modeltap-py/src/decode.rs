@@ -620,6 +620,26 @@ pub fn encode_text_response<'py>(py: Python<'py>, text: String) -> Bound<'py, Py
     PyBytes::new(py, &m.encode_to_vec())
 }
 
+/// Encodes one piece of a Query's answer (`QueryChunk`): Arrow IPC bytes.
+#[pyfunction]
+pub fn encode_query_chunk<'py>(py: Python<'py>, arrow_ipc: &[u8]) -> Bound<'py, PyBytes> {
+    use prost::Message;
+    let m = proto::QueryChunk {
+        arrow_ipc: arrow_ipc.to_vec(),
+    };
+    PyBytes::new(py, &m.encode_to_vec())
+}
+
+/// Decodes one piece of a Query's answer: its Arrow IPC bytes.
+#[pyfunction]
+pub fn decode_query_chunk<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    use prost::Message;
+    let m = proto::QueryChunk::decode(data).map_err(|e| {
+        crate::errors::BatchDecodeError::new_err(format!("malformed QueryChunk: {e}"))
+    })?;
+    Ok(PyBytes::new(py, &m.arrow_ipc))
+}
+
 /// Decodes a one-string-field response.
 #[pyfunction]
 pub fn decode_text_response(data: &[u8]) -> PyResult<String> {

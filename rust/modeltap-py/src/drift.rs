@@ -1170,3 +1170,99 @@ pub fn encode_strings<'py>(
         )))
     })
 }
+
+/// Reference and window counts of every column of a reference, in the bins
+/// its drift statistics compare: for a numeric column the PSI bins (their
+/// edges, the outer two open: `-inf` and `inf`), for a categorical one its
+/// categories then "(other)" and "(unseen)". A list of `{"feature", "kind",
+/// "role", "edges" | "labels", "ref", "cur"}`; a window column that does
+/// not fit the reference (or an empty window) counts zero.
+#[pyfunction]
+pub fn histograms<'py>(
+    py: Python<'py>,
+    reference: &[u8],
+    window: &[u8],
+) -> PyResult<Bound<'py, PyList>> {
+    guard(|| {
+        let r = profile::decode_reference(reference).map_err(|e| reference_err(&e))?;
+        let w = if window.is_empty() {
+            proto::WindowProfile::default()
+        } else {
+            profile::decode_window(window).map_err(|e| profile_err(&e))?
+        };
+        let fits = w.columns.is_empty() || w.reference_fingerprint == r.fingerprint;
+        let out = PyList::empty(py);
+        let none = proto::ColumnProfile::default();
+        for (i, (spec, rp)) in r.columns.iter().zip(&r.profiles).enumerate() {
+            let cp = match w.columns.get(i) {
+                Some(c) if fits && c.counts.len() == rp.counts.len() => c,
+                _ => &none,
+            };
+            let d = PyDict::new(py);
+            d.set_item("feature", &spec.name)?;
+            let categorical = spec.kind == proto::ColumnKind::Categorical as i32;
+            d.set_item(
+                "kind",
+                if categorical {
+                    "categorical"
+                } else {
+                    "numeric"
+                },
+            )?;
+            d.set_item(
+                "role",
+                match proto::ColumnRole::try_from(spec.role) {
+                    Ok(proto::ColumnRole::Prediction) => "prediction",
+                    Ok(proto::ColumnRole::Probability) => "probability",
+                    _ => "feature",
+                },
+            )?;
+            let cur = |j: usize| cp.counts.get(j).copied().unwrap_or(0);
+            match (&spec.numeric, &spec.categorical) {
+                (Some(num), _) if !categorical => {
+                    let k = (num.n_psi_bins as usize).min(MAX_REPORT_BINS);
+                    let (mut a, mut b) = (vec![0u64; k], vec![0u64; k]);
+                    // Upper edge of each coarse bin: the cut closing its
+                    // last fine bin (fine bin j is (cuts[j-1], cuts[j]]).
+                    let mut upper = vec![f64::NEG_INFINITY; k];
+                    for (j, &bin) in num.psi_bin.iter().enumerate() {
+                        let bin = bin as usize;
+                        if bin < k {
+                            a[bin] = a[bin].saturating_add(rp.counts.get(j).copied().unwrap_or(0));
+                            b[bin] = b[bin].saturating_add(cur(j));
+                            upper[bin] = num.cuts.get(j).copied().unwrap_or(f64::INFINITY);
+                        }
+                    }
+                    let mut edges = Vec::with_capacity(k + 1);
+                    edges.push(f64::NEG_INFINITY);
+                    edges.extend(upper.iter().take(k.saturating_sub(1)));
+                    edges.push(f64::INFINITY);
+                    d.set_item("edges", edges)?;
+                    d.set_item("ref", a)?;
+                    d.set_item("cur", b)?;
+                }
+                (_, Some(cat)) => {
+                    let mut labels: Vec<String> = cat.categories.clone();
+                    labels.push("(other)".into());
+                    labels.push("(unseen)".into());
+                    let n = labels.len();
+                    d.set_item("labels", labels)?;
+                    d.set_item(
+                        "ref",
+                        (0..n)
+                            .map(|j| rp.counts.get(j).copied().unwrap_or(0))
+                            .collect::<Vec<_>>(),
+                    )?;
+                    d.set_item("cur", (0..n).map(cur).collect::<Vec<_>>())?;
+                }
+                _ => continue,
+            }
+            out.append(d)?;
+        }
+        Ok(out)
+    })
+}
+
+/// At most this many bins per numeric column in `histograms` (a checked
+/// reference has fewer).
+const MAX_REPORT_BINS: usize = 1024;

@@ -54,6 +54,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode::decode_drift_request, m)?)?;
     m.add_function(wrap_pyfunction!(decode::encode_text_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_text_response, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::encode_query_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_query_chunk, m)?)?;
     m.add("InternalError", py.get_type::<errors::InternalError>())?;
     m.add(
         "ReferenceFormatError",
@@ -65,6 +67,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drift::reference_info, m)?)?;
     m.add_function(wrap_pyfunction!(drift::merge_profiles, m)?)?;
     m.add_function(wrap_pyfunction!(drift::stage_latency, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::histograms, m)?)?;
     m.add_function(wrap_pyfunction!(drift::record_latency, m)?)?;
     m.add_function(wrap_pyfunction!(drift::drift, m)?)?;
     m.add_function(wrap_pyfunction!(drift::profile_fingerprint, m)?)?;

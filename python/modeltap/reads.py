@@ -1,0 +1,290 @@
+"""The read API shared by :class:`modeltap.Store` (a store file, opened while
+no collector writes it) and :class:`modeltap.Client` (a running collector):
+the same methods, the same Arrow tables, whichever :func:`modeltap.connect`
+returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pyarrow is imported when a read is made, not by agents
+    import pyarrow as pa
+
+TimeArg = dt.datetime | str | int | float | None
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ADDRESS = re.compile(r"(?:grpc://)?(?:\[[0-9a-fA-F:.]+\]|[\w.\-]+):\d{1,5}")
+
+
+def parse_time(t: TimeArg, now: float | None = None) -> int | None:
+    """Unix nanoseconds from a datetime (naive ones are UTC), an ISO time,
+    a duration back from now ("90s", "15m", "1h", "7d") or Unix seconds
+    (an int or a float, as ``time.time()`` gives)."""
+    if t is None:
+        return None
+    if isinstance(t, bool):
+        raise TypeError("a time cannot be a bool")
+    if isinstance(t, (int, float)):
+        if t != t or t in (float("inf"), float("-inf")):
+            raise ValueError(f"not a time: {t}")
+        return int(t * 1e9)
+    if isinstance(t, str):
+        m = _DURATION.fullmatch(t.strip())
+        if m:
+            return int(((now or time.time()) - float(m[1]) * _UNITS[m[2]]) * 1e9)
+        try:
+            t = dt.datetime.fromisoformat(t.strip())
+        except ValueError:
+            raise ValueError(
+                f"not a time: {t!r} (an ISO time such as 2026-01-31T12:00, "
+                "or a duration back from now such as 15m, 1h, 7d)"
+            ) from None
+    if not isinstance(t, dt.datetime):
+        raise TypeError(f"not a time: {type(t).__name__}")
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1e9)
+
+
+def arrow_reader(
+    cur: Any, query: str, params: Sequence[Any] | None, rows: int
+) -> pa.RecordBatchReader:
+    """Runs ``query`` on a DuckDB connection and returns its result as a
+    RecordBatchReader of ``rows`` rows a batch, streamed (not materialized
+    first, as a DB-API ``execute`` result would be)."""
+    import pyarrow as pa
+
+    rel = cur.sql(query, params=list(params) if params else None)
+    if rel is None:  # a statement with no result
+        return pa.RecordBatchReader.from_batches(pa.schema([]), [])
+    # The method's name differs across DuckDB versions.
+    fn = getattr(rel, "to_arrow_reader", None) or getattr(rel, "fetch_arrow_reader", None)
+    reader: pa.RecordBatchReader = fn(rows) if fn is not None else rel.record_batch(rows)
+    return reader
+
+
+def quote(name: str) -> str:
+    """A SQL identifier, quoted."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"not a column name: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def time_range(
+    conds: list[str], params: list[Any], column: str, since: int | None, until: int | None
+) -> None:
+    """Adds ``since <= column < until`` (Unix ns, either may be None)."""
+    if since is not None:
+        conds.append(f"{column} >= make_timestamptz(? // 1000)")
+        params.append(since)
+    if until is not None:
+        conds.append(f"{column} < make_timestamptz(? // 1000)")
+        params.append(until)
+
+
+class Reads:
+    """Queries over a store's tables (``predictions``, ``errors``,
+    ``spans``, ``system_metrics``, ``window_profiles``, ``batches``,
+    ``agent_counters``, ``feature_schemas``, ``references``); every method
+    returns a ``pyarrow.Table`` (a pandas DataFrame with ``as_pandas=True``).
+    Times: datetimes, ISO strings, durations back from now ("1h") or Unix
+    seconds."""
+
+    def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
+        """Runs one SQL query; its result a batch at a time."""
+        raise NotImplementedError
+
+    def sql(
+        self, query: str, params: Sequence[Any] | None = None, *, as_pandas: bool = False
+    ) -> Any:
+        """Runs one SQL query (``?`` placeholders bound to ``params``)."""
+        t = self.stream(query, params).read_all()
+        return t.to_pandas() if as_pandas else t
+
+    def models(self, *, as_pandas: bool = False) -> Any:
+        """Each (model, version) with its record count and time range."""
+        return self.sql(
+            "SELECT model, version, count(*) AS records, min(ts) AS first, max(ts) AS last "
+            "FROM predictions GROUP BY ALL ORDER BY model, version",
+            as_pandas=as_pandas,
+        )
+
+    def _select(
+        self,
+        table: str,
+        columns: Iterable[str] | None,
+        conds: list[str],
+        params: list[Any],
+        order: str,
+        limit: int | None,
+    ) -> tuple[str, list[Any]]:
+        cols = "*" if columns is None else ", ".join(quote(c) for c in columns)
+        if cols == "":
+            raise ValueError("name at least one column")
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        q = f"SELECT {cols} FROM {table} {where} ORDER BY {order}"
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError("limit must be a non-negative integer")
+            q += f" LIMIT {limit}"
+        return q, params
+
+    @staticmethod
+    def _filter(
+        model: str | None, version: str | None, since: TimeArg, until: TimeArg, column: str = "ts"
+    ) -> tuple[list[str], list[Any]]:
+        conds: list[str] = []
+        params: list[Any] = []
+        if model is not None:
+            conds.append("model = ?")
+            params.append(model)
+        if version is not None:
+            conds.append("version = ?")
+            params.append(version)
+        time_range(conds, params, column, parse_time(since), parse_time(until))
+        return conds, params
+
+    def predictions(
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        *,
+        columns: Iterable[str] | None = None,
+        limit: int | None = None,
+        expand: bool = True,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Predictions of a model (and version) in ``[since, until)``, oldest
+        first; ``columns`` of the ``predictions`` table (all by default),
+        at most ``limit`` rows. With ``expand`` (and one feature schema in
+        the result) each feature and each categorical value becomes a column
+        of its own in place of ``features`` and ``categories``."""
+        conds, params = self._filter(model, version, since, until)
+        q, params = self._select("predictions", columns, conds, params, "ts", limit)
+        t = self.sql(q, params)
+        if expand and t.num_rows:
+            t = self._expand(t)
+        return t.to_pandas() if as_pandas else t
+
+    def errors(
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        *,
+        limit: int | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Errors logged with predictions, oldest first."""
+        conds, params = self._filter(model, version, since, until)
+        return self.sql(
+            *self._select("errors", None, conds, params, "ts", limit), as_pandas=as_pandas
+        )
+
+    def system_metrics(
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        *,
+        limit: int | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Agents' system samples, oldest first (GPU columns are NULL where
+        NVML read no GPU)."""
+        conds, params = self._filter(model, version, since, until)
+        return self.sql(
+            *self._select("system_metrics", None, conds, params, "ts", limit), as_pandas=as_pandas
+        )
+
+    def spans(
+        self,
+        trace_id: str | None = None,
+        model: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        *,
+        limit: int | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Spans (of one trace, or of a model), oldest first."""
+        conds, params = self._filter(model, None, since, until, "start_ts")
+        if trace_id is not None:
+            conds.append("trace_id = ?")
+            params.append(trace_id.strip().lower())
+        return self.sql(
+            *self._select("spans", None, conds, params, "start_unix_nano", limit),
+            as_pandas=as_pandas,
+        )
+
+    def report(
+        self,
+        model: str,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+    ) -> Any:
+        """An HTML report of ``model`` (its newest version unless given)
+        over ``[since, until)``: a :class:`modeltap.report.Report`, with
+        ``to_html()`` and ``save(path)``."""
+        from modeltap.report import Report
+
+        return Report.build(self, model, version, since, until)
+
+    def _expand(self, t: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        if not {"schema_id", "features", "categories"} <= set(t.column_names):
+            return t
+        ids = pc.unique(t.column("schema_id")).to_pylist()
+        if len(ids) != 1 or ids[0] is None:
+            return t
+        row = self.sql(
+            "SELECT feature_names, feature_kinds, categorical_names FROM feature_schemas "
+            "WHERE schema_id = ?",
+            [ids[0]],
+        ).to_pylist()
+        if not row:
+            return t
+        r = row[0]
+        names, kinds, cats = r["feature_names"], r["feature_kinds"], r["categorical_names"]
+        feats = t.column("features")
+        catcol = t.column("categories")
+        out = t.drop_columns(["features", "categories"])
+        for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+            if kind == "categorical":
+                out = out.append_column(name, pc.list_element(catcol, cats.index(name)))
+            else:
+                out = out.append_column(name, pc.list_element(feats, i))
+        return out
+
+
+def connect(target: str | os.PathLike[str], **options: Any) -> Any:
+    """A :class:`modeltap.Store` for a store file, a :class:`modeltap.Client`
+    for a collector's address (``HOST:PORT``): the same read API either way.
+    A path that exists is a store; anything shaped ``host:port`` that is not
+    a file is a collector."""
+    text = os.fspath(target)
+    if isinstance(text, bytes):
+        text = text.decode()
+    if os.path.exists(text):
+        from modeltap.collector.store import Store
+
+        return Store(text, **options)
+    if _ADDRESS.fullmatch(text):
+        from modeltap.client import Client
+
+        return Client(text.removeprefix("grpc://"), **options)
+    raise ValueError(
+        f"{text!r} is neither a store file that exists nor a collector address (HOST:PORT)"
+    )
