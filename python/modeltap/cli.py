@@ -123,9 +123,24 @@ def _parser() -> argparse.ArgumentParser:
         "--http",
         metavar="HOST:PORT",
         help=(
-            "serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. "
-            "127.0.0.1:7318 (default: none)"
+            "serve the live pages (/ and /models/NAME), /metrics (Prometheus), /healthz "
+            "and /readyz on this address, e.g. 127.0.0.1:7318 (default: none)"
         ),
+    )
+    col.add_argument(
+        "--max-reads",
+        type=_positive_int,
+        default=4,
+        help="queries run at once (Query RPC, drift, traces, pages; default 4), each on a "
+        "read-only connection beside the writer; at most 64 are admitted (running or "
+        "waiting), more are refused with RESOURCE_EXHAUSTED",
+    )
+    col.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a query running longer is interrupted (default 300)",
     )
     col.add_argument(
         "--otlp-endpoint",
@@ -361,6 +376,8 @@ def _run(args: argparse.Namespace) -> int:
             max_pending_mb=args.max_pending_mb,
             otlp_endpoint=args.otlp_endpoint,
             http=args.http,
+            max_reads=args.max_reads,
+            read_timeout_s=args.read_timeout,
         )
     if args.command == "drift":
         return _drift(args)

@@ -737,7 +737,8 @@ async def _main(
     if server.metrics is not None:
         http_host = (server.http or "").rpartition(":")[0] or "127.0.0.1"
         print(
-            f"metrics on http://{http_host}:{server.metrics.port}/metrics (/healthz, /readyz)",
+            f"pages on http://{http_host}:{server.metrics.port}/ (each model at /models/NAME; "
+            "/metrics, /healthz, /readyz)",
             flush=True,
         )
     stop = asyncio.Event()
@@ -776,6 +777,8 @@ def serve(
     max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
     otlp_endpoint: str | None = None,
     http: str | None = None,
+    max_reads: int = DEFAULT_MAX_READS,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
 ) -> int:
     """Runs a collector until SIGTERM or SIGINT; returns the exit status."""
     try:
@@ -790,6 +793,8 @@ def serve(
                 max_pending_mb=max_pending_mb,
                 otlp_endpoint=otlp_endpoint,
                 http=http,
+                max_reads=max_reads,
+                read_timeout_s=read_timeout_s,
             )
         )
     except (OSError, ValueError, _core.ReferenceFormatError) as e:
