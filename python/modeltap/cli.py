@@ -26,32 +26,47 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="serve a synthetic model, log its traffic, print the agent's counters",
+        help="the whole loop on a synthetic model: serve, log, trace, shift, drift, report",
         description=(
-            "Start a collector (on a thread of this process, writing a DuckDB store), "
-            "serve a small synthetic 3-class model (20 features) whose every "
-            "prediction is logged through a modeltap Agent (Agent.log, "
-            "@agent.monitor, log_batch; every tenth request traced through "
-            "preprocess, inference and postprocess spans) and shipped to that "
-            "collector, then query the store with SQL and print the agent's counters, "
-            "the cost of logging, what the store holds and the latency per stage."
+            "Start a collector (on a thread of this process, a temporary DuckDB store, "
+            "live pages on an HTTP port), build a reference from a synthetic training "
+            "set, serve a small 3-class model (20 numeric features and a region) with 4 "
+            "concurrent workers whose every request is traced (preprocess, inference, "
+            "postprocess) and logged through one agent; halfway through, four features "
+            "shift and the region mix changes. Then print the drift table of the shifted "
+            "half, the latency per stage and the agent's counters, and write the HTML "
+            "report. About a minute with the defaults; --keep leaves the collector "
+            "running to explore (its pages, modeltap query, modeltap trace)."
         ),
     )
     demo.add_argument(
-        "--requests", type=int, default=20_000, help="single requests to serve (default 20000)"
+        "--requests", type=_positive_int, default=40_000, help="requests to serve (default 40000)"
     )
     demo.add_argument(
-        "--batch-rows",
-        type=int,
-        default=100_000,
-        help="rows of the log_batch call (default 100000)",
+        "--rate",
+        type=_positive_float,
+        default=1_000.0,
+        help="requests per second, over all workers (default 1000)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
         "--store",
         metavar="PATH",
-        help="DuckDB file the demo's collector writes (default: a temporary file, removed after)",
+        help="DuckDB file the demo's collector writes (default: a temporary file, removed after "
+        "unless --keep)",
     )
+    demo.add_argument(
+        "--report",
+        metavar="PATH",
+        default="modeltap-demo-report.html",
+        help="where to write the HTML report (default ./modeltap-demo-report.html)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the collector running (gRPC, live pages, /metrics) until Ctrl-C",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     col = sub.add_parser(
         "collector",

@@ -1,9 +1,15 @@
-"""``modeltap demo``: serve a small synthetic model, log its traffic through
-an agent, and report the agent's counters and the cost of logging."""
+"""``modeltap demo``: the whole loop on a synthetic model. A collector (on a
+thread of this process, a temporary store, live pages on an HTTP port), a
+reference built from a synthetic training set, a small model served by 4
+concurrent workers whose every request is traced (preprocess, inference,
+postprocess) and logged through one agent; halfway through, part of the
+input distribution shifts. Then the drift table, the latency per stage, the
+agent's counters, and where the HTML report and the live pages are."""
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +21,17 @@ import modeltap
 
 N_FEATURES = 20
 CLASSES = ("approve", "review", "decline")
+REGIONS = ("north", "south", "east", "west")
+SHIFTED = ("f0", "f1", "f2", "f3")  # the features that move halfway
+SHIFT = 1.5  # by this many standard deviations
+MODEL, VERSION = "demo-credit", "1.0.0"
+WORKERS = 4
+MAX_WINDOW_S = 2.0  # the agent's profile windows: about 20 a run, at most this long
 
 
 class SyntheticModel:
-    """A 3-class softmax model over 20 features with fixed random weights."""
+    """A 3-class softmax model over 20 numeric features with fixed random
+    weights (the region is logged, not used)."""
 
     def __init__(self, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -32,106 +45,100 @@ class SyntheticModel:
         return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
+def traffic(rng: np.random.Generator, n: int, shifted: bool) -> tuple[np.ndarray, list[str]]:
+    """``n`` requests' numeric features and regions, before or after the
+    shift (f0..f3 move by SHIFT standard deviations; the regions' mix
+    changes)."""
+    X = rng.normal(size=(n, N_FEATURES))
+    if shifted:
+        X[:, : len(SHIFTED)] += SHIFT
+    p = (0.1, 0.2, 0.3, 0.4) if shifted else (0.25, 0.25, 0.25, 0.25)
+    return X, list(rng.choice(REGIONS, size=n, p=p))
+
+
 @dataclass
 class DemoResult:
-    """What the demo measured."""
+    """What the demo did and measured."""
 
     requests: int
-    batch_rows: int
-    log_ns_p50: float
-    log_ns_p99: float
-    predict_ns_p50: float
-    records_decoded: int
-    batches: int
-    bytes: int
+    errors_raised: int
     stats: dict[str, int]
-    system_samples: int
-    gpu: str
-    errors_seen: int
-    store: str = ""
     stored_rows: int = 0
-    stored_ids: int = 0
-    by_label: list[tuple[str, int]] = field(default_factory=list)
-    latency_ms: tuple[float, float] = (0.0, 0.0)
     stored_errors: list[tuple[str, int]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    drift: Any = None  # DriftReport of the shifted half
+    drift_before: Any = None  # DriftReport of the first half
     stages: list[dict[str, Any]] = field(default_factory=list)
     slowest: list[dict[str, Any]] = field(default_factory=list)
     spans: int = 0
+    report_path: str = ""
+    report_s: float = 0.0
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+    gpu: str = ""
+    addr: str = ""
+    pages: str = ""
+    store: str = ""
 
 
 def run(
-    requests: int = 20_000,
-    batch_rows: int = 100_000,
+    requests: int = 40_000,
+    rate: float = 1_000.0,
     seed: int = 0,
     store: str | None = None,
-) -> DemoResult:
-    """Runs the demo end to end: a collector (on a thread of this process,
-    storing into ``store`` or a temporary DuckDB file), an agent shipping to
-    it, ``requests`` single predictions through ``Agent.log`` and
-    ``@agent.monitor``, a few failing requests, one ``log_batch`` of
-    ``batch_rows`` rows; then the store is queried with SQL."""
-    from modeltap.collector import BackgroundCollector, Store
+    report: str = "modeltap-demo-report.html",
+    keep: bool = False,
+    progress: bool = True,
+) -> tuple[DemoResult, Any]:
+    """Runs the demo; returns what it measured and the running collector
+    (stopped already unless ``keep``)."""
+    import pyarrow as pa
+
+    from modeltap.collector import BackgroundCollector
 
     tmp = None
     if store is None:
-        tmp = tempfile.TemporaryDirectory(prefix="modeltap-demo-")
-        store = str(Path(tmp.name) / "demo.duckdb")
+        tmp = tempfile.mkdtemp(prefix="modeltap-demo-")
+        store = str(Path(tmp) / "demo.duckdb")
+    rng = np.random.default_rng(seed)
     model = SyntheticModel(seed)
-    rng = np.random.default_rng(seed + 1)
-    collector = BackgroundCollector(store).start()
+    window_s = min(MAX_WINDOW_S, max(0.25, requests / rate / 20))
+    collector = BackgroundCollector(store, http="127.0.0.1:0", metrics_refresh_s=5.0).start()
     try:
+        # The training set the reference describes: unshifted traffic.
+        X_train, regions_train = traffic(rng, 20_000, shifted=False)
+        train = {f"f{i}": X_train[:, i] for i in range(N_FEATURES)}
+        train["region"] = np.array(regions_train, dtype=object)
+        labels = np.array(CLASSES)[model.predict_proba(X_train).argmax(axis=1)]
+        ref = modeltap.Reference.from_data(
+            pa.table(train), categorical=["region"], predictions=labels
+        )
+        with modeltap.Client(collector.addr) as c:
+            c.register_reference(ref, MODEL, VERSION)
         agent = modeltap.Agent(
-            "demo-credit",
-            "1.0.0",
+            MODEL,
+            VERSION,
             collector=collector.addr,
+            reference=ref,
             params={"threshold": 0.5},
-            metrics_interval=0.25,
+            window_s=window_s,
+            metrics_interval=0.5,
             flush_interval=0.2,
         )
-        result = _serve(agent, model, rng, requests, batch_rows)
-    finally:
-        collector.stop()
-    with Store(store) as s:
+        result = _serve(agent, model, rng, requests, rate, progress)
+        result.addr = collector.addr
+        result.pages = f"http://127.0.0.1:{collector.server.metrics.port}"
         result.store = store
-        row = s.sql(
-            "SELECT count(*) AS n, count(DISTINCT request_id) AS ids, "
-            "quantile_cont(latency_s, 0.5) * 1e3 AS p50, "
-            "quantile_cont(latency_s, 0.99) * 1e3 AS p99 FROM predictions"
-        ).to_pylist()[0]
-        result.stored_rows, result.stored_ids = int(row["n"]), int(row["ids"])
-        result.latency_ms = (float(row["p50"] or 0), float(row["p99"] or 0))
-        result.by_label = [
-            (str(r["label"]), int(r["n"]))
-            for r in s.sql(
-                "SELECT coalesce(prediction_label, CASE WHEN isnan(prediction) "
-                "THEN '(none)' ELSE CAST(prediction AS VARCHAR) END) AS label, "
-                "count(*) AS n FROM predictions GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
-            ).to_pylist()
-        ]
-        result.stored_errors = [
-            (str(r["error_type"]), int(r["n"]))
-            for r in s.sql(
-                "SELECT error_type, count(*) AS n FROM errors GROUP BY 1 ORDER BY 2 DESC"
-            ).to_pylist()
-        ]
-        samples = s.sql(
-            "SELECT count(*) AS n, count(gpu_index) AS g, max(gpu_name) AS name FROM system_metrics"
-        ).to_pylist()[0]
-        result.system_samples = int(samples["n"])
-        result.stages = s.stage_latency("demo-credit")
-        result.slowest = s.traces("demo-credit", slowest=1)
-        result.spans = int(s.sql("SELECT count(*) AS n FROM spans").to_pylist()[0]["n"])
-        result.gpu = (
-            f"{samples['name']} ({samples['g']} readings)"
-            if samples["g"]
-            else "absent (no NVML): GPU columns NULL"
-        )
-    if tmp is not None:
-        tmp.cleanup()
-    else:
-        result.timings["kept"] = 1.0
-    return result
+        _read_back(result, collector.addr, report, window_s)
+    except BaseException:
+        collector.stop()
+        raise
+    if not keep:
+        collector.stop()
+        if tmp is not None:
+            for f in Path(tmp).iterdir():
+                f.unlink()
+            Path(tmp).rmdir()
+    return result, collector
 
 
 def _serve(
@@ -139,137 +146,249 @@ def _serve(
     model: SyntheticModel,
     rng: np.random.Generator,
     requests: int,
-    batch_rows: int,
+    rate: float,
+    progress: bool,
 ) -> DemoResult:
+    half = requests // 2
+    X0, r0 = traffic(rng, half, shifted=False)
+    X1, r1 = traffic(rng, requests - half, shifted=True)
+    X = np.vstack([X0, X1])
+    regions = r0 + r1
+    bad = rng.random(requests) < 0.002  # a few requests carry a NaN
+    X[bad, 5] = np.nan
+
     @agent.monitor
-    def predict(x: np.ndarray) -> str:
+    def predict(features: dict[str, Any]) -> str:
+        x = np.fromiter((features[f"f{i}"] for i in range(N_FEATURES)), float, N_FEATURES)
         if not np.isfinite(x).all():
             raise ValueError("non-finite input")
         return CLASSES[int(model.predict_proba(x)[0].argmax())]
 
-    X = rng.normal(size=(requests, N_FEATURES))
-    log_ns = np.empty(requests)
-    predict_ns = np.empty(requests)
-    for i in range(requests):
-        x = X[i]
-        t0 = time.perf_counter_ns()
-        p = model.predict_proba(x)[0]
-        t1 = time.perf_counter_ns()
-        agent.log(x, CLASSES[int(p.argmax())], p, latency_s=(t1 - t0) / 1e9)
-        t2 = time.perf_counter_ns()
-        predict_ns[i] = t1 - t0
-        log_ns[i] = t2 - t1
-        if i % 10 == 0:
-            # A traced request: its stages are spans, the record joins them.
+    lock = threading.Lock()
+    state = {"next": 0, "done": 0, "errors": 0}
+    t_start = time.perf_counter()
+    per_request = 1.0 / rate if rate > 0 else 0.0
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = state["next"]
+                if i >= requests:
+                    return
+                state["next"] = i + 1
+            due = t_start + i * per_request
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
             with agent.span("request", kind="server"):
                 with agent.span("preprocess"):
-                    z = np.clip(x, -6.0, 6.0)
-                predict(z)
+                    features: dict[str, Any] = {f"f{j}": float(X[i, j]) for j in range(N_FEATURES)}
+                    features["region"] = regions[i]
+                try:
+                    label = predict(features)
+                except ValueError:
+                    with lock:
+                        state["errors"] += 1
+                    label = None
                 with agent.span("postprocess"):
-                    pass
-    errors_seen = 0
-    for _ in range(5):
-        bad = rng.normal(size=N_FEATURES)
-        bad[3] = np.inf
-        try:
-            with agent.span("request", kind="server"):
-                predict(bad)
-        except ValueError:
-            errors_seen += 1
-    Xb = rng.normal(size=(batch_rows, N_FEATURES))
-    tb = time.perf_counter()
-    Pb = model.predict_proba(Xb)
-    per_row = (time.perf_counter() - tb) / batch_rows
-    labels = [CLASSES[i] for i in Pb.argmax(axis=1)]
-    agent.log_batch(Xb, labels, Pb, latency_s=per_row)
-    batch_s = time.perf_counter() - tb
-    time.sleep(0.3)  # let the sampler take a reading or two
-    agent.flush(30)
+                    _ = label == "decline"
+            with lock:
+                state["done"] += 1
+
+    threads = [threading.Thread(target=worker, name=f"demo-worker-{k}") for k in range(WORKERS)]
+    for t in threads:
+        t.start()
+    _watch(threads, state, requests, half, progress)
+    elapsed = time.perf_counter() - t_start
+    agent.flush(60)
     agent.close()
-    stats = agent.stats()
     return DemoResult(
         requests=requests,
-        batch_rows=batch_rows,
-        log_ns_p50=float(np.percentile(log_ns, 50)),
-        log_ns_p99=float(np.percentile(log_ns, 99)),
-        predict_ns_p50=float(np.percentile(predict_ns, 50)),
-        records_decoded=0,
-        batches=stats["batches"],
-        bytes=stats["bytes"],
-        stats=stats,
-        system_samples=0,
-        gpu="",
-        errors_seen=errors_seen,
-        timings={"log_batch_s": batch_s},
+        errors_raised=state["errors"],
+        stats=agent.stats(),
+        elapsed_s=elapsed,
+        rate=requests / max(elapsed, 1e-9),
     )
 
 
-def render(r: DemoResult) -> str:
-    """The demo's report as text."""
+def _watch(
+    threads: list[threading.Thread],
+    state: dict[str, int],
+    requests: int,
+    half: int,
+    progress: bool,
+) -> None:
+    if not progress:
+        for t in threads:
+            t.join()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(f"serving ({WORKERS} workers)", total=requests, note="")
+        while any(t.is_alive() for t in threads):
+            done = state["done"]
+            phase = "inputs shifted" if done >= half else "before the shift"
+            bar.update(task, completed=done, note=f"{phase}, {state['errors']} errors")
+            time.sleep(0.1)
+        bar.update(task, completed=state["done"], note=f"done, {state['errors']} errors")
+
+
+def _read_back(r: DemoResult, addr: str, report: str, window_s: float) -> None:
+    """What the collector holds, read from it while it runs."""
+    import grpc
+
+    with modeltap.Client(addr) as c:
+        first, last = (
+            c.sql("SELECT epoch_ns(min(ts)) AS a, epoch_ns(max(ts)) AS b FROM predictions")
+            .to_pylist()[0]
+            .values()
+        )
+        # The shift came halfway: the newer half of the windows shows it.
+        row = c.sql(
+            "SELECT count(*) AS n, epoch_ns(quantile_disc(ts, 0.5)) AS mid FROM predictions"
+        ).to_pylist()[0]
+        r.stored_rows = int(row["n"])
+        # Windows start at multiples of their width: the one holding the
+        # median record holds both halves; compare those wholly after it,
+        # and (for contrast) those wholly before it.
+        w = int(window_s * 1e9)
+        mixed = int(row["mid"]) // w * w
+        r.drift = c.drift(MODEL, VERSION, since=(mixed + w) / 1e9)
+        try:
+            r.drift_before = c.drift(MODEL, VERSION, until=mixed / 1e9)
+        except grpc.RpcError:  # no window wholly before the shift (a short run)
+            r.drift_before = None
+        r.stored_errors = [
+            (str(x["error_type"]), int(x["n"]))
+            for x in c.sql(
+                "SELECT error_type, count(*) AS n FROM errors GROUP BY 1 ORDER BY 2 DESC"
+            ).to_pylist()
+        ]
+        r.stages = c.stage_latency(MODEL)
+        r.slowest = c.traces(MODEL, slowest=1)
+        r.spans = int(c.sql("SELECT count(*) AS n FROM spans").to_pylist()[0]["n"])
+        g = c.sql(
+            "SELECT count(*) AS n, count(gpu_index) AS g, max(gpu_name) AS name FROM system_metrics"
+        ).to_pylist()[0]
+        r.gpu = (
+            f"{g['name']} ({g['g']} readings)" if g["g"] else "absent (no NVML): GPU columns NULL"
+        )
+        t0 = time.perf_counter()
+        rep = c.report(MODEL, VERSION, since=first / 1e9, until=last / 1e9 + 1)
+        r.report_path = str(rep.save(report).resolve())
+        r.report_s = time.perf_counter() - t0
+
+
+def render(r: DemoResult, keep: bool = False) -> Any:
+    """The demo's summary as rich renderables."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from modeltap.drift import _fmt
+
     s = r.stats
-    lines = [
-        "modeltap demo: synthetic 3-class model, 20 features, agent -> collector -> DuckDB",
-        f"  served {r.requests:,} requests (+{r.requests // 10:,} through @agent.monitor, "
-        f"{r.errors_seen} failing) and one log_batch of {r.batch_rows:,} rows",
-        "",
-        "agent counters",
-    ]
-    for k in (
-        "logged",
-        "shipped",
-        "pending",
-        "spooled",
-        "dropped_full",
-        "invalid",
-        "flagged",
-        "inference_errors",
-        "errors",
-        "batches",
-        "bytes",
-    ):
-        lines.append(f"  {k:<17}{s[k]:>14,}")
-    rows_per_s = r.batch_rows / max(r.timings.get("log_batch_s", 0.0), 1e-9)
-    ok = r.stored_rows == s["shipped"] == r.stored_ids
-    lines += [
-        "",
-        "timings",
-        f"  Agent.log p50     {r.log_ns_p50:>11,.0f} ns   (model predict p50 "
-        f"{r.predict_ns_p50:,.0f} ns)",
-        f"  Agent.log p99     {r.log_ns_p99:>11,.0f} ns",
-        f"  log_batch         {rows_per_s:>11,.0f} rows/s (incl. model)",
-        "",
-        f"collector store ({r.store if r.timings.get('kept') else 'a temporary DuckDB file'})",
-        f"  predictions       {r.stored_rows:>14,}   distinct request ids {r.stored_ids:,}"
-        f"   {'== shipped' if ok else '!= shipped (BUG)'}",
-        f"  latency p50/p99   {r.latency_ms[0] * 1e3:>11,.1f} / {r.latency_ms[1] * 1e3:,.1f} µs",
-        "  predictions by class: " + ", ".join(f"{k} {v:,}" for k, v in r.by_label),
-        "  errors: " + (", ".join(f"{k} {v}" for k, v in r.stored_errors) or "none"),
-        f"  system samples    {r.system_samples:>14,}   GPU: {r.gpu}",
-        "",
-        f"traces ({r.spans:,} spans stored; latency per stage from the window profiles)",
-    ]
-    for st in r.stages:
-        name = f"{st['stage']} (end to end)" if st["end_to_end"] else st["stage"]
-        lines.append(
-            f"  {name:<24}{st['spans']:>8,} spans  p50 {st['p50_s'] * 1e6:>9,.1f} µs"
-            f"  p99 {st['p99_s'] * 1e6:>9,.1f} µs  errors {st['errors']}"
+    out: list[Any] = [
+        Text(
+            f"served {r.requests:,} requests with {WORKERS} workers in {r.elapsed_s:.1f} s "
+            f"({r.rate:,.0f}/s); {r.errors_raised} raised an error; inputs "
+            f"{', '.join(SHIFTED)} shifted by {SHIFT} std and the region mix changed halfway",
+            style="bold",
         )
+    ]
+    t = Table(title="drift of the shifted half against the training reference")
+    heads = ("feature", "kind", "psi", "ks", "js", "wasserstein", "hellinger", "drifted")
+    for h in heads:
+        t.add_column(h, justify="left" if h in ("feature", "kind") else "right")
+    before = {row["feature"]: row for row in r.drift_before.rows} if r.drift_before else {}
+    for row in r.drift.rows:
+        style = "bold red" if row["drifted"] else None
+        t.add_row(*(_fmt(row[h]) for h in heads), style=style)
+    out.append(t)
+    n_before = (
+        f"{sum(1 for v in before.values() if v['drifted'])} before it"
+        if before
+        else "no window wholly before it to compare"
+    )
+    out.append(
+        Text(
+            f"{len(r.drift.drifted)} of {len(r.drift.rows)} columns drifted after the shift "
+            f"({n_before})"
+        )
+    )
+    st = Table(title="latency per stage (from the window profiles)")
+    for h in ("stage", "spans", "errors", "p50", "p95", "p99"):
+        st.add_column(h, justify="left" if h == "stage" else "right")
+    for row in r.stages:
+        name = f"{row['stage']} (end to end)" if row["end_to_end"] else row["stage"]
+        st.add_row(
+            name,
+            f"{row['spans']:,}",
+            f"{row['errors']:,}",
+            *(f"{row[k] * 1e6:,.1f} µs" for k in ("p50_s", "p95_s", "p99_s")),
+        )
+    out.append(st)
+    ok = r.stored_rows == s["shipped"] == s["logged"]
+    out.append(
+        Text(
+            f"agent: {s['logged']:,} logged, {s['shipped']:,} shipped, {s['pending']:,} pending, "
+            f"{s['dropped_full']:,} dropped, {s['inference_errors']:,} inference errors, "
+            f"{s['batches']:,} batches, {s['bytes']:,} bytes; store: {r.stored_rows:,} "
+            f"predictions ({'== shipped' if ok else '!= shipped (BUG)'}), {r.spans:,} spans, "
+            "errors: "
+            + (", ".join(f"{k} {v}" for k, v in r.stored_errors) or "none")
+            + f"; GPU: {r.gpu}"
+        )
+    )
+    lines = [f"HTML report: {r.report_path} (built in {r.report_s:.2f} s)"]
     if r.slowest:
-        t = r.slowest[0]
-        where = f" --store {r.store}" if r.timings.get("kept") else ""
-        lines.append(
-            f"  slowest request: {t['duration_ns'] / 1e3:,.1f} µs, "
-            f"modeltap trace {t['trace_id']}{where}"
-        )
-    return "\n".join(lines)
+        lines.append(f"slowest request: modeltap trace {r.slowest[0]['trace_id']} "
+                     f"--collector {r.addr}")  # fmt: skip
+    if keep:
+        lines += [
+            f"live pages: {r.pages}/  (this model: {r.pages}/models/{MODEL})",
+            f"metrics:    {r.pages}/metrics",
+            f'query:      modeltap query "SELECT * FROM predictions LIMIT 5" --collector {r.addr}',
+            f"store:      {r.store}",
+            "the collector keeps running: Ctrl-C stops it",
+        ]
+    out.append(Text("\n".join(lines)))
+    return Group(*out)
 
 
 def main(args: Any) -> int:
     """Entry point of ``modeltap demo``."""
-    result = run(
-        requests=args.requests, batch_rows=args.batch_rows, seed=args.seed, store=args.store
+    import sys
+
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    result, collector = run(
+        requests=args.requests,
+        rate=args.rate,
+        seed=args.seed,
+        store=args.store,
+        report=args.report,
+        keep=args.keep,
+        progress=not args.no_progress,
     )
-    print(render(result))
+    console.print(render(result, keep=args.keep), soft_wrap=True)
     s = result.stats
     ok = result.stored_rows == s["shipped"] == s["logged"] and s["pending"] == 0
+    if args.keep:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            collector.stop()
     return 0 if ok else 1

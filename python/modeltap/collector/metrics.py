@@ -518,7 +518,11 @@ class Pages:
         from urllib.parse import parse_qs
 
         from modeltap import report
+        from modeltap.collector.reader import lower_priority
 
+        # Each request has a thread of its own (the server's ThreadingMixIn):
+        # merging profiles and rendering run below ingestion, as reads do.
+        lower_priority()
         path = environ.get("PATH_INFO", "")
         html_type = ("Content-Type", "text/html; charset=utf-8")
         try:

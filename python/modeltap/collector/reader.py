@@ -67,7 +67,8 @@ def check_read_only(sql: str) -> None:
         raise ReadRefused(f"only SELECT statements are run here (got {kind})")
 
 
-def _lower_priority() -> None:
+def lower_priority() -> None:
+    """Schedules the calling thread below ingestion (Linux: per thread)."""
     # Linux schedules threads one by one: this lowers only the reader's.
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READ_NICE)
@@ -187,7 +188,7 @@ class StoreReader:
         self.max_admitted = max(max_reads, max_admitted)
         self.timeout_s = timeout_s
         self.pool = ThreadPoolExecutor(
-            max_reads, thread_name_prefix="modeltap-read", initializer=_lower_priority
+            max_reads, thread_name_prefix="modeltap-read", initializer=lower_priority
         )
         self._lock = threading.Lock()
         self.in_flight = 0
