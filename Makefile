@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev system-deps demo lint rust-test unsafe-check fuzz py-test test bench bench-ingest bench-drift bench-rust bench-trust bench-readme clean
+.PHONY: install dev system-deps demo lint rust-test unsafe-check fuzz py-test test bench bench-live bench-ingest bench-drift bench-rust bench-trust bench-readme clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -49,6 +49,10 @@ test: system-deps dev lint rust-test unsafe-check fuzz py-test
 bench:  ## end-to-end Python bench (release build, OTel baseline)
 	$(PIP) install ".[bench]"
 	$(PY) benches/bench_agent.py
+
+bench-live:  ## ingest beside a heavy read and a 1 s scrape; report of 1M records over 24 h
+	$(PIP) install ".[dev]"
+	$(PY) benches/bench_live.py
 
 bench-ingest:  ## agents -> collector -> DuckDB against one message per record
 	$(PIP) install ".[bench]"

@@ -1,7 +1,7 @@
 """Reading a running collector: what a heavy read and a Prometheus scrape
 every second cost ingestion, and how long a report takes.
 
-    python benches/bench_live.py            # 4 agents x 100,000 records a phase; 1M-record report
+    python benches/bench_live.py            # 4 agents x 250,000 records a phase; 1M-record report
     python benches/bench_live.py --quick    # 4 x 25,000; 200,000-record report
 
 Ingest: one collector process (``--http`` on), four agent processes
@@ -14,8 +14,8 @@ loaded phase with the mean of the two phases around it (the store grows
 between them).
 
 Report: a store of 1M records whose timestamps and profile windows are
-spread over 24 hours (logged with 10 ms windows, then moved in time with
-SQL: 1,440 windows of one minute), with a reference registered; the time
+spread over 24 hours (logged in 3 ms windows, then moved in time with SQL
+onto the minutes of a day), with a reference registered; the time
 to build the report through a running collector (``Client.report``) and
 from the stopped store (``Store.report``), and to render its HTML.
 """
@@ -38,8 +38,8 @@ import sys, time, json
 import numpy as np
 import modeltap
 addr, k, n, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-window = float(sys.argv[5])
-ref = modeltap.Reference.load(sys.argv[6]) if len(sys.argv) > 6 else None
+window, pause = float(sys.argv[5]), float(sys.argv[6])
+ref = modeltap.Reference.load(sys.argv[7]) if len(sys.argv) > 7 else None
 rng = np.random.default_rng(k)
 X = rng.normal(size=(n, 20))
 y = rng.integers(0, 3, size=n).astype(float)
@@ -51,6 +51,8 @@ sys.stdin.readline()
 t0 = time.time()
 for s in range(0, n, chunk):
     agent.log_batch(X[s:s + chunk], y[s:s + chunk], P[s:s + chunk], latency_s=0.002)
+    if pause:
+        time.sleep(pause)
 ok = agent.flush(600)
 t1 = time.time()
 agent.close()
@@ -116,11 +118,21 @@ def stop(p: subprocess.Popen[str]) -> None:
     p.communicate(timeout=120)
 
 
-def agents(addr: str, k0: int, count: int, n: int, window: float, ref: str | None = None) -> dict:
+def agents(
+    addr: str,
+    k0: int,
+    count: int,
+    n: int,
+    window: float,
+    ref: str | None = None,
+    chunk: int = 10_000,
+    pause: float = 0.0,
+) -> dict:
     cmd = [sys.executable, "-c", AGENT, addr]
     procs = [
         subprocess.Popen(
-            [*cmd, str(k0 + k), str(n), "10000", str(window), *([ref] if ref else [])],
+            [*cmd, str(k0 + k), str(n), str(chunk), str(window), str(pause)]
+            + ([ref] if ref else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -184,7 +196,9 @@ def report_store(records: int, tmp: str) -> tuple[str, int, float]:
     try:
         with modeltap.Client(addr) as c:
             c.register_reference(modeltap.Reference.load(ref_path), "bench", "1.0")
-        agents(addr, 50, 4, records // 4, 0.01, ref_path)
+        # Calls of 500 rows 3 ms apart in 3 ms windows: thousands of
+        # windows, moved onto the 1,440 minutes of a day below.
+        agents(addr, 50, 4, records // 4, 0.003, ref_path, chunk=500, pause=0.003)
     finally:
         stop(col)
     # Spread over 24 h: each time t in the logged span [a, b] goes to
@@ -253,7 +267,7 @@ def main() -> int:
     args = ap.parse_args()
     from envinfo import environment
 
-    n = 25_000 if args.quick else 100_000
+    n = 25_000 if args.quick else 250_000
     records = 200_000 if args.quick else 1_000_000
     with tempfile.TemporaryDirectory() as tmp:
         ing = ingest(n, tmp)

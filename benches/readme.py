@@ -29,6 +29,7 @@ SECTIONS = {
     "frames": ("an Agent given a whole DataFrame against chunks", ["bench_drift.py", "--frames"]),
     "wide": ("3,000,000 x 1,000 features through log_batch", ["bench_wide.py"]),
     "tracing": ("spans against OpenTelemetry SDK spans", ["bench_tracing.py"]),
+    "live": ("ingest beside a heavy read and a 1 s scrape; a 1M-record report", ["bench_live.py"]),
     "trust": ("faults, fuzzing, agent memory", ["bench_trust.py"]),
 }
 # Sections that depend on pandas, run again under pandas 2.

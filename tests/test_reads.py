@@ -131,6 +131,15 @@ def test_large_results_stream_in_pieces(live):
         "INSTALL httpfs",
         "LOAD httpfs",
         "CALL duckdb_tables()",
+        "EXPLAIN SELECT 1",
+        "EXPLAIN ANALYZE SET GLOBAL memory_limit = '3MB'",
+        "EXPLAIN ANALYZE CHECKPOINT",
+        "SELECT * FROM enable_logging(storage := 'file', storage_path := '/tmp/logs')",
+        "SELECT * FROM enable_logging(level := 'trace')",
+        "SELECT * FROM enable_profiling()",
+        "SELECT * FROM checkpoint()",
+        "WITH c AS (SELECT * FROM force_checkpoint()) SELECT 1",
+        "SELECT 1 AS x" + " UNION ALL SELECT 1" * 100_000,
         "BEGIN TRANSACTION",
         "ROLLBACK",
         "",
@@ -144,6 +153,19 @@ def test_queries_that_write_or_escape_are_refused(live, sql):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with modeltap.Client(col.addr) as c:
         assert c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == N
+        limit = c.sql("SELECT current_setting('memory_limit') AS m").column("m")[0].as_py()
+        assert limit.startswith(("1.0 GiB", "953.6 MiB", "1GB", "1.0GB")), limit
+    _log(col.addr, 100, seed=3)  # ingestion goes on
+    with modeltap.Client(col.addr) as c:
+        assert c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == N + 100
+
+
+def test_settings_cannot_be_changed_by_any_statement(live):
+    col, _ = live
+    con = col.server.writer.read_root().cursor()
+    with pytest.raises(Exception, match="locked"):
+        con.execute("SET GLOBAL memory_limit = '3MB'")
+    con.close()
 
 
 @pytest.mark.parametrize(
@@ -309,3 +331,75 @@ def test_query_command(live):
     r = _cli("query", q, "--store", str(col.server.store_path), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [{"model": "m", "n": N}]
+
+
+def test_callers_gone_before_their_read_ran_are_counted_out(tmp_path):
+    """Drift/latency calls whose deadline passes while they wait for a read
+    thread: admitted, never run, still counted out (no admission leak)."""
+    with BackgroundCollector(tmp_path / "s.duckdb", max_reads=1, max_admitted=6) as col:
+        _log(col.addr, 200)
+        req = _core.encode_text_response(
+            json.dumps({"sql": "SELECT max(hash(a)) FROM range(30000000000) t(a)"})
+        )
+        with grpc.insecure_channel(col.addr) as ch:
+            heavy = ch.unary_stream("/modeltap.v1.Collector/Query")(req, timeout=3)
+            time.sleep(0.3)
+            for _ in range(5):
+                with modeltap.Client(col.addr, timeout_s=0.3) as c, pytest.raises(grpc.RpcError):
+                    c.stage_latency("m")
+            with pytest.raises(grpc.RpcError):
+                list(heavy)
+        _settled(col)
+        with modeltap.Client(col.addr) as c:
+            assert c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 200
+
+
+def test_a_client_dropping_a_stream_is_not_an_error_of_ours(live):
+    col, _ = live
+    with modeltap.Client(col.addr) as c:
+        for _ in range(3):
+            r = c.stream("SELECT p.* FROM predictions p, range(20)")
+            r.read_next_batch()
+            r.close()
+    _settled(col)
+    assert col.server.internal == 0
+
+
+def test_stopping_with_reads_in_flight_closes_them(tmp_path):
+    col = BackgroundCollector(tmp_path / "s.duckdb", read_timeout_s=60).start()
+    _log(col.addr, 2_000)
+    req = _core.encode_text_response(
+        json.dumps({"sql": "SELECT p.* FROM predictions p, range(200)"})
+    )
+    channels = [grpc.insecure_channel(col.addr) for _ in range(3)]
+    calls = [ch.unary_stream("/modeltap.v1.Collector/Query")(req, timeout=60) for ch in channels]
+    for call in calls:
+        next(call)  # then never read again
+    t0 = time.monotonic()
+    col.stop(grace_s=1)
+    assert time.monotonic() - t0 < 30
+    assert col.server.reader.in_flight == 0
+    for ch in channels:
+        ch.close()
+    with modeltap.Store(tmp_path / "s.duckdb") as s:  # the store was closed
+        assert s.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 2_000
+
+
+def test_times_past_the_store_range_mean_everything(live):
+    col, _ = live
+    with modeltap.Client(col.addr) as c:
+        assert c.predictions("m", until="9999-12-31").num_rows == N
+        assert c.predictions("m", since="0001-01-01").num_rows == N
+        assert c.predictions("m", since="99999999999999d").num_rows == N
+
+
+def test_query_command_errors_are_one_line(live):
+    col, _ = live
+    r = _cli("query", "SELEC 1", "--collector", col.addr)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1, r.stderr
+    r = _cli("query", "SELECT 'nan'::DOUBLE AS x, 1 AS y", "--collector", col.addr, "--json")
+    assert json.loads(r.stdout) == [{"x": None, "y": 1}]
+    r = _cli("query", "SELECT 1", "--store", "/nonexistent/s.duckdb")
+    assert r.returncode == 1
+    assert "no store file" in r.stderr

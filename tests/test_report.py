@@ -154,11 +154,33 @@ def _same(a, b, where="") -> None:
 def test_the_file_is_self_contained_and_escapes_names(tmp_path):
     with BackgroundCollector(tmp_path / "s.duckdb") as col:
         _fill(col.addr, model="<script>alert(1)</script>", hostile=True)
+        # An infinite latency and a link for an error type: still a report.
+        a = modeltap.Agent("<script>alert(1)</script>", "1", collector=col.addr)
+        a.log([0.0] * 7, "cat", latency_s=float("inf"))
+
+        class Phish(Exception):
+            pass
+
+        Phish.__name__ = "<a href='https://evil.example'>x</a>"
+        a.log([0.0] * 7, "cat", latency_s=0.001, error=Phish("<a href='https://evil.example'>"))
+        assert a.flush(30)
+        a.close()
         with modeltap.Client(col.addr) as c:
             rep = c.report("<script>alert(1)</script>")
             with pytest.raises(LookupError):
                 Report.build(c, "missing")
+            with pytest.raises(LookupError):
+                Report.build(c, "<script>alert(1)</script>", version="no-such-version")
+            far = c.report("<script>alert(1)</script>", since="0001-01-01", until="9999-12-31")
+            assert far.summary["records"] == rep.summary["records"] == N + 2
+    assert rep.summary["p99"] is not None
     page = rep.to_html()
+    figures = json.loads(
+        page.split("id='modeltap-figures'>")[1].split("</script>")[0].replace("\\u0026", "&")
+    )
+    texts = json.dumps(figures)
+    assert "<a href" not in texts  # plotly would draw a link
+    assert "<b>" not in texts
     assert "<script>alert(1)</script>" not in page
     assert "<b>x</b>" not in page  # a feature name
     assert "<i>" not in page  # a predicted class

@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if level == "DEBUG":
             raise
         what = e.details() if hasattr(e, "details") else str(e)
+        # DuckDB's messages span lines (the query, a caret): one line here.
+        what = " ".join(str(what or "").split())
         print(f"modeltap {args.command}: {what or type(e).__name__}", file=sys.stderr)
         return 1
 
@@ -549,12 +551,10 @@ def _latency(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from modeltap.reads import connect
-
     console = Console(stderr=True)
     with (
         console.status(f"reading {args.model} from {args.store or args.collector}"),
-        connect(args.store) if args.store else connect(args.collector) as src,
+        _source(args) as src,
     ):
         rep = src.report(args.model, args.version, args.since, args.to)
     path = rep.save(args.out)
@@ -568,10 +568,29 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query(args: argparse.Namespace) -> int:
-    from modeltap.reads import connect
+def _source(args: argparse.Namespace) -> Any:
+    """The store file (--store) or the collector (--collector) to read."""
+    if args.store:
+        import os
 
-    with connect(args.store) if args.store else connect(args.collector) as src:
+        from modeltap.collector.store import Store
+
+        if not os.path.exists(args.store):
+            raise FileNotFoundError(f"no store file {args.store}")
+        return Store(args.store)
+    from modeltap.client import Client
+
+    return Client(args.collector)
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    import math
+
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def _query(args: argparse.Namespace) -> int:
+    with _source(args) as src:
         reader = src.stream(args.sql)
         if args.csv:
             import pyarrow.csv as pacsv
@@ -589,7 +608,8 @@ def _query(args: argparse.Namespace) -> int:
             sys.stdout.write("[")
             for b in reader:
                 for row in b.to_pylist():
-                    sys.stdout.write(("\n  " if first else ",\n  ") + json.dumps(row, default=str))
+                    text = json.dumps(_json_row(row), default=str, allow_nan=False)
+                    sys.stdout.write(("\n  " if first else ",\n  ") + text)
                     first = False
             sys.stdout.write("\n]\n" if not first else "]\n")
             return 0

@@ -33,11 +33,11 @@ def parse_time(t: TimeArg, now: float | None = None) -> int | None:
     if isinstance(t, (int, float)):
         if t != t or t in (float("inf"), float("-inf")):
             raise ValueError(f"not a time: {t}")
-        return int(t * 1e9)
+        return _clamp(t * 1e9)
     if isinstance(t, str):
         m = _DURATION.fullmatch(t.strip())
         if m:
-            return int(((now or time.time()) - float(m[1]) * _UNITS[m[2]]) * 1e9)
+            return _clamp(((now or time.time()) - float(m[1]) * _UNITS[m[2]]) * 1e9)
         try:
             t = dt.datetime.fromisoformat(t.strip())
         except ValueError:
@@ -49,7 +49,16 @@ def parse_time(t: TimeArg, now: float | None = None) -> int | None:
         raise TypeError(f"not a time: {type(t).__name__}")
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
-    return int(t.timestamp() * 1e9)
+    return _clamp(t.timestamp() * 1e9)
+
+
+MAX_UNIX_NANO = 2**63 - 1
+
+
+def _clamp(ns: float) -> int:
+    """Unix ns within what the store's timestamps hold (1970 to 2262):
+    a time before or after that means "from the start" or "to the end"."""
+    return int(min(max(ns, 0.0), float(MAX_UNIX_NANO - 1024)))
 
 
 def arrow_reader(

@@ -139,6 +139,14 @@ class Report:
 # -- figures ------------------------------------------------------------------
 
 
+def _quantiles(col: str) -> str:
+    """p50, p95 and p99 of the finite values of a column (SQL)."""
+    return ", ".join(
+        f"quantile_cont({col}, {q}) FILTER (isfinite({col})) AS p{round(q * 100)}"
+        for q in (0.5, 0.95, 0.99)
+    )
+
+
 def _one(src: Reads, q: str, params: list[Any]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = src.sql(q, params).to_pylist()
     return rows[0] if rows else {}
@@ -165,6 +173,16 @@ def _build(
         if not row:
             raise LookupError(f"nothing stored for model {model!r}")
         version = str(row["version"])
+    else:
+        row = _one(
+            src,
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM predictions WHERE model = ? AND "
+            "version = ? LIMIT 1)) + (SELECT count(*) FROM (SELECT 1 FROM window_profiles "
+            "WHERE model = ? AND version = ? LIMIT 1)) AS n",
+            [model, version, model, version],
+        )
+        if not row.get("n"):
+            raise LookupError(f"nothing stored for model {model!r} version {version!r}")
     base = "model = ? AND version = ?"
     bp: list[Any] = [model, version]
     # The range, where not given: from the first record or window (a
@@ -202,8 +220,8 @@ def _build(
     summary = _one(
         src,
         "SELECT count(*) AS records, count(error_type) AS errors, "
-        "quantile_cont(latency_s, 0.5) AS p50, quantile_cont(latency_s, 0.95) AS p95, "
-        "quantile_cont(latency_s, 0.99) AS p99, avg(latency_s) AS mean_latency, "
+        f"{_quantiles('latency_s')}, avg(latency_s) FILTER (isfinite(latency_s)) "
+        "AS mean_latency, "
         f"count(DISTINCT agent_id) AS agents FROM predictions WHERE {rng}",
         rp,
     )
@@ -213,8 +231,7 @@ def _build(
     latency = _rows(
         src,
         f"SELECT {bucket} AS t, count(*) AS n, count(error_type) AS errors, "
-        "quantile_cont(latency_s, 0.5) AS p50, quantile_cont(latency_s, 0.95) AS p95, "
-        f"quantile_cont(latency_s, 0.99) AS p99 FROM predictions WHERE {rng} "
+        f"{_quantiles('latency_s')} FROM predictions WHERE {rng} "
         "GROUP BY ALL ORDER BY t",
         rp,
     )
@@ -398,9 +415,20 @@ def _profiles(
 # -- HTML ---------------------------------------------------------------------
 
 
+def _clean(obj: Any) -> Any:
+    """Non-finite floats (JSON has none) as null, all the way down."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
 def _json_script(obj: Any) -> str:
     """JSON safe inside a <script> element (no "</", no comment openers)."""
-    text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str)
+    text = json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False, default=str)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -469,7 +497,7 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "data": [
                     {
                         "type": "bar",
-                        "name": str(c),
+                        "name": _t(c),
                         "x": [_iso(t) for t in times],
                         "y": [count.get((t, c), 0) / max(total[t], 1) for t in times],
                     }
@@ -507,7 +535,7 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 {
                     "type": "scatter",
                     "mode": "lines+markers",
-                    "name": c["feature"],
+                    "name": _t(c["feature"]),
                     "x": x,
                     "y": [r["psi"].get(c["feature"]) for r in dt_rows],
                 }
@@ -533,7 +561,7 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ref_n = max(sum(h["ref"]), 1)
         cur_n = max(sum(h["cur"]), 1)
         if "labels" in h:
-            x = [str(v) for v in h["labels"]]
+            x = [_t(v) for v in h["labels"]]
         else:
             e = h["edges"]
             x = [_edge_label(e[j], e[j + 1]) for j in range(len(e) - 1)]
@@ -555,7 +583,7 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 },
             ],
             "layout": _layout(
-                h["feature"] + (" (drifted)" if h.get("drifted") else ""),
+                _t(h["feature"]) + (" (drifted)" if h.get("drifted") else ""),
                 "share",
                 height=260,
                 barmode="group",
@@ -579,7 +607,7 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     {
                         "type": "scatter",
                         "mode": "lines",
-                        "name": f"{a[:12]}",
+                        "name": _t(a[:12]),
                         "x": [_iso(r["t"]) for r in sysrows if r["agent_id"] == a],
                         "y": [
                             None if r[key] is None else r[key] * scale
@@ -596,7 +624,7 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "data": [
                 {
                     "type": "bar",
-                    "name": e["type"],
+                    "name": _t(e["type"]),
                     "x": [_iso(r["t"]) for r in d["error_times"] if r["type"] == e["type"]],
                     "y": [r["n"] for r in d["error_times"] if r["type"] == e["type"]],
                 }
@@ -605,6 +633,12 @@ def _figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "layout": _layout("Errors over time, by type", "errors", barmode="stack"),
         }
     return figs
+
+
+def _t(v: Any) -> str:
+    """Text for plotly, which reads its own HTML-like tags (<a href>, <b>)
+    in names, titles and labels: escaped, so it shows as written."""
+    return html.escape(str(v), quote=False)
 
 
 def _edge_label(a: float, b: float) -> str:

@@ -20,11 +20,13 @@ one before: gRPC's flow control).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import duckdb
@@ -37,9 +39,13 @@ DEFAULT_MAX_READS = 4
 DEFAULT_MAX_ADMITTED = 64
 DEFAULT_READ_TIMEOUT_S = 300.0
 CHUNK_BYTES = 1 << 20  # Arrow bytes per streamed piece (about)
-FETCH_ROWS = 65_536  # rows DuckDB hands over at a time
+FETCH_ROWS = 1_024  # rows DuckDB hands over at a time (a wide row is kilobytes)
+PAGE_TIMEOUT_S = 60.0  # a live page waits this long for each of its reads
+MAX_SQL_BYTES = 1 << 20  # a longer query text is refused, not parsed
 READ_NICE = 10  # how much lower read threads are scheduled than ingestion
-READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+# Functions a read may not call: they act on the database (checkpoints) or
+# its logging and profiling, whatever the transaction.
+DENIED_FUNCTIONS = ("checkpoint", "logging", "profiling", "duckdb_logs", "log_context")
 
 
 class ReadRefused(ValueError):
@@ -50,21 +56,64 @@ class ReadTimeout(Exception):
     """A read interrupted at its deadline."""
 
 
+_parser = threading.local()
+
+
+def _function_names(node: Any, out: set[str]) -> None:
+    if isinstance(node, dict):
+        name = node.get("function_name")
+        if isinstance(name, str):
+            out.add(name.lower())
+        for v in node.values():
+            _function_names(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _function_names(v, out)
+
+
 def check_read_only(sql: str) -> None:
-    """Raises ``ReadRefused`` unless ``sql`` is exactly one SELECT (or
-    EXPLAIN) statement. The read-only transaction it then runs in refuses
-    any write regardless; this says early and plainly what was wrong."""
+    """Raises ``ReadRefused`` unless ``sql`` is exactly one SELECT statement
+    calling no function of ``DENIED_FUNCTIONS``. The read-only transaction
+    it then runs in refuses any write regardless, and the store's locked
+    configuration any setting; this says early and plainly what was wrong.
+    Parsing takes time: call it off the event loop."""
     if not isinstance(sql, str) or not sql.strip():
         raise ReadRefused("no query given")
+    if len(sql) > MAX_SQL_BYTES:
+        raise ReadRefused(f"the query is {len(sql):,} characters long (at most {MAX_SQL_BYTES:,})")
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise ReadRefused(f"cannot parse the query: {e}") from None
+        raise ReadRefused(f"cannot parse the query: {_one_line(e)}") from None
     if len(statements) != 1:
         raise ReadRefused(f"one statement at a time (got {len(statements)})")
     kind = statements[0].type.name
-    if kind not in READ_STATEMENTS:
+    if kind != "SELECT":
         raise ReadRefused(f"only SELECT statements are run here (got {kind})")
+    con = getattr(_parser, "con", None)
+    if con is None:  # a private in-memory database, only to parse
+        con = duckdb.connect(
+            ":memory:",
+            config={
+                "enable_external_access": False,
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+            },
+        )
+        _parser.con = con
+    row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    tree = json.loads(row[0]) if row else {}
+    if tree.get("error"):
+        raise ReadRefused(f"cannot parse the query: {tree.get('error_message', '')}")
+    names: set[str] = set()
+    _function_names(tree.get("statements"), names)
+    denied = sorted(n for n in names if any(d in n for d in DENIED_FUNCTIONS))
+    if denied:
+        raise ReadRefused(f"a read may not call {', '.join(denied)}")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def lower_priority() -> None:
@@ -105,12 +154,14 @@ class ReadSession:
     def start(self) -> bytes | None:
         """Runs the query; returns the first piece (the schema alone)."""
         with self._lock:
-            if self._closed:
-                raise ReadTimeout("the read was cancelled before it began")
+            if self._closed or self.interrupted:
+                raise ReadTimeout("the read passed its deadline before it began")
             cur = self.reader.cursor()
             self._cur = cur
             try:
                 cur.execute("BEGIN TRANSACTION READ ONLY")
+                if self.interrupted:  # an interrupt before the query began is not kept
+                    raise ReadTimeout("the read passed its deadline before it began")
                 self._batches = arrow_reader(cur, self.sql, self.params, FETCH_ROWS)
             except duckdb.InterruptException:
                 raise ReadTimeout("the read passed its deadline") from None
@@ -143,6 +194,11 @@ class ReadSession:
             piece = b.slice(self._offset, take)
             self._offset += take
             data = _ipc(b.schema, piece)
+            if len(data) > self.reader.max_piece_bytes:
+                raise ReadRefused(
+                    f"a row of the result takes {len(data):,} bytes, more than a message may "
+                    f"carry ({self.reader.max_piece_bytes:,}): select fewer or narrower columns"
+                )
             self.rows += take
             self.bytes += len(data)
             return data
@@ -155,11 +211,14 @@ class ReadSession:
             with contextlib.suppress(duckdb.Error):
                 cur.interrupt()
 
-    def close(self) -> None:
-        """Ends the transaction and closes the cursor."""
+    def close(self, wait_s: float | None = None) -> None:
+        """Ends the transaction and closes the cursor (waiting at most
+        ``wait_s`` for a call still running on it, when given)."""
         self._closed = True
         self.interrupt()
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            return
+        try:
             self._batches = None
             self._pending = None
             cur, self._cur = self._cur, None
@@ -168,6 +227,8 @@ class ReadSession:
                     cur.execute("ROLLBACK")
                 with contextlib.suppress(duckdb.Error):
                     cur.close()
+        finally:
+            self._lock.release()
 
 
 class StoreReader:
@@ -180,6 +241,7 @@ class StoreReader:
         max_reads: int = DEFAULT_MAX_READS,
         max_admitted: int = DEFAULT_MAX_ADMITTED,
         timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        max_piece_bytes: int = 64 << 20,
     ) -> None:
         if max_reads < 1:
             raise ValueError("max_reads must be at least 1")
@@ -187,6 +249,7 @@ class StoreReader:
         self.max_reads = max_reads
         self.max_admitted = max(max_reads, max_admitted)
         self.timeout_s = timeout_s
+        self.max_piece_bytes = max_piece_bytes
         self.pool = ThreadPoolExecutor(
             max_reads, thread_name_prefix="modeltap-read", initializer=lower_priority
         )
@@ -199,6 +262,7 @@ class StoreReader:
         self.rows_sent = 0
         self.bytes_sent = 0
         self._sessions: set[ReadSession] = set()
+        self._cursors: set[duckdb.DuckDBPyConnection] = set()  # of run() jobs
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to the store (shares the writer's database)."""
@@ -238,29 +302,45 @@ class StoreReader:
         return s
 
     def finished(self, s: ReadSession, ok: bool, timed_out: bool) -> None:
-        """Closes a session (on a read thread) and counts it out."""
+        """Closes a session (on a read thread) and counts it out (once:
+        :meth:`close` may have counted it out already)."""
         try:
             s.close()
         finally:
             with self._lock:
+                mine = s in self._sessions
                 self._sessions.discard(s)
                 self.rows_sent += s.rows
                 self.bytes_sent += s.bytes
-            self.release(ok, timed_out)
+            if mine:
+                self.release(ok, timed_out)
 
     def run(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Future[Any]:
         """Runs ``fn(cursor)`` in a read-only transaction on a read thread
-        (admitted like any read: ``Overloaded`` past ``max_admitted``)."""
+        (admitted like any read: ``Overloaded`` past ``max_admitted``). The
+        read is counted out however it ends, also when its future is
+        cancelled before it ran (a caller gone)."""
         self.admit()
         deadline = time.monotonic() + self.timeout_s
+        ran = threading.Event()
+
+        def interrupt(cur: duckdb.DuckDBPyConnection) -> None:
+            with contextlib.suppress(Exception):  # closed meanwhile
+                cur.interrupt()
 
         def job() -> Any:
+            ran.set()
             ok = timed_out = False
             cur = None
             timer: threading.Timer | None = None
             try:
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    raise ReadTimeout(f"the read waited over {self.timeout_s:g} s to run")
                 cur = self.cursor()
-                timer = threading.Timer(max(0.0, deadline - time.monotonic()), cur.interrupt)
+                with self._lock:
+                    self._cursors.add(cur)
+                timer = threading.Timer(max(0.0, deadline - time.monotonic()), interrupt, [cur])
                 timer.daemon = True
                 timer.start()
                 cur.execute("BEGIN TRANSACTION READ ONLY")
@@ -275,6 +355,8 @@ class StoreReader:
                 if timer is not None:
                     timer.cancel()
                 if cur is not None:
+                    with self._lock:
+                        self._cursors.discard(cur)
                     with contextlib.suppress(duckdb.Error):
                         cur.execute("ROLLBACK")
                     with contextlib.suppress(duckdb.Error):
@@ -282,18 +364,40 @@ class StoreReader:
                 self.release(ok, timed_out)
 
         try:
-            return self.pool.submit(job)
+            fut = self.pool.submit(job)
         except RuntimeError:  # the pool is shut down
             self.release(False)
             raise StoreUnavailable("the collector is stopping") from None
 
-    def close(self) -> None:
-        """Interrupts every read still running and stops the pool."""
+        def done(f: Future[Any]) -> None:
+            if f.cancelled() and not ran.is_set():
+                self.release(False)
+
+        fut.add_done_callback(done)
+        return fut
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Stops every read: queued ones are cancelled, running ones
+        interrupted, and every session's transaction and cursor closed
+        (a query DuckDB cannot interrupt is waited for at most
+        ``wait_s``), so that the store can be closed."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             sessions = list(self._sessions)
+            cursors = list(self._cursors)
         for s in sessions:
             s.interrupt()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for c in cursors:
+            with contextlib.suppress(Exception):
+                c.interrupt()
+        deadline = time.monotonic() + wait_s
+        for s in sessions:
+            s.close(max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                if s not in self._sessions:
+                    continue  # counted out by its own finish meanwhile
+                self._sessions.discard(s)
+            self.release(False)
 
 
 class CollectorReads(Reads):
@@ -306,7 +410,10 @@ class CollectorReads(Reads):
 
     def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
         check_read_only(query)
-        table = self.reader.run(
-            lambda cur: arrow_reader(cur, query, params, FETCH_ROWS).read_all()
-        ).result(self.reader.timeout_s + 30)
+        fut = self.reader.run(lambda cur: arrow_reader(cur, query, params, FETCH_ROWS).read_all())
+        try:
+            table = fut.result(PAGE_TIMEOUT_S)
+        except FutureTimeout:
+            fut.cancel()
+            raise ReadTimeout(f"the store did not answer within {PAGE_TIMEOUT_S:g} s") from None
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())

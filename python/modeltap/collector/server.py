@@ -213,6 +213,7 @@ class CollectorServer:
             max_reads=max_reads,
             max_admitted=max_admitted,
             timeout_s=read_timeout_s,
+            max_piece_bytes=self.max_message_bytes - 65_536,
         )
         self.server: Any = None
         self.port = 0
@@ -502,18 +503,31 @@ class CollectorServer:
         ok = timed_out = False
         timers: list[asyncio.TimerHandle] = []
         refusal: _Refusal | None = None
-        try:
+
+        def parse() -> tuple[str, list[Any] | None]:
             q = _json_request(request)
             sql = q.get("sql")
             if not isinstance(sql, str):
                 raise ValueError("sql must be a string")
             params = _query_params(q.get("params"))
             check_read_only(sql)  # refuses anything but one SELECT
+            return sql, params
+
+        try:
             reader.admit()
-            session = reader.session(sql, params)
-        except BaseException as e:
-            session = None
-            refusal = _status(e, arguments=True)
+        except Overloaded as e:
+            refusal = _status(e)
+        if refusal is None:
+            try:
+                # Parsing a long query takes time: never on the event loop.
+                sql, params = await loop.run_in_executor(reader.pool, parse)
+                session = reader.session(sql, params)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                reader.release(False)
+                raise
+            except BaseException as e:
+                reader.release(False)
+                refusal = _status(e, arguments=True)
         if refusal is not None:
             self._count(refusal)
             await context.abort(refusal.code, refusal.details)
@@ -534,8 +548,8 @@ class CollectorServer:
                     yield _core.encode_query_chunk(piece)
                     piece = await loop.run_in_executor(reader.pool, session.next)
                 ok = True
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
+            except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
+                raise  # the client went away (or the server stops): nothing to answer
             except BaseException as e:
                 timed_out = isinstance(e, ReadTimeout)
                 refusal = _status(e, arguments=True)
@@ -609,7 +623,12 @@ class CollectorServer:
             self.exports_in_flight -= 1
 
 
+MAX_JSON_REQUEST = 1 << 20  # bytes of a JSON request (a query's text, with params)
+
+
 def _json_request(request: bytes) -> dict[str, Any]:
+    if len(request) > MAX_JSON_REQUEST + 16:
+        raise ValueError(f"the request is {len(request):,} bytes (at most {MAX_JSON_REQUEST:,})")
     try:
         q = json.loads(_core.decode_text_response(request) or "{}")
     except (ValueError, _core.BatchDecodeError) as e:

@@ -957,6 +957,8 @@ class StoreWriter:
                     "enable_external_access": False,
                     "autoinstall_known_extensions": False,
                     "autoload_known_extensions": False,
+                    # ... nor change a setting (logging, memory limit, threads).
+                    "lock_configuration": True,
                 },
             )
             con.execute(SCHEMA)
