@@ -590,8 +590,13 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from rich.console import Console as _Console
+
     with _source(args) as src:
-        reader = src.stream(args.sql)
+        # The collector answers once the query has run: a spinner meanwhile
+        # (on a terminal only; stderr, so --json and --csv stay clean).
+        with _Console(stderr=True).status(f"querying {args.store or args.collector}"):
+            reader = src.stream(args.sql)
         if args.csv:
             import pyarrow.csv as pacsv
 
