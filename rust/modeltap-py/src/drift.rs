@@ -32,6 +32,24 @@ fn role(s: &str) -> PyResult<proto::ColumnRole> {
     })
 }
 
+/// "numeric" or "categorical", as the Python side names column kinds.
+fn kind_name(spec: &proto::ColumnSpec) -> &'static str {
+    if spec.kind == proto::ColumnKind::Categorical as i32 {
+        "categorical"
+    } else {
+        "numeric"
+    }
+}
+
+/// "feature", "prediction" or "probability".
+fn role_name(spec: &proto::ColumnSpec) -> &'static str {
+    match proto::ColumnRole::try_from(spec.role) {
+        Ok(proto::ColumnRole::Prediction) => "prediction",
+        Ok(proto::ColumnRole::Probability) => "probability",
+        _ => "feature",
+    }
+}
+
 fn reference_err(e: &ReferenceError) -> PyErr {
     ReferenceFormatError::new_err(e.to_string())
 }
@@ -177,23 +195,8 @@ pub fn reference_info<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
         for (c, p) in r.columns.iter().zip(&r.profiles) {
             let cd = PyDict::new(py);
             cd.set_item("name", &c.name)?;
-            let categorical = c.kind == proto::ColumnKind::Categorical as i32;
-            cd.set_item(
-                "kind",
-                if categorical {
-                    "categorical"
-                } else {
-                    "numeric"
-                },
-            )?;
-            cd.set_item(
-                "role",
-                match c.role {
-                    1 => "prediction",
-                    2 => "probability",
-                    _ => "feature",
-                },
-            )?;
+            cd.set_item("kind", kind_name(c))?;
+            cd.set_item("role", role_name(c))?;
             cd.set_item("class_index", c.class_index)?;
             cd.set_item("n", p.n)?;
             cd.set_item("missing", p.missing)?;
@@ -1201,22 +1204,8 @@ pub fn histograms<'py>(
             let d = PyDict::new(py);
             d.set_item("feature", &spec.name)?;
             let categorical = spec.kind == proto::ColumnKind::Categorical as i32;
-            d.set_item(
-                "kind",
-                if categorical {
-                    "categorical"
-                } else {
-                    "numeric"
-                },
-            )?;
-            d.set_item(
-                "role",
-                match proto::ColumnRole::try_from(spec.role) {
-                    Ok(proto::ColumnRole::Prediction) => "prediction",
-                    Ok(proto::ColumnRole::Probability) => "probability",
-                    _ => "feature",
-                },
-            )?;
+            d.set_item("kind", kind_name(spec))?;
+            d.set_item("role", role_name(spec))?;
             let cur = |j: usize| cp.counts.get(j).copied().unwrap_or(0);
             match (&spec.numeric, &spec.categorical) {
                 (Some(num), _) if !categorical => {
