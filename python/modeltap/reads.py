@@ -5,6 +5,7 @@ returns."""
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import os
 import re
@@ -97,7 +98,7 @@ def time_range(
         params.append(until)
 
 
-class Reads:
+class Reads(abc.ABC):
     """Queries over a store's tables (``predictions``, ``errors``,
     ``spans``, ``system_metrics``, ``window_profiles``, ``batches``,
     ``agent_counters``, ``feature_schemas``, ``references``); every method
@@ -105,9 +106,11 @@ class Reads:
     Times: datetimes, ISO strings, durations back from now ("1h") or Unix
     seconds."""
 
+    @abc.abstractmethod
     def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
-        """Runs one SQL query; its result a batch at a time."""
-        raise NotImplementedError
+        """Runs one SQL query; its result a batch at a time (each subclass
+        reads its own source: a store file, a collector, the collector's
+        own read connections)."""
 
     def sql(
         self, query: str, params: Sequence[Any] | None = None, *, as_pandas: bool = False
