@@ -403,3 +403,17 @@ def test_query_command_errors_are_one_line(live):
     r = _cli("query", "SELECT 1", "--store", "/nonexistent/s.duckdb")
     assert r.returncode == 1
     assert "no store file" in r.stderr
+
+
+def test_absurd_read_arguments_get_plain_errors(live):
+    col, _ = live
+    with modeltap.Client(col.addr) as c:
+        with pytest.raises(ValueError, match="limit"):
+            c.predictions("m", limit=2**70)
+        with pytest.raises(TypeError, match="trace_id"):
+            c.spans(trace_id=5)
+        assert c.predictions("m", columns="request_id", limit=3).column_names == ["request_id"]
+        with pytest.raises(grpc.RpcError) as e:
+            c.predictions("m", columns=["a" * 100_000])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(e.value.details()) <= 4096

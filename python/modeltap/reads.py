@@ -136,14 +136,16 @@ class Reads(abc.ABC):
         order: str,
         limit: int | None,
     ) -> tuple[str, list[Any]]:
+        if isinstance(columns, str):
+            columns = [columns]
         cols = "*" if columns is None else ", ".join(quote(c) for c in columns)
         if cols == "":
             raise ValueError("name at least one column")
         where = ("WHERE " + " AND ".join(conds)) if conds else ""
         q = f"SELECT {cols} FROM {table} {where} ORDER BY {order}"
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError("limit must be a non-negative integer")
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
+                raise ValueError("limit must be an integer in 0..2^63-1")
             q += f" LIMIT {limit}"
         return q, params
 
@@ -232,6 +234,8 @@ class Reads(abc.ABC):
         """Spans (of one trace, or of a model), oldest first."""
         conds, params = self._filter(model, None, since, until, "start_ts")
         if trace_id is not None:
+            if not isinstance(trace_id, str):
+                raise TypeError(f"trace_id must be a string, not {type(trace_id).__name__}")
             conds.append("trace_id = ?")
             params.append(trace_id.strip().lower())
         return self.sql(
@@ -254,6 +258,7 @@ class Reads(abc.ABC):
         return Report.build(self, model, version, since, until)
 
     def _expand(self, t: pa.Table) -> pa.Table:
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         if not {"schema_id", "features", "categories"} <= set(t.column_names):
@@ -270,15 +275,26 @@ class Reads(abc.ABC):
             return t
         r = row[0]
         names, kinds, cats = r["feature_names"], r["feature_kinds"], r["categorical_names"]
+        if len(names) != len(kinds):
+            return t  # an inconsistent stored schema: the lists as stored
         feats = t.column("features")
         catcol = t.column("categories")
+        cat_at = {n: j for j, n in enumerate(cats or [])}
         out = t.drop_columns(["features", "categories"])
+        # One table built at the end: appending column by column copies the
+        # table each time (seconds for 10,000 features).
+        arrays = list(out.columns)
+        fields = list(out.schema)
         for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
             if kind == "categorical":
-                out = out.append_column(name, pc.list_element(catcol, cats.index(name)))
+                if name not in cat_at:
+                    return t
+                col = pc.list_element(catcol, cat_at[name])
             else:
-                out = out.append_column(name, pc.list_element(feats, i))
-        return out
+                col = pc.list_element(feats, i)
+            arrays.append(col)
+            fields.append(pa.field(name, col.type))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def connect(target: str | os.PathLike[str], **options: Any) -> Any:

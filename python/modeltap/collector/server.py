@@ -120,10 +120,15 @@ _DUCKDB_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...],
 ]
 
 
+MAX_DETAILS = 4096  # characters of a status's details (they travel in a header)
+
+
 class _Refusal(Exception):
     """An RPC answered with a status other than OK."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        if len(details) > MAX_DETAILS:  # an error quoting a huge input
+            details = details[: MAX_DETAILS - 16] + " ... (cut)"
         super().__init__(details)
         self.code = code
         self.details = details
