@@ -1,5 +1,7 @@
-//! Streaming cost of profiling: nanoseconds per feature value added to a
-//! window profile (20 numeric features binned against a reference).
+//! Cost of profiling: nanoseconds per feature value added to a window
+//! profile (20 numeric features binned against a reference), record by
+//! record (the agent's drain thread) and a whole column at a time (the
+//! offline path of `Reference.drift`).
 //! Run: `cargo bench -p modeltap-core --bench profile`.
 
 use std::hint::black_box;
@@ -7,7 +9,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use modeltap_core::batch::Schema;
-use modeltap_core::profile::{build_numeric, fingerprint, Compiled, Profiler};
+use modeltap_core::profile::{
+    add_numeric_slice, build_numeric, empty_profile, fingerprint, Compiled, Profiler,
+};
 use modeltap_core::{proto, Slot};
 
 const FEATURES: usize = 20;
@@ -78,6 +82,15 @@ fn bench(c: &mut Criterion) {
             }
             black_box(p.take());
         });
+    });
+    let column: Vec<f64> = (0..65_536).map(|_| lcg(&mut s)).collect();
+    g.throughput(Throughput::Elements(column.len() as u64));
+    g.bench_function("add a column of 65536 values", |b| {
+        let spec = &compiled.reference.columns[0];
+        let rp = &compiled.reference.profiles[0];
+        let mut p = empty_profile(spec, rp.sum / 1e5, rp.min, rp.max);
+        b.iter(|| add_numeric_slice(&mut p, compiled.binner(0), black_box(&column)));
+        black_box(p);
     });
     g.finish();
 }

@@ -255,72 +255,151 @@ pub fn add_numeric_slice(p: &mut proto::ColumnProfile, binner: &Binner, values: 
 
 /// [`add_numeric_slice`] over any run of values (a strided column, a
 /// float32 one, a tile of rows).
+///
+/// Values within the reference's range (nearly all of them) take a short
+/// path: their bin, their count and two pairs of running sums (values
+/// alternate between the pairs, so consecutive additions do not wait on
+/// each other); NaN, infinities and values outside the range take the
+/// general one.
 #[inline]
 pub fn add_numeric_values(
     p: &mut proto::ColumnProfile,
     binner: &Binner,
     values: impl IntoIterator<Item = f64>,
 ) {
-    let (mut n, mut missing, mut nonfinite) = (0u64, 0u64, 0u64);
-    let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
-    let (mut lo, mut hi) = (p.min, p.max);
-    let (mut below, mut above, mut below_sum, mut above_sum) = (0u64, 0u64, 0.0f64, 0.0f64);
-    let (mut shift, ref_min, ref_max) = (p.shift, p.ref_min, p.ref_max);
-    // Sums are kept relative to the first finite value a profile sees (a
-    // value of this data, so its variance keeps its digits however far it
-    // lies from the reference), until then relative to the reference mean.
-    let mut need_shift = p.n == p.nonfinite;
     if p.counts.len() <= binner.cuts.len() {
         // Not a profile of these cuts (never one built from a checked
         // reference): counting into it would pick wrong bins.
         return;
     }
-    let counts = &mut p.counts[..];
-    for v in values {
-        if v.is_nan() {
-            missing += 1;
-            continue;
-        }
-        counts[binner.bin(v)] += 1;
-        n += 1;
-        lo = lo.min(v);
-        hi = hi.max(v);
-        if v.is_finite() {
-            if need_shift {
-                shift = v;
-                need_shift = false;
-            }
-            let d = v - shift;
-            sum += d;
-            sum_sq += d * d;
-            if v < ref_min {
-                below += 1;
-                below_sum += ref_min - v;
-            } else if v > ref_max {
-                above += 1;
-                above_sum += v - ref_max;
-            }
-        } else {
-            nonfinite += 1;
-            if v < 0.0 {
-                below += 1;
-            } else {
-                above += 1;
+    let mut acc = Sums {
+        shift: p.shift,
+        ref_min: p.ref_min,
+        ref_max: p.ref_max,
+        lo: [p.min; 2],
+        hi: [p.max; 2],
+        ..Sums::default()
+    };
+    let mut values = values.into_iter();
+    // Sums are kept relative to the first finite value a profile sees (a
+    // value of this data, so its variance keeps its digits however far it
+    // lies from the reference), until then relative to the reference mean.
+    if p.n == p.nonfinite {
+        for v in values.by_ref() {
+            acc.add_other(&mut p.counts, binner, v, 0);
+            if v.is_finite() {
+                acc.shift = v;
+                // The sums of this first value, now relative to itself.
+                acc.sum[0] = 0.0;
+                acc.sum_sq[0] = 0.0;
+                break;
             }
         }
     }
-    p.shift = shift;
-    p.n += n;
-    p.missing += missing;
-    p.nonfinite += nonfinite;
-    p.sum += sum;
-    p.sum_sq += sum_sq;
-    p.min = lo;
-    p.max = hi;
-    p.below_min += below;
-    p.above_max += above;
-    p.below_sum += below_sum;
-    p.above_sum += above_sum;
+    let counts = &mut p.counts[..];
+    let (ref_min, ref_max, shift) = (acc.ref_min, acc.ref_max, acc.shift);
+    // The short path's own registers (the general one adds into `acc`).
+    let (mut s0, mut q0, mut lo0, mut hi0) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut s1, mut q1, mut lo1, mut hi1) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+    let mut n = 0u64;
+    // Two values at a time, each pair of sums taking one of them.
+    while let Some(a) = values.next() {
+        let Some(b) = values.next() else {
+            acc.add_other(counts, binner, a, 0);
+            break;
+        };
+        if a >= ref_min && a <= ref_max && b >= ref_min && b <= ref_max {
+            let (ba, bb) = (binner.bin(a), binner.bin(b));
+            counts[ba] += 1;
+            counts[bb] += 1;
+            let (da, db) = (a - shift, b - shift);
+            s0 += da;
+            s1 += db;
+            q0 += da * da;
+            q1 += db * db;
+            lo0 = if a < lo0 { a } else { lo0 };
+            lo1 = if b < lo1 { b } else { lo1 };
+            hi0 = if a > hi0 { a } else { hi0 };
+            hi1 = if b > hi1 { b } else { hi1 };
+            n += 2;
+        } else {
+            acc.add_other(counts, binner, a, 0);
+            acc.add_other(counts, binner, b, 1);
+        }
+    }
+    acc.n += n;
+    acc.sum[0] += s0;
+    acc.sum[1] += s1;
+    acc.sum_sq[0] += q0;
+    acc.sum_sq[1] += q1;
+    acc.lo = [acc.lo[0].min(lo0), acc.lo[1].min(lo1)];
+    acc.hi = [acc.hi[0].max(hi0), acc.hi[1].max(hi1)];
+    p.shift = acc.shift;
+    p.n += acc.n;
+    p.missing += acc.missing;
+    p.nonfinite += acc.nonfinite;
+    p.sum += acc.sum[0] + acc.sum[1];
+    p.sum_sq += acc.sum_sq[0] + acc.sum_sq[1];
+    p.min = acc.lo[0].min(acc.lo[1]);
+    p.max = acc.hi[0].max(acc.hi[1]);
+    p.below_min += acc.below;
+    p.above_max += acc.above;
+    p.below_sum += acc.below_sum;
+    p.above_sum += acc.above_sum;
+}
+
+/// Running totals of [`add_numeric_values`], held in registers.
+#[derive(Default)]
+struct Sums {
+    shift: f64,
+    ref_min: f64,
+    ref_max: f64,
+    n: u64,
+    missing: u64,
+    nonfinite: u64,
+    sum: [f64; 2],
+    sum_sq: [f64; 2],
+    lo: [f64; 2],
+    hi: [f64; 2],
+    below: u64,
+    above: u64,
+    below_sum: f64,
+    above_sum: f64,
+}
+
+impl Sums {
+    /// A value off the short path: missing, infinite or outside the
+    /// reference's range (or any value before the first finite one).
+    #[inline(never)]
+    fn add_other(&mut self, counts: &mut [u64], binner: &Binner, v: f64, lane: usize) {
+        if v.is_nan() {
+            self.missing += 1;
+            return;
+        }
+        counts[binner.bin(v)] += 1;
+        self.n += 1;
+        self.lo[lane] = self.lo[lane].min(v);
+        self.hi[lane] = self.hi[lane].max(v);
+        if v.is_finite() {
+            let d = v - self.shift;
+            self.sum[lane] += d;
+            self.sum_sq[lane] += d * d;
+            if v < self.ref_min {
+                self.below += 1;
+                self.below_sum += self.ref_min - v;
+            } else if v > self.ref_max {
+                self.above += 1;
+                self.above_sum += v - self.ref_max;
+            }
+        } else {
+            self.nonfinite += 1;
+            if v < 0.0 {
+                self.below += 1;
+            } else {
+                self.above += 1;
+            }
+        }
+    }
 }
 
 /// The largest float below `x` (`f64::next_down`, which needs a newer
@@ -2290,25 +2369,58 @@ mod tests {
         let (spec, rp) = build_numeric("x", proto::ColumnRole::Feature, 0, &values, 10, false);
         let cuts = spec.numeric.as_ref().unwrap().cuts.clone();
         let b = Binner::new(&cuts);
-        let mut probe: Vec<f64> = values.iter().map(|v| v * 1.7 + 0.3).collect();
-        probe.extend([f64::NAN, f64::INFINITY, -1e6, 1e6]);
-        let mut one = empty_profile(&spec, 0.1, rp.ref_min, rp.ref_max);
-        let mut bulk = one.clone();
-        for &v in &probe {
-            add_numeric_binned(&mut one, &b, v);
+        let body: Vec<f64> = values.iter().map(|v| v * 1.7 + 0.3).collect();
+        let odd = [f64::NAN, f64::INFINITY, -1e6, 1e6, f64::NEG_INFINITY];
+        // Odd values first (before any finite one), last, and between;
+        // even and odd lengths; in one call and split over several.
+        let probes: Vec<Vec<f64>> = vec![
+            body.iter().copied().chain(odd).collect(),
+            odd.iter().copied().chain(body.iter().copied()).collect(),
+            body.iter()
+                .enumerate()
+                .map(|(i, &v)| if i % 7 == 3 { odd[i % 5] } else { v })
+                .collect(),
+            body[..2999].to_vec(),
+            vec![f64::NAN, 2.0],
+            vec![f64::INFINITY],
+        ];
+        for probe in &probes {
+            for parts in [1, 2, 3, 7] {
+                let mut one = empty_profile(&spec, 0.1, rp.ref_min, rp.ref_max);
+                let mut bulk = one.clone();
+                for &v in probe {
+                    add_numeric_binned(&mut one, &b, v);
+                }
+                for chunk in probe.chunks(probe.len().div_ceil(parts)) {
+                    add_numeric_slice(&mut bulk, &b, chunk);
+                }
+                assert_eq!(one.counts, bulk.counts);
+                assert_eq!(
+                    (one.n, one.missing, one.nonfinite),
+                    (bulk.n, bulk.missing, bulk.nonfinite)
+                );
+                assert_eq!(one.shift.to_bits(), bulk.shift.to_bits());
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0);
+                assert!(close(one.sum, bulk.sum), "{} {}", one.sum, bulk.sum);
+                assert!(
+                    close(one.sum_sq, bulk.sum_sq),
+                    "{} {}",
+                    one.sum_sq,
+                    bulk.sum_sq
+                );
+                assert!(
+                    close(one.below_sum, bulk.below_sum) && close(one.above_sum, bulk.above_sum)
+                );
+                assert_eq!(
+                    (one.below_min, one.above_max),
+                    (bulk.below_min, bulk.above_max)
+                );
+                assert_eq!(
+                    (one.min.to_bits(), one.max.to_bits()),
+                    (bulk.min.to_bits(), bulk.max.to_bits())
+                );
+            }
         }
-        add_numeric_slice(&mut bulk, &b, &probe);
-        assert_eq!(one.counts, bulk.counts);
-        assert_eq!(
-            (one.n, one.missing, one.nonfinite),
-            (bulk.n, bulk.missing, bulk.nonfinite)
-        );
-        assert!((one.sum - bulk.sum).abs() < 1e-9 && (one.sum_sq - bulk.sum_sq).abs() < 1e-6);
-        assert_eq!(
-            (one.below_min, one.above_max),
-            (bulk.below_min, bulk.above_max)
-        );
-        assert_eq!((one.min, one.max), (bulk.min, bulk.max));
     }
 
     #[test]
