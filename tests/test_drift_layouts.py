@@ -114,6 +114,65 @@ def test_frame_layouts_give_one_report():
     _each_same(ref, want, frames)
 
 
+def test_string_views_long_short_sliced_and_null():
+    """polars strings are read as Arrow string views where they lie: values
+    held inline (at most 12 bytes) and in data buffers, non-ASCII, nulls,
+    a sliced frame; the same report as the same values in pandas."""
+    polars = pytest.importorskip("polars")
+    rng = np.random.default_rng(4)
+    n = 20_000
+    X = rng.normal(size=(n, len(NAMES)))
+    words = np.array(["de", "fr", "it", "a value past twelve bytes", "größer-als-zwölf", ""])
+    country = rng.choice(words, size=n).astype(object)
+    country[::13] = None
+    device = rng.choice(["ios", "android", "web", "a-long-device-name-x"], size=n).astype(object)
+    _, ref = _reference()
+    df = pd.DataFrame(X, columns=NAMES)
+    df["country"], df["device"] = country, device
+    pl_df = polars.from_pandas(df)
+    assert pa.types.is_string_view(
+        pl_df.to_arrow(compat_level=polars.CompatLevel.newest()).schema.field("country").type
+    )
+    _same(ref.drift(df), ref.drift(pl_df))
+    _same(ref.drift(df.iloc[777:15_000]), ref.drift(pl_df.slice(777, 15_000 - 777)))
+
+
+def test_hostile_string_views_are_refused():
+    from modeltap import _core
+
+    _, ref = _reference()
+    col = ref.feature_names.index("country")
+    data = np.frombuffer(b"a value past twelve bytes", dtype=np.uint8)
+
+    def view(length: int, buffer: int = 0, offset: int = 0) -> bytes:
+        return np.array([length, 0, buffer, offset], dtype="<i4").tobytes()
+
+    def run(views: bytes, buffers: list, bits: np.ndarray | None = None, bit: int = 0) -> bytes:
+        raw = np.frombuffer(views, dtype=np.uint8)
+        return _core.profile_columns(ref.to_bytes(), [], [], views=[(col, raw, buffers, bits, bit)])
+
+    inline = np.array([2, 0, 0, 0], dtype="<i4").tobytes()
+    inline = inline[:4] + b"de" + inline[6:]
+    good = inline + view(20, 0, 5)
+    prof = run(good, [data])
+    assert modeltap.drift.compute(ref.to_bytes(), prof, None, None).records == 2
+    for views, buffers, bits, bit in (
+        (view(-1), [data], None, 0),  # negative length
+        (view(20, 1, 0), [data], None, 0),  # no such buffer
+        (view(20, 0, 10), [data], None, 0),  # past the buffer
+        (view(20, 0, -4), [data], None, 0),  # negative offset
+        (view(20, -1, 0), [data], None, 0),  # negative buffer index
+        (good[:20], [data], None, 0),  # not whole entries
+        (good, [data], np.zeros(0, np.uint8), 0),  # bitmap too short
+    ):
+        with pytest.raises(ValueError, match="text column"):
+            run(views, buffers, bits, bit)
+    # A null row's view is never read, whatever it holds.
+    nulls = np.array([0b01], dtype=np.uint8)
+    prof = run(inline + view(-5, 9, 9), [], nulls)
+    assert modeltap.drift.compute(ref.to_bytes(), prof, None, None).records == 2
+
+
 def test_category_codes_of_every_width_and_unused_categories():
     """A pandas ``category`` column's own codes are read whatever their
     width (int8 for a few categories, int16 past 127), unused categories and
@@ -162,6 +221,47 @@ def test_categorical_columns_of_a_numeric_matrix():
         "arrow": pa.Table.from_pandas(df, preserve_index=False),
     }
     _each_same(ref, want, layouts)
+
+
+def test_many_number_categories_in_a_matrix():
+    """More distinct codes than the per-column lookup table holds (values
+    sharing its entries): counts equal those of the same codes as an int
+    column."""
+    rng = np.random.default_rng(9)
+    R = np.column_stack([rng.normal(size=20_000), rng.integers(0, 400, 20_000)])
+    ref = modeltap.Reference.from_data(R, feature_names=["x", "c"], categorical=["c"])
+    X = np.column_stack([rng.normal(size=ROWS), rng.integers(0, 500, ROWS).astype(float)])
+    X[::17, 1] = np.nan
+    want = ref.drift(pd.DataFrame({"x": X[:, 0], "c": pd.array(X[:, 1], dtype="Int64")}))
+    assert want["c"]["missing_cur"] > 0
+    _each_same(ref, want, {"matrix": X, "F-order": np.asfortranarray(X)})
+
+
+def test_encoded_strings_do_not_depend_on_object_identity():
+    """A distinct object per row (pandas 3's astype(object)), shared
+    objects, str subclasses, non-ASCII text and lone surrogates: the same
+    codes for the same text."""
+    from modeltap import _core
+
+    class Tagged(str):
+        pass
+
+    words = ["north", "süd", "東", "", "x" * 300, "north"]
+    shared = np.array(words * 50, dtype=object)
+    distinct = np.array(["".join(list(w)) for w in words] * 50, dtype=object)
+    assert len({id(v) for v in distinct}) > len(set(words))
+    subclassed = np.array([Tagged(w) for w in words] * 50, dtype=object)
+    codes, dictionary = _core.encode_strings(shared)
+    assert dictionary == ["north", "süd", "東", "", "x" * 300]
+    for other in (distinct, subclassed):
+        got, got_dictionary = _core.encode_strings(other)
+        assert got.tolist() == codes.tolist()
+        assert got_dictionary == dictionary
+    surrogate = np.array(["a", "\ud800", "a"], dtype=object)
+    assert _core.encode_strings(surrogate) is None  # Arrow's spelling decides
+    spelled, spelled_dictionary = _core.encode_strings(surrogate, spell_all=True)
+    assert spelled.tolist()[0] == spelled.tolist()[2] != spelled.tolist()[1]
+    assert len(spelled_dictionary) == 2
 
 
 def test_object_columns_with_other_values_fall_back_to_arrow_spelling():

@@ -137,7 +137,17 @@ def profile_columns(
         ]
     ] = ...,
     number_categories: Sequence[tuple[int, npt.NDArray[np.floating[Any]]]] = ...,
-) -> bytes: ...
+    views: Sequence[
+        tuple[
+            int,
+            npt.NDArray[np.uint8],
+            Sequence[npt.NDArray[np.uint8]],
+            npt.NDArray[np.uint8] | None,
+            int,
+        ]
+    ] = ...,
+    objects: Sequence[tuple[int, npt.NDArray[np.object_]]] = ...,
+) -> bytes | None: ...
 def encode_strings(
     values: npt.NDArray[np.object_],
     spell_all: bool = False,

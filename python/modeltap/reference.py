@@ -21,7 +21,7 @@ def _to_columns(data: Any, feature_names: Sequence[str] | None) -> tuple[list[st
     pandas or polars DataFrame, or an Arrow table."""
     mod = type(data).__module__
     if mod.startswith("polars"):
-        data = data.to_arrow()
+        data = _polars_to_arrow(data)
         mod = "pyarrow"
     if mod.startswith("pyarrow"):
         names = list(data.column_names)
@@ -38,6 +38,21 @@ def _to_columns(data: Any, feature_names: Sequence[str] | None) -> tuple[list[st
     if len(names) != arr.shape[1]:
         raise ValueError(f"{len(names)} feature names for {arr.shape[1]} columns")
     return names, {n: arr[:, i] for i, n in enumerate(names)}
+
+
+def _polars_to_arrow(df: Any) -> Any:
+    """A polars DataFrame as an Arrow table without copies: its strings stay
+    ``string_view`` (the compatibility default copies them into
+    ``large_string``)."""
+    import polars as pl
+
+    level = getattr(pl, "CompatLevel", None)
+    if level is not None:
+        try:
+            return df.to_arrow(compat_level=level.newest())
+        except TypeError:  # a polars whose to_arrow takes no level
+            pass
+    return df.to_arrow()
 
 
 def _is_numeric(col: Any) -> bool:
@@ -104,9 +119,11 @@ def _arrow_text(col: Any) -> Any:
         col = col.chunk(0)
     if not isinstance(col, pa.Array):
         return None
-    if pa.types.is_string_view(col.type):
-        col = col.cast(pa.large_string())
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+    if (
+        pa.types.is_string(col.type)
+        or pa.types.is_large_string(col.type)
+        or pa.types.is_string_view(col.type)
+    ):
         return col
     return None
 
@@ -146,6 +163,25 @@ def _float_categories(col: Any) -> np.ndarray | None:
     return None
 
 
+def _is_view(arr: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string_view(arr.type))
+
+
+def _view_buffers(arr: Any) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, int]:
+    """Views (16 bytes a row), data buffers, validity bitmap (or None) and
+    its bit offset of an Arrow ``string_view`` array, as zero-copy NumPy
+    views."""
+    validity, views, *data = arr.buffers()
+    raw = np.frombuffer(views, dtype=np.uint8)[16 * arr.offset : 16 * (arr.offset + len(arr))]
+    buffers = [np.frombuffer(b, dtype=np.uint8) for b in data if b is not None]
+    bits = None
+    if validity is not None and arr.null_count:
+        bits = np.frombuffer(validity, dtype=np.uint8)
+    return raw, buffers, bits, arr.offset
+
+
 def _text_buffers(arr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Offsets (rows + 1), UTF-8 bytes, validity bitmap (or None) and its
     bit offset of an Arrow string array, as zero-copy NumPy views."""
@@ -159,6 +195,18 @@ def _text_buffers(arr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, 
     if validity is not None and arr.null_count:
         bits = np.frombuffer(validity, dtype=np.uint8)
     return offs, raw, bits, arr.offset
+
+
+def _object_values(col: Any) -> np.ndarray | None:
+    """A column of Python objects (a pandas object column, a NumPy object
+    array) as a 1-D object array, else None."""
+    if type(col).__module__.startswith("pandas") and getattr(col, "dtype", None) == np.dtype(
+        object
+    ):
+        col = col.to_numpy()
+    if isinstance(col, np.ndarray) and col.dtype == object and col.ndim == 1:
+        return col
+    return None
 
 
 def category_codes(col: Any) -> tuple[np.ndarray, list[str]]:
@@ -408,6 +456,10 @@ class Reference:
         categorical: list[tuple[int, np.ndarray, list[str]]] = []
         text: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None, int]] = []
         number_categories: list[tuple[int, np.ndarray]] = []
+        views: list[tuple[int, np.ndarray, list[np.ndarray], np.ndarray | None, int]] = []
+        # Python strings (pandas object columns), read by the calling thread
+        # while the profiling threads take the other columns.
+        objects: list[tuple[int, np.ndarray]] = []
         index = {c["name"]: i for i, c in enumerate(self._info["columns"])}
         kinds = {c["name"]: c["kind"] for c in self._info["columns"]}
         wanted = dict(cols)
@@ -436,13 +488,40 @@ class Reference:
                 continue
             arrow_text = _arrow_text(col)
             if arrow_text is not None:
-                text.append((i, *_text_buffers(arrow_text)))
+                if _is_view(arrow_text):
+                    views.append((i, *_view_buffers(arrow_text)))
+                else:
+                    text.append((i, *_text_buffers(arrow_text)))
+                continue
+            strings = _object_values(col)
+            if strings is not None:
+                objects.append((i, strings))
                 continue
             codes, dictionary = category_codes(col)
             categorical.append((i, codes, dictionary))
-        return _core.profile_columns(
-            self._bytes, numeric, categorical, text=text, number_categories=number_categories
+        done = _core.profile_columns(
+            self._bytes,
+            numeric,
+            categorical,
+            text=text,
+            number_categories=number_categories,
+            views=views,
+            objects=objects,
         )
+        if done is None:
+            # An object column holds more than strings: spelled by Arrow.
+            for i, values in objects:
+                categorical.append((i, *category_codes(values)))
+            done = _core.profile_columns(
+                self._bytes,
+                numeric,
+                categorical,
+                text=text,
+                number_categories=number_categories,
+                views=views,
+            )
+        assert done is not None  # no object columns left to refuse
+        return done
 
     def drift(
         self,

@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::errors::{guard, BatchDecodeError, ReferenceFormatError};
+use crate::near::Near;
 
 fn role(s: &str) -> PyResult<proto::ColumnRole> {
     Ok(match s {
@@ -621,10 +622,41 @@ enum Offsets<'py> {
 /// bytes, and the validity bitmap with its bit offset (`None`: no nulls).
 /// Looked up by bytes in the threads, no string built per row.
 struct TextArray<'py> {
-    offsets: Offsets<'py>,
-    data: PyReadonlyArray1<'py, u8>,
+    layout: TextBuffers<'py>,
     valid: Option<(PyReadonlyArray1<'py, u8>, usize)>,
 }
+
+/// How a [`TextArray`] holds its values.
+enum TextBuffers<'py> {
+    /// `string` / `large_string`: offsets (rows + 1) into one run of bytes.
+    Offsets {
+        offsets: Offsets<'py>,
+        data: PyReadonlyArray1<'py, u8>,
+    },
+    /// `string_view` (polars' strings): 16 bytes a row, the length (a
+    /// little-endian i32) then the value itself when it is at most 12
+    /// bytes, else its first 4 bytes, a buffer index and an offset.
+    Views {
+        views: PyReadonlyArray1<'py, u8>,
+        buffers: Vec<PyReadonlyArray1<'py, u8>>,
+    },
+}
+
+/// `(column_index, views (16 bytes a row), data buffers, validity bitmap,
+/// bit offset)`.
+type ViewArg<'py> = (
+    usize,
+    PyReadonlyArray1<'py, u8>,
+    Vec<PyReadonlyArray1<'py, u8>>,
+    Option<PyReadonlyArray1<'py, u8>>,
+    usize,
+);
+
+/// Bytes of one `string_view` entry.
+const VIEW_BYTES: usize = 16;
+
+/// Longest value a view holds inline.
+const VIEW_INLINE: usize = 12;
 
 /// `(column_index, offsets, bytes, validity bitmap, bit offset)`.
 type TextArg<'py> = (
@@ -648,42 +680,71 @@ impl<'py> TextArray<'py> {
             ));
         };
         Ok(Self {
-            offsets,
-            data: data.clone(),
+            layout: TextBuffers::Offsets {
+                offsets,
+                data: data.clone(),
+            },
             valid: valid.clone().map(|v| (v, *bit_offset)),
         })
+    }
+
+    fn read_views(arg: &ViewArg<'py>) -> Self {
+        let (_, views, buffers, valid, bit_offset) = arg;
+        Self {
+            layout: TextBuffers::Views {
+                views: views.clone(),
+                buffers: buffers.clone(),
+            },
+            valid: valid.clone().map(|v| (v, *bit_offset)),
+        }
     }
 
     /// Checks the layout (a hostile one is refused, never read past).
     fn view(&self) -> PyResult<TextView<'_>> {
         let bad = |what: &str| PyValueError::new_err(format!("text column: {what}"));
-        let data = self
-            .data
-            .as_slice()
-            .map_err(|_| bad("bytes not contiguous"))?;
-        let offsets: Vec<usize> = match &self.offsets {
-            Offsets::I32(a) => a
-                .as_array()
-                .iter()
-                .map(|&o| usize::try_from(o).map_err(|_| bad("negative offset")))
-                .collect::<PyResult<_>>()?,
-            Offsets::I64(a) => a
-                .as_array()
-                .iter()
-                .map(|&o| usize::try_from(o).map_err(|_| bad("negative offset")))
-                .collect::<PyResult<_>>()?,
+        let (layout, rows) = match &self.layout {
+            TextBuffers::Offsets { offsets, data } => {
+                let data = data.as_slice().map_err(|_| bad("bytes not contiguous"))?;
+                let offsets: Vec<usize> = match offsets {
+                    Offsets::I32(a) => a
+                        .as_array()
+                        .iter()
+                        .map(|&o| usize::try_from(o).map_err(|_| bad("negative offset")))
+                        .collect::<PyResult<_>>()?,
+                    Offsets::I64(a) => a
+                        .as_array()
+                        .iter()
+                        .map(|&o| usize::try_from(o).map_err(|_| bad("negative offset")))
+                        .collect::<PyResult<_>>()?,
+                };
+                let Some(&last) = offsets.last() else {
+                    return Err(bad("no offsets"));
+                };
+                if offsets.windows(2).any(|w| w[0] > w[1]) || last > data.len() {
+                    return Err(bad("offsets out of order or past the bytes"));
+                }
+                let rows = offsets.len() - 1;
+                (TextLayout::Offsets { offsets, data }, rows)
+            }
+            TextBuffers::Views { views, buffers } => {
+                let views = views.as_slice().map_err(|_| bad("views not contiguous"))?;
+                let buffers: Vec<&[u8]> = buffers
+                    .iter()
+                    .map(|b| b.as_slice().map_err(|_| bad("buffer not contiguous")))
+                    .collect::<PyResult<_>>()?;
+                if views.len() % VIEW_BYTES != 0 {
+                    return Err(bad("views not a whole number of 16-byte entries"));
+                }
+                (
+                    TextLayout::Views { views, buffers },
+                    views.len() / VIEW_BYTES,
+                )
+            }
         };
-        let Some(&last) = offsets.last() else {
-            return Err(bad("no offsets"));
-        };
-        if offsets.windows(2).any(|w| w[0] > w[1]) || last > data.len() {
-            return Err(bad("offsets out of order or past the bytes"));
-        }
         let valid = match &self.valid {
             None => None,
             Some((v, bit)) => {
                 let bits = v.as_slice().map_err(|_| bad("bitmap not contiguous"))?;
-                let rows = offsets.len() - 1;
                 if bit
                     .checked_add(rows)
                     .is_none_or(|end| end.div_ceil(8) > bits.len())
@@ -693,47 +754,127 @@ impl<'py> TextArray<'py> {
                 Some((bits, *bit))
             }
         };
-        Ok(TextView {
-            offsets,
-            data,
+        let view = TextView {
+            layout,
+            rows,
             valid,
-        })
+        };
+        if let TextLayout::Views { views, buffers } = &view.layout {
+            // Every valid row's view lies within its buffer (null rows'
+            // views are never read).
+            for r in 0..rows {
+                if !view.is_valid(r) {
+                    continue;
+                }
+                let e = &views[r * VIEW_BYTES..(r + 1) * VIEW_BYTES];
+                let len = usize::try_from(view_field(e, 0)).map_err(|_| bad("negative length"))?;
+                if len <= VIEW_INLINE {
+                    continue;
+                }
+                let at = (
+                    usize::try_from(view_field(e, 8)),
+                    usize::try_from(view_field(e, 12)),
+                );
+                let (Ok(buffer), Ok(offset)) = at else {
+                    return Err(bad("negative buffer index or offset"));
+                };
+                if buffers
+                    .get(buffer)
+                    .is_none_or(|b| offset.checked_add(len).is_none_or(|end| end > b.len()))
+                {
+                    return Err(bad("a view past its buffer"));
+                }
+            }
+        }
+        Ok(view)
     }
+}
+
+/// The little-endian i32 at `at` of a `string_view` entry.
+#[inline]
+fn view_field(entry: &[u8], at: usize) -> i32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&entry[at..at + 4]);
+    i32::from_le_bytes(b)
 }
 
 /// A text column to profile: its index, its layout, its buckets by bytes
 /// and the bucket of values the reference does not know.
 type TextJob<'a> = (usize, TextView<'a>, FxHashMap<&'a [u8], usize>, usize);
 
+/// A checked [`TextArray`].
 struct TextView<'a> {
-    offsets: Vec<usize>,
-    data: &'a [u8],
+    layout: TextLayout<'a>,
+    rows: usize,
     valid: Option<(&'a [u8], usize)>,
 }
 
-impl TextView<'_> {
+enum TextLayout<'a> {
+    Offsets {
+        offsets: Vec<usize>,
+        data: &'a [u8],
+    },
+    Views {
+        views: &'a [u8],
+        buffers: Vec<&'a [u8]>,
+    },
+}
+
+impl<'a> TextView<'a> {
     fn len(&self) -> usize {
-        self.offsets.len() - 1
+        self.rows
+    }
+
+    #[inline]
+    fn is_valid(&self, r: usize) -> bool {
+        self.valid.is_none_or(|(bits, bit)| {
+            let i = bit + r;
+            bits[i / 8] & (1 << (i % 8)) != 0
+        })
+    }
+
+    /// The bytes of (valid) row `r`.
+    #[inline]
+    fn value(&self, r: usize) -> &'a [u8] {
+        match &self.layout {
+            TextLayout::Offsets { offsets, data } => &data[offsets[r]..offsets[r + 1]],
+            TextLayout::Views { views, buffers } => {
+                let e = &views[r * VIEW_BYTES..(r + 1) * VIEW_BYTES];
+                // Checked in `view`: not negative, and within its buffer.
+                let len = view_field(e, 0).unsigned_abs() as usize;
+                if len <= VIEW_INLINE {
+                    &e[4..4 + len]
+                } else {
+                    let buffer = view_field(e, 8).unsigned_abs() as usize;
+                    let offset = view_field(e, 12).unsigned_abs() as usize;
+                    &buffers[buffer][offset..offset + len]
+                }
+            }
+        }
     }
 
     /// Adds rows `rows` to `p`: each value's bucket found by its bytes in
-    /// `buckets`, `miss` for a value the reference does not know.
+    /// `near`, else in `buckets`, `miss` for a value the reference does not
+    /// know.
     fn add(
         &self,
         p: &mut proto::ColumnProfile,
         buckets: &FxHashMap<&[u8], usize>,
+        near: &mut Near<'a>,
         miss: &dyn Fn(&[u8]) -> usize,
         rows: Range<usize>,
     ) {
         for r in rows {
-            if let Some((bits, bit)) = self.valid {
-                let i = bit + r;
-                if bits[i / 8] & (1 << (i % 8)) == 0 {
-                    profile::add_category(p, None);
-                    continue;
-                }
+            if !self.is_valid(r) {
+                profile::add_category(p, None);
+                continue;
             }
-            let v = &self.data[self.offsets[r]..self.offsets[r + 1]];
+            let v = self.value(r);
+            let hash = Near::hash(v);
+            if let Some(bucket) = near.get(hash, v) {
+                profile::add_category(p, Some(bucket));
+                continue;
+            }
             let bucket = if v.len() > crate::recorder::MAX_VALUE_BYTES {
                 // Cut as agents and references cut it.
                 let cut = crate::recorder::clip(
@@ -747,6 +888,7 @@ impl TextView<'_> {
             } else {
                 buckets.get(v).copied().unwrap_or_else(|| miss(v))
             };
+            near.put(hash, v, bucket);
             profile::add_category(p, Some(bucket));
         }
     }
@@ -788,23 +930,31 @@ impl NumberCategories<'_> {
         cache: &mut FxHashMap<u64, usize>,
         values: impl Iterator<Item = f64>,
     ) {
-        let mut last: Option<(u64, usize)> = None;
+        // A direct-mapped table in front of the map: a column of a few
+        // codes finds each in one load. Its empty entries hold a NaN's
+        // bits, which no looked-up value has.
+        const SLOTS: usize = 64;
+        let mut near = [(u64::MAX, 0usize); SLOTS];
         for v in values {
             if v.is_nan() {
                 profile::add_category(p, None);
                 continue;
             }
             let bits = v.to_bits();
-            let b = match last {
-                Some((l, b)) if l == bits => b,
-                _ => *cache.entry(bits).or_insert_with(|| {
+            #[allow(clippy::cast_possible_truncation)]
+            let slot = (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SLOTS;
+            let b = if near[slot].0 == bits {
+                near[slot].1
+            } else {
+                let b = *cache.entry(bits).or_insert_with(|| {
                     crate::recorder::float_spelling(v).map_or_else(
                         || compiled.miss_bucket(self.col),
                         |s| compiled.bucket(self.col, &s),
                     )
-                }),
+                });
+                near[slot] = (bits, b);
+                b
             };
-            last = Some((bits, b));
             profile::add_category(p, Some(b));
         }
     }
@@ -828,10 +978,18 @@ const TILE_BYTES: usize = 2 * 1024 * 1024;
 ///
 /// `text` holds categorical columns of text as Arrow lays them out:
 /// `(column_index, offsets, utf8 bytes, validity bitmap or None, bit
+/// offset)`, and `views` those laid out as Arrow `string_view` (polars):
+/// `(column_index, views, [data buffers], validity bitmap or None, bit
 /// offset)`; their values are looked up by bytes in the threads.
+///
+/// `objects` holds categorical columns of Python strings (`(column_index,
+/// object array)`, a pandas object column): the calling thread encodes
+/// them, holding the GIL, while the threads profile the other columns.
+/// Returns `None` when one of them holds anything but strings and missing
+/// values (for Arrow to spell), else the encoded profile.
 #[pyfunction]
 #[pyo3(signature = (reference, numeric, categorical, start_unix_nano=0, width_nano=0, text=Vec::new(),
-    number_categories=Vec::new()))]
+    number_categories=Vec::new(), views=Vec::new(), objects=Vec::new()))]
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 pub fn profile_columns<'py>(
     py: Python<'py>,
@@ -842,7 +1000,9 @@ pub fn profile_columns<'py>(
     width_nano: u64,
     text: Vec<TextArg<'py>>,
     number_categories: Vec<(usize, Bound<'py, PyAny>)>,
-) -> PyResult<Bound<'py, PyBytes>> {
+    views: Vec<ViewArg<'py>>,
+    objects: Vec<(usize, PyReadonlyArray1<'py, Py<PyAny>>)>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
     guard(|| {
         let r = profile::decode_reference(reference).map_err(|e| reference_err(&e))?;
         if start_unix_nano.checked_add(width_nano).is_none() {
@@ -865,7 +1025,9 @@ pub fn profile_columns<'py>(
             .iter()
             .map(|c| c.0)
             .chain(text.iter().map(|t| t.0))
+            .chain(views.iter().map(|t| t.0))
             .chain(number_categories.iter().map(|t| t.0))
+            .chain(objects.iter().map(|t| t.0))
             .collect();
         for i in &cat_indices {
             if *i >= ncols || compiled.reference.columns[*i].categorical.is_none() {
@@ -899,10 +1061,11 @@ pub fn profile_columns<'py>(
                 )
             })
             .collect();
-        let text_arrays: Vec<(usize, TextArray<'py>)> = text
+        let mut text_arrays: Vec<(usize, TextArray<'py>)> = text
             .iter()
             .map(|t| TextArray::read(t).map(|a| (t.0, a)))
             .collect::<PyResult<_>>()?;
+        text_arrays.extend(views.iter().map(|v| (v.0, TextArray::read_views(v))));
         let texts: Vec<TextJob<'_>> = text_arrays
             .iter()
             .map(|(i, a)| {
@@ -930,15 +1093,17 @@ pub fn profile_columns<'py>(
             .or_else(|| cat.first().map(|c| c.1.len()))
             .or_else(|| texts.first().map(|c| c.1.len()))
             .or_else(|| numcats.first().map(|c| c.values.len()))
+            .or_else(|| objects.first().map(|c| c.1.as_array().len()))
             .unwrap_or(0);
         if num.iter().any(|c| c.1.len() != rows)
             || cat.iter().any(|c| c.1.len() != rows)
             || texts.iter().any(|c| c.1.len() != rows)
             || numcats.iter().any(|c| c.values.len() != rows)
+            || objects.iter().any(|c| c.1.as_array().len() != rows)
         {
             return Err(PyValueError::new_err("columns differ in length"));
         }
-        let window = py.detach(|| {
+        let window = {
             let mut w = compiled.empty_window(start_unix_nano, width_nano);
             let width = num.len() + cat.len() + texts.len() + numcats.len();
             let row_bytes = (num.len() + numcats.len()) * 8 + cat.len() * 4 + texts.len() * 16;
@@ -963,6 +1128,7 @@ pub fn profile_columns<'py>(
                 let base = num.len() + cat.len();
                 let mut caches: Vec<FxHashMap<u64, usize>> =
                     numcats.iter().map(|_| FxHashMap::default()).collect();
+                let mut nears: Vec<Near<'_>> = texts.iter().map(|_| Near::new()).collect();
                 // Strided columns (a row-major matrix) are gathered row by
                 // row into a column-major tile first: memory is then read in
                 // order, and each column's kernel runs on a contiguous slice.
@@ -990,10 +1156,14 @@ pub fn profile_columns<'py>(
                     let len = t.len();
                     for (j, row) in t.clone().enumerate() {
                         for (at, a) in &f64s {
-                            scratch[at + j] = a[row];
+                            // SAFETY: `row` is below the view's length (the
+                            // tile lies within `range`, within `rows`, the
+                            // length of every column, checked above).
+                            scratch[at + j] = unsafe { *a.uget(row) };
                         }
                         for (at, a) in &f32s {
-                            scratch[at + j] = f64::from(a[row]);
+                            // SAFETY: as above.
+                            scratch[at + j] = f64::from(unsafe { *a.uget(row) });
                         }
                     }
                     let mut next = 0;
@@ -1011,7 +1181,7 @@ pub fn profile_columns<'py>(
                     }
                     for (k, (col, values, buckets, _)) in texts.iter().enumerate() {
                         let miss = |v: &[u8]| compiled.miss_bucket_of(*col, v);
-                        values.add(&mut out[base + k], buckets, &miss, t.clone());
+                        values.add(&mut out[base + k], buckets, &mut nears[k], &miss, t.clone());
                     }
                     for (k, values) in numcats.iter().enumerate() {
                         let at = base + texts.len() + k;
@@ -1029,6 +1199,11 @@ pub fn profile_columns<'py>(
                 out
             };
             let mut parts: Vec<Vec<proto::ColumnProfile>> = Vec::with_capacity(threads);
+            // Columns of Python strings are read here, with the GIL, while
+            // the threads profile the others: `None` where one holds
+            // anything else (Arrow spells those).
+            let mut encoded: PyResult<Option<Vec<(usize, proto::ColumnProfile)>>> =
+                Ok(Some(vec![]));
             std::thread::scope(|sc| {
                 let handles: Vec<_> = (0..threads)
                     .map(|t| {
@@ -1036,26 +1211,57 @@ pub fn profile_columns<'py>(
                         sc.spawn(move || work(range))
                     })
                     .collect();
-                for h in handles {
-                    // A worker's panic must not pass for a column without
-                    // values: carry it on, for `guard` to report.
-                    match h.join() {
-                        Ok(done) => parts.push(done),
-                        Err(payload) => std::panic::resume_unwind(payload),
+                encoded = profile_objects(py, compiled, &objects, w_ref);
+                py.detach(|| {
+                    for h in handles {
+                        // A worker's panic must not pass for a column
+                        // without values: carry it on, for `guard` to report.
+                        match h.join() {
+                            Ok(done) => parts.push(done),
+                            Err(payload) => std::panic::resume_unwind(payload),
+                        }
                     }
-                }
+                });
             });
+            let Some(encoded) = encoded? else {
+                return Ok(None);
+            };
             debug_assert_eq!(cols.len(), width);
             for part in &parts {
                 for (k, &c) in cols.iter().enumerate() {
                     profile::merge_column(&mut w.columns[c], &part[k]);
                 }
             }
+            for (c, p) in &encoded {
+                profile::merge_column(&mut w.columns[*c], p);
+            }
             w.records = rows as u64;
             w
-        });
-        Ok(PyBytes::new(py, &window.encode_to_vec()))
+        };
+        Ok(Some(PyBytes::new(py, &window.encode_to_vec())))
     })
+}
+
+/// Profiles columns of Python objects (strings and missing values): each
+/// dictionary-encoded by [`encode_objects`] and its codes counted. `None`
+/// where a column holds anything else.
+fn profile_objects(
+    py: Python<'_>,
+    compiled: &profile::Compiled,
+    objects: &[(usize, PyReadonlyArray1<'_, Py<PyAny>>)],
+    w: &proto::WindowProfile,
+) -> PyResult<Option<Vec<(usize, proto::ColumnProfile)>>> {
+    let mut out = Vec::with_capacity(objects.len());
+    for (c, values) in objects {
+        let Some((codes, dictionary)) = encode_objects(py, values.as_array(), false)? else {
+            return Ok(None);
+        };
+        let buckets: Vec<usize> = dictionary.iter().map(|v| compiled.bucket(*c, v)).collect();
+        let mut p = w.columns[*c].clone();
+        CodeView::I32(ArrayView1::from(&codes[..])).add(&mut p, &buckets, 0..codes.len());
+        out.push((*c, p));
+    }
+    Ok(Some(out))
 }
 
 /// Float categories spelled canonically (see `float_spelling`: integral
@@ -1107,7 +1313,23 @@ pub fn encode_strings<'py>(
     spell_all: bool,
 ) -> PyResult<Option<Encoded<'py>>> {
     guard(|| {
-        let view = values.as_array();
+        Ok(match encode_objects(py, values.as_array(), spell_all)? {
+            Some((codes, dictionary)) => {
+                Some((PyArray1::from_vec(py, codes), PyList::new(py, dictionary)?))
+            }
+            None => None,
+        })
+    })
+}
+
+/// [`encode_strings`]' work: codes and dictionary, `None` for a column it
+/// leaves to Arrow.
+fn encode_objects(
+    py: Python<'_>,
+    view: ArrayView1<'_, Py<PyAny>>,
+    spell_all: bool,
+) -> PyResult<Option<(Vec<i32>, Vec<String>)>> {
+    {
         let mut codes: Vec<i32> = Vec::with_capacity(view.len());
         let mut index: FxHashMap<String, i32> = FxHashMap::default();
         let mut dictionary: Vec<String> = Vec::new();
@@ -1119,12 +1341,65 @@ pub fn encode_strings<'py>(
         const CACHE: usize = 256;
         let mut cache: [(*mut pyo3::ffi::PyObject, i32); CACHE] =
             [(std::ptr::null_mut(), 0); CACHE];
+        let str_type = std::ptr::addr_of_mut!(pyo3::ffi::PyUnicode_Type);
+        let mut near = Near::new();
         for item in &view {
             let ptr = item.as_ptr();
             let slot = (ptr as usize >> 4) % CACHE;
             if cache[slot].0 == ptr {
                 codes.push(cache[slot].1);
                 continue;
+            }
+            // An exact `str` (most rows): its UTF-8 read straight through
+            // the C API, without the checks and wrappers of the general
+            // path below.
+            // SAFETY: `ptr` is a live object the array holds (the GIL is
+            // held); reading its type is what Py_TYPE does.
+            if unsafe { pyo3::ffi::Py_TYPE(ptr) } == str_type {
+                let mut len: pyo3::ffi::Py_ssize_t = 0;
+                // SAFETY: `ptr` is a str; the returned buffer is owned by
+                // the object (alive while the array is) and is valid UTF-8.
+                let data = unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(ptr, &mut len) };
+                if !data.is_null() {
+                    // SAFETY: `data` points at `len` bytes of UTF-8 (above),
+                    // owned by an object the array holds for this whole
+                    // call (no Python code runs meanwhile to replace it):
+                    // `near` may keep the slice until the call returns.
+                    let text: &str = unsafe {
+                        std::str::from_utf8_unchecked(std::slice::from_raw_parts(
+                            data.cast::<u8>(),
+                            len as usize,
+                        ))
+                    };
+                    let hash = Near::hash(text.as_bytes());
+                    let code = if let Some(c) = near.get(hash, text.as_bytes()) {
+                        i32::try_from(c).unwrap_or(-1)
+                    } else {
+                        let c = match index.get(text) {
+                            Some(&c) => c,
+                            None => {
+                                let Ok(c) = i32::try_from(dictionary.len()) else {
+                                    return Ok(None);
+                                };
+                                index.insert(text.to_owned(), c);
+                                dictionary.push(crate::recorder::clip(
+                                    text.to_owned(),
+                                    crate::recorder::MAX_VALUE_BYTES,
+                                ));
+                                c
+                            }
+                        };
+                        near.put(hash, text.as_bytes(), usize::try_from(c).unwrap_or(0));
+                        c
+                    };
+                    cache[slot] = (ptr, code);
+                    codes.push(code);
+                    continue;
+                }
+                // Not UTF-8 (lone surrogates): the error is the general
+                // path's to raise again and handle.
+                // SAFETY: the GIL is held.
+                unsafe { pyo3::ffi::PyErr_Clear() };
             }
             let obj = item.bind(py);
             let spelled: Option<std::borrow::Cow<'_, str>> = if let Ok(s) = obj.cast::<PyString>() {
@@ -1167,11 +1442,8 @@ pub fn encode_strings<'py>(
             cache[slot] = (ptr, code);
             codes.push(code);
         }
-        Ok(Some((
-            PyArray1::from_vec(py, codes),
-            PyList::new(py, dictionary)?,
-        )))
-    })
+        Ok(Some((codes, dictionary)))
+    }
 }
 
 /// Reference and window counts of every column of a reference, in the bins

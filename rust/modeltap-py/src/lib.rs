@@ -4,6 +4,7 @@
 mod decode;
 mod drift;
 mod errors;
+mod near;
 mod parse;
 mod recorder;
 mod request_ids;
