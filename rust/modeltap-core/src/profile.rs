@@ -89,8 +89,10 @@ pub fn bin_of(cuts: &[f64], v: f64) -> usize {
 }
 
 /// Finds fine bins in O(1): a uniform grid over the cuts' range whose cells
-/// hold the first candidate bin, then a short scan, or a binary search
-/// where a cell spans many bins (skewed data). Equivalent to [`bin_of`].
+/// hold the first candidate bin (that of a little below the cell's start,
+/// so never above the bin of a value the cell receives), then a short
+/// upward scan, or a binary search where a cell spans many bins (skewed
+/// data). Equivalent to [`bin_of`].
 ///
 /// The grid has 32 cells per bin by default (a value's cell then nearly
 /// always holds its bin: no scan, no mispredicted branch); profiles of many
@@ -170,12 +172,19 @@ impl Binner {
         } else {
             0.0
         };
+        // How far below a cell's start a value that rounds into the cell
+        // can lie (the cell of `v` is computed in floating point): some 45
+        // times the error of `(v - lo) * scale` (a few ulps of the
+        // magnitudes involved).
+        let slack = (lo.abs() + hi.abs()) * 1e-14;
         #[allow(clippy::cast_precision_loss)]
         let mut table: Vec<u16> = (0..=cells)
             .map(|c| {
                 let x = lo + c as f64 / scale.max(f64::MIN_POSITIVE);
-                // first bin whose upper cut is >= the cell's start
-                u16::try_from(bin_of(&cuts, x)).unwrap_or(u16::MAX)
+                // The bin of a little below the cell's start: at or below
+                // the bin of every value the cell receives, so `bin` only
+                // ever scans upwards.
+                u16::try_from(bin_of(&cuts, x - slack)).unwrap_or(u16::MAX)
             })
             .collect();
         // A sentinel past the last cell: the last cell's bins run to the end.
@@ -212,23 +221,38 @@ impl Binner {
     /// The fine bin of `v` (`v` not NaN).
     #[inline]
     pub fn bin(&self, v: f64) -> usize {
-        let t = (v - self.lo) * self.scale;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let cell = if t >= 0.0 {
-            (t as usize).min(self.table.len() - 2)
+        if self.skewed {
+            self.bin_in::<true>(v)
         } else {
-            0
-        };
+            self.bin_in::<false>(v)
+        }
+    }
+
+    /// Whether some grid cell spans many bins (then [`bin_in`] must be
+    /// called with `SKEWED` true).
+    ///
+    /// [`bin_in`]: Self::bin_in
+    #[inline]
+    pub fn skewed(&self) -> bool {
+        self.skewed
+    }
+
+    /// [`bin`](Self::bin) for a binner whose [`skewed`](Self::skewed) is
+    /// `SKEWED` (a loop over many values tests that once).
+    #[inline]
+    pub fn bin_in<const SKEWED: bool>(&self, v: f64) -> usize {
+        let t = (v - self.lo) * self.scale;
+        // Negative (or NaN, for an infinite value and a zero scale) gives
+        // cell 0, past the grid its last cell; a signed conversion is the
+        // cheaper one.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let cell = ((t as i64).max(0) as usize).min(self.table.len() - 2);
         let n = self.cuts.len();
         let mut b = usize::from(self.table[cell]);
-        if self.skewed {
+        if SKEWED {
             b = self.bisect(cell, b, v);
         }
-        // A cell's start can lie below its first candidate's lower cut only
-        // by rounding; values below the first cut land in bin 0.
-        while b > 0 && self.cuts[b - 1] >= v {
-            b -= 1;
-        }
+        // The cell's entry is at or below the bin of `v`.
         while b < n && self.cuts[b] < v {
             b += 1;
         }
@@ -297,19 +321,47 @@ pub fn add_numeric_values(
         }
     }
     let counts = &mut p.counts[..];
+    if binner.skewed() {
+        short_path::<true>(&mut acc, counts, binner, &mut values);
+    } else {
+        short_path::<false>(&mut acc, counts, binner, &mut values);
+    }
+    p.shift = acc.shift;
+    p.n += acc.n;
+    p.missing += acc.missing;
+    p.nonfinite += acc.nonfinite;
+    p.sum += acc.sum[0] + acc.sum[1];
+    p.sum_sq += acc.sum_sq[0] + acc.sum_sq[1];
+    p.min = acc.lo[0].min(acc.lo[1]);
+    p.max = acc.hi[0].max(acc.hi[1]);
+    p.below_min += acc.below;
+    p.above_max += acc.above;
+    p.below_sum += acc.below_sum;
+    p.above_sum += acc.above_sum;
+}
+
+/// The loop of [`add_numeric_values`] past the first finite value: values
+/// within the reference's range (nearly all) two at a time, each pair of
+/// sums taking one of them; others through [`Sums::add_other`].
+#[inline]
+fn short_path<const SKEWED: bool>(
+    acc: &mut Sums,
+    counts: &mut [u64],
+    binner: &Binner,
+    values: &mut impl Iterator<Item = f64>,
+) {
     let (ref_min, ref_max, shift) = (acc.ref_min, acc.ref_max, acc.shift);
-    // The short path's own registers (the general one adds into `acc`).
+    // Its own registers (the general path adds into `acc`).
     let (mut s0, mut q0, mut lo0, mut hi0) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
     let (mut s1, mut q1, mut lo1, mut hi1) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
     let mut n = 0u64;
-    // Two values at a time, each pair of sums taking one of them.
     while let Some(a) = values.next() {
         let Some(b) = values.next() else {
             acc.add_other(counts, binner, a, 0);
             break;
         };
         if a >= ref_min && a <= ref_max && b >= ref_min && b <= ref_max {
-            let (ba, bb) = (binner.bin(a), binner.bin(b));
+            let (ba, bb) = (binner.bin_in::<SKEWED>(a), binner.bin_in::<SKEWED>(b));
             counts[ba] += 1;
             counts[bb] += 1;
             let (da, db) = (a - shift, b - shift);
@@ -334,18 +386,6 @@ pub fn add_numeric_values(
     acc.sum_sq[1] += q1;
     acc.lo = [acc.lo[0].min(lo0), acc.lo[1].min(lo1)];
     acc.hi = [acc.hi[0].max(hi0), acc.hi[1].max(hi1)];
-    p.shift = acc.shift;
-    p.n += acc.n;
-    p.missing += acc.missing;
-    p.nonfinite += acc.nonfinite;
-    p.sum += acc.sum[0] + acc.sum[1];
-    p.sum_sq += acc.sum_sq[0] + acc.sum_sq[1];
-    p.min = acc.lo[0].min(acc.lo[1]);
-    p.max = acc.hi[0].max(acc.hi[1]);
-    p.below_min += acc.below;
-    p.above_max += acc.above;
-    p.below_sum += acc.below_sum;
-    p.above_sum += acc.above_sum;
 }
 
 /// Running totals of [`add_numeric_values`], held in registers.
@@ -2461,6 +2501,86 @@ mod tests {
         let b = Binner::new(&many);
         for v in [-1.0, 0.0, 0.5, 4.0, 4.5, 1e6, 4.9e9, 5e9, f64::INFINITY] {
             assert_eq!(b.bin(v), bin_of(&many, v), "{v}");
+        }
+    }
+
+    #[test]
+    fn binner_at_cell_edges() {
+        // Values on and a few ulps around every grid cell's start, for cuts
+        // far from zero, straddling it, tiny and huge: the grid's entry
+        // never lies above a value's bin.
+        let up = |x: f64| {
+            f64::from_bits(if x >= 0.0 {
+                x.to_bits() + 1
+            } else {
+                x.to_bits() - 1
+            })
+        };
+        let sets: Vec<Vec<f64>> = vec![
+            (0..200).map(|i| 1e8 + f64::from(i) * 0.01).collect(),
+            (0..200).map(|i| -1.0 + f64::from(i) * 0.01).collect(),
+            (0..200).map(|i| f64::from(i) * 1e-300).collect(),
+            (0..200)
+                .map(|i| f64::from(i).mul_add(1e300, -1e302))
+                .collect(),
+            (0..50).map(|i| 1.7e9 + f64::from(i) * 1e-6).collect(),
+            (0..200).map(|i| (f64::from(i) / 20.0).exp()).collect(),
+        ];
+        for cuts in &sets {
+            for b in [
+                Binner::new(cuts),
+                Binner::compact(cuts),
+                Binner::with_density(cuts, 1),
+            ] {
+                let cells = b.table.len() - 2;
+                for c in 0..=cells {
+                    #[allow(clippy::cast_precision_loss)]
+                    let start = b.lo + c as f64 / b.scale.max(f64::MIN_POSITIVE);
+                    let mut v = start;
+                    for _ in 0..8 {
+                        v = next_down(v);
+                    }
+                    for _ in 0..16 {
+                        assert_eq!(b.bin(v), bin_of(cuts, v), "{v} (cell {c})");
+                        v = up(v);
+                    }
+                }
+                for &c in cuts {
+                    for v in [next_down(c), c, up(c)] {
+                        assert_eq!(b.bin(v), bin_of(cuts, v), "{v}");
+                    }
+                }
+            }
+            // A cut moved to a few ulps below a cell's start (the grid
+            // unchanged: same count, same ends), values just below it.
+            let base = Binner::new(cuts);
+            let cells = base.table.len() - 2;
+            for k in 1..cuts.len() - 1 {
+                #[allow(clippy::cast_precision_loss)]
+                let c = (k * cells / (cuts.len() - 1)).max(1);
+                #[allow(clippy::cast_precision_loss)]
+                let start = base.lo + c as f64 / base.scale.max(f64::MIN_POSITIVE);
+                for ulps in 1..4 {
+                    let mut cut = start;
+                    for _ in 0..ulps {
+                        cut = next_down(cut);
+                    }
+                    if cut <= cuts[k - 1] || cut >= cuts[k + 1] {
+                        continue;
+                    }
+                    let mut moved = cuts.clone();
+                    moved[k] = cut;
+                    let b = Binner::new(&moved);
+                    let mut v = cut;
+                    for _ in 0..6 {
+                        v = next_down(v);
+                    }
+                    for _ in 0..12 {
+                        assert_eq!(b.bin(v), bin_of(&moved, v), "{v} (cut {cut})");
+                        v = up(v);
+                    }
+                }
+            }
         }
     }
 
