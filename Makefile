@@ -3,7 +3,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install dev system-deps demo lint rust-test unsafe-check fuzz py-test test bench bench-live bench-ingest bench-drift bench-rust bench-trust bench-readme clean
+.PHONY: install dev system-deps demo lint rust-test unsafe-check fuzz py-test py-test-pandas2 test bench bench-live bench-ingest bench-drift bench-rust bench-trust bench-readme clean
 
 install:  ## build (release) and install modeltap
 	$(PIP) install .
@@ -44,7 +44,20 @@ fuzz:  ## cargo-fuzz targets (batch decoder, reference reader, profile decoder),
 py-test:  ## the Python test suite against the installed package
 	$(PY) -m pytest
 
-test: system-deps dev lint rust-test unsafe-check fuzz py-test
+# The drift layout tests again under pandas 2 (whose frames keep a
+# row-major block and object strings): a venv holding pandas 2 alone,
+# reading everything else (the installed modeltap included) from this
+# Python's site-packages, listed after its own.
+PANDAS2_VENV := .bench/pandas2-venv
+py-test-pandas2:  ## the drift layout tests under pandas 2 (beside the installed modeltap)
+	test -x $(PANDAS2_VENV)/bin/python || $(PY) -m venv $(PANDAS2_VENV)
+	$(PANDAS2_VENV)/bin/python -m pip install -q --ignore-installed --no-deps "pandas>=2.2,<3" pytz tzdata
+	$(PY) -c "import sysconfig as s; print(s.get_paths()['purelib']); print(s.get_paths()['platlib'])" \
+		> "$$($(PANDAS2_VENV)/bin/python -c "import sysconfig as s; print(s.get_paths()['purelib'])")/outer-site.pth"
+	$(PANDAS2_VENV)/bin/python -c "import pandas, modeltap; assert pandas.__version__[0] == '2', pandas.__version__"
+	$(PANDAS2_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_drift_layouts.py tests/test_drift.py
+
+test: system-deps dev lint rust-test unsafe-check fuzz py-test py-test-pandas2
 
 bench:  ## end-to-end Python bench (release build, OTel baseline)
 	$(PIP) install ".[bench]"

@@ -83,7 +83,12 @@ def _frames(X: np.ndarray, country: np.ndarray, device: np.ndarray) -> dict[str,
             df[name] = pd.Series(col, dtype=kind) if kind else pd.Series(col, dtype=object)
         return df
 
+    # As constructed from a matrix, no copy: under pandas 2 its floats stay
+    # one row-major block (each column strided) beside object strings.
+    built = pd.DataFrame(X, columns=NAMES)
+    built["country"], built["device"] = country, device
     frames: dict[str, object] = {
+        "pandas from a matrix": built,
         "pandas object": with_cats(None),
         "pandas category": with_cats("category"),
         "pandas string[pyarrow]": with_cats("string[pyarrow]"),

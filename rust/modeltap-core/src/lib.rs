@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod error;
 pub mod ids;
+pub mod near;
 pub mod pipeline;
 pub mod profile;
 pub mod record;

@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::errors::{guard, BatchDecodeError, ReferenceFormatError};
-use crate::near::Near;
+use modeltap_core::near::Near;
 
 fn role(s: &str) -> PyResult<proto::ColumnRole> {
     Ok(match s {

@@ -4,7 +4,6 @@
 mod decode;
 mod drift;
 mod errors;
-mod near;
 mod parse;
 mod recorder;
 mod request_ids;

@@ -17,7 +17,15 @@ pub struct Near<'k> {
     slots: Vec<(u64, &'k [u8], usize)>,
 }
 
+impl Default for Near<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'k> Near<'k> {
+    /// An empty table.
+    #[must_use]
     pub fn new() -> Self {
         Self {
             slots: vec![(0, &[][..], usize::MAX); SLOTS],
@@ -26,6 +34,7 @@ impl<'k> Near<'k> {
 
     /// The hash [`get`](Self::get) and [`put`](Self::put) take.
     #[inline]
+    #[must_use]
     pub fn hash(bytes: &[u8]) -> u64 {
         let mut h = FxHasher::default();
         h.write(bytes);
@@ -40,6 +49,7 @@ impl<'k> Near<'k> {
 
     /// The value stored for `bytes` (of hash `hash`), if its slot holds it.
     #[inline]
+    #[must_use]
     pub fn get(&self, hash: u64, bytes: &[u8]) -> Option<usize> {
         let (h, key, value) = self.slots[Self::slot(hash)];
         (value != usize::MAX && h == hash && same(key, bytes)).then_some(value)
