@@ -47,7 +47,7 @@ def _polars_to_arrow(df: Any) -> Any:
     import polars as pl
 
     level = getattr(pl, "CompatLevel", None)
-    if level is not None:
+    if level is not None and _has_views():
         try:
             return df.to_arrow(compat_level=level.newest())
         except TypeError:  # a polars whose to_arrow takes no level
@@ -119,11 +119,7 @@ def _arrow_text(col: Any) -> Any:
         col = col.chunk(0)
     if not isinstance(col, pa.Array):
         return None
-    if (
-        pa.types.is_string(col.type)
-        or pa.types.is_large_string(col.type)
-        or pa.types.is_string_view(col.type)
-    ):
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_view(col):
         return col
     return None
 
@@ -163,10 +159,17 @@ def _float_categories(col: Any) -> np.ndarray | None:
     return None
 
 
+def _has_views() -> bool:
+    """Whether this pyarrow knows ``string_view`` (16 and later)."""
+    import pyarrow as pa
+
+    return hasattr(pa.types, "is_string_view")
+
+
 def _is_view(arr: Any) -> bool:
     import pyarrow as pa
 
-    return bool(pa.types.is_string_view(arr.type))
+    return _has_views() and bool(pa.types.is_string_view(arr.type))
 
 
 def _view_buffers(arr: Any) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, int]:
