@@ -502,27 +502,24 @@ class Reference:
                 continue
             codes, dictionary = category_codes(col)
             categorical.append((i, codes, dictionary))
-        done = _core.profile_columns(
-            self._bytes,
-            numeric,
-            categorical,
-            text=text,
-            number_categories=number_categories,
-            views=views,
-            objects=objects,
-        )
-        if done is None:
-            # An object column holds more than strings: spelled by Arrow.
-            for i, values in objects:
-                categorical.append((i, *category_codes(values)))
-            done = _core.profile_columns(
+
+        def run(objects: list[tuple[int, np.ndarray]]) -> bytes | None:
+            return _core.profile_columns(
                 self._bytes,
                 numeric,
                 categorical,
                 text=text,
                 number_categories=number_categories,
                 views=views,
+                objects=objects,
             )
+
+        done = run(objects)
+        if done is None:
+            # An object column holds more than strings: spelled by Arrow.
+            for i, values in objects:
+                categorical.append((i, *category_codes(values)))
+            done = run([])
         assert done is not None  # no object columns left to refuse
         return done
 
