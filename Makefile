@@ -52,7 +52,7 @@ PANDAS2_VENV := .bench/pandas2-venv
 py-test-pandas2:  ## the drift layout tests under pandas 2 (beside the installed modeltap)
 	test -x $(PANDAS2_VENV)/bin/python || $(PY) -m venv $(PANDAS2_VENV)
 	$(PANDAS2_VENV)/bin/python -m pip install -q --ignore-installed --no-deps "pandas>=2.2,<3" pytz tzdata
-	$(PY) -c "import sysconfig as s; print(s.get_paths()['purelib']); print(s.get_paths()['platlib'])" \
+	$(PY) -c "import sys; print('\n'.join(p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))))" \
 		> "$$($(PANDAS2_VENV)/bin/python -c "import sysconfig as s; print(s.get_paths()['purelib'])")/outer-site.pth"
 	$(PANDAS2_VENV)/bin/python -c "import pandas, modeltap; assert pandas.__version__[0] == '2', pandas.__version__"
 	$(PANDAS2_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_drift_layouts.py tests/test_drift.py
