@@ -5,6 +5,9 @@ polars frame give the same report (counts exactly, sums to 1e-12)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -140,6 +143,58 @@ def test_string_views_long_short_sliced_and_null():
     )
     _same(ref.drift(df), ref.drift(pl_df))
     _same(ref.drift(df.iloc[777:15_000]), ref.drift(pl_df.slice(777, 15_000 - 777)))
+
+
+def test_polars_categorical_enum_and_chunked_strings():
+    """polars Categorical and Enum columns (dictionaries) and strings in
+    several chunks: the same reference and report as their plain text."""
+    polars = pytest.importorskip("polars")
+    words = ["alpha", "beta", None, "a-much-longer-word-than-twelve"] * 500
+    plain = polars.DataFrame({"c": words, "x": np.arange(len(words), dtype=float)})
+    want_ref = modeltap.Reference.from_data(plain.to_pandas(), categorical=["c"])
+    want = want_ref.drift(plain.to_pandas())
+    enum = polars.Enum(["alpha", "beta", "a-much-longer-word-than-twelve"])
+    for kind in (polars.Categorical, enum):
+        coded = plain.with_columns(polars.col("c").cast(kind))
+        ref = modeltap.Reference.from_data(coded, categorical=["c"])
+        assert ref.columns[0]["categories"] == want_ref.columns[0]["categories"]
+        _same(want, ref.drift(coded))
+    chunked = polars.concat([plain.head(700), plain.tail(len(words) - 700)], rechunk=False)
+    assert chunked["c"].n_chunks() == 2
+    _same(want, want_ref.drift(chunked))
+    _same(want, modeltap.Reference.from_data(chunked, categorical=["c"]).drift(plain))
+
+
+def test_python_code_run_while_encoding_cannot_free_what_is_read():
+    """Spelling a mixed column runs Python code (``__str__``) between rows,
+    which may drop strings read before or put new ones at their addresses:
+    every row keeps its own code (in a child process: a crash fails here)."""
+    script = """
+import numpy as np
+from modeltap import _core
+
+class Evil:
+    def __init__(self, arr):
+        self.arr = arr
+    def __str__(self):
+        self.arr[0] = None  # frees a short string read before...
+        self.arr[1] = None  # ... and a big one
+        self.arr[3] = "".join(["y"] * 5)  # may take the first one's address
+        return "evil"
+
+arr = np.empty(5, dtype=object)
+arr[0] = "".join(["x"] * 5)
+arr[1] = "".join(["A"] * (1 << 20))
+arr[2] = Evil(arr)
+arr[4] = "".join(["A"] * (1 << 20))
+codes, words = _core.encode_strings(arr, spell_all=True)
+print(codes.tolist(), [w[:5] for w in words])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[0, 1, 2, 3, 1] ['xxxxx', 'AAAAA', 'evil', 'yyyyy']"
 
 
 def test_hostile_string_views_are_refused():

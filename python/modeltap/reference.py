@@ -41,18 +41,27 @@ def _to_columns(data: Any, feature_names: Sequence[str] | None) -> tuple[list[st
 
 
 def _polars_to_arrow(df: Any) -> Any:
-    """A polars DataFrame as an Arrow table without copies: its strings stay
-    ``string_view`` (the compatibility default copies them into
-    ``large_string``)."""
+    """A polars DataFrame as an Arrow table without copies: its ``String``
+    columns stay ``string_view`` (the compatibility default copies them into
+    ``large_string``); every other column as that default gives it."""
     import polars as pl
+    import pyarrow as pa
 
     level = getattr(pl, "CompatLevel", None)
-    if level is not None and _has_views():
-        try:
-            return df.to_arrow(compat_level=level.newest())
-        except TypeError:  # a polars whose to_arrow takes no level
-            pass
-    return df.to_arrow()
+    text = [n for n, t in df.schema.items() if t == pl.String]
+    if level is None or not text or not _has_views():
+        return df.to_arrow()
+    try:
+        views = df.select(text).to_arrow(compat_level=level.newest())
+    except TypeError:  # a polars whose to_arrow takes no level
+        return df.to_arrow()
+    others = [n for n in df.columns if n not in set(text)]
+    rest = df.select(others).to_arrow() if others else None
+    columns = [
+        views.column(n) if n in views.column_names else rest.column(n)  # type: ignore[union-attr]
+        for n in df.columns
+    ]
+    return pa.table(columns, names=list(df.columns))
 
 
 def _is_numeric(col: Any) -> bool:
@@ -329,8 +338,14 @@ def _arrow_values(col: Any) -> Any:
             arr = pa.array(values, from_pandas=True)  # NaN and None become nulls
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             arr = spelled_objects(values)  # mixed types
+    # Arrow's kernels take few string views: as large strings (a dictionary's
+    # values before it is decoded).
+    if pa.types.is_dictionary(arr.type) and _is_view(arr.dictionary):
+        arr = pa.DictionaryArray.from_arrays(arr.indices, arr.dictionary.cast(pa.large_string()))
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
+    if _is_view(arr):
+        arr = arr.cast(pa.large_string())
     if pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py():
         arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
     return arr

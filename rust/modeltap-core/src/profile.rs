@@ -173,10 +173,11 @@ impl Binner {
             0.0
         };
         // How far below a cell's start a value that rounds into the cell
-        // can lie (the cell of `v` is computed in floating point): some 45
-        // times the error of `(v - lo) * scale` (a few ulps of the
-        // magnitudes involved).
-        let slack = (lo.abs() + hi.abs()) * 1e-14;
+        // can lie (the cell of `v` is computed in floating point): some 8
+        // times the error of `(v - lo) * scale` and of the start itself (an
+        // ulp or so of the magnitudes involved), each end scaled apart so
+        // the sum stays finite near the largest floats.
+        let slack = lo.abs() * (8.0 * f64::EPSILON) + hi.abs() * (8.0 * f64::EPSILON);
         #[allow(clippy::cast_precision_loss)]
         let mut table: Vec<u16> = (0..=cells)
             .map(|c| {
@@ -2524,6 +2525,9 @@ mod tests {
                 .map(|i| f64::from(i).mul_add(1e300, -1e302))
                 .collect(),
             (0..50).map(|i| 1.7e9 + f64::from(i) * 1e-6).collect(),
+            (0..200)
+                .map(|i| f64::from(i).mul_add(3e305, 1e308))
+                .collect(),
             (0..200).map(|i| (f64::from(i) / 20.0).exp()).collect(),
         ];
         for cuts in &sets {

@@ -1337,12 +1337,13 @@ fn encode_objects(
         // objects (NumPy and pandas' parsers reuse them): a direct-mapped
         // cache of object address -> code skips the hash of their bytes.
         // The array holds every object it lists, so an address stands for
-        // one object throughout.
+        // one object for as long as no Python code runs (a `__str__` or
+        // `__float__` of the general path, which may replace elements, or
+        // let another thread do so): the cache is emptied after any.
         const CACHE: usize = 256;
         let mut cache: [(*mut pyo3::ffi::PyObject, i32); CACHE] =
             [(std::ptr::null_mut(), 0); CACHE];
         let str_type = std::ptr::addr_of_mut!(pyo3::ffi::PyUnicode_Type);
-        let mut near = Near::new();
         for item in &view {
             let ptr = item.as_ptr();
             let slot = (ptr as usize >> 4) % CACHE;
@@ -1362,35 +1363,27 @@ fn encode_objects(
                 let data = unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(ptr, &mut len) };
                 if !data.is_null() {
                     // SAFETY: `data` points at `len` bytes of UTF-8 (above),
-                    // owned by an object the array holds for this whole
-                    // call (no Python code runs meanwhile to replace it):
-                    // `near` may keep the slice until the call returns.
+                    // read here only (no Python code runs before its last
+                    // use).
                     let text: &str = unsafe {
                         std::str::from_utf8_unchecked(std::slice::from_raw_parts(
                             data.cast::<u8>(),
                             len as usize,
                         ))
                     };
-                    let hash = Near::hash(text.as_bytes());
-                    let code = if let Some(c) = near.get(hash, text.as_bytes()) {
-                        i32::try_from(c).unwrap_or(-1)
-                    } else {
-                        let c = match index.get(text) {
-                            Some(&c) => c,
-                            None => {
-                                let Ok(c) = i32::try_from(dictionary.len()) else {
-                                    return Ok(None);
-                                };
-                                index.insert(text.to_owned(), c);
-                                dictionary.push(crate::recorder::clip(
-                                    text.to_owned(),
-                                    crate::recorder::MAX_VALUE_BYTES,
-                                ));
-                                c
-                            }
-                        };
-                        near.put(hash, text.as_bytes(), usize::try_from(c).unwrap_or(0));
-                        c
+                    let code = match index.get(text) {
+                        Some(&c) => c,
+                        None => {
+                            let Ok(c) = i32::try_from(dictionary.len()) else {
+                                return Ok(None);
+                            };
+                            index.insert(text.to_owned(), c);
+                            dictionary.push(crate::recorder::clip(
+                                text.to_owned(),
+                                crate::recorder::MAX_VALUE_BYTES,
+                            ));
+                            c
+                        }
                     };
                     cache[slot] = (ptr, code);
                     codes.push(code);
@@ -1401,7 +1394,11 @@ fn encode_objects(
                 // SAFETY: the GIL is held.
                 unsafe { pyo3::ffi::PyErr_Clear() };
             }
-            let obj = item.bind(py);
+            // Held by a reference of its own: Python code run below may
+            // drop the array's.
+            let owned = item.clone_ref(py).into_bound(py);
+            let obj = &owned;
+            let mut ran_python = false;
             let spelled: Option<std::borrow::Cow<'_, str>> = if let Ok(s) = obj.cast::<PyString>() {
                 match s.to_str() {
                     Ok(text) => Some(std::borrow::Cow::Borrowed(text)),
@@ -1417,10 +1414,12 @@ fn encode_objects(
                 }
                 crate::recorder::canonical(obj)
             } else if spell_all {
+                ran_python = true;
                 crate::recorder::canonical(obj)
             } else {
                 return Ok(None);
             };
+
             let code = match spelled {
                 None => -1,
                 Some(text) => {
@@ -1439,7 +1438,11 @@ fn encode_objects(
                     }
                 }
             };
-            cache[slot] = (ptr, code);
+            if ran_python {
+                cache = [(std::ptr::null_mut(), 0); CACHE];
+            } else {
+                cache[slot] = (ptr, code);
+            }
             codes.push(code);
         }
         Ok(Some((codes, dictionary)))
