@@ -359,7 +359,13 @@ proptest! {
             p.add(&int_slot(3.0), &mut Vec::new);
             for w in p.take().iter().chain([c.empty_window(0, 1)].iter()) {
                 let d = window_drift(&r, w, |_| None).unwrap();
-                prop_assert!(d.notes.is_empty());
+                // A mutation may leave a valid reference of zero spread
+                // (its sums edited): that note is the data's, not a fault.
+                prop_assert!(
+                    d.notes.iter().all(|n| n.contains("the reference is constant")),
+                    "{:?}",
+                    d.notes
+                );
             }
         }
     }
