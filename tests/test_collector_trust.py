@@ -167,13 +167,13 @@ def test_a_job_raising_anything_fails_only_its_own_call(tmp_path, ref):
         assert w.alive()
         assert export(col.addr, good[0])[0] == OK
         # and the same inside a group write: the batch fails, the thread lives
-        orig = w._dedup
+        orig = w.backend._fresh
 
-        def exploding(con, group):
-            w._dedup = orig
+        def exploding(con, keys):
+            w.backend._fresh = orig
             raise FakePanic("in a group")
 
-        w._dedup = exploding
+        w.backend._fresh = exploding
         code, details, _ = export(col.addr, good[1])
         assert code == grpc.StatusCode.INTERNAL, details
         assert "FakePanic: in a group" in details
@@ -917,7 +917,7 @@ def test_one_wide_prediction_costs_the_collector_a_few_mib(tmp_path):
 def test_drift_merges_stored_parts_a_chunk_at_a_time(tmp_path, ref, monkeypatch):
     """Many stored profile parts are merged in chunks (bounded memory) to
     exactly what one merge of all of them gives."""
-    import modeltap.collector.store as store
+    import modeltap.analysis.drift as store
 
     rows = encoded_batches(12, 100, reference=ref, seed=4)
     with BackgroundCollector(tmp_path / "s.duckdb") as col:

@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import duckdb
 import grpc
 import numpy as np
 import pyarrow as pa
@@ -168,6 +170,68 @@ def test_settings_cannot_be_changed_by_any_statement(live):
     con.close()
 
 
+def _wal_size(col) -> int:
+    wal = Path(str(col.server.writer.path) + ".wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_sql_held_in_a_string_cannot_act_on_the_store(live):
+    """query() and query_table() run the SQL of a string literal: a read
+    through them must not checkpoint the live store (or anything else)."""
+    col, _ = live
+    wal = _wal_size(col)
+    assert wal > 0  # committed batches wait in the WAL for a checkpoint
+    for sql in (
+        "SELECT * FROM query('SELECT * FROM checkpoint()')",
+        "SELECT * FROM query('SELECT * FROM force_checkpoint()')",
+        "SELECT * FROM query_table('predictions')",
+        "SELECT (SELECT count(*) FROM query('SELECT 1'))",
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+        "SELECT write_log('x', level := 'error')",
+        "SELECT setseed(0.5)",
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            _raw_query(col.addr, sql)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, sql
+        assert "may not call" in e.value.details(), sql
+    assert _wal_size(col) == wal  # no checkpoint ran
+    _settled(col)
+
+
+def test_every_table_function_outside_the_allowed_ones_is_refused(live):
+    """Whatever DuckDB lists: a table function a read may call computes
+    rows or reads the catalog; every other one (running SQL, touching a
+    file, a setting, the log, a checkpoint) is refused before it runs."""
+    from modeltap.collector.reader import TABLE_FUNCTIONS
+
+    col, _ = live
+    con = duckdb.connect()
+    listed = sorted(
+        {
+            r[0]
+            for r in con.execute(
+                "SELECT function_name FROM duckdb_functions() "
+                "WHERE function_type IN ('table', 'table_macro', 'pragma')"
+            ).fetchall()
+        }
+    )
+    con.close()
+    refused = [f for f in listed if f not in TABLE_FUNCTIONS]
+    for needed in ("query", "query_table", "checkpoint", "enable_logging", "read_text", "glob"):
+        assert needed in refused
+    with modeltap.Client(col.addr) as c:
+        for f in refused:
+            with pytest.raises(grpc.RpcError) as e:
+                c.sql(f'SELECT * FROM "{f}"()')
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f
+            assert f"may not call {f}" in e.value.details(), (f, e.value.details())
+        # the allowed ones answer (or fail on their arguments, not the check)
+        assert c.sql("SELECT count(*) AS n FROM range(10)").column("n")[0].as_py() == 10
+        names = c.sql("SELECT table_name FROM duckdb_tables()").column(0).to_pylist()
+        assert "predictions" in names
+    _settled(col)
+
+
 @pytest.mark.parametrize(
     "sql",
     [
@@ -219,7 +283,13 @@ def test_a_read_past_its_deadline_is_interrupted(tmp_path):
 
 
 def test_reads_past_the_admission_bound_are_shed_and_ingest_goes_on(tmp_path):
-    with BackgroundCollector(tmp_path / "s.duckdb", max_reads=2, max_admitted=3) as col:
+    with BackgroundCollector(
+        tmp_path / "s.duckdb",
+        max_reads=2,
+        max_admitted=3,
+        max_query_streams=3,
+        max_query_streams_per_peer=3,
+    ) as col:
         _log(col.addr, 500)
         # Three clients start big reads and stop taking pieces: they hold
         # their admission (and a read transaction each).

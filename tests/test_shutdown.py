@@ -304,3 +304,46 @@ def test_close_reentered_from_a_signal_handler_returns_at_once():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
+
+
+PARALLEL_CLOSE = r"""
+import json, sys, time, modeltap
+import modeltap.agent as ma
+addr, spool = sys.argv[1], sys.argv[2]
+agents = [
+    modeltap.Agent(f"m{k}", collector=addr, metrics_interval=None, shutdown_timeout=2.0,
+                   spool_dir=f"{spool}/{k}", retry_window=60)
+    for k in range(6)
+]
+for a in agents:
+    for i in range(200):
+        a.log([float(i)], 0)
+t0 = time.monotonic()
+ma._close_all_at_exit()
+print(json.dumps({"seconds": time.monotonic() - t0, "stats": [a.stats() for a in agents]}))
+"""
+
+
+def test_agents_close_together_under_one_deadline(tmp_path):
+    """Six agents whose collector hangs: closing them at exit (or on
+    SIGTERM) takes one shutdown_timeout, not six, and each spools what it
+    held (30 s of serial waits would outlast a pod's grace period)."""
+    import json
+
+    col = ScriptedCollector(lambda key, attempt: "hang")
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", PARALLEL_CLOSE, col.addr, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        col.stop()
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["seconds"] < 2.0 * 2.5, out["seconds"]  # serial: 6 x 2 s at least
+    for s in out["stats"]:
+        assert s["pending"] == 0
+        assert s["spooled"] + s["shipped"] == 200, s
+        assert invariant(s), s

@@ -26,8 +26,8 @@ from modeltap._core import __version__ as __version__
 from modeltap.agent import Agent
 from modeltap.client import Client
 from modeltap.drift import DriftReport
-from modeltap.reads import connect
 from modeltap.reference import Reference
+from modeltap.sources import connect
 
 Sequence.register(RequestIds)
 

@@ -60,22 +60,53 @@ def _after_fork_in_child() -> None:
         agent._reinit_after_fork()
 
 
+def _close_one(agent: Agent, timeout_s: float | None = None) -> None:
+    try:
+        agent.close(timeout_s)
+    except Exception:
+        with contextlib.suppress(Exception):
+            agent._rec.count_error()
+        log.exception("modeltap: closing agent %r failed", getattr(agent, "model", "?"))
+
+
 def _close_all_at_exit() -> bool:
-    """Closes every live agent, each on its own: one that fails is counted
-    and logged and does not leave the others open. Returns True when an
-    agent was left alone because its ``close()`` is in progress lower on
-    this thread's stack (a signal handler interrupted it)."""
+    """Closes every live agent, all at once under one deadline (the longest
+    ``shutdown_timeout`` among them): six agents whose collector does not
+    answer take one timeout, not six, so each spools or counts what it held
+    within a pod's grace period. One that fails is counted and logged and
+    does not leave the others open. Returns True when an agent was left
+    alone because its ``close()`` is in progress lower on this thread's
+    stack (a signal handler interrupted it)."""
     interrupted = False
+    agents: list[Agent] = []
     for agent in list(_live):
         try:
             if agent._closing_on_this_thread():
                 interrupted = True
                 continue
-            agent.close()
         except Exception:
-            with contextlib.suppress(Exception):
-                agent._rec.count_error()
-            log.exception("modeltap: closing agent %r failed", getattr(agent, "model", "?"))
+            continue
+        agents.append(agent)
+    if not agents:
+        return interrupted
+    budget = max(a.shutdown_timeout for a in agents)
+    deadline = time.monotonic() + budget
+    if len(agents) == 1:
+        _close_one(agents[0])
+        return interrupted
+    threads: list[threading.Thread] = []
+    for agent in agents:
+        t = threading.Thread(target=_close_one, args=(agent,), name="modeltap-close", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # no new threads at this point of shutdown
+            _close_one(agent, max(deadline - time.monotonic(), 0.0))
+            continue
+        threads.append(t)
+    for t in threads:
+        # each close() ends within its own timeout; a little slack for the
+        # spooling and counting that follow it
+        t.join(max(deadline - time.monotonic(), 0.0) + 1.0)
     return interrupted
 
 

@@ -15,6 +15,7 @@ from modeltap import _core
 from modeltap.drift import DriftReport
 from modeltap.reads import Reads, TimeArg, parse_time
 from modeltap.reference import Reference
+from modeltap.report import Reporting
 
 if TYPE_CHECKING:  # pyarrow is imported when a query is made, not by agents
     import pyarrow as pa
@@ -34,7 +35,7 @@ def _range(since: TimeArg, until: TimeArg) -> dict[str, int]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-class Client(Reads):
+class Client(Reporting, Reads):
     """Talks to ``modeltap collector`` over gRPC. ``timeout_s`` bounds each
     call, ``read_timeout_s`` each query streamed by :meth:`stream` (and
     :meth:`sql`, :meth:`predictions`, ...; the collector interrupts its own
@@ -70,9 +71,12 @@ class Client(Reads):
         fn: Any = self._channel.unary_unary(SERVICE + method)
         return bytes(fn(request, timeout=self.timeout_s))
 
-    def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
+    def stream(
+        self, query: str, params: Sequence[Any] | None = None, *, rows: int | None = None
+    ) -> pa.RecordBatchReader:
         """Runs one SELECT on the collector (read-only, beside ingestion);
-        its result a batch at a time as the collector streams it. Raises
+        its result a batch at a time as the collector streams it (pieces of
+        about a megabyte, whatever ``rows`` asks). Raises
         ``grpc.RpcError`` (INVALID_ARGUMENT for a bad or writing query,
         RESOURCE_EXHAUSTED when the collector has too many reads,
         DEADLINE_EXCEEDED past the read timeout)."""

@@ -1,13 +1,16 @@
 """The read API shared by :class:`modeltap.Store` (a store file, opened while
 no collector writes it) and :class:`modeltap.Client` (a running collector):
 the same methods, the same Arrow tables, whichever :func:`modeltap.connect`
-returns."""
+returns.
+
+This module is imported by its sources (the store file, the client, the
+collector's own reads) and by what reads through them (the analyses, the
+report), never the other way round: it imports none of them."""
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -20,7 +23,6 @@ TimeArg = dt.datetime | str | int | float | None
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_ADDRESS = re.compile(r"(?:grpc://)?(?:\[[0-9a-fA-F:.]+\]|[\w.\-]+):\d{1,5}")
 
 
 def parse_time(t: TimeArg, now: float | None = None) -> int | None:
@@ -107,10 +109,13 @@ class Reads(abc.ABC):
     seconds."""
 
     @abc.abstractmethod
-    def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
+    def stream(
+        self, query: str, params: Sequence[Any] | None = None, *, rows: int | None = None
+    ) -> pa.RecordBatchReader:
         """Runs one SQL query; its result a batch at a time (each subclass
         reads its own source: a store file, a collector, the collector's
-        own read connections)."""
+        own read connections). ``rows`` asks for batches of at most that
+        many rows (a source streaming by bytes may give fewer)."""
 
     def sql(
         self, query: str, params: Sequence[Any] | None = None, *, as_pandas: bool = False
@@ -243,20 +248,6 @@ class Reads(abc.ABC):
             as_pandas=as_pandas,
         )
 
-    def report(
-        self,
-        model: str,
-        version: str | None = None,
-        since: TimeArg = None,
-        until: TimeArg = None,
-    ) -> Any:
-        """An HTML report of ``model`` (its newest version unless given)
-        over ``[since, until)``: a :class:`modeltap.report.Report`, with
-        ``to_html()`` and ``save(path)``."""
-        from modeltap.report import Report
-
-        return Report.build(self, model, version, since, until)
-
     def _expand(self, t: pa.Table) -> pa.Table:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -295,24 +286,3 @@ class Reads(abc.ABC):
             arrays.append(col)
             fields.append(pa.field(name, col.type))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def connect(target: str | os.PathLike[str], **options: Any) -> Any:
-    """A :class:`modeltap.Store` for a store file, a :class:`modeltap.Client`
-    for a collector's address (``HOST:PORT``): the same read API either way.
-    A path that exists is a store; anything shaped ``host:port`` that is not
-    a file is a collector."""
-    text = os.fspath(target)
-    if isinstance(text, bytes):
-        text = text.decode()
-    if os.path.exists(text):
-        from modeltap.collector.store import Store
-
-        return Store(text, **options)
-    if _ADDRESS.fullmatch(text):
-        from modeltap.client import Client
-
-        return Client(text.removeprefix("grpc://"), **options)
-    raise ValueError(
-        f"{text!r} is neither a store file that exists nor a collector address (HOST:PORT)"
-    )

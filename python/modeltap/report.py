@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modeltap import _core
+from modeltap.analysis import StageTotals
 from modeltap.drift import STATS, DriftReport
 from modeltap.reads import Reads, TimeArg, parse_time
 
@@ -82,6 +83,25 @@ def _merge(blobs: list[bytes], notes: list[str]) -> bytes | None:
             except ValueError as e:
                 notes.append(f"a stored window profile was left out: {e}")
         return merged
+
+
+class Reporting:
+    """The ``report`` method of a read source (:class:`modeltap.Store`,
+    :class:`modeltap.Client`): mixed in beside :class:`Reads`."""
+
+    def report(
+        self,
+        model: str,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+    ) -> Report:
+        """An HTML report of ``model`` (its newest version unless given)
+        over ``[since, until)``: a :class:`modeltap.report.Report`, with
+        ``to_html()`` and ``save(path)``."""
+        if not isinstance(self, Reads):
+            raise TypeError("Reporting is mixed into a Reads source")
+        return Report.build(self, model, version, since, until)
 
 
 class Report:
@@ -340,8 +360,6 @@ def _profiles(
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
     """Drift (whole range and per bucket), histograms and stage latency from
     the window profiles starting in the range, merged a bucket at a time."""
-    from modeltap.collector.store import StageTotals
-
     ref = _one(
         src,
         'SELECT reference, fingerprint FROM "references" WHERE model = ? AND version = ? '

@@ -237,7 +237,8 @@ class StoreFigures:
         self.last_prediction_rowid = top
 
     def _drift(self, con: Any) -> None:
-        from modeltap.collector.store import drift_data
+        from modeltap.analysis import drift_over_range
+        from modeltap.collector.reader import CursorReads
 
         since = time.time_ns() - int(self.drift_window_s * 1e9)
         out = []
@@ -246,7 +247,7 @@ class StoreFigures:
         ).fetchall()
         for model, version in pairs:
             try:
-                data = drift_data(con, str(model), str(version), since, None)
+                data = drift_over_range(CursorReads(con), str(model), str(version), since, None)
             except (LookupError, ValueError):
                 continue  # nothing in the window, or nothing usable
             except Exception:

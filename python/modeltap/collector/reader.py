@@ -32,7 +32,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from modeltap.collector.store import Overloaded, StoreUnavailable
+from modeltap.collector.store.errors import Overloaded, StoreUnavailable
 from modeltap.reads import Reads, arrow_reader
 
 DEFAULT_MAX_READS = 4
@@ -43,9 +43,47 @@ FETCH_ROWS = 1_024  # rows DuckDB hands over at a time (a wide row is kilobytes)
 PAGE_TIMEOUT_S = 60.0  # a live page waits this long for each of its reads
 MAX_SQL_BYTES = 1 << 20  # a longer query text is refused, not parsed
 READ_NICE = 10  # how much lower read threads are scheduled than ingestion
-# Functions a read may not call: they act on the database (checkpoints) or
-# its logging and profiling, whatever the transaction.
-DENIED_FUNCTIONS = ("checkpoint", "logging", "profiling", "duckdb_logs", "log_context")
+# What a read may call. Table functions (in FROM): only these, which
+# compute rows or read the catalog; every other one (query, query_table and
+# json_execute_serialized_sql run SQL held in a string; checkpoint, logging
+# and profiling functions act on the database; read_*, glob and parquet_*
+# touch files) is refused. Functions in expressions: any scalar, aggregate,
+# window or macro function DuckDB lists, except those that act (write to
+# the log, change a sequence or the random seed) or only wait.
+TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "repeat",
+        "repeat_row",
+        "json_each",
+        "json_tree",
+        "summary",
+        "duckdb_columns",
+        "duckdb_constraints",
+        "duckdb_databases",
+        "duckdb_dependencies",
+        "duckdb_functions",
+        "duckdb_indexes",
+        "duckdb_keywords",
+        "duckdb_schemas",
+        "duckdb_sequences",
+        "duckdb_settings",
+        "duckdb_tables",
+        "duckdb_types",
+        "duckdb_views",
+        "pragma_table_info",
+        "table_info",
+        "pg_timezone_names",
+        "icu_calendar_names",
+    }
+)
+DENIED_FUNCTIONS = frozenset(
+    {"write_log", "nextval", "setval", "setseed", "pg_sleep", "sleep_ms", "currval"}
+)
+# Expression functions the parser names but the catalog lists otherwise.
+PARSER_FUNCTIONS = frozenset({"unnest", "unlist"})
 
 
 class ReadRefused(ValueError):
@@ -56,27 +94,65 @@ class ReadTimeout(Exception):
     """A read interrupted at its deadline."""
 
 
-_parser = threading.local()
+_parser_state = threading.local()
 
 
-def _function_names(node: Any, out: set[str]) -> None:
+def _calls(node: Any, out: list[tuple[str, bool]], in_table: bool = False) -> None:
+    """Every function the parsed statement calls: (name, whether it is a
+    table function)."""
     if isinstance(node, dict):
+        if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
+            fn = node["function"]
+            name = fn.get("function_name")
+            if isinstance(name, str):
+                out.append((name.lower(), True))
+            for k, v in fn.items():
+                if k != "function_name":
+                    _calls(v, out)
+            for k, v in node.items():
+                if k != "function":
+                    _calls(v, out)
+            return
         name = node.get("function_name")
         if isinstance(name, str):
-            out.add(name.lower())
+            out.append((name.lower(), False))
         for v in node.values():
-            _function_names(v, out)
+            _calls(v, out)
     elif isinstance(node, list):
         for v in node:
-            _function_names(v, out)
+            _calls(v, out)
+
+
+def _parser() -> duckdb.DuckDBPyConnection:
+    con = getattr(_parser_state, "con", None)
+    if con is None:  # a private in-memory database, only to parse
+        con = duckdb.connect(
+            ":memory:",
+            config={
+                "enable_external_access": False,
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+            },
+        )
+        _parser_state.con = con
+        _parser_state.functions = frozenset(
+            str(r[0]).lower()
+            for r in con.execute(
+                "SELECT DISTINCT function_name FROM duckdb_functions() "
+                "WHERE function_type IN ('scalar', 'aggregate', 'window', 'macro')"
+            ).fetchall()
+        )
+    return con
 
 
 def check_read_only(sql: str) -> None:
     """Raises ``ReadRefused`` unless ``sql`` is exactly one SELECT statement
-    calling no function of ``DENIED_FUNCTIONS``. The read-only transaction
-    it then runs in refuses any write regardless, and the store's locked
-    configuration any setting; this says early and plainly what was wrong.
-    Parsing takes time: call it off the event loop."""
+    that calls only what a read may (``TABLE_FUNCTIONS`` in FROM; in
+    expressions any function DuckDB lists but ``DENIED_FUNCTIONS``). The
+    read-only transaction it then runs in refuses any write regardless, and
+    the store's locked configuration any setting; this says early and
+    plainly what was wrong. Parsing takes time: call it off the event
+    loop."""
     if not isinstance(sql, str) or not sql.strip():
         raise ReadRefused("no query given")
     if len(sql) > MAX_SQL_BYTES:
@@ -90,26 +166,32 @@ def check_read_only(sql: str) -> None:
     kind = statements[0].type.name
     if kind != "SELECT":
         raise ReadRefused(f"only SELECT statements are run here (got {kind})")
-    con = getattr(_parser, "con", None)
-    if con is None:  # a private in-memory database, only to parse
-        con = duckdb.connect(
-            ":memory:",
-            config={
-                "enable_external_access": False,
-                "autoload_known_extensions": False,
-                "autoinstall_known_extensions": False,
-            },
-        )
-        _parser.con = con
+    con = _parser()
     row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
     tree = json.loads(row[0]) if row else {}
     if tree.get("error"):
         raise ReadRefused(f"cannot parse the query: {tree.get('error_message', '')}")
-    names: set[str] = set()
-    _function_names(tree.get("statements"), names)
-    denied = sorted(n for n in names if any(d in n for d in DENIED_FUNCTIONS))
-    if denied:
-        raise ReadRefused(f"a read may not call {', '.join(denied)}")
+    calls: list[tuple[str, bool]] = []
+    _calls(tree.get("statements"), calls)
+    known: frozenset[str] = _parser_state.functions
+    refused = sorted(
+        {
+            name
+            for name, table in calls
+            if (
+                name not in TABLE_FUNCTIONS
+                if table
+                else name in DENIED_FUNCTIONS
+                or (name not in known and name not in PARSER_FUNCTIONS)
+            )
+        }
+    )
+    if refused:
+        raise ReadRefused(
+            f"a read may not call {', '.join(refused)} (a read calls the functions that "
+            "compute values; no table function that runs SQL, touches a file or acts on "
+            "the store)"
+        )
 
 
 def _one_line(e: BaseException) -> str:
@@ -408,7 +490,9 @@ class CollectorReads(Reads):
     def __init__(self, reader: StoreReader) -> None:
         self.reader = reader
 
-    def stream(self, query: str, params: Sequence[Any] | None = None) -> pa.RecordBatchReader:
+    def stream(
+        self, query: str, params: Sequence[Any] | None = None, *, rows: int | None = None
+    ) -> pa.RecordBatchReader:
         check_read_only(query)
         fut = self.reader.run(lambda cur: arrow_reader(cur, query, params, FETCH_ROWS).read_all())
         try:
@@ -417,3 +501,17 @@ class CollectorReads(Reads):
             fut.cancel()
             raise ReadTimeout(f"the store did not answer within {PAGE_TIMEOUT_S:g} s") from None
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+
+class CursorReads(Reads):
+    """The read API over one read connection, inside a read the collector
+    runs (:meth:`StoreReader.run`): the analyses run on it there exactly as
+    they do on a store file or through a client."""
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    def stream(
+        self, query: str, params: Sequence[Any] | None = None, *, rows: int | None = None
+    ) -> pa.RecordBatchReader:
+        return arrow_reader(self.cur, query, params, rows or FETCH_ROWS)

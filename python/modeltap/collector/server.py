@@ -51,7 +51,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from modeltap import _core
+from modeltap import _core, analysis
 from modeltap.collector.otlp import TRACE_SERVICE, OtlpForwarder
 from modeltap.collector.otlp import response as otlp_response
 from modeltap.collector.otlp import spans_from_request as otlp_spans
@@ -59,6 +59,7 @@ from modeltap.collector.reader import (
     DEFAULT_MAX_ADMITTED,
     DEFAULT_MAX_READS,
     DEFAULT_READ_TIMEOUT_S,
+    CursorReads,
     ReadTimeout,
     StoreReader,
     check_read_only,
@@ -69,16 +70,13 @@ from modeltap.collector.store import (
     MIN_DECODED_ALLOWANCE,
     BatchRejected,
     Overloaded,
+    StoreBackend,
     StoredDataInvalid,
     StoreUnavailable,
+    StoreVersionError,
     StoreWriter,
     check_memory_limit,
     decode,
-    drift_data,
-    register_reference,
-    slowest_traces,
-    stage_latency_data,
-    trace_data,
 )
 
 log = logging.getLogger("modeltap.collector")
@@ -89,7 +87,20 @@ DEFAULT_STORE = "./modeltap.duckdb"
 DEFAULT_MEMORY_LIMIT = "1GB"
 DEFAULT_MAX_CONCURRENT_RPCS = 256
 DEFAULT_MAX_PENDING_MB = 128.0
-CONTROL_HEADROOM = 32  # calls beyond max_concurrent_rpcs left to health and reads
+# Each class of call has room of its own, so that none takes another's:
+# exports (max_concurrent_rpcs), health Watch streams (MAX_WATCHES, at most
+# MAX_WATCHES_PER_PEER from one host), reads (the reader's admission: Query
+# streams at most max_query_streams of it, per host max_query_streams_per_peer),
+# and this many more for everything short (health Check, RegisterReference,
+# calls refused at once). grpc's own bound on concurrent calls is their sum.
+CONTROL_HEADROOM = 64
+DEFAULT_MAX_WATCHES = 64
+DEFAULT_MAX_WATCHES_PER_PEER = 16
+DEFAULT_MAX_QUERY_STREAMS = DEFAULT_MAX_ADMITTED // 2
+DEFAULT_MAX_QUERY_STREAMS_PER_PEER = 8
+# A streamed Query whose client has taken no piece for this long is cut
+# (its read slot freed), whatever is left of its deadline.
+QUERY_IDLE_S = 30.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -163,12 +174,81 @@ def _status(e: BaseException, *, arguments: bool = False) -> _Refusal:
     return _Refusal(Code.INTERNAL, f"internal error: {type(e).__name__}: {e}")
 
 
+def peer_host(peer: str) -> str:
+    """The host of a grpc peer string (``ipv4:127.0.0.1:5000``,
+    ``ipv6:[::1]:5000``, ``unix:/path``): calls from one host share its
+    limits."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return peer
+
+
+class PeerLimit:
+    """At most ``total`` of one kind of long-lived call at once, at most
+    ``per_peer`` of them from one host (event-loop only: no lock)."""
+
+    def __init__(self, what: str, total: int, per_peer: int) -> None:
+        self.what = what
+        self.total = total
+        self.per_peer = max(1, min(per_peer, total))
+        self.open = 0
+        self.refused = 0
+        self._by_peer: dict[str, int] = {}
+
+    def enter(self, peer: str) -> None:
+        """Counts one in; raises ``Overloaded`` past either bound."""
+        host = peer_host(peer)
+        mine = self._by_peer.get(host, 0)
+        if self.open >= self.total or mine >= self.per_peer:
+            self.refused += 1
+            raise Overloaded(
+                f"{self.open} {self.what} open ({mine} from {host}; at most {self.total}, "
+                f"{self.per_peer} from one host)"
+            )
+        self.open += 1
+        self._by_peer[host] = mine + 1
+
+    def leave(self, peer: str) -> None:
+        host = peer_host(peer)
+        self.open -= 1
+        left = self._by_peer.get(host, 1) - 1
+        if left > 0:
+            self._by_peer[host] = left
+        else:
+            self._by_peer.pop(host, None)
+
+
+class BoundedHealth(health_aio.HealthServicer):
+    """The standard health service with its Watch streams bounded (in all
+    and per host); Check is never refused."""
+
+    def __init__(self, limit: PeerLimit) -> None:
+        super().__init__()
+        self.limit = limit
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        peer = context.peer()
+        try:
+            self.limit.enter(peer)
+        except Overloaded as e:
+            await context.abort(Code.RESOURCE_EXHAUSTED, f"{e}: poll with Check instead")
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.limit.leave(peer)
+
+
 class CollectorServer:
     """One collector: a gRPC server in front of one store.
 
     Bounds: ``max_concurrent_rpcs`` exports at once (more get
-    RESOURCE_EXHAUSTED; grpc itself refuses calls past that plus
-    ``CONTROL_HEADROOM``, kept for health checks and reads),
+    RESOURCE_EXHAUSTED), ``max_watches`` health Watch streams and
+    ``max_query_streams`` Query streams (each also per host), reads admitted
+    by the reader (``max_admitted``), each class in room of its own (grpc
+    itself refuses calls past their sum plus ``CONTROL_HEADROOM``),
     ``max_pending_mb`` of batches received and not yet answered (more get
     RESOURCE_EXHAUSTED), the writer's queue (see :class:`StoreWriter`),
     DuckDB's ``memory_limit``."""
@@ -192,6 +272,11 @@ class CollectorServer:
         max_reads: int = DEFAULT_MAX_READS,
         max_admitted: int = DEFAULT_MAX_ADMITTED,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        max_watches: int = DEFAULT_MAX_WATCHES,
+        max_watches_per_peer: int = DEFAULT_MAX_WATCHES_PER_PEER,
+        max_query_streams: int | None = None,
+        max_query_streams_per_peer: int = DEFAULT_MAX_QUERY_STREAMS_PER_PEER,
+        query_idle_s: float = QUERY_IDLE_S,
     ) -> None:
         self.listen = listen
         self.store_path = store
@@ -206,7 +291,8 @@ class CollectorServer:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._serving: int | None = None
-        self.health = health_aio.HealthServicer()
+        self.watches = PeerLimit("health watches", max_watches, max_watches_per_peer)
+        self.health = BoundedHealth(self.watches)
         self.writer = StoreWriter(
             store,
             on_health=self._health_changed,
@@ -220,6 +306,18 @@ class CollectorServer:
             timeout_s=read_timeout_s,
             max_piece_bytes=self.max_message_bytes - 65_536,
         )
+        # Query streams take at most half the reads admitted (unless told
+        # otherwise), so that drift, traces, latency and the pages always
+        # find room.
+        if max_query_streams is None:
+            max_query_streams = min(DEFAULT_MAX_QUERY_STREAMS, self.reader.max_admitted // 2)
+        self.query_streams = PeerLimit(
+            "query streams",
+            max(1, min(max_query_streams, self.reader.max_admitted)),
+            max_query_streams_per_peer,
+        )
+        self.query_idle_s = query_idle_s
+        self.queries_idle_cut = 0  # streams cut because their client took nothing
         self.server: Any = None
         self.port = 0
         self.received = 0
@@ -235,6 +333,7 @@ class CollectorServer:
         self.metrics: Any = None  # MetricsServer once started
         self.forwarder: Any = None  # OtlpForwarder once started
         self.otlp_received = 0  # OTLP-in spans stored
+        self.otlp_duplicates = 0  # OTLP-in spans already stored (an exporter's retry)
         self.otlp_rejected = 0  # OTLP-in spans refused (partial success)
 
     # -- health --------------------------------------------------------------
@@ -291,9 +390,13 @@ class CollectorServer:
                 # larger than that goes alone, up to the message limit.
                 ("grpc.max_send_message_length", self.max_message_bytes),
             ],
-            # Exports are limited below this (see _export), so that health
-            # checks and reads still get through while exports are shed.
-            maximum_concurrent_rpcs=self.max_concurrent_rpcs + CONTROL_HEADROOM,
+            # Every long-lived class is bounded below this by its own limit
+            # (exports in _export, watches, reads' admission), so that no
+            # class can take another's room.
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs
+            + self.watches.total
+            + self.reader.max_admitted
+            + CONTROL_HEADROOM,
         )
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -419,7 +522,7 @@ class CollectorServer:
         async def work() -> bytes:
             loop = asyncio.get_running_loop()
             model, version, data = await loop.run_in_executor(self._pool, check)
-            fp = await asyncio.wrap_future(self.writer.run(_registrar(model, version, data)))
+            fp = await asyncio.wrap_future(self.writer.call(_registrar(model, version, data)))
             return _core.encode_text_response(fp)
 
         return await self._answer(context, work)
@@ -435,8 +538,8 @@ class CollectorServer:
             rules = parse_rules(rule_texts)
             data = await asyncio.wrap_future(
                 self.reader.run(
-                    lambda con: drift_data(
-                        con, model, version or None, lo or None, hi or None, rules
+                    lambda con: analysis.drift_over_range(
+                        CursorReads(con), model, version or None, lo or None, hi or None, rules
                     )
                 )
             )
@@ -452,7 +555,9 @@ class CollectorServer:
         async def work() -> bytes:
             q = _json_request(request)
             tid = _text_arg(q, "trace_id") or ""
-            data = await asyncio.wrap_future(self.reader.run(lambda con: trace_data(con, tid)))
+            data = await asyncio.wrap_future(
+                self.reader.run(lambda con: analysis.trace(CursorReads(con), tid))
+            )
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
 
         return await self._answer(context, work, arguments=True)
@@ -471,7 +576,9 @@ class CollectorServer:
                 raise ValueError("slowest must be an integer in 1..10000")
             lo, hi = _time_args(q)
             data = await asyncio.wrap_future(
-                self.reader.run(lambda con: slowest_traces(con, model, n, lo, hi))
+                self.reader.run(
+                    lambda con: analysis.slowest_traces(CursorReads(con), model, n, lo, hi)
+                )
             )
             return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
 
@@ -491,7 +598,9 @@ class CollectorServer:
             version = _text_arg(q, "version")
             lo, hi = _time_args(q)
             data = await asyncio.wrap_future(
-                self.reader.run(lambda con: stage_latency_data(con, model, version, lo, hi))
+                self.reader.run(
+                    lambda con: analysis.stage_latency(CursorReads(con), model, version, lo, hi)
+                )
             )
             return _core.encode_text_response(json.dumps(_json_safe(data)))
 
@@ -502,11 +611,7 @@ class CollectorServer:
     ) -> AsyncIterator[bytes]:
         """``{"sql": "SELECT ...", "params": [...]}`` -> the result as a
         stream of Arrow IPC pieces (see collector/reader.py)."""
-        loop = asyncio.get_running_loop()
         reader = self.reader
-        session = None
-        ok = timed_out = False
-        timers: list[asyncio.TimerHandle] = []
         refusal: _Refusal | None = None
 
         def parse() -> tuple[str, list[Any] | None]:
@@ -518,21 +623,49 @@ class CollectorServer:
             check_read_only(sql)  # refuses anything but one SELECT
             return sql, params
 
+        peer = context.peer()
         try:
             reader.admit()
         except Overloaded as e:
             refusal = _status(e)
         if refusal is None:
             try:
-                # Parsing a long query takes time: never on the event loop.
-                sql, params = await loop.run_in_executor(reader.pool, parse)
-                session = reader.session(sql, params)
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                self.query_streams.enter(peer)
+            except Overloaded as e:
                 reader.release(False)
-                raise
-            except BaseException as e:
-                reader.release(False)
-                refusal = _status(e, arguments=True)
+                refusal = _status(e)
+        if refusal is not None:
+            self._count(refusal)
+            await context.abort(refusal.code, refusal.details)
+            return
+        try:
+            async for piece in self._query_admitted(request, context, parse):
+                yield piece
+        finally:
+            self.query_streams.leave(peer)
+
+    async def _query_admitted(
+        self,
+        request: bytes,
+        context: grpc.aio.ServicerContext[bytes, bytes],
+        parse: Callable[[], tuple[str, list[Any] | None]],
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        reader = self.reader
+        session = None
+        ok = timed_out = False
+        timers: list[asyncio.TimerHandle] = []
+        refusal: _Refusal | None = None
+        try:
+            # Parsing a long query takes time: never on the event loop.
+            sql, params = await loop.run_in_executor(reader.pool, parse)
+            session = reader.session(sql, params)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            reader.release(False)
+            raise
+        except BaseException as e:
+            reader.release(False)
+            refusal = _status(e, arguments=True)
         if refusal is not None:
             self._count(refusal)
             await context.abort(refusal.code, refusal.details)
@@ -550,7 +683,13 @@ class CollectorServer:
             try:
                 piece = await loop.run_in_executor(reader.pool, session.start)
                 while piece is not None:
-                    yield _core.encode_query_chunk(piece)
+                    # A client that takes nothing for query_idle_s is cut off
+                    # (gRPC's flow control holds this yield meanwhile).
+                    idle = loop.call_later(self.query_idle_s, self._cut_idle, task, session)
+                    try:
+                        yield _core.encode_query_chunk(piece)
+                    finally:
+                        idle.cancel()
                     piece = await loop.run_in_executor(reader.pool, session.next)
                 ok = True
             except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
@@ -569,6 +708,12 @@ class CollectorServer:
                 reader.pool.submit(reader.finished, session, ok, timed_out)
             except RuntimeError:  # the pool has stopped: close it here
                 reader.finished(session, ok, timed_out)
+
+    def _cut_idle(self, task: asyncio.Task[Any] | None, session: Any) -> None:
+        self.queries_idle_cut += 1
+        session.interrupt()
+        if task is not None:
+            task.cancel()
 
     def _count(self, r: _Refusal) -> None:
         if r.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION):
@@ -612,9 +757,10 @@ class CollectorServer:
                             f"out of range: an OTLP request of {size} bytes expands to "
                             f"{table.nbytes} bytes (at most {MAX_EXPANSION}x)"
                         )
-                    await asyncio.wrap_future(self.writer.run(_span_inserter(table)))
-                    self.otlp_received += table.num_rows
-                    if self.forwarder is not None:
+                    added = await asyncio.wrap_future(self.writer.call(_span_inserter(table)))
+                    self.otlp_received += added
+                    self.otlp_duplicates += table.num_rows - added
+                    if self.forwarder is not None and added:
                         self.forwarder.offer(table)
             finally:
                 self.pending_bytes -= size
@@ -682,15 +828,22 @@ def _time_args(q: dict[str, Any]) -> tuple[int | None, int | None]:
 
 
 def _span_inserter(table: Any) -> Any:
-    def job(con: Any) -> int:
-        con.execute("BEGIN TRANSACTION")
-        con.register("_otlp_spans", table)
+    """A writer job appending OTLP spans (a span already stored, sent again
+    by an exporter's retry, is left out), its failure said as the status a
+    retrying exporter understands."""
+
+    def job(backend: StoreBackend) -> int:
         try:
-            con.execute("INSERT INTO spans SELECT * FROM _otlp_spans")
-            con.execute("COMMIT")
-        finally:
-            con.unregister("_otlp_spans")
-        return int(table.num_rows)
+            return backend.append_spans(table)
+        except BaseException as e:
+            kind = backend.classify(e)
+            if kind == "memory":
+                raise Overloaded(f"store out of memory: {type(e).__name__}: {e}") from e
+            if kind == "store":
+                raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
+            if kind == "data":
+                raise BatchRejected(f"the store refused these spans: {e}") from e
+            raise
 
     return job
 
@@ -719,8 +872,10 @@ def _json_safe(v: Any) -> Any:
 
 
 def _registrar(model: str, version: str, data: bytes) -> Any:
-    def job(con: Any) -> str:
-        return register_reference(con, model, version, data)
+    def job(backend: StoreBackend) -> str:
+        fingerprint = str(_core.reference_info(data)["fingerprint"])
+        backend.register_reference(model, version, data, fingerprint)
+        return fingerprint
 
     return job
 
@@ -754,7 +909,7 @@ async def _main(
     server = CollectorServer(listen, store, max_message_mb=max_message_mb, **options)
     port = await server.start()
     for model, version, data in refs:
-        fp = await asyncio.wrap_future(server.writer.run(_registrar(model, version, data)))
+        fp = await asyncio.wrap_future(server.writer.call(_registrar(model, version, data)))
         log.info("registered reference %s for %s %s", fp, model, version)
     host = listen.rsplit(":", 1)[0]
     print(f"modeltap collector listening on {host}:{port}, store {store}", flush=True)
@@ -821,7 +976,7 @@ def serve(
                 read_timeout_s=read_timeout_s,
             )
         )
-    except (OSError, ValueError, _core.ReferenceFormatError) as e:
+    except (OSError, ValueError, StoreVersionError, _core.ReferenceFormatError) as e:
         print(f"modeltap collector: {e}", file=sys.stderr)
         return 1
 
