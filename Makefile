@@ -6,7 +6,7 @@ PIP ?= $(PY) -m pip
 .PHONY: install dev system-deps demo lint rust-test unsafe-check fuzz py-test py-test-pandas2 test bench bench-live bench-ingest bench-drift bench-rust bench-trust bench-readme clean
 
 install:  ## build (release) and install modeltap
-	$(PIP) install .
+	$(PIP) install ".[collector]"
 
 dev:  ## build and install modeltap with the test and lint tools
 	$(PIP) install ".[dev]"
@@ -81,7 +81,7 @@ bench-readme:  ## every README table with its environment (pandas 3 here; pandas
 	$(PIP) install ".[dev,bench]"
 	test -x .bench/evidently-venv/bin/python || ( $(PY) -m venv .bench/evidently-venv && \
 		.bench/evidently-venv/bin/pip install evidently "pandas<3" polars )
-	.bench/evidently-venv/bin/pip install .
+	.bench/evidently-venv/bin/pip install ".[collector]"
 	$(PY) benches/readme.py --pandas2-python .bench/evidently-venv/bin/python
 
 bench-trust:  ## faults (records lost/duplicated), fuzzing, agent memory with wide records

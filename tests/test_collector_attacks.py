@@ -5,6 +5,7 @@ spans twice."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import duckdb
 import grpc
@@ -240,3 +241,84 @@ def test_the_largest_batches_an_agent_builds_are_stored(tmp_path, shape, kw, fil
         with modeltap.Client(col.addr) as c:
             n = c.sql("SELECT count(*) AS n FROM batches").column("n")[0].as_py()
         assert n == len(batches)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 MiB filesystem of its own (tmpfs) for a store."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_read_that_spills_cannot_fill_the_stores_disk(small_disk):
+    """A hashing SELECT past the memory limit spills to the store's temp
+    directory: it fails at the temp budget (a quarter of the free space at
+    most), and ingestion beside it stays SERVING and stores every batch."""
+    import shutil
+    import threading
+
+    with BackgroundCollector(
+        small_disk / "s.duckdb", memory_limit="64MB", read_timeout_s=120
+    ) as col:
+        budget = col.server.writer.backend.temp_budget
+        assert 0 < budget <= 256 * 2**20 // 4
+        errors: list[grpc.RpcError] = []
+        peak = [0]
+
+        def hostile() -> None:
+            with modeltap.Client(col.addr) as c:
+                try:
+                    c.sql(
+                        "SELECT x, count(*) AS n FROM range(400000000) t(x) "
+                        "GROUP BY x ORDER BY n DESC LIMIT 1"
+                    )
+                except grpc.RpcError as e:
+                    errors.append(e)
+
+        def watch_disk(stop: threading.Event) -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], shutil.disk_usage(small_disk).used)
+                time.sleep(0.05)
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_disk, args=(stop,))
+        watcher.start()
+        reader = threading.Thread(target=hostile)
+        reader.start()
+        results: list[bool] = []
+
+        def serve(k: int) -> None:
+            a = modeltap.Agent(f"m{k}", "1", collector=col.addr, batch_size=1_000)
+            for _ in range(20):
+                a.log_batch(np.ones((1_000, 8)), np.zeros(1_000))
+                time.sleep(0.05)
+            results.append(a.flush(60))
+            a.close()
+
+        agents = [threading.Thread(target=serve, args=(k,)) for k in range(4)]
+        for t in agents:
+            t.start()
+        for t in agents:
+            t.join(120)
+        reader.join(120)
+        stop.set()
+        watcher.join()
+        assert results == [True] * 4
+        assert len(errors) == 1
+        assert errors[0].code() == EXHAUSTED
+        assert "max_temp_directory_size" in errors[0].details()
+        assert peak[0] < 256 * 2**20 * 0.9  # the disk never filled
+        assert col.server.writer.healthy
+        with grpc.insecure_channel(col.addr) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+        with modeltap.Client(col.addr) as c:
+            n = c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py()
+        assert n == 4 * 20 * 1_000

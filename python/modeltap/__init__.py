@@ -35,8 +35,14 @@ Sequence.register(RequestIds)
 def __getattr__(name: str) -> object:
     # The collector side needs duckdb and pyarrow; import it only when used.
     if name == "Store":
-        from modeltap.collector.store import Store
-
+        try:
+            from modeltap.collector.store import Store
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(
+                f"modeltap.Store needs {e.name}, which the agent-only install leaves out: "
+                "pip install 'modeltap[collector]'",
+                name=e.name,
+            ) from e
         return Store
     raise AttributeError(f"module 'modeltap' has no attribute {name!r}")
 

@@ -352,6 +352,21 @@ def _positive_float(text: str) -> float:
     return v
 
 
+# What the collector, the reads, the reports and the CLI's tables need
+# beyond the agent (the `collector` extra; see pyproject.toml).
+COLLECTOR_EXTRA = frozenset(
+    {
+        "duckdb",
+        "pyarrow",
+        "plotly",
+        "rich",
+        "prometheus_client",
+        "opentelemetry",
+        "grpc_health",
+    }
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -363,6 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        if level == "DEBUG" or e.name not in COLLECTOR_EXTRA:
+            raise
+        print(
+            f"modeltap {args.command}: needs {e.name}, which the agent-only install leaves "
+            "out: pip install 'modeltap[collector]'",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as e:
         # One clear line and a non-zero status, never a traceback (unless
         # asked for with --log-level DEBUG).

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,14 @@ from modeltap.collector.store.errors import StoreUnavailable, StoreVersionError
 from modeltap.collector.store.schema import KEYED, SCHEMA_VERSION, TABLES
 
 CHECKPOINT_THRESHOLD = "256MB"
+# What DuckDB may spill to its temp directory (<store>.tmp, beside the
+# store): a sorting or hashing read past the memory limit spills there, and
+# DuckDB's own bound is 90 % of the free disk, so one read could fill the
+# filesystem the writer commits to. The bound is the smaller of these, set
+# when the store opens; a read past it fails (RESOURCE_EXHAUSTED), and the
+# store keeps room to commit.
+TEMP_MAX_BYTES = 1 << 30
+TEMP_SHARE_OF_FREE = 0.25
 
 # Version 1: the first release's tables (it recorded no version).
 SCHEMA_V1 = """
@@ -227,12 +236,15 @@ class DuckDBBackend(StoreBackend):
         *,
         memory_limit: str = "1GB",
         checkpoint_threshold: str = CHECKPOINT_THRESHOLD,
+        temp_max_bytes: int | None = None,
     ) -> None:
         self.path = path
         self.location = str(path)
         self.memory_limit = memory_limit
         self.checkpoint_threshold = checkpoint_threshold
         self.memory_limit_bytes: int | None = None
+        self.temp_max_bytes = temp_max_bytes
+        self.temp_budget = 0  # bytes reads may spill, as set at the last open
         self._con: duckdb.DuckDBPyConnection | None = None
         self._read_root: duckdb.DuckDBPyConnection | None = None
         self._wal_ino: int | None = None
@@ -243,6 +255,7 @@ class DuckDBBackend(StoreBackend):
     def open(self) -> None:
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temp_budget = self._temp_budget()
         # One thread: the collector is one writer on a small machine, and
         # DuckDB's parallel insert costs more than it gains at this size.
         con = duckdb.connect(
@@ -255,6 +268,7 @@ class DuckDBBackend(StoreBackend):
                 "checkpoint_threshold": self.checkpoint_threshold,
                 # DuckDB's own default is 80 % of the machine's memory.
                 "memory_limit": self.memory_limit,
+                "max_temp_directory_size": f"{self.temp_budget}B",
                 # Reads of the running store (collector/reader.py) run any
                 # SELECT a client sends: no query may touch a file
                 # (read_csv, COPY, ATTACH) or fetch an extension.
@@ -277,6 +291,17 @@ class DuckDBBackend(StoreBackend):
             raise
         self._con = con
         self._read_root = read_root
+
+    def _temp_budget(self) -> int:
+        """Bytes DuckDB may spill: ``temp_max_bytes`` when given, else the
+        smaller of ``TEMP_MAX_BYTES`` and a quarter of the free space."""
+        if self.temp_max_bytes is not None:
+            return max(0, int(self.temp_max_bytes))
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return TEMP_MAX_BYTES
+        return max(1 << 20, min(TEMP_MAX_BYTES, int(free * TEMP_SHARE_OF_FREE)))
 
     @staticmethod
     def stored_version(con: duckdb.DuckDBPyConnection) -> int:
