@@ -322,3 +322,57 @@ def test_a_read_that_spills_cannot_fill_the_stores_disk(small_disk):
         with modeltap.Client(col.addr) as c:
             n = c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py()
         assert n == 4 * 20 * 1_000
+
+
+SLOW = "SELECT len(list_sort(list_reverse(range(30000000)))) AS n"  # not interruptible midway
+
+
+def test_uninterruptible_queries_leave_the_other_reads_answering(tmp_path):
+    """Two queries DuckDB cannot interrupt hold both Query threads past
+    their deadline: drift, traces, latency and SQL of the collector's own
+    reads still answer, and the stuck sessions' closes take no read thread."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1_000, 4))
+    ref = modeltap.Reference.from_data(x)
+    with BackgroundCollector(tmp_path / "s.duckdb", max_reads=2, read_timeout_s=1.0) as col:
+        with modeltap.Client(col.addr) as c:
+            c.register_reference(ref, "m", "1")
+        a = modeltap.Agent("m", "1", collector=col.addr, reference=ref)
+        with a.span("request"):
+            a.log_batch(x, np.zeros(len(x)))
+        assert a.flush(30)
+        a.close()
+        codes: list[grpc.StatusCode] = []
+
+        def stuck() -> None:
+            with modeltap.Client(col.addr) as c:
+                try:
+                    c.sql(SLOW)
+                    codes.append(OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+
+        threads = [threading.Thread(target=stuck) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # both past their deadline, both still running
+        t0 = time.monotonic()
+        with modeltap.Client(col.addr, timeout_s=10) as c:
+            assert c.drift("m", "1").records == len(x)
+            assert c.traces("m", slowest=5) is not None
+            assert c.stage_latency("m")
+        assert time.monotonic() - t0 < 8
+        for t in threads:
+            t.join(120)
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+
+
+def test_functions_quadratic_in_their_inputs_are_refused(tmp_path):
+    with BackgroundCollector(tmp_path / "s.duckdb") as col, modeltap.Client(col.addr) as c:
+        for fn in ("levenshtein", "damerau_levenshtein", "jaro_winkler_similarity"):
+            with pytest.raises(grpc.RpcError) as e:
+                c.sql(f"SELECT {fn}(repeat('a', 1000000), repeat('b', 1000000))")
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert fn in e.value.details()

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -80,10 +81,92 @@ TABLE_FUNCTIONS = frozenset(
     }
 )
 DENIED_FUNCTIONS = frozenset(
-    {"write_log", "nextval", "setval", "setseed", "pg_sleep", "sleep_ms", "currval"}
+    {
+        "write_log",
+        "nextval",
+        "setval",
+        "setseed",
+        "currval",
+        "pg_sleep",
+        "sleep_ms",
+        # quadratic in their inputs' lengths, and not interruptible midway:
+        # two long strings hold a read thread for as long as they run
+        "levenshtein",
+        "editdist3",
+        "damerau_levenshtein",
+        "jaro_similarity",
+        "jaro_winkler_similarity",
+    }
 )
 # Expression functions the parser names but the catalog lists otherwise.
 PARSER_FUNCTIONS = frozenset({"unnest", "unlist"})
+
+
+class DaemonPool(Executor):
+    """A fixed set of daemon threads running submitted calls. A
+    ``ThreadPoolExecutor``'s threads are joined at interpreter exit, so one
+    stuck in a call DuckDB cannot interrupt would keep a stopped collector
+    alive; these are not."""
+
+    def __init__(self, n: int, name: str, initializer: Callable[[], None] | None = None) -> None:
+        self._q: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._q = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._initializer = initializer
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pool is shut down")
+            f: Future[Any] = Future()
+            call = (lambda: fn(*args, **kwargs)) if kwargs else fn
+            self._q.put((f, call, () if kwargs else args))
+            return f
+
+    def _work(self) -> None:
+        if self._initializer is not None:
+            with contextlib.suppress(Exception):
+                self._initializer()
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            f, fn, args = item
+            if not f.set_running_or_notify_cancel():
+                continue
+            try:
+                f.set_result(fn(*args))
+            except BaseException as e:  # the thread outlives any call
+                f.set_exception(e)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._q.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
+def close_off_pool(fn: Callable[..., Any], *args: Any) -> None:
+    """Runs a close on a daemon thread of its own: a close may wait for a
+    call DuckDB cannot interrupt, and must hold no read thread meanwhile."""
+    threading.Thread(target=fn, args=args, name="modeltap-read-close", daemon=True).start()
 
 
 class ReadRefused(ValueError):
@@ -332,8 +415,12 @@ class StoreReader:
         self.max_admitted = max(max_reads, max_admitted)
         self.timeout_s = timeout_s
         self.max_piece_bytes = max_piece_bytes
-        self.pool = ThreadPoolExecutor(
-            max_reads, thread_name_prefix="modeltap-read", initializer=lower_priority
+        # Query streams run on `pool`; the collector's own reads (drift,
+        # traces, latency, the pages, `run`) on `analysis_pool`, so that
+        # misbehaving queries cannot keep those from answering.
+        self.pool = DaemonPool(max_reads, "modeltap-read", initializer=lower_priority)
+        self.analysis_pool = DaemonPool(
+            max(2, max_reads // 2), "modeltap-analysis", initializer=lower_priority
         )
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -446,7 +533,7 @@ class StoreReader:
                 self.release(ok, timed_out)
 
         try:
-            fut = self.pool.submit(job)
+            fut = self.analysis_pool.submit(job)
         except RuntimeError:  # the pool is shut down
             self.release(False)
             raise StoreUnavailable("the collector is stopping") from None
@@ -464,6 +551,7 @@ class StoreReader:
         (a query DuckDB cannot interrupt is waited for at most
         ``wait_s``), so that the store can be closed."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.analysis_pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             sessions = list(self._sessions)
             cursors = list(self._cursors)

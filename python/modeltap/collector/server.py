@@ -63,6 +63,7 @@ from modeltap.collector.reader import (
     ReadTimeout,
     StoreReader,
     check_read_only,
+    close_off_pool,
 )
 from modeltap.collector.store import (
     MAX_EXPANSION,
@@ -674,26 +675,47 @@ class CollectorServer:
         task = asyncio.current_task()
         left = context.time_remaining()
         budget = reader.timeout_s if left is None else min(reader.timeout_s, left)
-        # At the deadline the query is interrupted; a client that stopped
-        # taking pieces is cut off a little later (its RPC cancelled).
+        # At the deadline the query is interrupted; a query still running
+        # (DuckDB cannot interrupt one scalar call midway) or a client that
+        # stopped taking pieces is cut off a little later: the handler is
+        # cancelled and answers DEADLINE_EXCEEDED, its read closed off the pool.
+        cut: list[str] = []
+
+        def cut_off(why: str) -> None:
+            if not cut:
+                cut.append(why)
+            session.interrupt()
+            if task is not None:
+                task.cancel()
+
         timers.append(loop.call_later(budget, session.interrupt))
-        if task is not None:
-            timers.append(loop.call_later(budget + 5.0, task.cancel))
+        timers.append(
+            loop.call_later(
+                budget + 5.0, cut_off, f"the read took over {budget:g} s and was cut off"
+            )
+        )
         try:
             try:
                 piece = await loop.run_in_executor(reader.pool, session.start)
                 while piece is not None:
                     # A client that takes nothing for query_idle_s is cut off
                     # (gRPC's flow control holds this yield meanwhile).
-                    idle = loop.call_later(self.query_idle_s, self._cut_idle, task, session)
+                    idle = loop.call_later(self.query_idle_s, self._cut_idle, cut_off)
                     try:
                         yield _core.encode_query_chunk(piece)
                     finally:
                         idle.cancel()
                     piece = await loop.run_in_executor(reader.pool, session.next)
                 ok = True
-            except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
-                raise  # the client went away (or the server stops): nothing to answer
+            except asyncio.CancelledError:
+                if not cut:
+                    raise  # the client went away (or the server stops)
+                if task is not None and hasattr(task, "uncancel"):
+                    task.uncancel()
+                timed_out = True
+                refusal = _Refusal(Code.DEADLINE_EXCEEDED, cut[0])
+            except (GeneratorExit, KeyboardInterrupt, SystemExit):
+                raise  # nothing to answer
             except BaseException as e:
                 timed_out = isinstance(e, ReadTimeout)
                 refusal = _status(e, arguments=True)
@@ -704,16 +726,13 @@ class CollectorServer:
             for t in timers:
                 t.cancel()
             session.interrupt()
-            try:
-                reader.pool.submit(reader.finished, session, ok, timed_out)
-            except RuntimeError:  # the pool has stopped: close it here
-                reader.finished(session, ok, timed_out)
+            # Closing waits for a call still running on the session (one
+            # DuckDB cannot interrupt): never on a read thread, never here.
+            close_off_pool(reader.finished, session, ok, timed_out)
 
-    def _cut_idle(self, task: asyncio.Task[Any] | None, session: Any) -> None:
+    def _cut_idle(self, cut_off: Callable[[str], None]) -> None:
         self.queries_idle_cut += 1
-        session.interrupt()
-        if task is not None:
-            task.cancel()
+        cut_off(f"the client took no piece for {self.query_idle_s:g} s; the read was cut off")
 
     def _count(self, r: _Refusal) -> None:
         if r.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION):
