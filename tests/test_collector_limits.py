@@ -4,6 +4,7 @@ reads; a Query whose client stopped reading is cut off."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -125,3 +126,45 @@ def test_a_query_whose_client_stopped_reading_is_cut(tmp_path):
         # the slot is free: the next query answers
         with modeltap.Client(col.addr) as c:
             assert c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 2_000
+
+
+def test_slow_http_clients_cannot_take_health_or_metrics_away(tmp_path):
+    """200 connections dribbling a request head a byte at a time (a
+    slowloris client): /healthz, /readyz and /metrics answer at once
+    throughout, and the dribblers are dropped."""
+    import socket
+
+    from modeltap.collector.metrics import MAX_WAITING, REQUEST_HEAD_S
+
+    with BackgroundCollector(tmp_path / "s.duckdb", http="127.0.0.1:0") as col:
+        port = col.server.metrics.port
+        slow: list[socket.socket] = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"G")
+            slow.append(s)
+        t_end = time.monotonic() + REQUEST_HEAD_S + 2
+        worst = 0.0
+        answered = 0
+        while time.monotonic() < t_end:
+            for s in slow:  # one more byte each, never the end of the head
+                with contextlib.suppress(OSError):
+                    s.sendall(b"E")
+            for path in ("/healthz", "/readyz", "/metrics"):
+                t0 = time.monotonic()
+                url = f"http://127.0.0.1:{port}{path}"
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    assert r.status == 200
+                    r.read()
+                worst = max(worst, time.monotonic() - t0)
+                answered += 1
+            time.sleep(0.5)
+        assert answered >= 3 * 5
+        assert worst < 2.0, worst
+        httpd = col.server.metrics.httpd
+        # those past the waiting room were dropped at once, the rest at the deadline
+        assert _wait(lambda: httpd.dropped_slow >= 200, 10), httpd.dropped_slow
+        assert len(httpd._waiting) == 0
+        assert 200 - MAX_WAITING > 0
+        for s in slow:
+            s.close()

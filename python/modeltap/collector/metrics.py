@@ -28,6 +28,7 @@ import copy
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,8 +53,17 @@ MAX_STAGES = 64  # stage names per model and version (the rest: "(other)")
 OTHER_STAGE = "(other)"
 MAX_LABEL = 200  # characters of a label value kept
 PROFILES_PER_STEP = 2048  # stored profiles read per job of a refresh
-MAX_CONNECTIONS = 64  # HTTP connections served at once
-HTTP_TIMEOUT_S = 10.0
+# HTTP: a connection must send its whole request head within
+# REQUEST_HEAD_S; at most MAX_WAITING connections wait for theirs (past
+# that the one waiting longest is dropped for the newcomer, so a client
+# dribbling bytes cannot hold the port); at most MAX_CONNECTIONS requests
+# for pages and /metrics are served at once (more get 503); /healthz and
+# /readyz are never refused.
+MAX_CONNECTIONS = 64
+MAX_WAITING = 128
+REQUEST_HEAD_S = 5.0
+HTTP_TIMEOUT_S = 10.0  # each send or receive
+HEALTH_PATHS = ("/healthz", "/readyz")
 MAX_CLASSES = 20
 MAX_ERROR_TYPES = 20
 OTHER = "other"
@@ -470,37 +480,77 @@ def _store_bytes(path: Any) -> float:
 class _QuietHandler(WSGIRequestHandler):
     timeout = HTTP_TIMEOUT_S
 
+    def parse_request(self) -> bool:
+        ok = bool(super().parse_request())
+        server: _ThreadingServer = self.server  # type: ignore[assignment]
+        server.head_received(self.connection)
+        return ok
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
 
 
 class _ThreadingServer(WSGIServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once (more are
-    closed at once), each with a read timeout: slow or idle clients cannot
-    hold threads and file descriptors without bound."""
+    """A thread per connection, each with a deadline for its request head
+    (REQUEST_HEAD_S) and a timeout per send or receive; at most MAX_WAITING
+    connections waiting for their head (the one waiting longest is dropped
+    for a newcomer) and MAX_CONNECTIONS page or /metrics requests at once,
+    health never refused: slow, idle or dribbling clients cannot hold the
+    port, threads or file descriptors."""
 
     daemon_threads = True
+    request_queue_size = 256  # the listen backlog (socketserver's default is 5)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.serving_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._waiting: dict[Any, float] = {}  # socket -> accepted at (oldest first)
+        self.dropped_slow = 0  # connections dropped for not sending their head
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
         request.settimeout(HTTP_TIMEOUT_S)
+        with self._lock:
+            evict = None
+            if len(self._waiting) >= MAX_WAITING:
+                evict = next(iter(self._waiting))
+                del self._waiting[evict]
+                self.dropped_slow += 1
+            self._waiting[request] = time.monotonic()
+        if evict is not None:
+            _drop(evict)
         t = threading.Thread(target=self._handle, args=(request, client_address), daemon=True)
         t.start()
 
+    def head_received(self, request: Any) -> None:
+        with self._lock:
+            self._waiting.pop(request, None)
+
+    def _late(self, request: Any) -> None:
+        with self._lock:
+            if self._waiting.pop(request, None) is None:
+                return  # its head came in time
+            self.dropped_slow += 1
+        _drop(request)
+
     def _handle(self, request: Any, client_address: Any) -> None:
+        timer = threading.Timer(REQUEST_HEAD_S, self._late, (request,))
+        timer.daemon = True
+        timer.start()
         try:
             self.finish_request(request, client_address)
         except Exception:
             log.debug("http: a request failed", exc_info=True)
         finally:
+            timer.cancel()
+            self.head_received(request)
             self.shutdown_request(request)
-            self._slots.release()
+
+
+def _drop(sock: Any) -> None:
+    """Ends a connection another thread is reading (its read returns)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Pages:
@@ -594,6 +644,24 @@ class MetricsServer:
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
             path = environ.get("PATH_INFO", "")
+            if path in HEALTH_PATHS:
+                return routes(path, environ, start_response)
+            slots = self.httpd.serving_slots
+            if not slots.acquire(blocking=False):
+                start_response(
+                    "503 Service Unavailable",
+                    [("Content-Type", "text/plain"), ("Retry-After", "1")],
+                )
+                return [f"{MAX_CONNECTIONS} requests in progress; retry\n".encode()]
+            try:
+                # the body is produced here, inside the slot
+                return list(routes(path, environ, start_response))
+            finally:
+                slots.release()
+
+        def routes(
+            path: str, environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> list[bytes]:
             if path == "/metrics":
                 out: list[bytes] = metrics_app(environ, start_response)
                 return out
