@@ -389,3 +389,101 @@ def test_forwarding_to_a_hanging_endpoint_counts_every_span_and_closes(tmp_path)
         assert fwd.stats()["dropped"] == 2 * n
     finally:
         server.stop(0)
+
+
+def _span_table(n: int, attr_bytes: int = 0, first: int = 1):
+    from modeltap.collector.store import span_rows_table
+
+    return span_rows_table(
+        {
+            "trace_id": [f"{i:032x}" for i in range(first, first + n)],
+            "span_id": [f"{i:016x}" for i in range(first, first + n)],
+            "name": ["s"] * n,
+            "start_ts": list(range(n)),
+            "start_unix_nano": list(range(n)),
+            "duration_ns": [1] * n,
+            "attributes": [[("payload", "p" * attr_bytes)] for _ in range(n)]
+            if attr_bytes
+            else None,
+        }
+    )
+
+
+def test_forwarding_splits_requests_below_the_receivers_limit():
+    """512 spans of 12 KiB attributes (6 MiB) to a receiver taking at most
+    4 MiB a message: every span arrives, in requests below the limit; a
+    span that alone could never fit is dropped and counted alone."""
+    from modeltap.collector.otlp import OtlpForwarder
+
+    rec = Receiver()
+    limit = 4 << 20
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        options=[("grpc.max_receive_message_length", limit)],
+    )
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        fwd = OtlpForwarder(f"127.0.0.1:{port}", interval_s=0.05, max_request_bytes=limit - 65536)
+        fwd.offer(_span_table(512, 12 * 1024))
+        assert fwd.flush(30)
+        assert fwd.stats()["sent"] == 512
+        assert fwd.stats()["dropped"] == 0
+        assert len(rec.requests) >= 2
+        assert all(r.ByteSize() < limit for r in rec.requests)
+        assert len(rec.spans()) == 512
+        small = OtlpForwarder(f"127.0.0.1:{port}", interval_s=0.05, max_request_bytes=64 << 10)
+        small.offer(_span_table(3, 100 * 1024, first=1000))  # each alone too large
+        small.offer(_span_table(5, 10, first=2000))
+        assert small.flush(30)
+        s = small.stats()
+        assert (s["sent"], s["too_large"], s["dropped"]) == (5, 3, 3)
+        fwd.close()
+        small.close()
+    finally:
+        server.stop(0)
+
+
+def test_the_forwarders_queue_is_bounded_in_bytes():
+    """The endpoint away: what waits is bounded by max_queue_bytes, what
+    does not fit is counted dropped, and every span is accounted for."""
+    from modeltap.collector.otlp import OtlpForwarder
+
+    fwd = OtlpForwarder(
+        "127.0.0.1:1", max_queue_bytes=1 << 20, timeout_s=0.2, retry_s=0.3, interval_s=10
+    )
+    tables = [_span_table(200, 4 * 1024, first=1 + 200 * k) for k in range(20)]  # ~16 MiB
+    for t in tables:
+        fwd.offer(t)
+    s = fwd.stats()
+    assert s["queued_bytes"] <= 1 << 20
+    assert s["dropped"] > 0
+    assert s["queued"] + s["dropped"] == 20 * 200
+    fwd.close(timeout_s=0.2)
+    s = fwd.stats()
+    assert s["sent"] == 0
+    assert s["dropped"] == 20 * 200
+
+
+def test_an_otlp_request_of_too_many_spans_is_refused_before_it_is_walked(tmp_path):
+    from modeltap.collector.otlp import MAX_REQUEST_SPANS
+
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i in range(MAX_REQUEST_SPANS + 1):
+        sp = ss.spans.add()
+        sp.trace_id, sp.span_id = b"\x01" * 16, (i + 1).to_bytes(8, "big")
+    data = req.SerializeToString()
+    with BackgroundCollector(tmp_path / "s.duckdb") as col, grpc.insecure_channel(col.addr) as ch:
+        export = ch.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=lambda b: b,
+            response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
+        )
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            export(data, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "smaller batches" in e.value.details()
+        assert time.monotonic() - t0 < 5

@@ -38,6 +38,10 @@ TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 EXPORT_METHOD = f"/{TRACE_SERVICE}/Export"
 MAX_ATTRIBUTES = 64
 MAX_TEXT = 16 * 1024
+# Spans one OTLP request may carry: counted before any span is walked in
+# Python, so a request of many minimal spans costs no more than this many
+# (an OpenTelemetry SDK exports 512 at a time, a Collector 8,192).
+MAX_REQUEST_SPANS = 65_536
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -110,6 +114,12 @@ def spans_from_request(data: bytes) -> tuple[pa.Table | None, int, str]:
         req.ParseFromString(data)
     except Exception as e:  # DecodeError
         raise ValueError(f"not an OTLP ExportTraceServiceRequest: {e}") from None
+    total = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+    if total > MAX_REQUEST_SPANS:
+        raise ValueError(
+            f"an OTLP request of {total:,} spans (at most {MAX_REQUEST_SPANS:,} a request): "
+            "export them in smaller batches"
+        )
     cols: dict[str, list[Any]] = {c: [] for c in OTLP_COLUMNS}
     rejected = 0
     why = ""
@@ -251,8 +261,12 @@ def rows_of(table: pa.Table) -> list[dict[str, Any]]:
 
 class OtlpForwarder:
     """Forwards stored spans to an OTLP/gRPC endpoint from a thread of its
-    own: a bounded queue, batches of ``batch_size`` spans (or what arrived
-    within ``interval_s``), retries with exponential backoff and jitter for
+    own: a queue bounded in spans (``max_queue``) and in bytes
+    (``max_queue_bytes``, the Arrow size of what waits), batches of
+    ``batch_size`` spans (or what arrived within ``interval_s``) split so
+    that no request passes ``max_request_bytes`` (below a standard
+    receiver's 4 MiB; a span that alone cannot fit is dropped, counted in
+    ``too_large``), retries with exponential backoff and jitter for
     ``retry_s`` on retryable codes, then drops (counted)."""
 
     def __init__(
@@ -260,6 +274,8 @@ class OtlpForwarder:
         endpoint: str,
         *,
         max_queue: int = 100_000,
+        max_queue_bytes: int = 64 << 20,
+        max_request_bytes: int = 3 << 20,
         batch_size: int = 512,
         interval_s: float = 1.0,
         timeout_s: float = 10.0,
@@ -267,6 +283,8 @@ class OtlpForwarder:
     ) -> None:
         self.endpoint = endpoint
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.max_request_bytes = max_request_bytes
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -275,6 +293,8 @@ class OtlpForwarder:
         # thread, never on the caller's), and the spans they hold.
         self._queue: deque[pa.Table] = deque()
         self._queued = 0
+        self._queued_bytes = 0
+        self.too_large = 0  # spans that could never fit one request
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._stop = False
@@ -291,11 +311,19 @@ class OtlpForwarder:
     def offer(self, table: pa.Table | None) -> None:
         """Queues the spans of ``table`` (a ``spans`` table) without
         converting them (cheap enough for an event loop); what does not fit
-        the queue, or comes after ``close()``, is dropped and counted."""
+        the queue (in spans or bytes), or comes after ``close()``, is
+        dropped and counted."""
         if table is None or table.num_rows == 0:
             return
+        per_span = max(1, table.nbytes // table.num_rows)
         with self._cv:
-            room = 0 if self._stop else max(self.max_queue - self._queued, 0)
+            if self._stop:
+                room = 0
+            else:
+                room = min(
+                    max(self.max_queue - self._queued, 0),
+                    max(self.max_queue_bytes - self._queued_bytes, 0) // per_span,
+                )
             if room < table.num_rows:
                 lost = table.num_rows - room
                 self.dropped += lost
@@ -306,6 +334,7 @@ class OtlpForwarder:
             if table.num_rows:
                 self._queue.append(table)
                 self._queued += table.num_rows
+                self._queued_bytes += table.num_rows * per_span
                 self._cv.notify()
 
     def stats(self) -> dict[str, int]:
@@ -315,6 +344,8 @@ class OtlpForwarder:
                 "sent": self.sent,
                 "dropped": self.dropped,
                 "queued": self._queued + self._in_flight,
+                "queued_bytes": self._queued_bytes,
+                "too_large": self.too_large,
                 "batches": self.batches,
                 "retries": self.retries,
             }
@@ -340,6 +371,7 @@ class OtlpForwarder:
             self.dropped += self._queued
             self._queue.clear()
             self._queued = 0
+            self._queued_bytes = 0
             self._cv.notify_all()
         # The thread may be inside a call: it gives up at its deadline (a
         # retry never starts once stopping) and counts that batch dropped.
@@ -355,33 +387,59 @@ class OtlpForwarder:
                     return
                 parts: list[pa.Table] = []
                 n = 0
+                freed = 0
                 while self._queue and n < self.batch_size:
                     t = self._queue.popleft()
+                    per_span = max(1, t.nbytes // max(t.num_rows, 1))
                     take = min(t.num_rows, self.batch_size - n)
                     parts.append(t.slice(0, take))
                     if take < t.num_rows:
                         self._queue.appendleft(t.slice(take))
                     n += take
+                    freed += take * per_span
                 self._queued -= n
+                self._queued_bytes = max(0, self._queued_bytes - freed)
+                if not self._queued:
+                    self._queued_bytes = 0
                 self._in_flight = n
             batch = [r for t in parts for r in rows_of(t)]
             if batch:
-                ok = self._send(batch)
+                sent = self._send_split(batch)
                 with self._cv:
-                    if ok:
-                        self.sent += n
-                        self.batches += 1
-                    else:
-                        self.dropped += n
+                    self.sent += sent
+                    self.dropped += n - sent
                     self._in_flight = 0
                     self._cv.notify_all()
 
-    def _send(self, batch: list[dict[str, Any]]) -> bool:
+    def _send_split(self, batch: list[dict[str, Any]]) -> int:
+        """Sends ``batch`` in requests of at most ``max_request_bytes``
+        (halving until each fits); returns the spans sent."""
         try:
             data = request_from_rows(batch)
         except Exception:
             log.exception("OTLP forwarding: %d span(s) could not be encoded", len(batch))
-            return False
+            return 0
+        if len(data) > self.max_request_bytes:
+            if len(batch) == 1:
+                with self._lock:
+                    self.too_large += 1
+                log.warning(
+                    "OTLP forwarding to %s: a span of %d bytes is larger than a request may "
+                    "be (%d); dropped",
+                    self.endpoint,
+                    len(data),
+                    self.max_request_bytes,
+                )
+                return 0
+            half = len(batch) // 2
+            return self._send_split(batch[:half]) + self._send_split(batch[half:])
+        if self._send(data, len(batch)):
+            with self._lock:
+                self.batches += 1
+            return len(batch)
+        return 0
+
+    def _send(self, data: bytes, n: int) -> bool:
         deadline = time.monotonic() + self.retry_s
         delay = 0.1
         while True:
@@ -394,7 +452,7 @@ class OtlpForwarder:
                     log.warning(
                         "OTLP forwarding to %s: %d span(s) dropped (%s)",
                         self.endpoint,
-                        len(batch),
+                        n,
                         code,
                     )
                     return False
