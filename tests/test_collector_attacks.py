@@ -376,3 +376,51 @@ def test_functions_quadratic_in_their_inputs_are_refused(tmp_path):
                 c.sql(f"SELECT {fn}(repeat('a', 1000000), repeat('b', 1000000))")
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert fn in e.value.details()
+
+
+def test_the_metrics_refresh_never_holds_the_writer(tmp_path, monkeypatch):
+    """The /metrics refresh reads beside the writer, in bounded steps: it
+    finishes while the writer is busy, and over many steps counts exactly
+    what one pass does."""
+    import threading
+
+    import modeltap.collector.metrics as metrics
+
+    monkeypatch.setattr(metrics, "PREDICTIONS_PER_STEP", 300)
+    monkeypatch.setattr(metrics, "PROFILES_PER_STEP", 2)
+    with BackgroundCollector(
+        tmp_path / "s.duckdb", http="127.0.0.1:0", metrics_refresh_s=3600
+    ) as col:
+        a = modeltap.Agent("m", "1", collector=col.addr, batch_size=250)
+        for i in range(2_000):
+            a.log([float(i)], float(i % 3))
+        assert a.flush(30)
+        a.close()
+        gate = threading.Event()
+        col.server.writer.run(lambda con: gate.wait(30))  # the writer is busy
+        try:
+            t0 = time.monotonic()
+            assert col.server.metrics.refresh(timeout_s=20)
+            assert time.monotonic() - t0 < 10
+        finally:
+            gate.set()
+        snap = col.server.metrics.figures.snapshot
+        assert snap.classes[("m", "1")] == {"0": 667, "1": 667, "2": 666}
+        assert snap.latency[("m", "1")]["records"] == 2_000
+
+
+def test_reference_names_are_capped(tmp_path, monkeypatch):
+    import modeltap.collector.server as server
+
+    monkeypatch.setattr(server, "MAX_REFERENCE_PAIRS", 5)
+    ref = modeltap.Reference.from_data(np.random.default_rng(0).normal(size=(200, 2)))
+    with BackgroundCollector(tmp_path / "s.duckdb") as col, modeltap.Client(col.addr) as c:
+        for k in range(5):
+            c.register_reference(ref, f"m{k}", "1")
+        with pytest.raises(grpc.RpcError) as e:
+            c.register_reference(ref, "m5", "1")
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "at most 5" in e.value.details()
+        c.register_reference(ref, "m2", "1")  # again under an existing name: fine
+        n = c.sql('SELECT count(DISTINCT model) AS n FROM "references"').column("n")[0].as_py()
+        assert n == 5

@@ -73,10 +73,9 @@ def test_demo_keep_leaves_the_collector_running(tmp_path):
             assert c.sql("SELECT count(*) AS n FROM predictions").to_pylist()[0]["n"] == 500
     finally:
         p.send_signal(signal.SIGINT)
-        rc = p.wait(60)
-        if p.stdout is not None:
-            p.stdout.close()
-    assert rc == 0
+        rest, _ = p.communicate(timeout=60)
+        rc = p.returncode
+    assert rc == 0, rest[-4000:]
 
 
 def test_background_collector(tmp_path):

@@ -53,6 +53,8 @@ MAX_STAGES = 64  # stage names per model and version (the rest: "(other)")
 OTHER_STAGE = "(other)"
 MAX_LABEL = 200  # characters of a label value kept
 PROFILES_PER_STEP = 2048  # stored profiles read per job of a refresh
+PREDICTIONS_PER_STEP = 1_000_000  # prediction rows counted per job of a refresh
+MAX_DRIFT_SERIES = 64  # (model, version) pairs whose drift a refresh computes
 # HTTP: a connection must send its whole request head within
 # REQUEST_HEAD_S; at most MAX_WAITING connections wait for theirs (past
 # that the one waiting longest is dropped for the newcomer, so a client
@@ -88,10 +90,14 @@ def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
 
 
 class StoreFigures:
-    """Figures of the store, refreshed incrementally by jobs on the store
-    writer's thread (which alone touch the working state); each finished
-    refresh publishes a copy (``snapshot``) that scrapes read, so a scrape
-    never sees one half-updated."""
+    """Figures of the store, refreshed incrementally by short jobs, one at a
+    time, on the collector's read threads (read-only transactions beside
+    the writer, never on its thread); each job reads a bounded amount (the
+    profiles and predictions not read yet, a step at a time; drift of at
+    most ``MAX_DRIFT_SERIES`` models), so the first refresh over a large
+    store is many short jobs. Each finished refresh publishes a copy
+    (``snapshot``) that scrapes read, so a scrape never sees one
+    half-updated."""
 
     def __init__(self, drift_window_s: float) -> None:
         self.drift_window_s = drift_window_s
@@ -113,6 +119,8 @@ class StoreFigures:
         """One whole refresh in one job (tests; the server runs it in steps)."""
         while self.step_profiles(con):
             pass
+        while self.step_classes(con):
+            pass
         self.finish(con)
 
     def finish(self, con: Any) -> None:
@@ -129,7 +137,6 @@ class StoreFigures:
             "GROUP BY ALL ORDER BY n DESC"
         ).fetchall()
         self.errors = _cap_labels([(m, v, t, n) for m, v, t, n in errs], MAX_ERROR_TYPES)
-        self._classes(con)
         self._drift(con)
         self.system = [
             dict(zip(("model", "version", "agent_id", "host", "gpu_index"), r[:5], strict=True))
@@ -224,11 +231,14 @@ class StoreFigures:
                         have["sum"] += st["sum"]
         return n >= PROFILES_PER_STEP
 
-    def _classes(self, con: Any) -> None:
+    def step_classes(self, con: Any) -> bool:
+        """Counts the classes of up to PREDICTIONS_PER_STEP predictions not
+        counted yet; returns whether more remain."""
         row = con.execute("SELECT max(rowid) FROM predictions").fetchone()
         top = int(row[0]) if row and row[0] is not None else -1
         if top <= self.last_prediction_rowid:
-            return
+            return False
+        upto = min(top, self.last_prediction_rowid + PREDICTIONS_PER_STEP)
         # Classes: labels, or integral predictions (class ids); a regression
         # model's values are no classes. The first MAX_CLASSES seen keep
         # their own series (a counter's labels never move), the rest "other".
@@ -237,14 +247,15 @@ class StoreFigures:
             "floor(prediction) AND abs(prediction) < 1e15 THEN CAST(CAST(prediction AS BIGINT) "
             "AS VARCHAR) END) AS cls, count(*) FROM predictions WHERE rowid > ? AND rowid <= ? "
             "GROUP BY ALL HAVING cls IS NOT NULL",
-            [self.last_prediction_rowid, top],
+            [self.last_prediction_rowid, upto],
         ).fetchall():
             counts = self.classes.setdefault((str(m), str(v)), {})
             name = _label(cls)
             if name not in counts and len(counts) >= MAX_CLASSES:
                 name = OTHER
             counts[name] = counts.get(name, 0) + int(n)
-        self.last_prediction_rowid = top
+        self.last_prediction_rowid = upto
+        return upto < top
 
     def _drift(self, con: Any) -> None:
         from modeltap.analysis import drift_over_range
@@ -252,8 +263,16 @@ class StoreFigures:
 
         since = time.time_ns() - int(self.drift_window_s * 1e9)
         out = []
+        # Only models with profiles in the window, at most MAX_DRIFT_SERIES
+        # (those with the most records): registering references under many
+        # names cannot make a refresh compute drift for each.
         pairs = con.execute(
-            'SELECT DISTINCT model, version FROM "references" ORDER BY ALL'
+            "SELECT w.model, w.version FROM window_profiles w "
+            "WHERE w.window_start >= make_timestamptz(? // 1000) "
+            'AND EXISTS (SELECT 1 FROM "references" r '
+            "WHERE r.model = w.model AND r.version = w.version) "
+            "GROUP BY ALL ORDER BY sum(w.records) DESC, 1, 2 LIMIT ?",
+            [since, MAX_DRIFT_SERIES],
         ).fetchall()
         for model, version in pairs:
             try:
@@ -700,30 +719,31 @@ class MetricsServer:
         return self
 
     def refresh(self, timeout_s: float = 60.0) -> bool:
-        """Recomputes the store figures now, in short jobs on the store
-        writer's thread (batches waiting for it go between them). A job
-        still queued from an earlier call (the writer stuck) is waited for,
-        never queued again."""
+        """Recomputes the store figures now, in short read jobs beside the
+        writer (one at a time). A job still queued from an earlier call is
+        waited for, never queued again."""
         deadline = time.monotonic() + timeout_s
         with self._refresh_lock:
             return self._refresh(deadline)
 
     def _refresh(self, deadline: float) -> bool:
+        reader = self.server.reader
         try:
-            while True:
-                if self._inflight is None:
-                    self._inflight = self.server.writer.run(self.figures.step_profiles)
-                more = self._inflight.result(max(deadline - time.monotonic(), 0.0))
-                self._inflight = None
-                if not more:
-                    break
+            for step in (self.figures.step_profiles, self.figures.step_classes):
+                while True:
+                    if self._inflight is None:
+                        self._inflight = reader.run(step)
+                    more = self._inflight.result(max(deadline - time.monotonic(), 0.0))
+                    self._inflight = None
+                    if not more:
+                        break
             if self._inflight is None:
-                self._inflight = self.server.writer.run(self.figures.finish)
+                self._inflight = reader.run(self.figures.finish)
             self._inflight.result(max(deadline - time.monotonic(), 0.0))
             self._inflight = None
             return True
         except FutureTimeout:
-            log.warning("refreshing the store figures for /metrics: the store writer is busy")
+            log.warning("refreshing the store figures for /metrics: the store is busy")
             return False
         except Exception:
             self._inflight = None

@@ -162,6 +162,14 @@ class DaemonPool(Executor):
             for t in self._threads:
                 t.join()
 
+    def join(self, timeout_s: float) -> bool:
+        """Waits (at most ``timeout_s`` in all) for the threads to end after
+        :meth:`shutdown`; whether they all did."""
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
 
 def close_off_pool(fn: Callable[..., Any], *args: Any) -> None:
     """Runs a close on a daemon thread of its own: a close may wait for a
@@ -568,6 +576,10 @@ class StoreReader:
                     continue  # counted out by its own finish meanwhile
                 self._sessions.discard(s)
             self.release(False)
+        # The interrupted calls end soon: wait for them (bounded), so that no
+        # read thread is inside the database when it closes.
+        for pool in (self.pool, self.analysis_pool):
+            pool.join(max(0.0, deadline - time.monotonic()))
 
 
 class CollectorReads(Reads):

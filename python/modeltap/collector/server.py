@@ -13,7 +13,8 @@ Status codes say what the caller should do:
   inconsistent batch, a value out of its column's range, a batch that would
   expand past its bound, a batch the store refused; a reference that is not
   valid; a bad drift rule or time.
-- FAILED_PRECONDITION: a batch from a newer schema version; a drift whose
+- FAILED_PRECONDITION: a batch from a newer schema version; a reference for
+  a new (model, version) past MAX_REFERENCE_PAIRS; a drift whose
   stored reference or profiles cannot be used.
 - NOT_FOUND: drift of a model with no profiles or no reference.
 - RESOURCE_EXHAUSTED (retry with backoff): over ``max_concurrent_rpcs``
@@ -70,6 +71,7 @@ from modeltap.collector.store import (
     MAX_UNIX_NANO,
     MIN_DECODED_ALLOWANCE,
     BatchRejected,
+    LimitReached,
     Overloaded,
     StoreBackend,
     StoredDataInvalid,
@@ -95,6 +97,9 @@ DEFAULT_MAX_PENDING_MB = 128.0
 # and this many more for everything short (health Check, RegisterReference,
 # calls refused at once). grpc's own bound on concurrent calls is their sum.
 CONTROL_HEADROOM = 64
+# (model, version) pairs that may have references: each costs /metrics a
+# drift series and every refresh a look-up.
+MAX_REFERENCE_PAIRS = 1_000
 DEFAULT_MAX_WATCHES = 64
 DEFAULT_MAX_WATCHES_PER_PEER = 16
 DEFAULT_MAX_QUERY_STREAMS = DEFAULT_MAX_ADMITTED // 2
@@ -155,7 +160,7 @@ def _status(e: BaseException, *, arguments: bool = False) -> _Refusal:
         return _Refusal(Code.FAILED_PRECONDITION, str(e))
     if isinstance(e, (_core.BatchDecodeError, BatchRejected, _core.ReferenceFormatError)):
         return _Refusal(Code.INVALID_ARGUMENT, str(e))
-    if isinstance(e, StoredDataInvalid):
+    if isinstance(e, (StoredDataInvalid, LimitReached)):
         return _Refusal(Code.FAILED_PRECONDITION, str(e))
     if isinstance(e, LookupError):
         return _Refusal(Code.NOT_FOUND, str(e))
@@ -893,7 +898,7 @@ def _json_safe(v: Any) -> Any:
 def _registrar(model: str, version: str, data: bytes) -> Any:
     def job(backend: StoreBackend) -> str:
         fingerprint = str(_core.reference_info(data)["fingerprint"])
-        backend.register_reference(model, version, data, fingerprint)
+        backend.register_reference(model, version, data, fingerprint, max_pairs=MAX_REFERENCE_PAIRS)
         return fingerprint
 
     return job

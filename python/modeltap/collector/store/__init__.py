@@ -31,6 +31,7 @@ from modeltap.collector.store.duckdb_backend import (
 )
 from modeltap.collector.store.errors import (
     BatchRejected,
+    LimitReached,
     Overloaded,
     StoreUnavailable,
     StoreVersionError,
@@ -68,6 +69,7 @@ __all__ = [
     "DecodedBatch",
     "DuckDBBackend",
     "Job",
+    "LimitReached",
     "Overloaded",
     "Store",
     "StoreBackend",

@@ -83,9 +83,18 @@ class StoreBackend(abc.ABC):
         table; returns how many rows it added."""
 
     @abc.abstractmethod
-    def register_reference(self, model: str, version: str, data: bytes, fingerprint: str) -> None:
+    def register_reference(
+        self,
+        model: str,
+        version: str,
+        data: bytes,
+        fingerprint: str,
+        *,
+        max_pairs: int | None = None,
+    ) -> None:
         """Stores a reference file for (model, version) (replacing one with
-        the same fingerprint)."""
+        the same fingerprint). Raises ``LimitReached`` when the pair is new
+        and ``max_pairs`` (model, version) pairs have references already."""
 
     @abc.abstractmethod
     def connection(self) -> Any:

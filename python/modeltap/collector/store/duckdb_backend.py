@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from modeltap.collector.store.backend import FailureKind, StoreBackend, TableBuilder
-from modeltap.collector.store.errors import StoreUnavailable, StoreVersionError
+from modeltap.collector.store.errors import LimitReached, StoreUnavailable, StoreVersionError
 from modeltap.collector.store.schema import KEYED, SCHEMA_VERSION, TABLES
 
 CHECKPOINT_THRESHOLD = "256MB"
@@ -470,11 +470,38 @@ class DuckDBBackend(StoreBackend):
         self._sync_directory()
         return int(row[0]) if row else 0
 
-    def register_reference(self, model: str, version: str, data: bytes, fingerprint: str) -> None:
-        self._writer().execute(
-            'INSERT OR REPLACE INTO "references" VALUES (?, ?, ?, now(), ?)',
-            [model, version, fingerprint, data],
-        )
+    def register_reference(
+        self,
+        model: str,
+        version: str,
+        data: bytes,
+        fingerprint: str,
+        *,
+        max_pairs: int | None = None,
+    ) -> None:
+        con = self._writer()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if max_pairs is not None:
+                row = con.execute(
+                    "SELECT count(DISTINCT (model, version)), count(*) FILTER "
+                    '(WHERE model = ? AND version = ?) FROM "references"',
+                    [model, version],
+                ).fetchone()
+                pairs, mine = (int(row[0]), int(row[1])) if row else (0, 0)
+                if not mine and pairs >= max_pairs:
+                    raise LimitReached(
+                        f"references are registered for {pairs:,} (model, version) pairs, "
+                        f"at most {max_pairs:,}: register under an existing one"
+                    )
+            con.execute(
+                'INSERT OR REPLACE INTO "references" VALUES (?, ?, ?, now(), ?)',
+                [model, version, fingerprint, data],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
 
     def rollback(self) -> bool:
         con = self._con

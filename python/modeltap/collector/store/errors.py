@@ -23,3 +23,8 @@ class WriterError(Exception):
 class StoreVersionError(Exception):
     """The store was written by a newer release (its schema version is
     past the ones this release knows), or cannot be migrated."""
+
+
+class LimitReached(Exception):
+    """A bound of the store's is reached (the number of reference names):
+    the call cannot succeed until something changes."""
