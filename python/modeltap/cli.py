@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as e:
-        if level == "DEBUG" or e.name not in COLLECTOR_EXTRA:
+        if level == "DEBUG" or (e.name or "").split(".")[0] not in COLLECTOR_EXTRA:
             raise
         print(
             f"modeltap {args.command}: needs {e.name}, which the agent-only install leaves "

@@ -102,6 +102,9 @@ DENIED_FUNCTIONS = frozenset(
 PARSER_FUNCTIONS = frozenset({"unnest", "unlist"})
 
 
+_Call = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
 class DaemonPool(Executor):
     """A fixed set of daemon threads running submitted calls. A
     ``ThreadPoolExecutor``'s threads are joined at interpreter exit, so one
@@ -109,7 +112,7 @@ class DaemonPool(Executor):
     alive; these are not."""
 
     def __init__(self, n: int, name: str, initializer: Callable[[], None] | None = None) -> None:
-        self._q: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._q: queue.SimpleQueue[_Call | None]
         self._q = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
@@ -125,8 +128,7 @@ class DaemonPool(Executor):
             if self._closed:
                 raise RuntimeError("the pool is shut down")
             f: Future[Any] = Future()
-            call = (lambda: fn(*args, **kwargs)) if kwargs else fn
-            self._q.put((f, call, () if kwargs else args))
+            self._q.put((f, fn, args, kwargs))
             return f
 
     def _work(self) -> None:
@@ -137,11 +139,11 @@ class DaemonPool(Executor):
             item = self._q.get()
             if item is None:
                 return
-            f, fn, args = item
+            f, fn, args, kwargs = item
             if not f.set_running_or_notify_cancel():
                 continue
             try:
-                f.set_result(fn(*args))
+                f.set_result(fn(*args, **kwargs))
             except BaseException as e:  # the thread outlives any call
                 f.set_exception(e)
 
@@ -409,7 +411,7 @@ class StoreReader:
 
     def __init__(
         self,
-        root: Callable[[], duckdb.DuckDBPyConnection | None],
+        connect: Callable[[], duckdb.DuckDBPyConnection],
         *,
         max_reads: int = DEFAULT_MAX_READS,
         max_admitted: int = DEFAULT_MAX_ADMITTED,
@@ -418,7 +420,7 @@ class StoreReader:
     ) -> None:
         if max_reads < 1:
             raise ValueError("max_reads must be at least 1")
-        self._root = root
+        self._connect = connect
         self.max_reads = max_reads
         self.max_admitted = max(max_reads, max_admitted)
         self.timeout_s = timeout_s
@@ -444,13 +446,7 @@ class StoreReader:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to the store (shares the writer's database)."""
         with self._lock:
-            root = self._root()
-            if root is None:
-                raise StoreUnavailable("the store is not open")
-            try:
-                return root.cursor()
-            except duckdb.ConnectionException as e:
-                raise StoreUnavailable(f"the store is not open ({e})") from None
+            return self._connect()
 
     def admit(self) -> None:
         """Counts a read in, or raises ``Overloaded`` past ``max_admitted``."""

@@ -306,7 +306,7 @@ class CollectorServer:
             **(writer_options or {}),
         )
         self.reader = StoreReader(
-            self.writer.read_root,
+            self.writer.cursor,
             max_reads=max_reads,
             max_admitted=max_admitted,
             timeout_s=read_timeout_s,

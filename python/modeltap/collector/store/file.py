@@ -5,6 +5,7 @@ collector is read through its address, see :func:`modeltap.connect`)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,11 +33,8 @@ def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         text = str(e)
         if "lock" not in text.lower():
             raise
-        holder = ""
-        for part in text.split("(PID"):
-            if part is not text and ")" in part:
-                holder = f" (process {part.split(')')[0].strip()})"
-                break
+        pid = re.search(r"PID (\d+)", text)
+        holder = f" (process {pid.group(1)})" if pid else ""
         raise StoreLocked(
             f"{path} is held by a running collector{holder}: DuckDB lets one process "
             "write a store file and no other process open it meanwhile; read it through "
