@@ -7,18 +7,21 @@ records in DuckDB in bulk), in the same run, on this machine.
     python benches/bench_ingest.py --quick       # 4 x 50,000
 
 Reports records/s (first record logged → last batch acknowledged, i.e.
-committed) and the collector's CPU seconds per million records. Needs
+committed), the collector's CPU seconds per million records and its peak RSS
+(sampled every 20 ms). Needs
 grpcio-tools (to compile benches/naive.proto for the baseline).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import psutil
@@ -149,6 +152,16 @@ def run(server_cmd: list[str], client_cmd, agents: int, n: int) -> dict[str, flo
     for c in clients:
         assert c.stdout is not None
         assert c.stdout.readline().strip() == "ready"
+    peak = [sp.memory_info().rss]
+    sampling = threading.Event()
+
+    def sample_rss() -> None:
+        while not sampling.wait(0.02):
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], sp.memory_info().rss)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     cpu0 = sum(sp.cpu_times()[:2])
     for c in clients:
         assert c.stdin is not None
@@ -159,6 +172,8 @@ def run(server_cmd: list[str], client_cmd, agents: int, n: int) -> dict[str, flo
         out, _ = c.communicate(timeout=1800)
         results.append(json.loads(out.strip().splitlines()[-1]))
     cpu1 = sum(sp.cpu_times()[:2])
+    sampling.set()
+    sampler.join()
     server.terminate()
     # Total CPU at exit, so work a store defers (its final checkpoint) counts.
     _, status, usage = os.wait4(server.pid, 0)
@@ -175,6 +190,7 @@ def run(server_cmd: list[str], client_cmd, agents: int, n: int) -> dict[str, flo
         "collector_cpu_s_per_million": (cpu1 - cpu0) / total * 1e6,
         "collector_cpu_incl_shutdown_s_per_million": (cpu_exit - cpu0) / total * 1e6,
         "agents_cpu_s_per_million": sum(r["cpu"] for r in results) / total * 1e6,
+        "collector_peak_rss_mib": peak[0] / 2**20,
     }
 
 
@@ -184,6 +200,7 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--agents", type=int, default=4)
+    ap.add_argument("--rows", type=int, default=10_000, help="rows per log_batch call")
     ap.add_argument("--json")
     args = ap.parse_args()
     n = 50_000 if args.quick else 250_000
@@ -206,7 +223,7 @@ def main() -> int:
                 "--store",
                 os.path.join(tmp, "mt.duckdb"),
             ],
-            lambda k: [py, "-c", AGENT, f"127.0.0.1:{port}", str(k), str(n), "1000"],
+            lambda k: [py, "-c", AGENT, f"127.0.0.1:{port}", str(k), str(n), str(args.rows)],
             args.agents,
             n,
         )
@@ -217,9 +234,18 @@ def main() -> int:
             args.agents,
             naive_n,
         )
+    import platform
+
+    import duckdb
+    import grpc
+
+    import modeltap
+
     print(
-        f"{args.agents} agent processes, 20 features + 3 probabilities per record, "
-        f"{os.cpu_count()} CPUs"
+        f"{args.agents} agent processes, {args.rows:,}-row log_batch calls, 20 features + "
+        f"3 probabilities per record; modeltap {modeltap.__version__}, Python "
+        f"{sys.version.split()[0]}, duckdb {duckdb.__version__}, grpcio {grpc.__version__}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs; collector with default settings"
     )
     cols = [
         ("records", "records", "{:,}"),
@@ -227,6 +253,7 @@ def main() -> int:
         ("collector CPU s/M", "collector_cpu_s_per_million", "{:,.1f}"),
         ("… incl. shutdown", "collector_cpu_incl_shutdown_s_per_million", "{:,.1f}"),
         ("agents CPU s/M", "agents_cpu_s_per_million", "{:,.1f}"),
+        ("collector peak RSS MiB", "collector_peak_rss_mib", "{:,.0f}"),
     ]
     print("| design | " + " | ".join(c[0] for c in cols) + " |")
     print("|---|" + "---:|" * len(cols))

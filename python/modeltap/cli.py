@@ -101,11 +101,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     col.add_argument(
         "--memory-limit",
-        default="1GB",
+        default="256MB",
         metavar="SIZE",
         help=(
             "DuckDB's memory limit (its memory_limit setting: 1GB, 512MiB, 25%%; "
-            "default 1GB; DuckDB's own default is 80%% of RAM)"
+            "default 256MB, reads spill past it to their temp budget; DuckDB's own "
+            "default is 80%% of RAM)"
+        ),
+    )
+    col.add_argument(
+        "--max-memory-mb",
+        type=_positive_float,
+        default=512.0,
+        metavar="MB",
+        help=(
+            "the collector process' resident memory, in MiB: near it, new batches get "
+            "RESOURCE_EXHAUSTED while those received are stored, and agents back off "
+            "(default 512)"
         ),
     )
     col.add_argument(
@@ -415,6 +427,7 @@ def _run(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_pending_mb=args.max_pending_mb,
+            max_memory_mb=args.max_memory_mb,
             otlp_endpoint=args.otlp_endpoint,
             http=args.http,
             max_reads=args.max_reads,

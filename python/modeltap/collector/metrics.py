@@ -338,7 +338,8 @@ class _Collector:
         yield c("modeltap_export_calls", "Export calls received.", value=s.received)
         refused = c("modeltap_exports_refused", "Calls refused, by reason.", labels=["reason"])
         refused.add_metric(["invalid"], s.rejected)
-        refused.add_metric(["overloaded"], s.shed)
+        refused.add_metric(["overloaded"], s.shed - s.memory.shed)
+        refused.add_metric(["memory"], s.memory.shed)
         refused.add_metric(["internal"], s.internal)
         yield refused
         yield g("modeltap_pending_bytes", "Bytes received, not yet stored.", value=s.pending_bytes)

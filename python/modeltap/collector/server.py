@@ -19,7 +19,8 @@ Status codes say what the caller should do:
 - NOT_FOUND: drift of a model with no profiles or no reference.
 - RESOURCE_EXHAUSTED (retry with backoff): over ``max_concurrent_rpcs``
   exports at once, over ``max_pending_mb`` of batches received and not yet
-  stored, the store's queue full, DuckDB over its memory limit; a message
+  stored, the store's queue full, DuckDB over its memory limit, the
+  process' memory at ``max_memory_mb`` while batches wait; a message
   over ``max_message_mb`` (grpc itself; "larger than max", never retried).
 - UNAVAILABLE (retry, then spool): the store cannot be written, or its
   writer thread is being restarted; health reports NOT_SERVING until writes
@@ -53,6 +54,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from modeltap import _core, analysis
+from modeltap.collector.memory import DEFAULT_MAX_MEMORY_MB, MemoryGuard
 from modeltap.collector.otlp import TRACE_SERVICE, OtlpForwarder
 from modeltap.collector.otlp import response as otlp_response
 from modeltap.collector.otlp import spans_from_request as otlp_spans
@@ -87,7 +89,7 @@ log = logging.getLogger("modeltap.collector")
 SERVICE = "modeltap.v1.Collector"
 DEFAULT_LISTEN = "127.0.0.1:7317"
 DEFAULT_STORE = "./modeltap.duckdb"
-DEFAULT_MEMORY_LIMIT = "1GB"
+DEFAULT_MEMORY_LIMIT = "256MB"
 DEFAULT_MAX_CONCURRENT_RPCS = 256
 DEFAULT_MAX_PENDING_MB = 128.0
 # Each class of call has room of its own, so that none takes another's:
@@ -257,7 +259,9 @@ class CollectorServer:
     itself refuses calls past their sum plus ``CONTROL_HEADROOM``),
     ``max_pending_mb`` of batches received and not yet answered (more get
     RESOURCE_EXHAUSTED), the writer's queue (see :class:`StoreWriter`),
-    DuckDB's ``memory_limit``."""
+    DuckDB's ``memory_limit``, and over all of them ``max_memory_mb`` of the
+    process' resident memory (see :mod:`modeltap.collector.memory`; off
+    unless given: an in-process collector shares its host's memory)."""
 
     def __init__(
         self,
@@ -269,6 +273,7 @@ class CollectorServer:
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
         max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
         memory_limit: str = DEFAULT_MEMORY_LIMIT,
+        max_memory_mb: float | None = None,
         watchdog_s: float = 0.5,
         stall_s: float = 60.0,
         writer_options: dict[str, Any] | None = None,
@@ -289,6 +294,7 @@ class CollectorServer:
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.max_pending_bytes = int(max_pending_mb * 1024 * 1024)
+        self.memory = MemoryGuard(max_memory_mb)
         self.watchdog_s = watchdog_s
         self.stall_s = stall_s
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="modeltap-decode")
@@ -493,6 +499,9 @@ class CollectorServer:
                     f"{self.pending_bytes} bytes of batches pending (limit "
                     f"{self.max_pending_bytes})"
                 )
+            full = self.memory.refusal(self._backlog())
+            if full is not None:
+                raise Overloaded(full)
             self.pending_bytes += size
             self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
             try:
@@ -513,6 +522,10 @@ class CollectorServer:
             return await self._answer(context, work)
         finally:
             self.exports_in_flight -= 1
+
+    def _backlog(self) -> bool:
+        """Batches are pending or queued: storing them frees memory."""
+        return self.pending_bytes > 0 or self.writer.queued()["batches"] > 0
 
     async def _register(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -768,6 +781,9 @@ class CollectorServer:
                     f"{self.pending_bytes} bytes of batches pending (limit "
                     f"{self.max_pending_bytes})"
                 )
+            full = self.memory.refusal(self._backlog())
+            if full is not None:
+                raise Overloaded(full)
             self.pending_bytes += size
             try:
                 loop = asyncio.get_running_loop()
@@ -955,7 +971,8 @@ async def _main(
     print(
         f"modeltap collector stopped: {w.stored_batches} batches "
         f"({w.stored_records} records) stored, {w.duplicates} duplicates ignored, "
-        f"{server.rejected} refused, {server.shed} shed under load, "
+        f"{server.rejected} refused, {server.shed} shed under load "
+        f"({server.memory.shed} for memory), "
         f"{w.abandoned} abandoned by their callers",
         flush=True,
     )
@@ -978,6 +995,7 @@ def serve(
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
     max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
+    max_memory_mb: float | None = DEFAULT_MAX_MEMORY_MB,
     otlp_endpoint: str | None = None,
     http: str | None = None,
     max_reads: int = DEFAULT_MAX_READS,
@@ -994,6 +1012,7 @@ def serve(
                 memory_limit=memory_limit,
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 max_pending_mb=max_pending_mb,
+                max_memory_mb=max_memory_mb,
                 otlp_endpoint=otlp_endpoint,
                 http=http,
                 max_reads=max_reads,
