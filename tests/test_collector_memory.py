@@ -30,7 +30,9 @@ def test_guard_sheds_only_near_its_budget_and_with_backlog():
     tiny = MemoryGuard(1.0)  # any process is past 1 MiB
     assert tiny.refusal(backlog=False) is None  # nothing to wait for
     why = tiny.refusal(backlog=True)
-    assert why is not None and "--max-memory-mb" in why and "retry later" in why
+    assert why is not None
+    assert "--max-memory-mb" in why
+    assert "retry later" in why
     assert tiny.shed == 1
     assert tiny.peak_rss > 1 << 20
     assert MemoryGuard(None).refusal(backlog=True) is None

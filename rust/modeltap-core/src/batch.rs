@@ -256,6 +256,14 @@ impl BatchBuilder {
         self.bytes += 8 * (nf + outputs.len() + probs.len()) + ROW_OVERHEAD;
         m.latency_s.push(slot.latency_s);
         m.flags.push(slot.flags);
+        if let Some(id) = slot.request_id_inline.get() {
+            self.bytes += id.len() + 24;
+            m.request_id_text.push(proto::RowString {
+                row,
+                value: id.to_owned(),
+            });
+            slot.request_id_inline.clear();
+        }
         if let Some(side) = side {
             self.bytes += side.heap_bytes();
             if let Some(id) = side.request_id {

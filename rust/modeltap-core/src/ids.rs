@@ -79,6 +79,26 @@ pub fn hex_u128(v: u128, out: &mut [u8; 32]) {
     }
 }
 
+/// The value of exactly 32 lowercase hex digits (what [`hex_u128`]
+/// writes), or `None` for anything else: an id read back from this
+/// value is the text it was read from.
+#[inline]
+pub fn parse_hex_u128(text: &[u8]) -> Option<u128> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut v = 0u128;
+    for &c in text {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
+    }
+    Some(v)
+}
+
 /// `v` as a 32-digit lowercase hex string.
 pub fn hex_string(v: u128) -> String {
     let mut buf = [0u8; 32];
@@ -122,5 +142,17 @@ mod tests {
         after_fork();
         let b = random_u128();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn parse_hex_reads_back_only_what_hex_u128_writes() {
+        for v in [1u128, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            assert_eq!(parse_hex_u128(hex_string(v).as_bytes()), Some(v));
+        }
+        assert_eq!(parse_hex_u128(&[b'0'; 32]), Some(0));
+        assert_eq!(parse_hex_u128(b"0123456789ABCDEFfedcba9876543210"), None);
+        assert_eq!(parse_hex_u128(b"0123456789abcdeffedcba987654321"), None);
+        assert_eq!(parse_hex_u128(b"0123456789abcdeffedcba98765432100"), None);
+        assert_eq!(parse_hex_u128(b"0123456789abcdeffedcba987654321g"), None);
     }
 }

@@ -677,6 +677,7 @@ impl Pipeline {
         }
         let mut written = true;
         let pushed = ring.push_with_pos(|slot| {
+            slot.request_id_inline.clear();
             let fill = std::panic::AssertUnwindSafe(|| fill(slot));
             if std::panic::catch_unwind(fill).is_err() {
                 // Half-written: publish nothing the drain would read.

@@ -149,6 +149,10 @@ pub struct Slot {
     /// Span name (spans only): shared, so a span needs no allocation of
     /// its own for it.
     pub span_name: Option<std::sync::Arc<str>>,
+    /// A caller-given request id short enough to travel in the slot (the
+    /// logging thread then allocates nothing for it); longer ones go to
+    /// `side.request_id`. Cleared by the pipeline before each fill.
+    pub request_id_inline: InlineId,
     /// Pre-allocated value row.
     pub values: Box<[f64]>,
     /// Rare variable-length parts.
@@ -160,6 +164,58 @@ pub struct Slot {
     /// sampled in): the drain thread neither profiles nor samples it. The
     /// drain thread clears it on every pop.
     pub profiled: bool,
+}
+
+/// Bytes of a caller's request id carried in the slot itself (a UUID's
+/// 36 characters fit; longer ids take the side box).
+pub const INLINE_ID_BYTES: usize = 40;
+
+/// A short caller-given request id stored in place (see
+/// [`Slot::request_id_inline`]).
+#[derive(Debug, Clone, Copy)]
+pub struct InlineId {
+    len: u8,
+    bytes: [u8; INLINE_ID_BYTES],
+}
+
+impl Default for InlineId {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; INLINE_ID_BYTES],
+        }
+    }
+}
+
+impl InlineId {
+    /// Stores `id` when it is 1 to [`INLINE_ID_BYTES`] bytes long;
+    /// otherwise clears and returns `false`.
+    #[inline]
+    pub fn set(&mut self, id: &str) -> bool {
+        let n = id.len();
+        if n == 0 || n > INLINE_ID_BYTES {
+            self.len = 0;
+            return false;
+        }
+        self.bytes[..n].copy_from_slice(id.as_bytes());
+        self.len = n as u8;
+        true
+    }
+
+    /// Forgets the id.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The id stored, if any.
+    pub fn get(&self) -> Option<&str> {
+        if self.len == 0 {
+            return None;
+        }
+        // Always the bytes of a `&str` (see `set`), so this never fails.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).ok()
+    }
 }
 
 impl Slot {
@@ -181,6 +237,7 @@ impl Slot {
     pub fn reset(&mut self) {
         self.kind = SlotKind::Record;
         self.request_id = 0;
+        self.request_id_inline.clear();
         self.trace_id = 0;
         self.span_id = 0;
         self.parent_span_id = 0;
@@ -194,5 +251,28 @@ impl Slot {
         self.span_name = None;
         self.side = None;
         self.profiled = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InlineId, INLINE_ID_BYTES};
+
+    #[test]
+    fn inline_ids_keep_what_fits_and_nothing_else() {
+        let mut id = InlineId::default();
+        assert_eq!(id.get(), None);
+        assert!(id.set("req-1"));
+        assert_eq!(id.get(), Some("req-1"));
+        let full = "é".repeat(INLINE_ID_BYTES / 2);
+        assert!(id.set(&full));
+        assert_eq!(id.get(), Some(full.as_str()));
+        assert!(!id.set(&"x".repeat(INLINE_ID_BYTES + 1)));
+        assert_eq!(id.get(), None);
+        assert!(!id.set(""));
+        assert_eq!(id.get(), None);
+        assert!(id.set("a"));
+        id.clear();
+        assert_eq!(id.get(), None);
     }
 }

@@ -2,7 +2,8 @@
 //! into `f64` rows without keeping any Python object.
 
 use modeltap_core::record::flags;
-use numpy::{PyReadonlyArray1, PyUntypedArrayMethods};
+use numpy::ndarray::ArrayView1;
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyList, PyString, PyTuple};
 
@@ -40,15 +41,35 @@ pub fn check(v: f64, flag: &mut u32) -> f64 {
     v
 }
 
+/// Calls `read` on the values of `obj` when it is a 1-D float64 numpy
+/// array (`None` otherwise), without taking one of numpy's tracked
+/// borrows: a borrow costs a hash-map insertion and removal, a third of a
+/// record's parsing, for a view that lives only while the values are
+/// copied out.
+#[inline]
+pub fn with_f64_array<R>(
+    obj: &Bound<'_, PyAny>,
+    read: impl FnOnce(ArrayView1<'_, f64>) -> R,
+) -> Option<R> {
+    let a = obj.cast::<PyArray1<f64>>().ok()?;
+    // SAFETY: the view is read and dropped inside `read`, which copies the
+    // values out; the GIL is held throughout, so no Python code (nor any
+    // thread holding the GIL) can resize or free the array meanwhile, and
+    // this crate never holds a mutable borrow of a caller's array.
+    let view = unsafe { a.as_array() };
+    Some(read(view))
+}
+
 /// A 1-D sequence of numbers: a numpy array of any real dtype, a list or a
 /// tuple. Returns `None` when `obj` is none of those.
 pub fn vector(obj: &Bound<'_, PyAny>, out: &mut Vec<f64>, flag: &mut u32) -> Option<()> {
     out.clear();
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
-        match a.as_slice() {
-            Ok(s) => out.extend_from_slice(s),
-            Err(_) => out.extend(a.as_array().iter().copied()),
-        }
+    let float64 = with_f64_array(obj, |a| match a.as_slice() {
+        Some(s) => out.extend_from_slice(s),
+        None => out.extend(a.iter().copied()),
+    });
+    if float64.is_some() {
+        // Read above.
     } else if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f32>>() {
         out.extend(a.as_array().iter().map(|&v| f64::from(v)));
     } else if let Ok(l) = obj.cast::<PyList>() {

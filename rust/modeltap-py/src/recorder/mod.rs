@@ -138,6 +138,8 @@ pub struct Recorder {
     born: Instant,
     /// Share of traces recorded (head sampling, see `trace`).
     trace_sample_rate: f64,
+    /// What the held spans of traces not sampled may take (see `trace`).
+    holds: Arc<trace::HoldBudget>,
     /// `capture(stage, "input" | "output", value) -> str | None`: what a
     /// span keeps of a stage's input or output (`Span.set_input`).
     capture: OnceLock<Py<PyAny>>,
@@ -389,6 +391,7 @@ impl Recorder {
                 warn_interval: seconds("warn_interval_s", warn_interval_s)?,
                 born: Instant::now(),
                 trace_sample_rate,
+                holds: Arc::new(trace::HoldBudget::new(buffer_bytes)),
                 capture: OnceLock::new(),
             })
         })
@@ -665,6 +668,7 @@ impl Recorder {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         guard(|| {
             let pipe = &self.live().pipe;
+            let holds = &self.live().holds;
             let s = pipe.stats();
             let d = PyDict::new(py);
             for (k, v) in [
@@ -687,6 +691,13 @@ impl Recorder {
                 ("spans_dropped", s.spans_dropped),
                 ("spans_lost", s.spans_lost),
                 ("side_bytes", pipe.side_used() as u64),
+                (
+                    "spans_sampled_out",
+                    holds.sampled_out.load(Ordering::Relaxed),
+                ),
+                ("spans_released", holds.released.load(Ordering::Relaxed)),
+                ("held_span_bytes", holds.bytes() as u64),
+                ("held_traces", holds.traces() as u64),
             ] {
                 d.set_item(k, v)?;
             }

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modeltap_core::batch::Schema;
-use modeltap_core::ids::random_u128;
+use modeltap_core::ids::{parse_hex_u128, random_u128};
 use modeltap_core::pipeline::now_unix_nano;
-use modeltap_core::record::{flags, PredictionKind, Slot, SlotKind};
-use numpy::PyReadonlyArray1;
+use modeltap_core::record::{flags, PredictionKind, Slot, SlotKind, INLINE_ID_BYTES};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
@@ -19,7 +18,7 @@ use super::{
     MAX_ID_BYTES, MAX_TEXT_BYTES, PROBLEM_FLAGS,
 };
 use crate::errors::InvalidRecord;
-use crate::parse::{check, number, to_str, vector};
+use crate::parse::{check, number, to_str, vector, with_f64_array};
 
 thread_local! {
     static SCRATCH: RefCell<(Vec<f64>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -40,10 +39,22 @@ impl Recorder {
         attributes: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let unix_nano = now_unix_nano();
-        let (id, given) = match request_id {
+        let (mut id, given) = match request_id {
             Some(r) if !r.is_none() => (0u128, Some(r.clone())),
             _ => (random_u128(), None),
         };
+        // A given id of 32 lowercase hex digits (what `random_id` makes)
+        // travels as the 16 bytes it spells; one of up to
+        // `INLINE_ID_BYTES` in the slot; only longer ones as text beside it.
+        let mut inline_id: Option<&str> = None;
+        let given_text = given.as_ref().and_then(|g| g.cast::<PyString>().ok());
+        if let Some(text) = given_text.as_ref().and_then(|s| s.to_str().ok()) {
+            match parse_hex_u128(text.as_bytes()) {
+                Some(v) if v != 0 => id = v,
+                _ if !text.is_empty() && text.len() <= INLINE_ID_BYTES => inline_id = Some(text),
+                _ => {}
+            }
+        }
         let ret = || -> Bound<'py, PyAny> {
             given.clone().map_or_else(
                 || hex_py(py, id).into_any(),
@@ -121,7 +132,7 @@ impl Recorder {
                     }
                     None => f64::NAN,
                 };
-                if let Some(g) = &given {
+                if let Some(g) = given.as_ref().filter(|_| id == 0 && inline_id.is_none()) {
                     p.side().request_id = Some(clip(to_str(g), MAX_ID_BYTES));
                 }
                 if let Some(e) = error.filter(|x| !x.is_none()) {
@@ -167,7 +178,7 @@ impl Recorder {
                     )))
                 } else {
                     let ids = super::trace::current_ids(py);
-                    self.publish(py, &row, &mut p, unix_nano, id, latency, ids);
+                    self.publish(py, &row, &mut p, unix_nano, (id, inline_id), latency, ids);
                     if problems != 0 {
                         self.pipe.counters.flagged.fetch_add(1, Ordering::Relaxed);
                         self.warn(
@@ -233,8 +244,7 @@ impl Recorder {
             return Ok(());
         }
         if !has_cat {
-            if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
-                let view = a.as_array();
+            let read = with_f64_array(obj, |view| {
                 if view.len() != nf {
                     return Err(Reject(format!(
                         "expected {nf} features, got an array of {}",
@@ -244,7 +254,10 @@ impl Recorder {
                 for (dst, &v) in row[..nf].iter_mut().zip(view.iter()) {
                     *dst = check(v, &mut p.flags);
                 }
-                return Ok(());
+                Ok(())
+            });
+            if let Some(done) = read {
+                return done;
             }
         }
         let items: Vec<Bound<'_, PyAny>>;
@@ -373,7 +386,7 @@ impl Recorder {
         row: &[f64],
         p: &mut Parsed,
         unix_nano: u64,
-        request_id: u128,
+        (request_id, inline_id): (u128, Option<&str>),
         latency_s: f64,
         (trace_id, span_id): (u128, u64),
     ) {
@@ -384,6 +397,9 @@ impl Recorder {
             slot.kind = SlotKind::Record;
             slot.unix_nano = unix_nano;
             slot.request_id = request_id;
+            if let Some(text) = inline_id {
+                slot.request_id_inline.set(text);
+            }
             slot.trace_id = trace_id;
             slot.span_id = span_id;
             slot.parent_span_id = 0;
