@@ -10,10 +10,14 @@
 //!
 //! Head sampling: a trace's first local span decides (`trace_sample_rate`),
 //! or follows the sampled flag of a remote parent. The spans of a trace not
-//! sampled are held (at most [`MAX_KEPT_SPANS`]) until its local root ends:
-//! should any of them end in an exception, the whole trace is recorded.
+//! sampled are held (at most [`MAX_KEPT_SPANS`] a trace, within the
+//! recorder's [`HoldBudget`]: a sixteenth of `buffer_bytes` and
+//! [`MAX_HELD_TRACES`] traces) until its local root ends: should any of
+//! them end in an exception, what is held of the trace is recorded. Spans
+//! let go early for want of room are counted in `spans_released`, those of
+//! traces that ended without an error in `spans_sampled_out`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use modeltap_core::ids::{hex_u128, random_u128, random_u64};
@@ -218,11 +222,151 @@ fn intern(name: &str) -> Arc<str> {
     })
 }
 
+/// Traces not sampled whose spans may be held at once (see [`HoldBudget`]);
+/// the spans of traces begun past it are let go as they end.
+pub(crate) const MAX_HELD_TRACES: usize = 1024;
+
+/// What the held spans of traces not sampled may take in one recorder.
+pub(crate) struct HoldBudget {
+    max_bytes: usize,
+    bytes: AtomicUsize,
+    traces: AtomicUsize,
+    /// Spans of traces not sampled that ended without an error.
+    pub(crate) sampled_out: AtomicU64,
+    /// Spans of traces not sampled let go before their trace ended, for
+    /// want of room (per trace, bytes, traces held).
+    pub(crate) released: AtomicU64,
+}
+
+impl HoldBudget {
+    pub(crate) fn new(buffer_bytes: usize) -> Self {
+        Self {
+            max_bytes: buffer_bytes / 16,
+            bytes: AtomicUsize::new(0),
+            traces: AtomicUsize::new(0),
+            sampled_out: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes held now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Traces holding spans now.
+    pub(crate) fn traces(&self) -> usize {
+        self.traces.load(Ordering::Acquire)
+    }
+
+    fn charge(&self, n: usize) -> bool {
+        let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.max_bytes {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
 /// A trace not sampled: its finished spans, held until its root ends.
-#[derive(Default)]
 pub(crate) struct Kept {
     errored: AtomicBool,
-    spans: Mutex<Vec<Finished>>,
+    spans: Mutex<Held>,
+    budget: Arc<HoldBudget>,
+    /// Counted in `budget.traces` (room was left when the trace began)
+    /// until its local root ends: only meanwhile are its spans held.
+    holds: AtomicBool,
+}
+
+#[derive(Default)]
+struct Held {
+    spans: std::collections::VecDeque<Finished>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn new(budget: &Arc<HoldBudget>) -> Arc<Self> {
+        let holds = budget
+            .traces
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_HELD_TRACES).then_some(n + 1)
+            })
+            .is_ok();
+        Arc::new(Self {
+            errored: AtomicBool::new(false),
+            spans: Mutex::new(Held::default()),
+            budget: Arc::clone(budget),
+            holds: AtomicBool::new(holds),
+        })
+    }
+
+    /// The trace no longer holds spans (its root ended, or it failed and
+    /// records every span from now on): its place is given back.
+    fn stop_holding(&self) {
+        if self.holds.swap(false, Ordering::AcqRel) {
+            self.budget.traces.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.spans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds `done`, letting go of this trace's oldest spans (or of `done`)
+    /// when the trace or the budget has no room.
+    fn hold(&self, held: &mut Held, done: Finished) {
+        let released = &self.budget.released;
+        if !self.holds.load(Ordering::Acquire) {
+            released.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let n = done.held_bytes();
+        loop {
+            if held.spans.len() < MAX_KEPT_SPANS && self.budget.charge(n) {
+                held.bytes += n;
+                held.spans.push_back(done);
+                return;
+            }
+            let Some(old) = held.spans.pop_front() else {
+                released.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let b = old.held_bytes();
+            held.bytes -= b;
+            self.budget.release(b);
+            released.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes every held span out (its bytes given back).
+    fn take(&self, held: &mut Held) -> std::collections::VecDeque<Finished> {
+        self.budget.release(std::mem::take(&mut held.bytes));
+        std::mem::take(&mut held.spans)
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // A trace whose root never ended here (ended elsewhere, or never):
+        // what it still holds is let go.
+        let held = self
+            .spans
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.budget.release(std::mem::take(&mut held.bytes));
+        let left = held.spans.len() as u64;
+        if left > 0 {
+            self.budget.released.fetch_add(left, Ordering::Relaxed);
+        }
+        self.stop_holding();
+    }
 }
 
 /// An ended span, as the ring takes it.
@@ -241,6 +385,11 @@ struct Finished {
 }
 
 impl Finished {
+    /// What holding this span takes (its side box and itself).
+    fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.side.as_ref().map_or(0, |s| s.heap_bytes())
+    }
+
     fn push(self, rec: &Recorder) {
         let side_bytes = self.side.as_ref().map_or(0, |s| s.heap_bytes());
         let mut side = self.side;
@@ -588,7 +737,7 @@ impl Span {
                 let kept = if p.sampled {
                     None
                 } else {
-                    p.kept.or_else(|| Some(Arc::new(Kept::default())))
+                    p.kept.or_else(|| Some(Kept::new(&rec.holds)))
                 };
                 SpanContext {
                     trace_id: p.trace_id,
@@ -610,7 +759,7 @@ impl Span {
                     sampled,
                     remote: false,
                     trace_state: None,
-                    kept: (!sampled).then(|| Arc::new(Kept::default())),
+                    kept: (!sampled).then(|| Kept::new(&rec.holds)),
                 }
             }
         };
@@ -710,12 +859,10 @@ impl Span {
             None => done.push(rec),
             Some(kept) => {
                 let errored = self.status == STATUS_ERROR;
-                let mut held = kept
-                    .spans
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut held = kept.lock();
                 if errored && !kept.errored.swap(true, Ordering::AcqRel) {
-                    for f in held.drain(..) {
+                    kept.stop_holding();
+                    for f in kept.take(&mut held) {
                         f.push(rec);
                     }
                 }
@@ -724,12 +871,11 @@ impl Span {
                     done.push(rec);
                 } else if self.local_root {
                     // The trace ends here without an error: let it go.
-                    held.clear();
+                    kept.stop_holding();
+                    let gone = kept.take(&mut held).len() as u64 + 1;
+                    rec.holds.sampled_out.fetch_add(gone, Ordering::Relaxed);
                 } else {
-                    if held.len() >= MAX_KEPT_SPANS {
-                        held.remove(0);
-                    }
-                    held.push(done);
+                    kept.hold(&mut held, done);
                 }
             }
         }
