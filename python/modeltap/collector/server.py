@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.abc
 import json
 import logging
 import math
@@ -92,6 +93,16 @@ DEFAULT_STORE = "./modeltap.duckdb"
 DEFAULT_MEMORY_LIMIT = "256MB"
 DEFAULT_MAX_CONCURRENT_RPCS = 256
 DEFAULT_MAX_PENDING_MB = 128.0
+# Export messages being received at once (each held whole by grpc before
+# its size is known, so at most this many times max_message_mb), how long a
+# call waits for one of these rooms, and how long its message may take to
+# arrive once it has one.
+DEFAULT_MAX_RECEIVING = 4
+# HTTP/2's flow-control window of each call, fixed (no growing it by
+# bandwidth probes): what a call waiting for a room can have sent ahead.
+STREAM_WINDOW_BYTES = 256 << 10
+ROOM_WAIT_S = 10.0
+DEFAULT_RECEIVE_S = 30.0
 # Each class of call has room of its own, so that none takes another's:
 # exports (max_concurrent_rpcs), health Watch streams (MAX_WATCHES, at most
 # MAX_WATCHES_PER_PEER from one host), reads (the reader's admission: Query
@@ -229,6 +240,78 @@ class PeerLimit:
             self._by_peer.pop(host, None)
 
 
+class Rooms:
+    """At most ``total`` holders at once, at most ``per_peer`` from one host;
+    a caller waits (bounded, first come first served) for a free one.
+    Event-loop only; ``leave`` is synchronous, so a cancelled call always
+    gives its room back."""
+
+    def __init__(self, what: str, total: int, per_peer: int) -> None:
+        if total < 1:
+            raise ValueError(f"{what}: at least 1, not {total}")
+        self.what = what
+        self.total = total
+        self.per_peer = max(1, min(per_peer, total))
+        self.open = 0
+        self._by_peer: dict[str, int] = {}
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+
+    def _free(self, host: str) -> bool:
+        return self.open < self.total and self._by_peer.get(host, 0) < self.per_peer
+
+    def _take(self, host: str) -> None:
+        self.open += 1
+        self._by_peer[host] = self._by_peer.get(host, 0) + 1
+
+    def _give_back(self, host: str) -> None:
+        self.open -= 1
+        left = self._by_peer.get(host, 1) - 1
+        if left > 0:
+            self._by_peer[host] = left
+        else:
+            self._by_peer.pop(host, None)
+
+    async def enter(self, peer: str, wait_s: float) -> None:
+        """Takes a room, waiting up to ``wait_s`` for one; raises
+        ``Overloaded`` if none came free."""
+        host = peer_host(peer)
+        # No waiter is ever left that a free room would fit (leave hands
+        # each room on at once), so a caller that fits takes one now.
+        if self._free(host):
+            self._take(host)
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (host, granted)
+        self._waiting.append(entry)
+        try:
+            await asyncio.wait({granted}, timeout=wait_s)
+        except BaseException:  # the call cancelled while it waited
+            if granted.done():
+                self.leave(peer)  # granted just then: pass it on
+            else:
+                granted.cancel()
+                self._waiting.remove(entry)
+            raise
+        if not granted.done():
+            granted.cancel()
+            self._waiting.remove(entry)
+            mine = self._by_peer.get(host, 0)
+            raise Overloaded(
+                f"{self.open} {self.what} ({mine} from {host}; at most {self.total}, "
+                f"{self.per_peer} from one host), none free in {wait_s:.1f} s"
+            )
+
+    def leave(self, peer: str) -> None:
+        """Gives a room back, to the first waiter that may take it."""
+        self._give_back(peer_host(peer))
+        for entry in list(self._waiting):
+            host, granted = entry
+            if self._free(host):
+                self._waiting.remove(entry)
+                self._take(host)
+                granted.set_result(None)
+
+
 class BoundedHealth(health_aio.HealthServicer):
     """The standard health service with its Watch streams bounded (in all
     and per host); Check is never refused."""
@@ -257,8 +340,10 @@ class CollectorServer:
     ``max_query_streams`` Query streams (each also per host), reads admitted
     by the reader (``max_admitted``), each class in room of its own (grpc
     itself refuses calls past their sum plus ``CONTROL_HEADROOM``),
-    ``max_pending_mb`` of batches received and not yet answered (more get
-    RESOURCE_EXHAUSTED), the writer's queue (see :class:`StoreWriter`),
+    ``max_receiving`` Export messages being received at once (grpc holds
+    each whole before its size is known; the others wait in HTTP/2's
+    flow control), ``max_pending_mb`` of batches received and not yet
+    answered (more get RESOURCE_EXHAUSTED), the writer's queue (see :class:`StoreWriter`),
     DuckDB's ``memory_limit``, and over all of them ``max_memory_mb`` of the
     process' resident memory (see :mod:`modeltap.collector.memory`; off
     unless given: an in-process collector shares its host's memory)."""
@@ -272,6 +357,8 @@ class CollectorServer:
         decode_workers: int = 2,
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
         max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
+        max_receiving: int = DEFAULT_MAX_RECEIVING,
+        receive_s: float = DEFAULT_RECEIVE_S,
         memory_limit: str = DEFAULT_MEMORY_LIMIT,
         max_memory_mb: float | None = None,
         watchdog_s: float = 0.5,
@@ -294,6 +381,17 @@ class CollectorServer:
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.max_pending_bytes = int(max_pending_mb * 1024 * 1024)
+        if max_receiving < 1:
+            raise ValueError(f"max_receiving must be at least 1, not {max_receiving}")
+        self.max_receiving = max_receiving
+        # Half the rooms at most for one host: a client that opens calls and
+        # never sends their message cannot hold every room.
+        self._rooms = Rooms("messages being received", max_receiving, max(1, max_receiving // 2))
+        self.receiving = 0  # Export messages being read now
+        self.receive_s = receive_s
+        self.receive_waits_timed_out = 0  # calls shed waiting for a room
+        self.receives_cut = 0  # messages that took longer than receive_s
+        self.received_bytes = 0
         self.memory = MemoryGuard(max_memory_mb)
         self.watchdog_s = watchdog_s
         self.stall_s = stall_s
@@ -398,6 +496,8 @@ class CollectorServer:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
                 # Query answers come in pieces of about a megabyte; one row
                 # larger than that goes alone, up to the message limit.
                 ("grpc.max_send_message_length", self.max_message_bytes),
@@ -413,7 +513,10 @@ class CollectorServer:
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "Export": grpc.unary_unary_rpc_method_handler(self._export),
+                # Served as a client stream (the same bytes on the wire as
+                # the unary call agents make) so that its message is read
+                # only once there is room for it (_receive).
+                "Export": grpc.stream_unary_rpc_method_handler(self._export),
                 "RegisterReference": grpc.unary_unary_rpc_method_handler(self._register),
                 "Drift": grpc.unary_unary_rpc_method_handler(self._drift),
                 "Trace": grpc.unary_unary_rpc_method_handler(self._trace),
@@ -424,7 +527,7 @@ class CollectorServer:
         )
         otlp_in = grpc.method_handlers_generic_handler(
             TRACE_SERVICE,
-            {"Export": grpc.unary_unary_rpc_method_handler(self._otlp_export)},
+            {"Export": grpc.stream_unary_rpc_method_handler(self._otlp_export)},
         )
         self.server.add_generic_rpc_handlers((handler, otlp_in))
         if self.otlp_endpoint:
@@ -479,11 +582,56 @@ class CollectorServer:
         await context.abort(r.code, r.details)
         raise AssertionError("unreachable: abort raises")
 
+    async def _receive(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        """The one message of an Export, read only once one of
+        ``max_receiving`` rooms is free (half of them at most for one host):
+        grpc holds a whole message in memory while it arrives, before its
+        size is known, so at most that many messages (each under
+        ``max_message_mb``) are being received at once; the others wait in
+        HTTP/2's flow-control window. A message that
+        takes longer than ``receive_s`` to arrive is cut, freeing its room."""
+        left = context.time_remaining()
+        wait = ROOM_WAIT_S if left is None else max(0.0, min(ROOM_WAIT_S, left))
+        peer = context.peer()
+        try:
+            await self._rooms.enter(peer, wait)
+        except Overloaded:
+            self.receive_waits_timed_out += 1
+            raise
+        self.receiving += 1
+        try:
+            message = await asyncio.wait_for(context.read(), self.receive_s)
+        except TimeoutError:
+            self.receives_cut += 1
+            raise _Refusal(
+                Code.DEADLINE_EXCEEDED,
+                f"the message took longer than {self.receive_s:.0f} s to arrive",
+            ) from None
+        finally:
+            self.receiving -= 1
+            self._rooms.leave(peer)
+        if not isinstance(message, bytes):  # grpc.aio.EOF: no message came
+            raise BatchRejected("the call carried no message")
+        self.received_bytes += len(message)
+        return message
+
+    def _admit_received(self, size: int) -> None:
+        """Counts ``size`` bytes as pending, or sheds them: every batch is
+        held either as pending bytes or as one of the rooms being received."""
+        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+            raise Overloaded(
+                f"{self.pending_bytes} bytes of batches pending (limit {self.max_pending_bytes})"
+            )
+        full = self.memory.refusal(self._backlog())
+        if full is not None:
+            raise Overloaded(full)
+        self.pending_bytes += size
+        self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
+
     async def _export(
-        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         self.received += 1
-        size = len(request)
 
         async def work() -> bytes:
             if self.exports_in_flight >= self.max_concurrent_rpcs:
@@ -494,16 +642,12 @@ class CollectorServer:
             ok, why = self.serving()
             if not ok:  # fail fast: queueing behind a broken store helps nobody
                 raise StoreUnavailable(why)
-            if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
-                raise Overloaded(
-                    f"{self.pending_bytes} bytes of batches pending (limit "
-                    f"{self.max_pending_bytes})"
-                )
             full = self.memory.refusal(self._backlog())
-            if full is not None:
+            if full is not None:  # before a byte of the message is read
                 raise Overloaded(full)
-            self.pending_bytes += size
-            self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
+            request = await self._receive(context)
+            size = len(request)
+            self._admit_received(size)
             try:
                 loop = asyncio.get_running_loop()
                 batch = await loop.run_in_executor(self._pool, decode, request)
@@ -524,8 +668,8 @@ class CollectorServer:
             self.exports_in_flight -= 1
 
     def _backlog(self) -> bool:
-        """Batches are pending or queued: storing them frees memory."""
-        return self.pending_bytes > 0 or self.writer.queued()["batches"] > 0
+        """Batches are pending, arriving or queued: storing them frees memory."""
+        return self.pending_bytes > 0 or self.receiving > 0 or self.writer.queued()["batches"] > 0
 
     async def _register(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -761,12 +905,10 @@ class CollectorServer:
             self.internal += 1
 
     async def _otlp_export(
-        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         """OTLP/gRPC ``TraceService/Export``: spans of services instrumented
         with plain OpenTelemetry join the same store and traces."""
-
-        size = len(request)
 
         async def work() -> bytes:
             # The same admission as Export: a flood of OTLP requests is shed
@@ -776,15 +918,12 @@ class CollectorServer:
             ok, why = self.serving()
             if not ok:
                 raise StoreUnavailable(why)
-            if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
-                raise Overloaded(
-                    f"{self.pending_bytes} bytes of batches pending (limit "
-                    f"{self.max_pending_bytes})"
-                )
             full = self.memory.refusal(self._backlog())
             if full is not None:
                 raise Overloaded(full)
-            self.pending_bytes += size
+            request = await self._receive(context)
+            size = len(request)
+            self._admit_received(size)
             try:
                 loop = asyncio.get_running_loop()
                 # Decoded on a thread of its own: agents' batches keep theirs.
@@ -986,6 +1125,15 @@ async def _main(
     return 0
 
 
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """Finds pandas absent, as pyarrow is used to when it is not installed."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError("the collector daemon runs without pandas", name=fullname)
+        return None
+
+
 def serve(
     listen: str = DEFAULT_LISTEN,
     store: str = DEFAULT_STORE,
@@ -995,6 +1143,7 @@ def serve(
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
     max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
+    max_receiving: int = DEFAULT_MAX_RECEIVING,
     max_memory_mb: float | None = DEFAULT_MAX_MEMORY_MB,
     otlp_endpoint: str | None = None,
     http: str | None = None,
@@ -1006,7 +1155,8 @@ def serve(
     The daemon never loads pandas (nothing it does needs it): pyarrow would
     import it on the first array it builds, a second of CPU and 40 MiB of
     memory for nothing."""
-    sys.modules.setdefault("pandas", None)  # type: ignore[arg-type]
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())
     try:
         return asyncio.run(
             _main(
@@ -1017,6 +1167,7 @@ def serve(
                 memory_limit=memory_limit,
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 max_pending_mb=max_pending_mb,
+                max_receiving=max_receiving,
                 max_memory_mb=max_memory_mb,
                 otlp_endpoint=otlp_endpoint,
                 http=http,
