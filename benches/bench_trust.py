@@ -3,7 +3,7 @@ under faults, what the fuzzers executed and found, and what a wide record
 costs the agent's memory.
 
     python benches/bench_trust.py                 # everything (a few minutes)
-    python benches/bench_trust.py --only memory   # one part: memory, faults, fuzz
+    python benches/bench_trust.py --only memory   # one part: memory, faults, fuzz, attacks
     python benches/bench_trust.py --fuzz-seconds 60
 
 Prints Markdown tables (the README's form) with the environment beside them.
@@ -126,6 +126,127 @@ def memory_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+# -- attacks --------------------------------------------------------------------
+
+# The "now" column of two rows of the README's table of hostile clients, in
+# fresh processes: a traced service holding heavy spans of unsampled
+# traces, and a flood of huge Export messages against a collector.
+HELD_CHILD = textwrap.dedent(
+    """
+    import contextvars, gc, json
+    import psutil
+    import modeltap
+
+    proc = psutil.Process()
+    agent = modeltap.Agent("hold", "1", sink=lambda b: None, metrics_interval=None,
+                           trace_sample_rate=0.0, buffer_bytes=16 << 20)
+    value = "v" * 16_384
+
+    def stages():
+        for _ in range(256):
+            with agent.span("step") as s:
+                for k in range(64):
+                    s.set_attribute(f"a{k}", value)
+
+    gc.collect()
+    before = proc.memory_info().rss
+    roots = [(agent.span(f"request-{i}"), contextvars.Context()) for i in range(4)]
+    for r, ctx in roots:
+        ctx.run(r.__enter__)
+        ctx.run(stages)
+    gc.collect()
+    grown = proc.memory_info().rss - before
+    s = agent.stats()
+    for r, ctx in roots:
+        ctx.run(r.__exit__, None, None, None)
+    agent.close(timeout_s=10)
+    print(json.dumps({"rss_growth_mib": grown / 2**20, "held_span_bytes": s["held_span_bytes"],
+                      "spans_released": s["spans_released"]}))
+    """
+)
+
+FLOOD_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, os, socket, subprocess, sys, tempfile, threading, time
+    import grpc, psutil
+
+    calls, mib = int(sys.argv[1]), int(sys.argv[2])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = os.path.join(tempfile.mkdtemp(), "s.duckdb")
+    col = subprocess.Popen([sys.executable, "-m", "modeltap", "collector", "--listen",
+                            f"127.0.0.1:{port}", "--store", store],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while "listening on" not in col.stdout.readline():
+        pass
+    proc = psutil.Process(col.pid)
+    base = peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        global peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(0.01)
+
+    threading.Thread(target=sample, daemon=True).start()
+    garbage = os.urandom(mib << 20)
+    codes = {}
+
+    async def flood():
+        opts = [("grpc.max_send_message_length", 1 << 30)]
+        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=opts) for _ in range(4)]
+
+        async def one(i):
+            try:
+                export = chans[i % 4].unary_unary("/modeltap.v1.Collector/Export")
+                await export(garbage, timeout=120)
+                name = "OK"
+            except grpc.aio.AioRpcError as e:
+                name = e.code().name
+            codes[name] = codes.get(name, 0) + 1
+
+        await asyncio.gather(*(one(i) for i in range(calls)))
+
+    asyncio.run(flood())
+    done.set()
+    col.terminate()
+    col.communicate(timeout=60)
+    print(json.dumps({"calls": calls, "mib": mib, "codes": codes,
+                      "rss_growth_mib": (peak - base) / 2**20}))
+    """
+)
+
+
+def attacks() -> dict[str, dict[str, object]]:
+    out = {}
+    for name, args in (("held", [HELD_CHILD]), ("flood", [FLOOD_CHILD, "64", "32"])):
+        run = subprocess.run(
+            [sys.executable, "-c", *args], capture_output=True, text=True, timeout=600, check=True
+        )
+        out[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    return out
+
+
+def attacks_table(rows: dict[str, dict[str, object]]) -> str:
+    held, flood = rows["held"], rows["flood"]
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(dict(flood["codes"]).items()))  # type: ignore[call-overload]
+    return "\n".join(
+        [
+            "| hostile client | what it tried | now |",
+            "|---|---|---|",
+            f"| a traced service | `trace_sample_rate=0`, `buffer_bytes=16 MiB`, 4 open "
+            f"requests each ending 256 stages of 64 attributes of 16 KiB | RSS "
+            f"{float(held['rss_growth_mib']):+.1f} MiB, {int(held['held_span_bytes']):,} bytes "
+            f"held, {int(held['spans_released']):,} spans released |",
+            f"| a flooder | {flood['calls']} Export calls at once, each a {flood['mib']} MiB "
+            f"message of garbage | collector RSS {float(flood['rss_growth_mib']):+.0f} MiB; "
+            f"{codes} |",
+        ]
+    )
+
+
 # -- faults ---------------------------------------------------------------------
 
 
@@ -187,12 +308,12 @@ def fuzz_table(rows: list[tuple[str, int, int]], seconds: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["memory", "faults", "fuzz"], action="append")
+    ap.add_argument("--only", choices=["memory", "faults", "fuzz", "attacks"], action="append")
     ap.add_argument("--records", type=int, default=200_000, help="records per memory case")
     ap.add_argument("--fuzz-seconds", type=int, default=30)
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
-    parts = args.only or ["faults", "fuzz", "memory"]
+    parts = args.only or ["faults", "fuzz", "memory", "attacks"]
     from modeltap import _core
 
     if _core.DEBUG_BUILD:
@@ -217,6 +338,11 @@ def main() -> int:
         print(f"Agent memory, {args.records:,} records logged (default settings, 64 MiB budget):")
         print()
         print(memory_table(mem))
+        print()
+    if "attacks" in parts:
+        hostile = attacks()
+        raw["attacks"] = hostile
+        print(attacks_table(hostile))
         print()
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=2))
