@@ -1778,7 +1778,7 @@ pub struct Profiler {
     windows: Vec<proto::WindowProfile>,
     n_features: usize,
     out_cap: usize,
-    learned: Vec<crate::batch::VocabEntry>,
+    learned: Vec<crate::schema::VocabEntry>,
 }
 
 const UNMAPPED: u32 = u32::MAX;
@@ -1791,7 +1791,7 @@ impl Profiler {
     /// A profiler for records of `schema` against `compiled`. Columns that
     /// failed the reference checks ([`Compiled::shape`] is `None`) are not
     /// profiled.
-    pub fn new(compiled: Arc<Compiled>, schema: &crate::batch::Schema, window_ns: u64) -> Self {
+    pub fn new(compiled: Arc<Compiled>, schema: &crate::schema::Schema, window_ns: u64) -> Self {
         let r = &compiled.reference;
         let valid = |i: usize| compiled.shape(i).is_some();
         let feature_cols: Vec<Option<usize>> =
@@ -1874,8 +1874,8 @@ impl Profiler {
     }
 
     /// Learns the buckets of newly interned categories and labels.
-    pub fn on_vocab(&mut self, entries: &[crate::batch::VocabEntry]) {
-        use crate::batch::VocabTarget;
+    pub fn on_vocab(&mut self, entries: &[crate::schema::VocabEntry]) {
+        use crate::schema::VocabTarget;
         for e in entries {
             let (map, col) = match e.target {
                 VocabTarget::Feature(f) => {
@@ -1921,13 +1921,13 @@ impl Profiler {
 
     /// Vocabulary entries fetched through `refresh` since the last call
     /// (the batch builder needs them too).
-    pub fn drain_learned(&mut self) -> Vec<crate::batch::VocabEntry> {
+    pub fn drain_learned(&mut self) -> Vec<crate::schema::VocabEntry> {
         std::mem::take(&mut self.learned)
     }
 
     /// A code not learned yet was announced after the last refresh: fetch
     /// the announcements now (rare: once per new category).
-    fn learn(&mut self, refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>) {
+    fn learn(&mut self, refresh: &mut dyn FnMut() -> Vec<crate::schema::VocabEntry>) {
         let fresh = refresh();
         self.on_vocab(&fresh);
         self.learned.extend(fresh);
@@ -1968,7 +1968,7 @@ impl Profiler {
     pub fn add(
         &mut self,
         slot: &crate::record::Slot,
-        refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+        refresh: &mut dyn FnMut() -> Vec<crate::schema::VocabEntry>,
     ) {
         self.add_record(slot, refresh, true);
     }
@@ -1979,7 +1979,7 @@ impl Profiler {
     pub fn add_without_numeric_features(
         &mut self,
         slot: &crate::record::Slot,
-        refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+        refresh: &mut dyn FnMut() -> Vec<crate::schema::VocabEntry>,
     ) {
         self.add_record(slot, refresh, false);
     }
@@ -2061,7 +2061,7 @@ impl Profiler {
     fn add_record(
         &mut self,
         slot: &crate::record::Slot,
-        refresh: &mut dyn FnMut() -> Vec<crate::batch::VocabEntry>,
+        refresh: &mut dyn FnMut() -> Vec<crate::schema::VocabEntry>,
         numeric_features: bool,
     ) {
         if !self.code_known(slot) {
