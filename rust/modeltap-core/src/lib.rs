@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod record;
 pub mod ring;
+mod schema;
 pub mod stats;
 mod sync;
 

@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use rand::{Rng, SeedableRng};
 
+use super::features::XView;
 use super::vocab::{float_spelling, MAX_VALUE_BYTES};
 use super::{
     bulk_profile, clip, flag_names, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
@@ -91,29 +92,6 @@ impl PredColumns {
 
     fn row(&self, r: usize) -> &[f64] {
         &self.values[self.off[r]..self.off[r + 1]]
-    }
-}
-
-/// A read-only view of the 2-D feature array, in either float width.
-pub(super) enum XView<'a> {
-    F64(ArrayView2<'a, f64>),
-    F32(ArrayView2<'a, f32>),
-}
-
-impl XView<'_> {
-    pub(super) fn dim(&self) -> (usize, usize) {
-        match self {
-            Self::F64(a) => a.dim(),
-            Self::F32(a) => a.dim(),
-        }
-    }
-
-    #[inline]
-    fn get(&self, r: usize, c: usize) -> f64 {
-        match self {
-            Self::F64(a) => a[[r, c]],
-            Self::F32(a) => f64::from(a[[r, c]]),
-        }
     }
 }
 

@@ -16,7 +16,7 @@ use modeltap_core::proto;
 use modeltap_core::record::{flags, Slot};
 use numpy::ndarray::ArrayView2;
 
-use super::bulk::XView;
+use super::features::XView;
 use super::vocab::Vocab;
 
 /// Fewest rows a `log_batch` call profiles itself; smaller batches are

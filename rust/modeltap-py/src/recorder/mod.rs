@@ -12,6 +12,7 @@
 
 mod bulk;
 mod bulk_profile;
+mod features;
 mod schema;
 mod single;
 mod trace;
