@@ -2,13 +2,13 @@
 use: a hostile or damaged file raises a documented error naming the column
 and the problem; it never panics a thread, never allocates without bound,
 never counts into the wrong bin. Every native function of references and
-profiles raises only documented ``Exception`` subclasses on any input."""
+profiles raises only documented ``Exception`` subclasses on any input
+(tests/test_reference_fuzz.py)."""
 
 from __future__ import annotations
 
 import copy
 import gc
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -17,235 +17,27 @@ import grpc
 import numpy as np
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import modeltap
 from collector_util import Collector
 from modeltap import _core
-
-# -- a small protobuf codec for the messages of profile.proto ------------------
-# Encodes canonically (fields in number order, defaults left out), as prost
-# does, so that fingerprints computed here match the native ones.
-
-U, D, X, S, M = "varint", "double", "fixed64", "string", "message"
-SCHEMA: dict[str, dict[int, tuple[str, str, bool, str | None]]] = {
-    "Reference": {
-        1: ("format_version", U, False, None),
-        2: ("model", S, False, None),
-        3: ("version", S, False, None),
-        4: ("columns", M, True, "ColumnSpec"),
-        5: ("profiles", M, True, "ColumnProfile"),
-        6: ("created_unix_nano", X, False, None),
-        7: ("rows", U, False, None),
-        8: ("fingerprint", S, False, None),
-    },
-    "ColumnSpec": {
-        1: ("name", S, False, None),
-        2: ("kind", U, False, None),
-        3: ("role", U, False, None),
-        4: ("class_index", U, False, None),
-        5: ("numeric", M, False, "NumericSpec"),
-        6: ("categorical", M, False, "CategoricalSpec"),
-    },
-    "NumericSpec": {
-        1: ("cuts", D, True, None),
-        2: ("psi_bin", U, True, None),
-        3: ("n_psi_bins", U, False, None),
-        4: ("equal_width", U, False, None),
-    },
-    "CategoricalSpec": {
-        1: ("categories", S, True, None),
-        2: ("complete", U, False, None),
-    },
-    "ColumnProfile": {
-        1: ("counts", U, True, None),
-        2: ("missing", U, False, None),
-        3: ("n", U, False, None),
-        4: ("sum", D, False, None),
-        5: ("sum_sq", D, False, None),
-        6: ("shift", D, False, None),
-        7: ("min", D, False, None),
-        8: ("max", D, False, None),
-        9: ("below_min", U, False, None),
-        10: ("above_max", U, False, None),
-        11: ("below_sum", D, False, None),
-        12: ("above_sum", D, False, None),
-        13: ("ref_min", D, False, None),
-        14: ("ref_max", D, False, None),
-        15: ("nonfinite", U, False, None),
-    },
-    "WindowProfile": {
-        1: ("window_start_unix_nano", X, False, None),
-        2: ("window_nano", U, False, None),
-        3: ("reference_fingerprint", S, False, None),
-        4: ("records", U, False, None),
-        5: ("errors", U, False, None),
-        6: ("flagged", U, False, None),
-        7: ("columns", M, True, "ColumnProfile"),
-        8: ("latency_counts", U, True, None),
-        9: ("latency_sum", D, False, None),
-    },
-}
-MAGIC = b"MTREF\x00\x01\x00"
-
-
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    v = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
-
-
-def _scalar(kind: str, v: Any) -> bytes:
-    if kind == U:
-        return _varint(int(v))
-    if kind == D:
-        return struct.pack("<d", float(v))
-    return struct.pack("<Q", int(v))
-
-
-def encode(msg: str, d: dict[str, Any]) -> bytes:
-    out = bytearray()
-    for num, (name, kind, rep, sub) in sorted(SCHEMA[msg].items()):
-        v = d.get(name)
-        if rep:
-            if not v:
-                continue
-            if kind in (U, D, X):  # packed
-                body = b"".join(_scalar(kind, x) for x in v)
-                out += _varint(num << 3 | 2) + _varint(len(body)) + body
-            else:
-                for x in v:
-                    body = encode(sub, x) if kind == M else x.encode()
-                    out += _varint(num << 3 | 2) + _varint(len(body)) + body
-        elif kind == M:
-            if v is not None:
-                body = encode(sub, v)  # type: ignore[arg-type]
-                out += _varint(num << 3 | 2) + _varint(len(body)) + body
-        elif kind == S:
-            if v:
-                out += _varint(num << 3 | 2) + _varint(len(v.encode())) + v.encode()
-        elif v:  # scalars: 0, 0.0 and False are left out
-            wire = {U: 0, D: 1, X: 1}[kind]
-            out += _varint(num << 3 | wire) + _scalar(kind, v)
-    return bytes(out)
-
-
-def decode(msg: str, buf: bytes) -> dict[str, Any]:
-    d: dict[str, Any] = {}
-    for _num, (name, kind, rep, _sub) in SCHEMA[msg].items():
-        if rep:
-            d[name] = []
-        elif kind == M:
-            d[name] = None
-        elif kind == S:
-            d[name] = ""
-        else:
-            d[name] = 0.0 if kind == D else 0
-    i = 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
-        num, wire = key >> 3, key & 7
-        name, kind, rep, sub = SCHEMA[msg][num]
-        if wire == 0:
-            v, i = _read_varint(buf, i)
-            vals: list[Any] = [v]
-        elif wire == 1:
-            raw = buf[i : i + 8]
-            i += 8
-            vals = [struct.unpack("<d" if kind == D else "<Q", raw)[0]]
-        else:
-            n, i = _read_varint(buf, i)
-            body = buf[i : i + n]
-            i += n
-            if kind == M:
-                vals = [decode(sub, body)]  # type: ignore[arg-type]
-            elif kind == S:
-                vals = [body.decode()]
-            elif kind == U:
-                vals, j = [], 0
-                while j < len(body):
-                    v, j = _read_varint(body, j)
-                    vals.append(v)
-            else:
-                vals = list(struct.unpack(f"<{len(body) // 8}{'d' if kind == D else 'Q'}", body))
-        if rep:
-            d[name].extend(vals)
-        else:
-            d[name] = vals[-1]
-    return d
-
-
-def fingerprint(columns: list[dict[str, Any]]) -> str:
-    h = 0xCBF29CE484222325
-    for c in columns:
-        for b in encode("ColumnSpec", c):
-            h = ((h ^ b) * 0x100000001B3) & ((1 << 64) - 1)
-    return f"{h:016x}"
-
-
-def ref_bytes(r: dict[str, Any], refingerprint: bool = True) -> bytes:
-    r = copy.deepcopy(r)
-    if refingerprint:
-        r["fingerprint"] = fingerprint(r["columns"])
-    return MAGIC + encode("Reference", r)
-
-
-def ref_dict(data: bytes) -> dict[str, Any]:
-    assert data.startswith(MAGIC)
-    return decode("Reference", data[len(MAGIC) :])
-
-
-# -- fixtures --------------------------------------------------------------
-
-
-def _reference() -> modeltap.Reference:
-    rng = np.random.default_rng(7)
-    import pandas as pd
-
-    n = 3000
-    X = pd.DataFrame(
-        {
-            "x": rng.normal(size=n),
-            "y": rng.exponential(size=n),
-            "color": rng.choice(["red", "green", "blue"], size=n),
-        }
-    )
-    return modeltap.Reference.from_data(
-        X,
-        categorical=["color"],
-        predictions=rng.integers(0, 4, size=n),
-        probabilities=rng.dirichlet([1, 1, 1], size=n),
-        model="m",
-        version="1",
-    )
-
-
-REF = _reference()
-GOOD = ref_dict(REF.to_bytes())
-COL = {c["name"]: i for i, c in enumerate(GOOD["columns"])}
+from reference_util import (
+    COL,
+    GOOD,
+    REF,
+    _read_varint,
+    _varint,
+    _window,
+    decode,
+    encode,
+    fingerprint,
+    ref_bytes,
+    ref_dict,
+)
 
 
 def test_codec_round_trips_a_real_reference():
-    # The helpers above must reproduce the native encoding byte for byte,
+    # The codec of reference_util.py must reproduce the native encoding byte for byte,
     # or the hostile files below would fail for the wrong reason.
     assert ref_bytes(GOOD) == REF.to_bytes()
     assert fingerprint(GOOD["columns"]) == REF.fingerprint
@@ -507,15 +299,6 @@ def test_extreme_values_build_a_valid_reference():
 
 # -- window profiles ----------------------------------------------------------
 
-DATA = np.random.default_rng(3).normal(size=(400, 2))
-
-
-def _window() -> bytes:
-    import pandas as pd
-
-    X = pd.DataFrame({"x": DATA[:, 0], "y": DATA[:, 1], "color": ["red"] * 400})
-    return REF.profile(X, predictions=np.ones(400, dtype=np.int64))
-
 
 def _wmut(edit: Any) -> bytes:
     w = decode("WindowProfile", _window())
@@ -743,170 +526,3 @@ def test_distinct_int_predictions_keep_memory_flat():
         assert agent.stats()["logged"] == total, time.monotonic() - t0
     finally:
         agent.close()
-
-
-# -- hostile inputs: only documented exceptions ---------------------------------
-
-ALLOWED = (ValueError, TypeError, OverflowError)
-
-
-def _only_documented(fn: Any, *args: Any) -> None:
-    escaped: BaseException | None = None
-    try:
-        fn(*args)
-    except ALLOWED:
-        return
-    except BaseException as e:
-        escaped = e
-    # PanicException (a BaseException) or InternalError (a caught panic)
-    # mean a bug; anything else is undocumented.
-    assert escaped is None, f"{fn.__name__} raised {type(escaped).__mro__}: {escaped}"
-
-
-def _flip(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
-    buf = bytearray(data)
-    for kind, pos, val in ops:
-        if not buf:
-            break
-        i = pos % len(buf)
-        if kind == 0:
-            buf[i] = val
-        elif kind == 1:
-            del buf[i:]
-        elif kind == 2:
-            buf.insert(i, val)
-        else:
-            del buf[i : i + val % 8 + 1]
-    return bytes(buf)
-
-
-OPS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**20), st.integers(0, 255)), max_size=6)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-WINDOW = _window()
-FIELDS = st.dictionaries(
-    st.sampled_from(
-        [
-            "n",
-            "missing",
-            "nonfinite",
-            "below_min",
-            "above_max",
-            "n_psi_bins",
-            "kind",
-            "role",
-            "records",
-        ]
-    ),
-    st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 300)),
-    max_size=3,
-)
-
-
-@FUZZ
-@given(ops=OPS)
-def test_reference_readers_on_mutated_bytes(ops: list[tuple[int, int, int]]):
-    data = _flip(REF.to_bytes(), ops)
-    _only_documented(_core.reference_info, data)
-    _only_documented(_core.drift, data, WINDOW)
-    _only_documented(_core.profile_columns, data, [(0, DATA[:, 0].copy())], [])
-
-
-@FUZZ
-@given(
-    col=st.integers(0, 6),
-    fields=FIELDS,
-    psi=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 2**32 - 1)), max_size=2),
-    cuts=st.lists(st.tuples(st.integers(0, 300), st.floats()), max_size=2),
-)
-def test_reference_readers_on_forged_fields(col: int, fields: dict[str, int], psi, cuts):
-    # Forged fields under a matching fingerprint, and a profile that claims
-    # the forged reference: what a hostile file registered with a collector
-    # and used by an agent looks like.
-    r = copy.deepcopy(GOOD)
-    c, p = r["columns"][col], r["profiles"][col]
-    for k, v in fields.items():
-        if k == "n_psi_bins" and c["numeric"] is not None:
-            c["numeric"][k] = v % 2**32
-        elif k in ("kind", "role"):
-            c[k] = v % 2**32
-        elif k != "records":
-            p[k] = v
-    if c["numeric"] is not None:
-        for i, v in psi:
-            if c["numeric"]["psi_bin"]:
-                c["numeric"]["psi_bin"][i % len(c["numeric"]["psi_bin"])] = v
-        for i, x in cuts:
-            if c["numeric"]["cuts"]:
-                c["numeric"]["cuts"][i % len(c["numeric"]["cuts"])] = x
-    data = ref_bytes(r)
-    w = decode("WindowProfile", WINDOW)
-    w["reference_fingerprint"] = fingerprint(r["columns"])
-    window = encode("WindowProfile", w)
-    _only_documented(_core.reference_info, data)
-    _only_documented(_core.drift, data, window)
-    _only_documented(_core.drift, data, [window, b"\x00"])
-    _only_documented(_core.profile_columns, data, [(0, DATA[:, 0].copy())], [])
-
-
-@FUZZ
-@given(ops=OPS, fields=FIELDS, col=st.integers(0, 6))
-def test_profile_readers_on_hostile_windows(ops, fields: dict[str, int], col: int):
-    w = decode("WindowProfile", WINDOW)
-    for k, v in fields.items():
-        if k == "records":
-            w["records"] = v
-        elif k in ("n", "missing", "nonfinite", "below_min", "above_max"):
-            w["columns"][col][k] = v
-    data = _flip(encode("WindowProfile", w), ops)
-    _only_documented(_core.profile_fingerprint, data)
-    _only_documented(_core.merge_profiles, [WINDOW, data])
-    _only_documented(_core.merge_profiles, [data, data])
-    _only_documented(_core.drift, REF.to_bytes(), data)
-    _only_documented(_core.drift, REF.to_bytes(), [data, WINDOW])
-
-
-@FUZZ
-@given(
-    values=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=50),
-    bins=st.integers(-5, 2000),
-    names=st.lists(st.text(max_size=5), max_size=8),
-    counts=st.lists(st.integers(0, 2**64 - 1), max_size=8),
-    cap=st.integers(-1, 2**40),
-    role=st.sampled_from(["feature", "prediction", "probability", "bogus"]),
-)
-def test_builders_on_hostile_arguments(values, bins, names, counts, cap, role):
-    arr = np.array(values, dtype=np.float64)
-    _only_documented(_core.build_numeric_column, "x", role, 0, arr, bins)
-    _only_documented(_core.build_categorical_column, "c", role, 0, names, counts, 0, cap)
-    try:
-        spec, prof = _core.build_numeric_column("x", "feature", 0, arr, max(1, min(bins, 1000)))
-    except ValueError:
-        return
-    for cols in ([(spec, prof)], [(spec, prof), (spec, prof)], [(prof, spec)], [(b"\xff", b"")]):
-        _only_documented(_core.assemble_reference, "m", "v", cols, 0, 0)
-
-
-@FUZZ
-@given(
-    codes=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=30),
-    dictionary=st.lists(st.text(max_size=3), max_size=5),
-    col=st.integers(-1, 20),
-    start=st.integers(0, 2**64 - 1),
-    width=st.integers(0, 2**64 - 1),
-)
-def test_profile_columns_on_hostile_arguments(codes, dictionary, col, start, width):
-    arr = np.array(codes, dtype=np.int32)
-    floats = np.linspace(-3, 3, len(codes))
-    _only_documented(
-        _core.profile_columns, REF.to_bytes(), [(col, floats)], [(COL["color"], arr, dictionary)]
-    )
-    _only_documented(_core.profile_columns, REF.to_bytes(), [], [(col, arr, dictionary)], start)
-    _only_documented(_core.profile_columns, REF.to_bytes(), [(0, floats)], [], start, width)
-
-
-def test_hostile_rules_and_window_types():
-    for rules in ({"x": ("bogus", 1.0)}, {"x": ("psi", float("nan"))}):
-        with pytest.raises(ValueError, match=r"statistic|NaN"):
-            _core.drift(REF.to_bytes(), WINDOW, rules)
-    with pytest.raises(TypeError, match="bytes or a list of bytes"):
-        _core.drift(REF.to_bytes(), 5)  # type: ignore[arg-type]
