@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from collector_util import Collector, encoded_batches, export, rss_bytes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from collector_util import Collector, encoded_batches, export, rss_bytes
 from modeltap.collector import BackgroundCollector
 from modeltap.collector.server import Rooms
 from modeltap.collector.store import Overloaded
@@ -59,7 +59,7 @@ def test_rooms_bound_all_and_each_host_first_come_first_served():
             rooms.leave(peer)
         assert rooms.open == 0
         assert not rooms._by_peer
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="at least 1"):
             Rooms("none", 0, 1)
 
     asyncio.run(go())

@@ -138,6 +138,17 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     col.add_argument(
+        "--max-receiving",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help=(
+            "Export messages read at once, at most half of them from one host (grpc "
+            "holds each whole before its size is known: at most N times "
+            "--max-message-mb); other calls wait up to 10 s (default 4)"
+        ),
+    )
+    col.add_argument(
         "--log-level",
         dest="collector_log_level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],

@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_pending_mb=args.max_pending_mb,
+            max_receiving=args.max_receiving,
             max_memory_mb=args.max_memory_mb,
             otlp_endpoint=args.otlp_endpoint,
             http=args.http,
