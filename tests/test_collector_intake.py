@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector_util import Collector, encoded_batches, export, rss_bytes
 from modeltap.collector import BackgroundCollector
-from modeltap.collector.server import Rooms
+from modeltap.collector.limits import Rooms
 from modeltap.collector.store import Overloaded
 
 EXPORT = "/modeltap.v1.Collector/Export"

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import modeltap
 from modeltap import _core
 from modeltap.collector import BackgroundCollector
-from modeltap.collector.server import peer_host
+from modeltap.collector.limits import peer_host
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import modeltap
+from modeltap.collector import BackgroundCollector
 from modeltap.collector.metrics import MAX_CLASSES, OTHER
-from modeltap.collector.server import BackgroundCollector
 
 
 def _scrape(port: int) -> dict[str, list]:

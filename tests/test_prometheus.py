@@ -19,7 +19,7 @@ import pytest
 
 import modeltap
 from collector_util import free_port
-from modeltap.collector.server import BackgroundCollector
+from modeltap.collector import BackgroundCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -20,8 +20,8 @@ import pytest
 
 import modeltap
 from modeltap import _core
+from modeltap.collector import BackgroundCollector
 from modeltap.collector.reader import CHUNK_BYTES
-from modeltap.collector.server import BackgroundCollector
 
 N = 3_000
 

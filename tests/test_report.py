@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import modeltap
-from modeltap.collector.server import BackgroundCollector
+from modeltap.collector import BackgroundCollector
 from modeltap.report import Report
 
 N = 2_400

@@ -18,7 +18,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 import modeltap
-from modeltap.collector.server import BackgroundCollector
+from modeltap.collector import BackgroundCollector
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ def _drift(args: argparse.Namespace) -> int:
     import math
 
     from modeltap.client import Client
-    from modeltap.collector.server import parse_rules
+    from modeltap.collector.requests import parse_rules
 
     rules = parse_rules(args.rule)
     since = args.since if args.since is not None else args.from_

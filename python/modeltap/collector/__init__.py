@@ -2,7 +2,8 @@
 from agents, decodes them natively and writes them durably, exactly once, to
 an embedded DuckDB store."""
 
-from modeltap.collector.server import BackgroundCollector, CollectorServer, serve
+from modeltap.collector.daemon import BackgroundCollector, serve
+from modeltap.collector.server import CollectorServer
 from modeltap.collector.store import (
     BatchRejected,
     Overloaded,

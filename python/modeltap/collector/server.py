@@ -36,26 +36,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.abc
 import json
 import logging
-import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import duckdb
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from modeltap import _core, analysis
-from modeltap.collector.memory import DEFAULT_MAX_MEMORY_MB, MemoryGuard
+from modeltap.collector.limits import BoundedHealth, PeerLimit, Rooms
+from modeltap.collector.memory import MemoryGuard
 from modeltap.collector.otlp import TRACE_SERVICE, OtlpForwarder
 from modeltap.collector.otlp import response as otlp_response
 from modeltap.collector.otlp import spans_from_request as otlp_spans
@@ -69,17 +63,23 @@ from modeltap.collector.reader import (
     check_read_only,
     close_off_pool,
 )
+from modeltap.collector.requests import (
+    json_request,
+    json_safe,
+    parse_rules,
+    query_params,
+    text_arg,
+    time_args,
+)
+from modeltap.collector.status import Refusal, status_for
 from modeltap.collector.store import (
     MAX_EXPANSION,
     MAX_UNIX_NANO,
     MIN_DECODED_ALLOWANCE,
     BatchRejected,
-    LimitReached,
     Overloaded,
     StoreBackend,
-    StoredDataInvalid,
     StoreUnavailable,
-    StoreVersionError,
     StoreWriter,
     check_memory_limit,
     decode,
@@ -125,211 +125,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 Code = grpc.StatusCode
-
-
-_DUCKDB_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Code]] = [
-    ((duckdb.OutOfMemoryException,), Code.RESOURCE_EXHAUSTED),
-    ((duckdb.PermissionException, duckdb.TransactionException), Code.PERMISSION_DENIED),
-    ((duckdb.ConnectionException, duckdb.IOException), Code.UNAVAILABLE),
-    ((duckdb.InterruptException,), Code.DEADLINE_EXCEEDED),
-    (
-        (
-            duckdb.ParserException,
-            duckdb.BinderException,
-            duckdb.CatalogException,
-            duckdb.ConversionException,
-            duckdb.InvalidInputException,
-            duckdb.OutOfRangeException,
-            duckdb.NotImplementedException,
-            duckdb.SyntaxException,
-            duckdb.DataError,
-            duckdb.ProgrammingError,
-        ),
-        Code.INVALID_ARGUMENT,
-    ),
-]
-
-
-MAX_DETAILS = 4096  # characters of a status's details (they travel in a header)
-
-
-class _Refusal(Exception):
-    """An RPC answered with a status other than OK."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        if len(details) > MAX_DETAILS:  # an error quoting a huge input
-            details = details[: MAX_DETAILS - 16] + " ... (cut)"
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-def _status(e: BaseException, *, arguments: bool = False) -> _Refusal:
-    """The status for a failure. ``arguments``: a plain ValueError is the
-    caller's bad argument (drift rules), not a bug of ours."""
-    if isinstance(e, _Refusal):
-        return e
-    if isinstance(e, _core.UnsupportedSchemaVersion):
-        return _Refusal(Code.FAILED_PRECONDITION, str(e))
-    if isinstance(e, (_core.BatchDecodeError, BatchRejected, _core.ReferenceFormatError)):
-        return _Refusal(Code.INVALID_ARGUMENT, str(e))
-    if isinstance(e, (StoredDataInvalid, LimitReached)):
-        return _Refusal(Code.FAILED_PRECONDITION, str(e))
-    if isinstance(e, LookupError):
-        return _Refusal(Code.NOT_FOUND, str(e))
-    if isinstance(e, Overloaded):
-        return _Refusal(Code.RESOURCE_EXHAUSTED, f"collector overloaded, retry later: {e}")
-    if isinstance(e, StoreUnavailable):
-        return _Refusal(Code.UNAVAILABLE, f"store unavailable: {e}")
-    if isinstance(e, ReadTimeout):
-        return _Refusal(Code.DEADLINE_EXCEEDED, str(e))
-    if isinstance(e, duckdb.Error):  # of a read: the caller's query, mostly
-        for kinds, code in _DUCKDB_CODES:
-            if isinstance(e, kinds):
-                return _Refusal(code, str(e))
-    if arguments and isinstance(e, ValueError):
-        return _Refusal(Code.INVALID_ARGUMENT, str(e))
-    log.error("internal error", exc_info=e)
-    return _Refusal(Code.INTERNAL, f"internal error: {type(e).__name__}: {e}")
-
-
-def peer_host(peer: str) -> str:
-    """The host of a grpc peer string (``ipv4:127.0.0.1:5000``,
-    ``ipv6:[::1]:5000``, ``unix:/path``): calls from one host share its
-    limits."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6" and rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    if kind == "ipv4":
-        return rest.rsplit(":", 1)[0]
-    return peer
-
-
-class PeerLimit:
-    """At most ``total`` of one kind of long-lived call at once, at most
-    ``per_peer`` of them from one host (event-loop only: no lock)."""
-
-    def __init__(self, what: str, total: int, per_peer: int) -> None:
-        self.what = what
-        self.total = total
-        self.per_peer = max(1, min(per_peer, total))
-        self.open = 0
-        self.refused = 0
-        self._by_peer: dict[str, int] = {}
-
-    def enter(self, peer: str) -> None:
-        """Counts one in; raises ``Overloaded`` past either bound."""
-        host = peer_host(peer)
-        mine = self._by_peer.get(host, 0)
-        if self.open >= self.total or mine >= self.per_peer:
-            self.refused += 1
-            raise Overloaded(
-                f"{self.open} {self.what} open ({mine} from {host}; at most {self.total}, "
-                f"{self.per_peer} from one host)"
-            )
-        self.open += 1
-        self._by_peer[host] = mine + 1
-
-    def leave(self, peer: str) -> None:
-        host = peer_host(peer)
-        self.open -= 1
-        left = self._by_peer.get(host, 1) - 1
-        if left > 0:
-            self._by_peer[host] = left
-        else:
-            self._by_peer.pop(host, None)
-
-
-class Rooms:
-    """At most ``total`` holders at once, at most ``per_peer`` from one host;
-    a caller waits (bounded, first come first served) for a free one.
-    Event-loop only; ``leave`` is synchronous, so a cancelled call always
-    gives its room back."""
-
-    def __init__(self, what: str, total: int, per_peer: int) -> None:
-        if total < 1:
-            raise ValueError(f"{what}: at least 1, not {total}")
-        self.what = what
-        self.total = total
-        self.per_peer = max(1, min(per_peer, total))
-        self.open = 0
-        self._by_peer: dict[str, int] = {}
-        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
-
-    def _free(self, host: str) -> bool:
-        return self.open < self.total and self._by_peer.get(host, 0) < self.per_peer
-
-    def _take(self, host: str) -> None:
-        self.open += 1
-        self._by_peer[host] = self._by_peer.get(host, 0) + 1
-
-    def _give_back(self, host: str) -> None:
-        self.open -= 1
-        left = self._by_peer.get(host, 1) - 1
-        if left > 0:
-            self._by_peer[host] = left
-        else:
-            self._by_peer.pop(host, None)
-
-    async def enter(self, peer: str, wait_s: float) -> None:
-        """Takes a room, waiting up to ``wait_s`` for one; raises
-        ``Overloaded`` if none came free."""
-        host = peer_host(peer)
-        # No waiter is ever left that a free room would fit (leave hands
-        # each room on at once), so a caller that fits takes one now.
-        if self._free(host):
-            self._take(host)
-            return
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (host, granted)
-        self._waiting.append(entry)
-        try:
-            await asyncio.wait({granted}, timeout=wait_s)
-        except BaseException:  # the call cancelled while it waited
-            if granted.done():
-                self.leave(peer)  # granted just then: pass it on
-            else:
-                granted.cancel()
-                self._waiting.remove(entry)
-            raise
-        if not granted.done():
-            granted.cancel()
-            self._waiting.remove(entry)
-            mine = self._by_peer.get(host, 0)
-            raise Overloaded(
-                f"{self.open} {self.what} ({mine} from {host}; at most {self.total}, "
-                f"{self.per_peer} from one host), none free in {wait_s:.1f} s"
-            )
-
-    def leave(self, peer: str) -> None:
-        """Gives a room back, to the first waiter that may take it."""
-        self._give_back(peer_host(peer))
-        for entry in list(self._waiting):
-            host, granted = entry
-            if self._free(host):
-                self._waiting.remove(entry)
-                self._take(host)
-                granted.set_result(None)
-
-
-class BoundedHealth(health_aio.HealthServicer):
-    """The standard health service with its Watch streams bounded (in all
-    and per host); Check is never refused."""
-
-    def __init__(self, limit: PeerLimit) -> None:
-        super().__init__()
-        self.limit = limit
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        peer = context.peer()
-        try:
-            self.limit.enter(peer)
-        except Overloaded as e:
-            await context.abort(Code.RESOURCE_EXHAUSTED, f"{e}: poll with Check instead")
-        try:
-            await super().Watch(request, context)
-        finally:
-            self.limit.leave(peer)
 
 
 class CollectorServer:
@@ -577,7 +372,7 @@ class CollectorServer:
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # native panics included
-            r = _status(e, arguments=arguments)
+            r = status_for(e, arguments=arguments)
         self._count(r)
         await context.abort(r.code, r.details)
         raise AssertionError("unreachable: abort raises")
@@ -603,7 +398,7 @@ class CollectorServer:
             message = await asyncio.wait_for(context.read(), self.receive_s)
         except TimeoutError:
             self.receives_cut += 1
-            raise _Refusal(
+            raise Refusal(
                 Code.DEADLINE_EXCEEDED,
                 f"the message took longer than {self.receive_s:.0f} s to arrive",
             ) from None
@@ -685,7 +480,7 @@ class CollectorServer:
         async def work() -> bytes:
             loop = asyncio.get_running_loop()
             model, version, data = await loop.run_in_executor(self._pool, check)
-            fp = await asyncio.wrap_future(self.writer.call(_registrar(model, version, data)))
+            fp = await asyncio.wrap_future(self.writer.call(registrar(model, version, data)))
             return _core.encode_text_response(fp)
 
         return await self._answer(context, work)
@@ -706,7 +501,7 @@ class CollectorServer:
                     )
                 )
             )
-            return _core.encode_text_response(json.dumps(_json_safe(data)))
+            return _core.encode_text_response(json.dumps(json_safe(data)))
 
         return await self._answer(context, work, arguments=True)
 
@@ -716,12 +511,12 @@ class CollectorServer:
         """``{"trace_id": ...}`` -> the trace's spans and records (JSON)."""
 
         async def work() -> bytes:
-            q = _json_request(request)
-            tid = _text_arg(q, "trace_id") or ""
+            q = json_request(request)
+            tid = text_arg(q, "trace_id") or ""
             data = await asyncio.wrap_future(
                 self.reader.run(lambda con: analysis.trace(CursorReads(con), tid))
             )
-            return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
+            return _core.encode_text_response(json.dumps(json_safe(data), default=str))
 
         return await self._answer(context, work, arguments=True)
 
@@ -732,18 +527,18 @@ class CollectorServer:
         slowest traces with their stage breakdown (JSON)."""
 
         async def work() -> bytes:
-            q = _json_request(request)
-            model = _text_arg(q, "model")
+            q = json_request(request)
+            model = text_arg(q, "model")
             n = q.get("slowest", 10)
             if type(n) is not int or not 0 < n <= 10_000:
                 raise ValueError("slowest must be an integer in 1..10000")
-            lo, hi = _time_args(q)
+            lo, hi = time_args(q)
             data = await asyncio.wrap_future(
                 self.reader.run(
                     lambda con: analysis.slowest_traces(CursorReads(con), model, n, lo, hi)
                 )
             )
-            return _core.encode_text_response(json.dumps(_json_safe(data), default=str))
+            return _core.encode_text_response(json.dumps(json_safe(data), default=str))
 
         return await self._answer(context, work, arguments=True)
 
@@ -754,18 +549,18 @@ class CollectorServer:
         latency per stage and end to end (JSON)."""
 
         async def work() -> bytes:
-            q = _json_request(request)
-            model = _text_arg(q, "model")
+            q = json_request(request)
+            model = text_arg(q, "model")
             if model is None:
                 raise ValueError("name a model")
-            version = _text_arg(q, "version")
-            lo, hi = _time_args(q)
+            version = text_arg(q, "version")
+            lo, hi = time_args(q)
             data = await asyncio.wrap_future(
                 self.reader.run(
                     lambda con: analysis.stage_latency(CursorReads(con), model, version, lo, hi)
                 )
             )
-            return _core.encode_text_response(json.dumps(_json_safe(data)))
+            return _core.encode_text_response(json.dumps(json_safe(data)))
 
         return await self._answer(context, work, arguments=True)
 
@@ -775,14 +570,14 @@ class CollectorServer:
         """``{"sql": "SELECT ...", "params": [...]}`` -> the result as a
         stream of Arrow IPC pieces (see collector/reader.py)."""
         reader = self.reader
-        refusal: _Refusal | None = None
+        refusal: Refusal | None = None
 
         def parse() -> tuple[str, list[Any] | None]:
-            q = _json_request(request)
+            q = json_request(request)
             sql = q.get("sql")
             if not isinstance(sql, str):
                 raise ValueError("sql must be a string")
-            params = _query_params(q.get("params"))
+            params = query_params(q.get("params"))
             check_read_only(sql)  # refuses anything but one SELECT
             return sql, params
 
@@ -790,13 +585,13 @@ class CollectorServer:
         try:
             reader.admit()
         except Overloaded as e:
-            refusal = _status(e)
+            refusal = status_for(e)
         if refusal is None:
             try:
                 self.query_streams.enter(peer)
             except Overloaded as e:
                 reader.release(False)
-                refusal = _status(e)
+                refusal = status_for(e)
         if refusal is not None:
             self._count(refusal)
             await context.abort(refusal.code, refusal.details)
@@ -818,7 +613,7 @@ class CollectorServer:
         session = None
         ok = timed_out = False
         timers: list[asyncio.TimerHandle] = []
-        refusal: _Refusal | None = None
+        refusal: Refusal | None = None
         try:
             # Parsing a long query takes time: never on the event loop.
             sql, params = await loop.run_in_executor(reader.pool, parse)
@@ -828,7 +623,7 @@ class CollectorServer:
             raise
         except BaseException as e:
             reader.release(False)
-            refusal = _status(e, arguments=True)
+            refusal = status_for(e, arguments=True)
         if refusal is not None:
             self._count(refusal)
             await context.abort(refusal.code, refusal.details)
@@ -875,12 +670,12 @@ class CollectorServer:
                 if task is not None and hasattr(task, "uncancel"):
                     task.uncancel()
                 timed_out = True
-                refusal = _Refusal(Code.DEADLINE_EXCEEDED, cut[0])
+                refusal = Refusal(Code.DEADLINE_EXCEEDED, cut[0])
             except (GeneratorExit, KeyboardInterrupt, SystemExit):
                 raise  # nothing to answer
             except BaseException as e:
                 timed_out = isinstance(e, ReadTimeout)
-                refusal = _status(e, arguments=True)
+                refusal = status_for(e, arguments=True)
             if refusal is not None:
                 self._count(refusal)
                 await context.abort(refusal.code, refusal.details)
@@ -896,7 +691,7 @@ class CollectorServer:
         self.queries_idle_cut += 1
         cut_off(f"the client took no piece for {self.query_idle_s:g} s; the read was cut off")
 
-    def _count(self, r: _Refusal) -> None:
+    def _count(self, r: Refusal) -> None:
         if r.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION):
             self.rejected += 1
         elif r.code == Code.RESOURCE_EXHAUSTED:
@@ -953,59 +748,6 @@ class CollectorServer:
             self.exports_in_flight -= 1
 
 
-MAX_JSON_REQUEST = 1 << 20  # bytes of a JSON request (a query's text, with params)
-
-
-def _json_request(request: bytes) -> dict[str, Any]:
-    if len(request) > MAX_JSON_REQUEST + 16:
-        raise ValueError(f"the request is {len(request):,} bytes (at most {MAX_JSON_REQUEST:,})")
-    try:
-        q = json.loads(_core.decode_text_response(request) or "{}")
-    except (ValueError, _core.BatchDecodeError) as e:
-        raise ValueError(f"not a JSON request: {e}") from None
-    if not isinstance(q, dict):
-        raise ValueError("the request must be a JSON object")
-    return q
-
-
-def _query_params(v: Any) -> list[Any] | None:
-    """The ``params`` of a Query: a list of JSON scalars or lists of them
-    (or none)."""
-    if v is None:
-        return None
-    if not isinstance(v, list) or len(v) > 1000:
-        raise ValueError("params must be a list of at most 1000 values")
-    scalar = (str, int, float, bool)
-    for x in v:
-        if isinstance(x, list):
-            if len(x) > 10_000 or not all(y is None or isinstance(y, scalar) for y in x):
-                raise ValueError("a list in params holds at most 10000 scalars")
-        elif x is not None and not isinstance(x, scalar):
-            raise ValueError("each of params must be a string, number, boolean, null or a list")
-    return v
-
-
-def _text_arg(q: dict[str, Any], key: str) -> str | None:
-    """A string argument of a JSON request (None when absent or empty)."""
-    v = q.get(key)
-    if v is None or v == "":
-        return None
-    if not isinstance(v, str):
-        raise ValueError(f"{key} must be a string")
-    return v
-
-
-def _time_args(q: dict[str, Any]) -> tuple[int | None, int | None]:
-    """``from_unix_nano`` and ``to_unix_nano`` of a JSON request, checked."""
-    out: list[int | None] = []
-    for key in ("from_unix_nano", "to_unix_nano"):
-        t = q.get(key)
-        if t is not None and (type(t) is not int or not 0 <= t <= MAX_UNIX_NANO):
-            raise ValueError(f"{key} must be Unix nanoseconds in 0..{MAX_UNIX_NANO}")
-        out.append(t)
-    return out[0], out[1]
-
-
 def _span_inserter(table: Any) -> Any:
     """A writer job appending OTLP spans (a span already stored, sent again
     by an exporter's retry, is left out), its failure said as the status a
@@ -1027,192 +769,10 @@ def _span_inserter(table: Any) -> Any:
     return job
 
 
-def parse_rules(texts: list[str]) -> dict[str, tuple[str, float]]:
-    """``column=statistic:threshold`` texts as drift rules."""
-    out: dict[str, tuple[str, float]] = {}
-    for t in texts:
-        try:
-            name, rule = t.split("=", 1)
-            stat, thr = rule.split(":", 1)
-            out[name] = (stat, float(thr))
-        except ValueError:
-            raise ValueError(f"bad rule {t!r}: expected column=statistic:threshold") from None
-    return out
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
-def _registrar(model: str, version: str, data: bytes) -> Any:
+def registrar(model: str, version: str, data: bytes) -> Any:
     def job(backend: StoreBackend) -> str:
         fingerprint = str(_core.reference_info(data)["fingerprint"])
         backend.register_reference(model, version, data, fingerprint, max_pairs=MAX_REFERENCE_PAIRS)
         return fingerprint
 
     return job
-
-
-def _load_references(specs: list[str]) -> list[tuple[str, str, bytes]]:
-    """``[MODEL:VERSION=]PATH`` specs as (model, version, file bytes)."""
-    out = []
-    for spec in specs:
-        target, _, path = spec.rpartition("=")
-        with open(path, "rb") as f:
-            data = f.read()
-        info = _core.reference_info(data)
-        if target:
-            model, _, version = target.partition(":")
-        else:
-            model, version = info["model"], info["version"]
-        if not model:
-            raise ValueError(f"{path}: give the model as MODEL:VERSION={path}")
-        out.append((model, version, data))
-    return out
-
-
-async def _main(
-    listen: str,
-    store: str,
-    max_message_mb: float,
-    references: list[str] | None = None,
-    **options: Any,
-) -> int:
-    refs = _load_references(references or [])
-    server = CollectorServer(listen, store, max_message_mb=max_message_mb, **options)
-    port = await server.start()
-    for model, version, data in refs:
-        fp = await asyncio.wrap_future(server.writer.call(_registrar(model, version, data)))
-        log.info("registered reference %s for %s %s", fp, model, version)
-    host = listen.rsplit(":", 1)[0]
-    print(f"modeltap collector listening on {host}:{port}, store {store}", flush=True)
-    if server.metrics is not None:
-        http_host = (server.http or "").rpartition(":")[0] or "127.0.0.1"
-        print(
-            f"pages on http://{http_host}:{server.metrics.port}/ (each model at /models/NAME; "
-            "/metrics, /healthz, /readyz)",
-            flush=True,
-        )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: finishing in-flight batches")
-    await server.stop()
-    w = server.writer
-    print(
-        f"modeltap collector stopped: {w.stored_batches} batches "
-        f"({w.stored_records} records) stored, {w.duplicates} duplicates ignored, "
-        f"{server.rejected} refused, {server.shed} shed under load "
-        f"({server.memory.shed} for memory), "
-        f"{w.abandoned} abandoned by their callers",
-        flush=True,
-    )
-    if server.forwarder is not None:
-        f = server.forwarder.stats()
-        print(
-            f"OTLP forwarding to {server.otlp_endpoint}: {f['sent']} spans sent, "
-            f"{f['dropped']} dropped",
-            flush=True,
-        )
-    return 0
-
-
-class _WithoutPandas(importlib.abc.MetaPathFinder):
-    """Finds pandas absent, as pyarrow is used to when it is not installed."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname == "pandas" or fullname.startswith("pandas."):
-            raise ModuleNotFoundError("the collector daemon runs without pandas", name=fullname)
-        return None
-
-
-def serve(
-    listen: str = DEFAULT_LISTEN,
-    store: str = DEFAULT_STORE,
-    max_message_mb: float = 64.0,
-    references: list[str] | None = None,
-    *,
-    memory_limit: str = DEFAULT_MEMORY_LIMIT,
-    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
-    max_pending_mb: float = DEFAULT_MAX_PENDING_MB,
-    max_receiving: int = DEFAULT_MAX_RECEIVING,
-    max_memory_mb: float | None = DEFAULT_MAX_MEMORY_MB,
-    otlp_endpoint: str | None = None,
-    http: str | None = None,
-    max_reads: int = DEFAULT_MAX_READS,
-    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-) -> int:
-    """Runs a collector until SIGTERM or SIGINT; returns the exit status.
-
-    The daemon never loads pandas (nothing it does needs it): pyarrow would
-    import it on the first array it builds, a second of CPU and 40 MiB of
-    memory for nothing."""
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _WithoutPandas())
-    try:
-        return asyncio.run(
-            _main(
-                listen,
-                store,
-                max_message_mb,
-                references,
-                memory_limit=memory_limit,
-                max_concurrent_rpcs=max_concurrent_rpcs,
-                max_pending_mb=max_pending_mb,
-                max_receiving=max_receiving,
-                max_memory_mb=max_memory_mb,
-                otlp_endpoint=otlp_endpoint,
-                http=http,
-                max_reads=max_reads,
-                read_timeout_s=read_timeout_s,
-            )
-        )
-    except (OSError, ValueError, StoreVersionError, _core.ReferenceFormatError) as e:
-        print(f"modeltap collector: {e}", file=sys.stderr)
-        return 1
-
-
-class BackgroundCollector:
-    """A collector running on a thread of the current process (for demos,
-    notebooks and tests). Use as a context manager; ``addr`` is where agents
-    send."""
-
-    def __init__(
-        self, store: str | os.PathLike[str], listen: str = "127.0.0.1:0", **options: Any
-    ) -> None:
-        self.server = CollectorServer(listen, store, **options)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="modeltap-collector", daemon=True
-        )
-        self.addr = ""
-
-    def start(self) -> BackgroundCollector:
-        """Starts serving; returns self."""
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
-        self.addr = f"{self.server.listen.rsplit(':', 1)[0]}:{port}"
-        return self
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Finishes in-flight calls and closes the store (once)."""
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self._loop).result(60)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> BackgroundCollector:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
