@@ -1,7 +1,13 @@
 //! `Recorder`: the native half of `modeltap.Agent`. One file per job:
-//! `single` logs one record (`log`), `bulk` logs arrays (`log_batch`),
-//! `schema` fixes the feature schema, `vocab` interns categories and labels;
-//! this file holds the Python methods, which only dispatch, and the
+//! `single` logs one record (`log`), `bulk/` logs arrays (`log_batch`),
+//! `bulk_profile` profiles a large batch in the caller's call, `features`
+//! views its feature array, `schema` fixes the feature schema, `vocab`
+//! interns categories and labels, `trace/` records spans; `parsed` is a
+//! record as read from Python, `text` the text limits and spellings,
+//! `failures` what the recorder does with what goes wrong (contained
+//! failures, warnings, rejected records), `args` the Python methods'
+//! arguments (seconds, outcomes, GPU samples). This file holds the
+//! recorder and its Python methods, which only dispatch, among them the
 //! exporter's side of the pipeline (`take_batch` / `settle` / counters).
 //!
 //! Every method runs inside `errors::guard`, so a panic becomes
@@ -10,15 +16,21 @@
 //! also through a bound method the user cached before the fork, then acts
 //! on the child's recorder.
 
+mod args;
 mod bulk;
 mod bulk_profile;
+mod failures;
 mod features;
+mod parsed;
 mod schema;
 mod single;
+mod text;
 mod trace;
 mod vocab;
 
+pub(crate) use text::clip;
 pub(crate) use trace::{current as current_context, Span, SpanContext};
+pub(crate) use vocab::{canonical, float_spelling, MAX_VALUE_BYTES};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,89 +38,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use modeltap_core::batch::VocabTarget;
-use modeltap_core::ids::hex_u128;
-
-use crate::request_ids::RequestIds;
-use modeltap_core::pipeline::{Outcome, Pipeline, PipelineConfig, Take, DEFAULT_BUFFER_BYTES};
+use modeltap_core::pipeline::{Pipeline, PipelineConfig, Take, DEFAULT_BUFFER_BYTES};
 use modeltap_core::proto;
-use modeltap_core::record::{flags, PredictionKind, Side};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use crate::errors::{guard, InvalidRecord};
+use crate::errors::guard;
+use crate::request_ids::RequestIds;
+use args::{parse_outcome, seconds, GpuTuple};
+use parsed::{flag_names, u16_len, Parsed, Reject, PROBLEM_FLAGS};
+use text::{hex_py, type_name, MAX_ATTRIBUTES, MAX_ID_BYTES, MAX_TEXT_BYTES};
 use vocab::Vocab;
-pub(crate) use vocab::{canonical, float_spelling, MAX_VALUE_BYTES};
-
-/// Longest caller-given request id kept (bytes); longer ones are cut.
-const MAX_ID_BYTES: usize = 256;
-/// Longest error type, error message, attribute key or value kept (bytes).
-const MAX_TEXT_BYTES: usize = 16 * 1024;
-/// Most attributes kept per record.
-const MAX_ATTRIBUTES: usize = 64;
-
-/// `s` cut to at most `max` bytes (at a character boundary), marked as cut:
-/// one huge string must not cost the agent unbounded memory.
-pub(crate) fn clip(mut s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let cut = s.len() - max;
-    let mut end = max.saturating_sub(32);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s.push_str(&format!("…[{cut} bytes cut]"));
-    s
-}
 
 /// `RowCategory.feature_index` of a prediction label carried as a string.
 pub const LABEL_OVERFLOW: u32 = modeltap_core::profile::LABEL_OVERFLOW_INDEX;
-const PROBLEM_FLAGS: u32 =
-    flags::MISSING | flags::NONFINITE | flags::BAD_VALUE | flags::NO_PREDICTION;
-
-/// `(index, name, utilization_percent, memory_used, memory_total, temperature_c)`.
-type GpuTuple = (u32, String, f64, u64, u64, f64);
-
-/// A record that cannot be accepted, with the reason.
-struct Reject(String);
-
-/// The parsed header of one record; its values sit in the scratch row.
-struct Parsed {
-    flags: u32,
-    kind: PredictionKind,
-    n_outputs: u16,
-    n_probabilities: u16,
-    side: Option<Box<Side>>,
-}
-
-impl Parsed {
-    fn side(&mut self) -> &mut Side {
-        self.side.get_or_insert_with(Box::default)
-    }
-}
-
-fn flag_names(f: u32) -> String {
-    let mut v = Vec::new();
-    if f & flags::MISSING != 0 {
-        v.push("missing or NaN values");
-    }
-    if f & flags::NONFINITE != 0 {
-        v.push("infinite values");
-    }
-    if f & flags::BAD_VALUE != 0 {
-        v.push("non-numeric values where numbers were expected");
-    }
-    if f & flags::NO_PREDICTION != 0 {
-        v.push("no prediction");
-    }
-    v.join(", ")
-}
-
-fn u16_len(n: usize) -> u16 {
-    u16::try_from(n).unwrap_or(u16::MAX - 1)
-}
 
 /// The native recorder behind `modeltap.Agent`.
 #[pyclass(frozen, module = "modeltap._core")]
@@ -163,96 +107,6 @@ impl Recorder {
         }
         r
     }
-
-    /// Keeps an internal failure (a caught panic) off the inference path:
-    /// outside strict mode the `n` records of the call are counted as
-    /// discarded, the failure as one of the agent's errors, a warning is
-    /// logged and `fallback` is returned.
-    fn contain<'py, T>(
-        &self,
-        py: Python<'py>,
-        n: u64,
-        result: PyResult<T>,
-        fallback: impl FnOnce(Python<'py>) -> PyResult<T>,
-    ) -> PyResult<T> {
-        match result {
-            Err(e) if !self.strict && e.is_instance_of::<crate::errors::InternalError>(py) => {
-                let c = &self.pipe.counters;
-                c.logged.fetch_add(n, Ordering::Relaxed);
-                c.discarded.fetch_add(n, Ordering::Relaxed);
-                c.errors.fetch_add(1, Ordering::Relaxed);
-                self.warn(py, &format!("modeltap failed to record {n} record(s): {e}"));
-                fallback(py)
-            }
-            other => other,
-        }
-    }
-
-    fn warn(&self, py: Python<'_>, msg: &str) {
-        #[allow(clippy::cast_possible_truncation)]
-        let now = self.born.elapsed().as_millis() as u64 + 1;
-        let last = self.warn_last.load(Ordering::Relaxed);
-        #[allow(clippy::cast_possible_truncation)]
-        let interval = self.warn_interval.as_millis() as u64;
-        if last != 0 && now.saturating_sub(last) < interval {
-            self.warn_suppressed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if self
-            .warn_last
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            self.warn_suppressed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let suppressed = self.warn_suppressed.swap(0, Ordering::Relaxed);
-        let text = if suppressed > 0 {
-            format!("{msg} ({suppressed} similar problems since the last warning)")
-        } else {
-            msg.to_owned()
-        };
-        // Logging must never break the caller; a failing handler is ignored.
-        let _ = self.logger.bind(py).call_method1("warning", (text,));
-    }
-
-    /// Handles a rejected record: raises in strict mode, else counts and warns.
-    fn reject(&self, py: Python<'_>, n: u64, msg: &str) -> PyResult<()> {
-        for _ in 0..n {
-            self.pipe.count_invalid();
-        }
-        if self.strict {
-            return Err(InvalidRecord::new_err(msg.to_owned()));
-        }
-        self.warn(py, &format!("modeltap rejected {n} record(s): {msg}"));
-        Ok(())
-    }
-}
-
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .qualname()
-        .map_or_else(|_| "?".into(), |n| n.to_string())
-}
-
-fn hex_py<'py>(py: Python<'py>, id: u128) -> Bound<'py, PyString> {
-    let mut buf = [0u8; 32];
-    hex_u128(id, &mut buf);
-    // Hex digits are ASCII, hence valid UTF-8.
-    PyString::new(py, std::str::from_utf8(&buf).unwrap_or_default())
-}
-
-/// Seconds as a `Duration`: negative means zero, anything past a century
-/// (infinity included) means "as long as it takes" (a century); NaN is an
-/// error.
-fn seconds(what: &str, s: f64) -> PyResult<Duration> {
-    const CENTURY: f64 = 100.0 * 365.25 * 86_400.0;
-    if s.is_nan() {
-        return Err(PyValueError::new_err(format!(
-            "{what} must be a number of seconds, not NaN"
-        )));
-    }
-    Ok(Duration::from_secs_f64(s.clamp(0.0, CENTURY)))
 }
 
 #[pymethods]
@@ -813,14 +667,4 @@ impl Recorder {
     fn agent_id(&self) -> String {
         self.live().pipe.config().model.agent_id.clone()
     }
-}
-
-fn parse_outcome(s: &str) -> PyResult<Outcome> {
-    Ok(match s {
-        "shipped" => Outcome::Shipped,
-        "spooled" => Outcome::Spooled,
-        "dropped_spool" => Outcome::DroppedSpool,
-        "discarded" => Outcome::Discarded,
-        other => return Err(PyValueError::new_err(format!("unknown outcome {other:?}"))),
-    })
 }

@@ -1,32 +1,37 @@
 //! `Recorder.log_batch`: many records from 2-D arrays, copied into the ring
 //! with the GIL released.
+//!
+//! This file holds the call itself (`Recorder::log_many`): reading its
+//! arguments and pushing the rows. `columns` reads the predictions and the
+//! overflow of coded categorical columns, `wait` waits for room in the
+//! ring, `prepare` profiles a large batch in the call (see `bulk_profile`).
 
-use std::collections::HashMap;
+mod columns;
+mod prepare;
+mod wait;
+
+pub(super) use columns::Overflow;
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use modeltap_core::batch::Schema;
 use modeltap_core::ids::random_u128;
-use modeltap_core::pipeline::{now_unix_nano, Pipeline};
-use modeltap_core::profile::{merge_window, Compiled};
-use modeltap_core::proto;
+use modeltap_core::pipeline::now_unix_nano;
 use modeltap_core::record::{flags, PredictionKind, Side, Slot, SlotKind};
-use numpy::ndarray::{ArrayView1, ArrayView2};
-use numpy::{PyReadonlyArray1, PyReadonlyArray2};
+use numpy::PyReadonlyArray2;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::PyString;
 use rand::{Rng, SeedableRng};
 
 use super::features::XView;
-use super::vocab::{float_spelling, MAX_VALUE_BYTES};
+use super::vocab::float_spelling;
 use super::{
-    bulk_profile, clip, flag_names, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES,
-    PROBLEM_FLAGS,
+    clip, flag_names, type_name, u16_len, Parsed, Recorder, Reject, MAX_ID_BYTES, PROBLEM_FLAGS,
 };
 use crate::parse::{check, to_str, vector};
 use crate::request_ids::RequestIds;
+use prepare::BatchRows;
+use wait::Waiter;
 
 /// How long `log_batch` waits for a drain thread that makes no progress
 /// before dropping the rest of a batch that does not fit the ring.
@@ -39,299 +44,6 @@ thread_local! {
     /// Rows of the current `log_batch` call already counted (pushed,
     /// dropped or refused), so an internal failure counts only the rest.
     pub(super) static BULK_HANDLED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Categorical values of a coded batch that did not fit the vocabulary:
-/// `(feature, row) -> value`.
-#[derive(Debug, Default)]
-pub(super) struct Overflow(HashMap<(usize, usize), String>);
-
-impl Overflow {
-    /// Reads `{feature: [(row, value), ...]}`.
-    pub(super) fn read(obj: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let mut map = HashMap::new();
-        if let Some(d) = obj {
-            for (k, v) in d.iter() {
-                let feature: usize = k.extract()?;
-                for item in v.try_iter()? {
-                    let (row, value): (usize, String) = item?.extract()?;
-                    map.insert((feature, row), clip(value, MAX_VALUE_BYTES));
-                }
-            }
-        }
-        Ok(Self(map))
-    }
-}
-
-/// Prediction columns of a batch, read once from whatever was given.
-struct PredColumns {
-    /// The widest row.
-    width: usize,
-    /// Every row's values, concatenated: row r is `values[off[r]..off[r + 1]]`.
-    values: Vec<f64>,
-    off: Vec<usize>,
-    kinds: Vec<PredictionKind>,
-    flags: Vec<u32>,
-    /// Labels that did not fit the vocabulary, per row (empty: none).
-    labels: Vec<Option<Box<Side>>>,
-}
-
-impl PredColumns {
-    /// Rows of `width` values each.
-    fn uniform(width: usize, values: Vec<f64>, kind: PredictionKind) -> Self {
-        let n = values.len() / width.max(1);
-        Self {
-            width,
-            off: (0..=n).map(|r| r * width).collect(),
-            values,
-            kinds: vec![kind; n],
-            flags: vec![0; n],
-            labels: Vec::new(),
-        }
-    }
-
-    fn row(&self, r: usize) -> &[f64] {
-        &self.values[self.off[r]..self.off[r + 1]]
-    }
-}
-
-/// How `log_batch` waits for room in the ring (see `Recorder::log_many`).
-struct Waiter<'a> {
-    pipe: &'a Pipeline,
-    block: bool,
-    call_deadline: Instant,
-}
-
-impl Waiter<'_> {
-    /// Tries `try_push` until it lands: however long with `on_full="block"`
-    /// (unless the pipeline stops); in drop mode while the drain thread
-    /// makes progress and the call's deadline has not passed, else sets
-    /// `stalled` and gives up.
-    fn push(&self, try_push: &mut dyn FnMut() -> bool, stalled: &mut bool) -> bool {
-        let pipe = self.pipe;
-        if self.block {
-            loop {
-                if try_push() {
-                    return true;
-                }
-                if pipe.is_stopping() {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        if try_push() {
-            return true;
-        }
-        // Wait while the drain thread makes room; once it stops making
-        // progress, give up on this and the rest.
-        let mut progress_at = Instant::now();
-        let mut seen = pipe.consumed();
-        loop {
-            if pipe.is_stopping() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-            if try_push() {
-                return true;
-            }
-            let now_consumed = pipe.consumed();
-            if now_consumed != seen {
-                seen = now_consumed;
-                progress_at = Instant::now();
-            } else if progress_at.elapsed() >= BULK_STALL {
-                *stalled = true;
-                return false;
-            }
-            if Instant::now() >= self.call_deadline {
-                *stalled = true;
-                return false;
-            }
-        }
-    }
-}
-
-/// Everything `log_batch` read from its arguments, for profiling.
-struct BatchRows<'a, 'v> {
-    schema: &'a Schema,
-    view: &'a XView<'v>,
-    preds: &'a PredColumns,
-    probs: Option<&'a ArrayView2<'v, f64>>,
-    latency: &'a [f64],
-    cat_codes: &'a [f64],
-    cat_flags: &'a [u32],
-    cat_side: &'a [Option<Box<Side>>],
-    given_ids: bool,
-    unix_nano: u64,
-}
-
-/// A batch profiled in the call: its window profile (to push ahead of its
-/// rows) and each row's value flags.
-struct Prepared {
-    /// The batch's window profile in column groups that each fit a ring
-    /// slot, with the reference column each starts at.
-    parts: Vec<(Option<Box<proto::WindowProfile>>, usize)>,
-    row_flags: Vec<u32>,
-}
-
-impl Recorder {
-    /// Profiles a batch in the caller's call (see `bulk_profile`), or
-    /// `None` when the drain thread should profile it record by record: a
-    /// small batch, a row that might not fit the ring's side budget (its
-    /// fate is decided per row), or a profiler that failed before.
-    #[allow(clippy::cast_precision_loss)]
-    fn profile_batch(&self, b: &BatchRows<'_, '_>) -> Option<Prepared> {
-        let (n, nf) = b.view.dim();
-        if n < bulk_profile::MIN_ROWS || self.caller_prof_failed.load(Ordering::Relaxed) {
-            return None;
-        }
-        let schema = b.schema;
-        let prob_w = b.probs.map_or(0, |p| p.dim().1);
-        if prob_w >= usize::from(u16::MAX) {
-            return None;
-        }
-        let max_side = self.pipe.config().max_record_side_bytes();
-        let fixed = std::mem::size_of::<Side>()
-            + if b.given_ids { MAX_ID_BYTES + 64 } else { 0 }
-            + if prob_w > schema.prob_cap {
-                8 * prob_w
-            } else {
-                0
-            };
-        for r in 0..n {
-            let mut bytes = fixed;
-            let prow = b.preds.row(r);
-            if prow.len() > schema.out_cap {
-                bytes += 8 * prow.len();
-            }
-            if let Some(s) = b.cat_side.get(r).and_then(Option::as_deref) {
-                bytes += s.heap_bytes();
-            }
-            if let Some(s) = b.preds.labels.get(r).and_then(Option::as_deref) {
-                bytes += s.heap_bytes();
-            }
-            if bytes > max_side {
-                return None;
-            }
-        }
-        // A profiler of the pool (or a new one): a call never waits for
-        // another thread's profiling.
-        let taken = self
-            .caller_prof
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let mut own = taken.unwrap_or_else(|| {
-            let compiled = self
-                .pipe
-                .config()
-                .reference
-                .clone()
-                .unwrap_or_else(|| Arc::new(Compiled::new(proto::Reference::default())));
-            let window_ns = u64::try_from(self.pipe.config().window.as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            bulk_profile::CallerProfiler::new(compiled, schema, window_ns)
-        });
-        let cp = &mut own;
-        cp.sync(self.cat_vocabs.get().map(Vec::as_slice), &self.labels);
-        let run = std::panic::AssertUnwindSafe(|| {
-            let mut w = std::mem::take(cp.prof.window_mut(b.unix_nano));
-            let max_part = self.pipe.max_profile_part_bytes();
-            let column_bytes = |c: &proto::ColumnProfile| {
-                std::mem::size_of::<proto::WindowProfile>()
-                    + std::mem::size_of::<proto::ColumnProfile>()
-                    + 8 * c.counts.len()
-            };
-            if w.columns.iter().any(|c| column_bytes(c) > max_part) {
-                return None;
-            }
-            let row_flags = bulk_profile::profile_numeric(b.view, schema, &cp.prof, &mut w.columns);
-            *cp.prof.window_mut(b.unix_nano) = w;
-            let mut slot = bulk_profile::scratch_slot(schema, prob_w);
-            let (out_cap, stride) = (schema.out_cap, slot.values.len());
-            let mut none = Vec::new;
-            for (r, &value_flags) in row_flags.iter().enumerate() {
-                slot.kind = SlotKind::Record;
-                slot.unix_nano = b.unix_nano;
-                slot.latency_s = b.latency[r];
-                slot.prediction_kind = b.preds.kinds[r];
-                slot.flags =
-                    b.preds.flags[r] | b.cat_flags.get(r).copied().unwrap_or(0) | value_flags;
-                for c in 0..nf {
-                    if schema.categorical[c] {
-                        slot.values[c] = b.cat_codes[r * nf + c];
-                    }
-                }
-                let prow = b.preds.row(r);
-                let w = prow.len().min(out_cap);
-                slot.values[nf..nf + w].copy_from_slice(&prow[..w]);
-                slot.n_outputs = if b.preds.flags[r] & flags::NO_PREDICTION != 0 {
-                    0
-                } else {
-                    u16_len(w)
-                };
-                slot.n_probabilities = 0;
-                if let Some(pv) = b.probs {
-                    let prow = pv.row(r);
-                    let at = nf + out_cap;
-                    for (k, v) in prow.iter().enumerate().take(stride - at) {
-                        slot.values[at + k] = *v;
-                    }
-                    slot.n_probabilities = u16_len(prow.len());
-                }
-                let cats = b.cat_side.get(r).and_then(Option::as_deref);
-                let label = b.preds.labels.get(r).and_then(Option::as_deref);
-                slot.side = (cats.is_some() || label.is_some()).then(|| {
-                    let mut s = Side::default();
-                    for x in cats.into_iter().chain(label) {
-                        s.categories.extend(x.categories.iter().cloned());
-                    }
-                    Box::new(s)
-                });
-                cp.prof.add_without_numeric_features(&slot, &mut none);
-            }
-            slot.side = None;
-            Some(row_flags)
-        });
-        let prepared = match std::panic::catch_unwind(run) {
-            Ok(Some(row_flags)) => {
-                let mut parts = cp.prof.take().into_iter();
-                let max_part = self.pipe.max_profile_part_bytes();
-                parts.next().and_then(|mut part| {
-                    for p in parts {
-                        merge_window(&mut part, &p);
-                    }
-                    let groups = modeltap_core::profile::split_columns(part, max_part)?;
-                    Some(Prepared {
-                        parts: groups
-                            .into_iter()
-                            .map(|(g, from)| (Some(Box::new(g)), from))
-                            .collect(),
-                        row_flags,
-                    })
-                })
-            }
-            Ok(None) => {
-                cp.prof.take();
-                None
-            }
-            Err(_) => {
-                // Off for good: the drain thread profiles from now on.
-                self.caller_prof_failed.store(true, Ordering::Relaxed);
-                self.pipe.counters.errors.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        };
-        let mut pool = self
-            .caller_prof
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pool.len() < bulk_profile::POOL {
-            pool.push(own);
-        }
-        prepared
-    }
 }
 
 impl Recorder {
@@ -751,101 +463,6 @@ impl Recorder {
         Ok(match given {
             Some(g) => RequestIds::given(g),
             None => RequestIds::generated(ids),
-        })
-    }
-
-    /// Reads the predictions of a batch into columns.
-    fn pred_columns(&self, obj: &Bound<'_, PyAny>, n: usize) -> Result<PredColumns, Reject> {
-        let mismatch = |got: usize| Reject(format!("predictions has {got} rows, X has {n}"));
-        if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
-            let v: ArrayView1<'_, f64> = a.as_array();
-            if v.len() != n {
-                return Err(mismatch(v.len()));
-            }
-            return Ok(PredColumns::uniform(1, v.to_vec(), PredictionKind::Number));
-        }
-        if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
-            let v = a.as_array();
-            if v.len() != n {
-                return Err(mismatch(v.len()));
-            }
-            #[allow(clippy::cast_precision_loss)]
-            let values = v.iter().map(|&i| i as f64).collect();
-            return Ok(PredColumns::uniform(1, values, PredictionKind::Int));
-        }
-        if let Ok(a) = obj.extract::<PyReadonlyArray2<'_, f64>>() {
-            let v = a.as_array();
-            if v.dim().0 != n {
-                return Err(mismatch(v.dim().0));
-            }
-            let width = v.dim().1;
-            if width == 0 {
-                return Err(Reject("predictions has rows of no values".into()));
-            }
-            let values = v.iter().copied().collect();
-            return Ok(PredColumns::uniform(width, values, PredictionKind::Vector));
-        }
-        // Anything else (a list of labels, an int32 array, ...): one value at
-        // a time through the single-record reader.
-        let Ok(it) = obj.try_iter() else {
-            return Err(Reject(format!(
-                "predictions must be an array or a sequence, not {}",
-                type_name(obj)
-            )));
-        };
-        // At most one item more than rows; the first error ends the reading.
-        let items: Vec<Bound<'_, PyAny>> = match it.take(n + 1).collect::<PyResult<_>>() {
-            Ok(v) => v,
-            Err(e) => return Err(Reject(format!("reading the predictions failed: {e}"))),
-        };
-        if items.len() != n {
-            return Err(mismatch(items.len()));
-        }
-        // Each row read on its own: vectors keep their own width (a shorter
-        // one is not padded to the first row's).
-        let schema = Schema {
-            feature_names: Vec::new(),
-            categorical: Vec::new(),
-            out_cap: 1,
-            prob_cap: 0,
-        };
-        let mut values = Vec::with_capacity(n);
-        let mut off = Vec::with_capacity(n + 1);
-        off.push(0);
-        let mut kinds = Vec::with_capacity(n);
-        let mut fl = Vec::with_capacity(n);
-        let mut tmp = Vec::new();
-        let mut labels = Vec::with_capacity(n);
-        let mut width = 1;
-        for item in &items {
-            let mut p = Parsed {
-                flags: 0,
-                kind: PredictionKind::Number,
-                n_outputs: 0,
-                n_probabilities: 0,
-                side: None,
-            };
-            let mut one = [f64::NAN];
-            self.prediction(&schema, item, &mut one, &mut tmp, &mut p);
-            let mut side = p.side.take();
-            match side.as_mut().and_then(|s| s.outputs.take()) {
-                Some(wide) => values.extend(wide),
-                None => values.extend_from_slice(&one[..usize::from(p.n_outputs).min(1)]),
-            }
-            // A label past the vocabulary budget travels beside its record.
-            labels.push(side.filter(|s| !s.categories.is_empty()));
-            off.push(values.len());
-            width = width.max(values.len() - off[off.len() - 2]);
-            kinds.push(p.kind);
-            fl.push(p.flags);
-        }
-        Ok(PredColumns {
-            width,
-            values,
-            off,
-            kinds,
-            flags: fl,
-            labels,
         })
     }
 }
