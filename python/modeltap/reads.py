@@ -103,7 +103,8 @@ def time_range(
 class Reads(abc.ABC):
     """Queries over a store's tables (``predictions``, ``errors``,
     ``spans``, ``system_metrics``, ``window_profiles``, ``batches``,
-    ``agent_counters``, ``feature_schemas``, ``references``); every method
+    ``agent_counters``, ``feature_schemas``, ``references``, ``labels`` and
+    the ``latest_labels`` view); every method
     returns a ``pyarrow.Table`` (a pandas DataFrame with ``as_pandas=True``).
     Times: datetimes, ISO strings, durations back from now ("1h") or Unix
     seconds."""
@@ -156,15 +157,23 @@ class Reads(abc.ABC):
 
     @staticmethod
     def _filter(
-        model: str | None, version: str | None, since: TimeArg, until: TimeArg, column: str = "ts"
+        model: str | None,
+        version: str | None,
+        since: TimeArg,
+        until: TimeArg,
+        column: str = "ts",
+        of: str = "",
     ) -> tuple[list[str], list[Any]]:
+        """Conditions on model, version and time (of the table aliased
+        ``of``, when given)."""
         conds: list[str] = []
         params: list[Any] = []
+        at = f"{of}." if of else ""
         if model is not None:
-            conds.append("model = ?")
+            conds.append(f"{at}model = ?")
             params.append(model)
         if version is not None:
-            conds.append("version = ?")
+            conds.append(f"{at}version = ?")
             params.append(version)
         time_range(conds, params, column, parse_time(since), parse_time(until))
         return conds, params
@@ -247,6 +256,112 @@ class Reads(abc.ABC):
             *self._select("spans", None, conds, params, "start_unix_nano", limit),
             as_pandas=as_pandas,
         )
+
+    def labels(
+        self,
+        model: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        *,
+        request_ids: Sequence[str] | None = None,
+        history: bool = False,
+        limit: int | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Ground truth by request id, oldest first: the latest label of each
+        (model, request id) (by event time, then arrival), or with
+        ``history`` every label received, corrections included. A number or
+        an int class is in ``label``, a class spelled as text in
+        ``label_text``."""
+        conds, params = self._filter(model, None, since, until)
+        if request_ids is not None:
+            ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+            if not all(isinstance(r, str) for r in ids):
+                raise TypeError("request_ids must be strings")
+            conds.append("list_contains(?, request_id)")
+            params.append(ids)
+        table = "labels" if history else "latest_labels"
+        return self.sql(
+            *self._select(table, None, conds, params, "ts, received_at, batch_seq, seq", limit),
+            as_pandas=as_pandas,
+        )
+
+    def labelled(
+        self,
+        model: str,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        *,
+        limit: int | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Predictions of a model in ``[since, until)`` (their event time)
+        joined to the latest label of their request id, oldest first; only
+        predictions with a label. Columns: ``ts``, ``model``, ``version``,
+        ``request_id``, ``prediction``, ``prediction_label``,
+        ``probabilities``, ``label``, ``label_text``, ``label_ts``."""
+        conds, params = self._filter(model, version, since, until, "p.ts")
+        conds = [
+            c.replace("model =", "p.model =").replace("version =", "p.version =") for c in conds
+        ]
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        q = (
+            "SELECT p.ts, p.model, p.version, p.request_id, p.prediction, p.prediction_label, "
+            "p.probabilities, l.label, l.label_text, l.ts AS label_ts "
+            "FROM predictions p JOIN latest_labels l "
+            "ON l.model = p.model AND l.request_id = p.request_id "
+            f"{where} ORDER BY p.ts"
+        )
+        if limit is not None:
+            q, params = self._limited(q, params, limit)
+        return self.sql(q, params, as_pandas=as_pandas)
+
+    def unjoined_labels(
+        self, model: str | None = None, *, limit: int | None = 1000, as_pandas: bool = False
+    ) -> Any:
+        """Latest labels whose request id matches no stored prediction of
+        their model (yet: a label may come before its prediction), oldest
+        first."""
+        conds, params = self._filter(model, None, None, None, of="l")
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        q = (
+            "SELECT l.* FROM latest_labels l ANTI JOIN predictions p "
+            f"ON p.model = l.model AND p.request_id = l.request_id {where} ORDER BY l.ts"
+        )
+        if limit is not None:
+            q, params = self._limited(q, params, limit)
+        return self.sql(q, params, as_pandas=as_pandas)
+
+    def label_counts(self, model: str | None = None) -> dict[str, int]:
+        """``labels`` received (corrections included), ``labelled``
+        request ids, ``corrections``, ``joined`` (ids with a stored
+        prediction) and ``unjoined``."""
+        conds, params = self._filter(model, None, None, None)
+        where = ("WHERE " + " AND ".join(conds)) if conds else ""
+        lconds, _ = self._filter(model, None, None, None, of="l")
+        lwhere = ("WHERE " + " AND ".join(lconds)) if lconds else ""
+        row = self.sql(
+            f"SELECT (SELECT count(*) FROM labels {where}) AS labels, "
+            f"(SELECT count(*) FROM latest_labels {where}) AS labelled, "
+            "(SELECT count(*) FROM latest_labels l SEMI JOIN predictions p "
+            f"ON p.model = l.model AND p.request_id = l.request_id {lwhere}) AS joined",
+            params * 3,
+        ).to_pylist()[0]
+        labels, labelled, joined = (int(row[k] or 0) for k in ("labels", "labelled", "joined"))
+        return {
+            "labels": labels,
+            "labelled": labelled,
+            "corrections": labels - labelled,
+            "joined": joined,
+            "unjoined": labelled - joined,
+        }
+
+    @staticmethod
+    def _limited(q: str, params: list[Any], limit: int) -> tuple[str, list[Any]]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
+            raise ValueError("limit must be an integer in 0..2^63-1")
+        return f"{q} LIMIT {limit}", params
 
     def _expand(self, t: pa.Table) -> pa.Table:
         import pyarrow as pa

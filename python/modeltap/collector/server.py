@@ -187,6 +187,7 @@ class CollectorServer:
         self.receive_waits_timed_out = 0  # calls shed waiting for a room
         self.receives_cut = 0  # messages that took longer than receive_s
         self.received_bytes = 0
+        self._models_seen: set[str] = set()  # models with predictions stored
         self.memory = MemoryGuard(max_memory_mb)
         self.watchdog_s = watchdog_s
         self.stall_s = stall_s
@@ -312,6 +313,7 @@ class CollectorServer:
                 # the unary call agents make) so that its message is read
                 # only once there is room for it (_receive).
                 "Export": grpc.stream_unary_rpc_method_handler(self._export),
+                "SubmitLabels": grpc.stream_unary_rpc_method_handler(self._submit_labels),
                 "RegisterReference": grpc.unary_unary_rpc_method_handler(self._register),
                 "Drift": grpc.unary_unary_rpc_method_handler(self._drift),
                 "Trace": grpc.unary_unary_rpc_method_handler(self._trace),
@@ -426,6 +428,40 @@ class CollectorServer:
     async def _export(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
+        return await self._ingest(context, labels_only=False)
+
+    async def _submit_labels(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        """``SubmitLabels``: a batch of ground truth alone (what
+        ``_core.encode_label_batch`` builds) from a label service that has
+        no agent, for a model with predictions stored; stored exactly once,
+        like an Export."""
+        return await self._ingest(context, labels_only=True)
+
+    async def _check_labels_only(self, batch: Any) -> None:
+        if batch.labels is None:
+            raise BatchRejected("SubmitLabels carries no labels")
+        if batch.n_records or batch.spans is not None or batch.profiles is not None:
+            raise BatchRejected("SubmitLabels carries labels only (records go to Export)")
+        model = str(batch.model.get("model", ""))
+        if model in self._models_seen:
+            return
+        found = await asyncio.wrap_future(
+            self.reader.run(
+                lambda con: con.execute(
+                    "SELECT 1 FROM batches WHERE model = ? AND n_records > 0 LIMIT 1", [model]
+                ).fetchone()
+            )
+        )
+        if found is None:
+            raise LookupError(f"no predictions of model {model!r} are stored")
+        if len(self._models_seen) < MAX_REFERENCE_PAIRS:
+            self._models_seen.add(model)
+
+    async def _ingest(
+        self, context: grpc.aio.ServicerContext[bytes, bytes], *, labels_only: bool
+    ) -> bytes:
         self.received += 1
 
         async def work() -> bytes:
@@ -446,6 +482,8 @@ class CollectorServer:
             try:
                 loop = asyncio.get_running_loop()
                 batch = await loop.run_in_executor(self._pool, decode, request)
+                if labels_only:
+                    await self._check_labels_only(batch)
                 left = context.time_remaining()
                 if left is not None:
                     batch.deadline = time.monotonic() + left

@@ -39,6 +39,7 @@ from modeltap.collector.store.errors import (
 )
 from modeltap.collector.store.file import Store, StoreLocked
 from modeltap.collector.store.schema import (
+    ADDED_IN,
     AGENT_COUNTERS,
     MAX_EXPANSION,
     MAX_UNIX_NANO,
@@ -53,6 +54,7 @@ from modeltap.collector.store.schema import (
 from modeltap.collector.store.writer import Job, StoreWriter
 
 __all__ = [
+    "ADDED_IN",
     "AGENT_COUNTERS",
     "CHECKPOINT_THRESHOLD",
     "MAX_EXPANSION",

@@ -19,6 +19,7 @@ import pyarrow as pa
 from modeltap import _core
 from modeltap.collector.store.schema import (
     AGENT_COUNTERS,
+    LABEL_KINDS,
     MAX_EXPANSION,
     MAX_UNIX_NANO,
     MIN_DECODED_ALLOWANCE,
@@ -46,6 +47,7 @@ class DecodedBatch:
     profiles: pa.Table | None = None
     spans: pa.Table | None = None
     counters: pa.Table | None = None
+    labels: pa.Table | None = None  # ground truth the batch carries
     nbytes: int = 0  # decoded size (Arrow buffers)
     deadline: float | None = None  # time.monotonic() past which nobody waits
     future: Future[tuple[bool, int]] = field(default_factory=Future)
@@ -328,10 +330,13 @@ def decode(data: bytes) -> DecodedBatch:
                 "agent_id": pa.array([agent_id], pa.string()),
                 "host": pa.array([m.get("host")], pa.string()),
                 "batch_seq": pa.array([int(d["batch_seq"])], pa.uint64()),
-                **{k: pa.array([int(ac[k])], pa.uint64()) for k in AGENT_COUNTERS},
+                **{k: pa.array([int(ac.get(k, 0))], pa.uint64()) for k in AGENT_COUNTERS},
             }
         )
-    nbytes = sum(t.nbytes for t in (predictions, errors, system, profiles, spans) if t is not None)
+    labels = _labels_table(d.get("truth"), model, version, agent_id, int(d["batch_seq"]))
+    nbytes = sum(
+        t.nbytes for t in (predictions, errors, system, profiles, spans, labels) if t is not None
+    )
     if nbytes > max(MAX_EXPANSION * len(data), MIN_DECODED_ALLOWANCE):
         raise _core.BatchDecodeError(
             f"out of range: a batch of {len(data)} bytes expands to {nbytes} bytes "
@@ -351,7 +356,57 @@ def decode(data: bytes) -> DecodedBatch:
         profiles=profiles,
         spans=spans,
         counters=counters,
+        labels=labels,
         nbytes=nbytes + len(data),
+    )
+
+
+def _labels_table(
+    truth: Mapping[str, Any] | None, model: str, version: str, agent_id: str, batch_seq: int
+) -> pa.Table | None:
+    """The ``labels`` rows of a batch's ground truth (None when it has none):
+    a number or an int class in ``label``, a class spelled as text in
+    ``label_text``, checked against the range of their columns."""
+    if truth is None:
+        return None
+    ns = np.asarray(truth["unix_nano"], dtype=np.uint64)
+    k = int(ns.size)
+    if k == 0:
+        return None
+    _check_unix_nano("a label's time", ns)
+    kind = np.asarray(truth["kind"], dtype=np.uint8)
+    values = np.asarray(truth["values"], dtype=np.float64)
+    codes = np.asarray(truth["label_codes"], dtype=np.int32)
+    if kind.size != k or values.size != k or codes.size != k:
+        raise _core.BatchDecodeError(f"out of range: label columns of {k} labels differ in length")
+    if (kind > 2).any():
+        raise _core.BatchDecodeError("out of range: a label kind past 2 (number, int, label)")
+    text = kind == 2
+    if not np.isfinite(values[~text]).all():
+        raise _core.BatchDecodeError("out of range: a number label that is NaN or infinite")
+    if len(truth["request_id_hex"]) != 32 * k:
+        raise _core.BatchDecodeError(f"out of range: label request ids for {k} labels")
+    rid = _hex_strings(truth["request_id_hex"], 32, k)
+    if truth["request_id_text"]:
+        rid = _overlay(rid, truth["request_id_text"], pa.string())
+    label = values.copy()
+    label[text] = np.nan
+    return pa.table(
+        {
+            "ts": _ts(ns),
+            "model": _repeat(model, k),
+            "version": _repeat(version, k),
+            "agent_id": _repeat(agent_id, k),
+            "batch_seq": pa.array(np.full(k, batch_seq, dtype=np.uint64)),
+            "seq": pa.array(np.arange(k, dtype=np.uint32)),
+            "request_id": rid,
+            "kind": pa.DictionaryArray.from_arrays(
+                pa.array(kind.astype(np.int32)), pa.array(list(LABEL_KINDS))
+            ),
+            "label": pa.array(label, from_pandas=True),
+            "label_text": _dictionary("label", codes, list(truth["label_values"]), k),
+            "received_at": pa.array(np.full(k, time.time_ns(), dtype=np.int64)).cast(TS),
+        }
     )
 
 
@@ -540,6 +595,7 @@ def group_tables(
         ("window_profiles", "profiles"),
         ("spans", "spans"),
         ("agent_counters", "counters"),
+        ("labels", "labels"),
     ):
         parts = [t for b in group if (t := getattr(b, attr)) is not None]
         if parts:

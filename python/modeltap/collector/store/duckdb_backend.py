@@ -184,6 +184,35 @@ CREATE TABLE IF NOT EXISTS system_metrics (
 # together with the version it records.
 MIGRATIONS: dict[int, str] = {
     2: "CREATE TABLE modeltap_meta (key VARCHAR PRIMARY KEY, value VARCHAR);",
+    # Ground truth: one row per label received, corrections included (the
+    # history); latest_labels keeps the newest of each (model, request_id)
+    # by event time, then arrival. A number or an int class is in `label`,
+    # a class spelled as text in `label_text` (as predictions keep theirs in
+    # prediction and prediction_label).
+    3: """
+CREATE TABLE labels (
+    ts TIMESTAMPTZ,
+    model VARCHAR,
+    version VARCHAR,
+    agent_id VARCHAR,
+    batch_seq UBIGINT,
+    seq UINTEGER,
+    request_id VARCHAR,
+    kind VARCHAR,
+    label DOUBLE,
+    label_text VARCHAR,
+    received_at TIMESTAMPTZ
+);
+CREATE VIEW latest_labels AS
+SELECT * EXCLUDE (rank) FROM (
+    SELECT *, row_number() OVER (
+        PARTITION BY model, request_id
+        ORDER BY ts DESC, received_at DESC, batch_seq DESC, seq DESC
+    ) AS rank FROM labels
+) WHERE rank = 1;
+ALTER TABLE agent_counters ADD COLUMN labels UBIGINT;
+ALTER TABLE agent_counters ADD COLUMN labels_dropped UBIGINT;
+""",
 }
 
 _MEMORY = re.compile(r"out of memory|failed to pin|memory limit", re.IGNORECASE)

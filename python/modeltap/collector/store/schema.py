@@ -13,11 +13,13 @@ import pyarrow as pa
 
 # The newest schema version this release writes. A store of an older
 # version is migrated forward when opened; a newer one is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VERSIONS: dict[int, str] = {
     1: "batches, feature_schemas, predictions, errors, window_profiles, references, "
     "agent_counters, spans, system_metrics (the first release; no version recorded)",
     2: "modeltap_meta: the schema version recorded in the store",
+    3: "labels (ground truth by request id, every correction kept) and the latest_labels "
+    "view; agent_counters.labels and labels_dropped",
 }
 
 TABLES = (
@@ -30,7 +32,10 @@ TABLES = (
     "agent_counters",
     "spans",
     "system_metrics",
+    "labels",
 )
+# Tables added after the first version, with the version that added them.
+ADDED_IN = {"labels": 3}
 # Tables whose rows carry a unique key of their own: a row whose key is
 # already stored is left out of a group's append instead of failing it.
 KEYED = {"feature_schemas": ("schema_id",)}
@@ -58,7 +63,10 @@ AGENT_COUNTERS = (
     "spans",
     "spans_dropped",
     "spans_lost",
+    "labels",
+    "labels_dropped",
 )
+LABEL_KINDS = ("number", "int", "label")
 SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
 SPAN_STATUS = ("unset", "ok", "error")
 SPAN_COLUMNS = [
