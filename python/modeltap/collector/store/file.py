@@ -120,6 +120,36 @@ class Store(Reporting, Reads):
         """The slowest traces with their stage breakdown."""
         return analysis.slowest_traces(self, model, slowest, parse_time(since), parse_time(until))
 
+    def performance(
+        self,
+        model: str,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        window_s: float | None = None,
+        metrics: Sequence[str] | None = None,
+        *,
+        classes: Sequence[Any] | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Realised performance of a model per window of prediction time
+        (``window_s``, default an hour): predictions joined to their latest
+        label, each metric with its interval (see
+        :mod:`modeltap.analysis.performance`)."""
+        from modeltap.analysis.performance import performance
+
+        t = performance(
+            self,
+            model,
+            version,
+            since,
+            until,
+            window_s=3600.0 if window_s is None else window_s,
+            metrics=metrics,
+            classes=classes,
+        )
+        return t.to_pandas() if as_pandas else t
+
     def stage_latency(
         self,
         model: str,

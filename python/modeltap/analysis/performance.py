@@ -1,0 +1,341 @@
+"""Realised performance per window: predictions joined to their latest
+label, the metrics a model is judged by, each with an interval from the
+window's own rows.
+
+Classifiers: accuracy, macro precision, recall and F1 (and per class),
+ROC AUC (binary; one-vs-rest macro for several classes), log loss, Brier
+score (binary) and expected calibration error (10 equal-width bins of the
+top probability). Regressors: MAE, RMSE, MAPE (over rows whose truth is not
+0), R². Each equals scikit-learn's function on the same rows.
+
+Intervals (95 %): Wilson's for accuracy and for macro precision and recall
+(over the rows each averages); Hanley and McNeil's standard error for ROC
+AUC; the normal approximation of the mean for MAE, and the delta method
+for RMSE. A window where a metric is undefined (one class for AUC, no
+nonzero truth for MAPE, constant truth for R²) has it NULL and says why in
+``<metric>_note``.
+
+Probabilities name classes by position: ``probabilities[i]`` is the
+probability of int class ``i`` (binary: one value is the probability of
+class 1), or of ``classes[i]`` when ``classes`` is given (needed for
+classes spelled as text)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from modeltap.reads import Reads, TimeArg, parse_time, time_range
+
+Z = 1.959963984540054  # the normal quantile of a 95 % interval
+ECE_BINS = 10
+MAX_CLASSES = 64  # classes with metrics of their own; more are counted but not listed
+EPS = 1e-15  # probabilities clipped to [EPS, 1 - EPS] in log loss, as scikit-learn does
+
+CLASSIFIER_METRICS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "log_loss",
+    "brier",
+    "ece",
+)
+REGRESSOR_METRICS = ("mae", "rmse", "mape", "r2")
+
+
+def wilson(k: float, n: float) -> tuple[float, float]:
+    """Wilson's score interval of a proportion ``k / n`` (95 %)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = k / n
+    d = 1 + Z * Z / n
+    c = (p + Z * Z / (2 * n)) / d
+    h = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def _auc(score: np.ndarray, positive: np.ndarray) -> tuple[float, str | None]:
+    """ROC AUC by the rank-sum (ties take their mean rank)."""
+    n1 = int(positive.sum())
+    n0 = positive.size - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan, "one class only in the window: ROC AUC is undefined"
+    order = np.argsort(score, kind="mergesort")
+    s = score[order]
+    # Mean (1-based) rank of each run of equal scores.
+    new = np.r_[True, s[1:] != s[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], s.size]
+    ranks = ((starts + ends + 1) / 2.0)[np.cumsum(new) - 1]
+    r1 = ranks[positive[order]].sum()
+    return float((r1 - n1 * (n1 + 1) / 2.0) / (n1 * n0)), None
+
+
+def _auc_interval(a: float, n1: int, n0: int) -> tuple[float, float]:
+    """Hanley and McNeil's standard error of an AUC."""
+    if not math.isfinite(a) or n1 == 0 or n0 == 0:
+        return math.nan, math.nan
+    q1 = a / (2 - a)
+    q2 = 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, a - Z * se), min(1.0, a + Z * se)
+
+
+def classifier_metrics(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    proba: np.ndarray | None = None,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """The classifier metrics of one window's labelled rows (``proba``: n x
+    k probabilities by class position, or None)."""
+    yt = np.asarray(y_true, dtype=object)
+    yp = np.asarray(y_pred, dtype=object)
+    n = yt.size
+    out: dict[str, Any] = {"n_labelled": n}
+    if n == 0:
+        return out
+    seen = sorted({*yt.tolist(), *yp.tolist()}, key=lambda v: (str(type(v)), v))
+    correct = yt == yp
+    k = int(correct.sum())
+    out["accuracy"] = k / n
+    out["accuracy_lo"], out["accuracy_hi"] = wilson(k, n)
+    precisions, recalls, f1s = [], [], []
+    tp_sum = pp_sum = ap_sum = 0
+    for c in seen:
+        tp = int(((yp == c) & correct).sum())
+        pp = int((yp == c).sum())
+        ap = int((yt == c).sum())
+        prec = tp / pp if pp else 0.0
+        rec = tp / ap if ap else 0.0
+        f1 = 2 * tp / (pp + ap) if (pp + ap) else 0.0
+        precisions.append(prec)
+        recalls.append(rec)
+        f1s.append(f1)
+        tp_sum += tp
+        pp_sum += pp
+        ap_sum += ap
+        if len(seen) <= MAX_CLASSES:
+            out[f"precision_{c}"] = prec
+            out[f"recall_{c}"] = rec
+            out[f"f1_{c}"] = f1
+    out["precision"] = float(np.mean(precisions))
+    out["recall"] = float(np.mean(recalls))
+    out["f1"] = float(np.mean(f1s))
+    # The macro means' intervals: Wilson's over the rows each averages.
+    out["precision_lo"], out["precision_hi"] = _around(out["precision"], pp_sum / len(seen))
+    out["recall_lo"], out["recall_hi"] = _around(out["recall"], ap_sum / len(seen))
+    if proba is None:
+        return out
+    p = np.asarray(proba, dtype=np.float64)
+    names = list(classes) if classes is not None else None
+    if p.ndim == 1 or p.shape[1] == 1:  # one value: the probability of class 1
+        p1 = p.reshape(-1)
+        p = np.column_stack([1 - p1, p1])
+        if names is None:
+            names = [0, 1]
+    if names is None:
+        names = list(range(p.shape[1]))
+    if len(names) != p.shape[1]:
+        out["roc_auc_note"] = f"{p.shape[1]} probabilities for {len(names)} classes"
+        return out
+    index = {c: i for i, c in enumerate(names)}
+    ti = np.array([index.get(v, -1) for v in yt.tolist()], dtype=np.int64)
+    if (ti < 0).any():
+        out["log_loss_note"] = "a label names no class of the probabilities"
+        return out
+    pc = np.clip(p, EPS, 1 - EPS)
+    # scikit-learn's log_loss scales each row's clipped probabilities to 1.
+    pc = pc / pc.sum(axis=1, keepdims=True)
+    out["log_loss"] = float(-np.log(pc[np.arange(n), ti]).mean())
+    conf = p.max(axis=1)
+    top = p.argmax(axis=1)
+    hit = top == ti
+    bins = np.minimum((conf * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    ece = 0.0
+    for b in range(ECE_BINS):
+        m = bins == b
+        if m.any():
+            ece += m.sum() / n * abs(hit[m].mean() - conf[m].mean())
+    out["ece"] = float(ece)
+    if p.shape[1] == 2:
+        pos = ti == 1
+        out["brier"] = float(((p[:, 1] - pos) ** 2).mean())
+        auc, why = _auc(p[:, 1], pos)
+        n1 = int(pos.sum())
+        out["roc_auc_lo"], out["roc_auc_hi"] = _auc_interval(auc, n1, n - n1)
+    else:
+        aucs = []
+        why = None
+        for j in range(p.shape[1]):
+            pos = ti == j
+            if not pos.any():
+                continue  # scikit-learn's one-vs-rest needs every class present
+            a, w = _auc(p[:, j], pos)
+            if w:
+                why = w
+            aucs.append(a)
+        if len(aucs) < p.shape[1]:
+            auc, why = math.nan, "not every class is in the window: ROC AUC is undefined"
+        else:
+            auc = float(np.mean(aucs))
+        out["roc_auc_lo"], out["roc_auc_hi"] = math.nan, math.nan
+    out["roc_auc"] = auc
+    if why:
+        out["roc_auc_note"] = why
+    return out
+
+
+def _around(p: float, n: float) -> tuple[float, float]:
+    return wilson(p * n, n) if n > 0 else (math.nan, math.nan)
+
+
+def regressor_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """The regressor metrics of one window's labelled rows."""
+    y = np.asarray(y_true, dtype=np.float64)
+    f = np.asarray(y_pred, dtype=np.float64)
+    n = y.size
+    out: dict[str, Any] = {"n_labelled": n}
+    if n == 0:
+        return out
+    e = f - y
+    ae = np.abs(e)
+    mae = float(ae.mean())
+    mse = float((e * e).mean())
+    out["mae"] = mae
+    se = float(ae.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    out["mae_lo"], out["mae_hi"] = mae - Z * se, mae + Z * se
+    out["rmse"] = math.sqrt(mse)
+    if n > 1 and mse > 0:  # the delta method: sd(e^2) / (2 rmse sqrt(n))
+        se_r = float((e * e).std(ddof=1)) / (2 * math.sqrt(mse) * math.sqrt(n))
+        out["rmse_lo"], out["rmse_hi"] = max(0.0, out["rmse"] - Z * se_r), out["rmse"] + Z * se_r
+    nz = y != 0
+    if nz.any():
+        out["mape"] = float((ae[nz] / np.abs(y[nz])).mean())
+        if not nz.all():
+            out["mape_note"] = f"over the {int(nz.sum())} rows whose truth is not 0"
+    else:
+        out["mape"] = math.nan
+        out["mape_note"] = "every truth is 0: MAPE is undefined"
+    sst = float(((y - y.mean()) ** 2).sum())
+    if sst > 0:
+        out["r2"] = 1 - float((e * e).sum()) / sst
+    else:
+        out["r2"] = math.nan
+        out["r2_note"] = "the truth is constant in the window: R² is undefined"
+    return out
+
+
+def performance(
+    reads: Reads,
+    model: str,
+    version: str | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    *,
+    window_s: float = 3600.0,
+    metrics: Sequence[str] | None = None,
+    classes: Sequence[Any] | None = None,
+) -> Any:
+    """One row per ``window_s`` window of prediction time (``window_start``,
+    ``n`` predictions, ``n_labelled``, each metric with its ``_lo`` and
+    ``_hi`` where it has an interval, ``<metric>_note`` where one is
+    undefined), as a ``pyarrow.Table``. ``metrics`` keeps some of them."""
+    import pyarrow as pa
+
+    if not isinstance(window_s, (int, float)) or not 0 < window_s <= 366 * 86400:
+        raise ValueError(f"window_s must be in (0, 366 days], not {window_s!r}")
+    us = int(window_s * 1e6)
+    conds: list[str] = ["p.model = ?"]
+    params: list[Any] = [model]
+    if version is not None:
+        conds.append("p.version = ?")
+        params.append(version)
+    time_range(conds, params, "p.ts", parse_time(since), parse_time(until))
+    where = " AND ".join(conds)
+    w = f"(epoch_us(p.ts) // {us}) * {us}"
+    totals = {
+        int(r["w"]): int(r["n"])
+        for r in reads.sql(
+            f"SELECT {w} AS w, count(*) AS n FROM predictions p WHERE {where} GROUP BY 1",
+            params,
+        ).to_pylist()
+    }
+    rows = reads.sql(
+        f"SELECT {w} AS w, p.prediction, p.prediction_label, p.probabilities, "
+        "l.kind, l.label, l.label_text FROM predictions p JOIN latest_labels l "
+        f"ON l.model = p.model AND l.request_id = p.request_id WHERE {where} ORDER BY 1",
+        params,
+    )
+    wins = np.asarray(rows.column("w").to_numpy(zero_copy_only=False), dtype=np.int64)
+    kinds = rows.column("kind").to_pylist()
+    regression = any(k == "number" for k in kinds)
+    out_rows: list[dict[str, Any]] = []
+    starts = sorted(set(totals) | set(wins.tolist()))
+    cut = np.searchsorted(wins, [*starts, np.iinfo(np.int64).max])
+    pred_num = rows.column("prediction").to_numpy(zero_copy_only=False)
+    pred_txt = rows.column("prediction_label").to_pylist()
+    lab_num = rows.column("label").to_numpy(zero_copy_only=False)
+    lab_txt = rows.column("label_text").to_pylist()
+    probs = rows.column("probabilities").to_pylist()
+    for i, start in enumerate(starts):
+        a, b = int(cut[i]), int(cut[i + 1])
+        row: dict[str, Any] = {"window_start": start, "n": totals.get(start, 0)}
+        if regression:
+            m = regressor_metrics(lab_num[a:b], pred_num[a:b])
+        else:
+            yt = [_class(lab_txt[j], lab_num[j]) for j in range(a, b)]
+            yp = [_class(pred_txt[j], pred_num[j]) for j in range(a, b)]
+            proba = None
+            ps = probs[a:b]
+            if b > a and all(p is not None and len(p) == len(ps[0]) for p in ps):
+                proba = np.asarray(ps, dtype=np.float64)
+            m = classifier_metrics(yt, yp, proba, classes)
+        row.update(m)
+        out_rows.append(row)
+    names = list(REGRESSOR_METRICS if regression else CLASSIFIER_METRICS)
+    if metrics is not None:
+        unknown = [x for x in metrics if x not in names]
+        if unknown:
+            raise ValueError(f"no metric {unknown[0]!r} for this model (metrics: {names})")
+        names = list(metrics)
+    cols = ["window_start", "n", "n_labelled"]
+    extra = sorted({k for r in out_rows for k in r} - set(cols))
+    for name in names:
+        for suffix in ("", "_lo", "_hi", "_note"):
+            if name + suffix in extra:
+                cols.append(name + suffix)
+        if metrics is None:
+            cols += [k for k in extra if k.startswith(name + "_") and k not in cols]
+    table: dict[str, Any] = {}
+    for c in cols:
+        vals = [r.get(c) for r in out_rows]
+        if c == "window_start":
+            table[c] = pa.array(vals, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        elif c.endswith("_note"):
+            table[c] = pa.array(vals, pa.string())
+        elif c in ("n", "n_labelled"):
+            table[c] = pa.array([v or 0 for v in vals], pa.int64())
+        else:
+            table[c] = pa.array([_null_nan(v) for v in vals], pa.float64())
+    return pa.table(table)
+
+
+def _null_nan(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _class(text: Any, number: Any) -> Any:
+    """A class as predictions and labels spell it: text, else an int."""
+    if text is not None:
+        return text
+    if number is None or (isinstance(number, float) and math.isnan(number)):
+        return None
+    f = float(number)
+    return int(f) if f.is_integer() else f
