@@ -35,6 +35,7 @@ __all__ = [
     "drift",
     "encode_drift_request",
     "encode_export_response",
+    "encode_label_batch",
     "encode_query_chunk",
     "encode_reference_upload",
     "encode_strings",
@@ -166,7 +167,31 @@ def _after_fork() -> None:
     """Reseeds the id generators; called in a child after fork."""
 
 def decode_batch(data: bytes, *, columns: bool = False) -> dict[str, Any]:
-    """Decodes an encoded batch into numpy columns and lists."""
+    """Decodes an encoded batch into numpy columns and lists.
+
+    ``truth`` holds the batch's labels (None when it has none): by default
+    ``request_ids`` (list of str), ``labels`` (float for a number, int for
+    an integer class, str for a class) and ``unix_nano`` (uint64 array);
+    with ``columns=True`` ``unix_nano``, ``request_id_hex`` (bytes, 32 hex
+    digits a label), ``request_id_text`` (list of (label, id)), ``kind``
+    (uint8: 0 number, 1 int, 2 label), ``values`` (float64, NaN for label
+    rows), ``label_codes`` (int32, -1 for number and int rows) indexing
+    ``label_values`` (list of str)."""
+
+def encode_label_batch(
+    agent_id: str,
+    batch_seq: int,
+    model: str,
+    version: str,
+    request_ids: Sequence[str],
+    labels: Sequence[object] | npt.NDArray[Any],
+    unix_nano: npt.NDArray[np.uint64] | Sequence[int] | None = None,
+) -> bytes:
+    """A whole ``RecordBatch`` of labels only (for label services without an
+    agent), which ``decode_batch`` and the collector accept. An int or bool
+    label is an integer class (``True`` is 1), a float a number (whether
+    integral or not), a str a class. ``unix_nano`` None: now for all.
+    Raises ValueError naming the first bad label (``label {i}: ...``)."""
 
 def encode_export_response(accepted: bool, duplicate: bool, n_records: int) -> bytes:
     """Encodes the collector's ExportResponse."""
@@ -343,6 +368,14 @@ class Recorder:
         coded: bool = False,
         overflow: Mapping[int, Sequence[tuple[int, str]]] | None = None,
     ) -> RequestIds: ...
+    def log_label(self, request_id: Any, label: Any, *, unix_nano: int | None = None) -> None: ...
+    def log_labels(
+        self,
+        request_ids: Any,
+        labels: Any,
+        *,
+        unix_nano: int | npt.NDArray[np.uint64] | Sequence[int] | None = None,
+    ) -> int: ...
     def init_schema(
         self,
         names: Sequence[str],

@@ -24,6 +24,7 @@ from modeltap._agent_batch import _n_rows as _n_rows
 from modeltap._agent_batch import _per_row as _per_row
 from modeltap._agent_batch import _rows_of as _rows_of
 from modeltap._agent_batch import _sized as _sized
+from modeltap._agent_labels import _AgentLabels
 from modeltap._agent_lifecycle import _MAX_TIMEOUT_S as _MAX_TIMEOUT_S
 from modeltap._agent_lifecycle import _abandoned as _abandoned
 from modeltap._agent_lifecycle import _after_fork_in_child as _after_fork_in_child
@@ -50,7 +51,7 @@ DEFAULT_BUFFER_BYTES = 64 << 20
 MAX_CAPTURE_BYTES = 64 * 1024
 
 
-class Agent(_AgentLifecycle, _AgentBatches, _AgentTracing):
+class Agent(_AgentLifecycle, _AgentBatches, _AgentTracing, _AgentLabels):
     """Records every prediction of one model (and version) with almost no
     cost on the serving thread.
 
@@ -274,7 +275,11 @@ class Agent(_AgentLifecycle, _AgentBatches, _AgentTracing):
         or ``invalid``;
         ``logged`` is their sum. ``flagged`` counts kept records with
         missing or bad values, ``inference_errors`` records logged with an
-        error, ``errors`` the agent's own failures. With a spool:
+        error, ``errors`` the agent's own failures. Labels
+        (:meth:`log_label`) are no records: ``labels`` counts those put in
+        the ring, ``labels_dropped`` those the ring had no room for; a label
+        refused as invalid counts in ``invalid`` (and ``logged``) as a
+        refused record does. With a spool:
         ``spool_recovered`` (records of earlier processes delivered from the
         spool) and ``spool_corrupt`` (records lost to damaged spool files)."""
         s = self._rec.stats()

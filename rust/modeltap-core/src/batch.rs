@@ -31,6 +31,9 @@ pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
 pub const MAX_GPUS: usize = 256;
 /// Most attributes one row may carry (an agent keeps at most 64).
 pub const MAX_ROW_ATTRIBUTES: usize = 1_024;
+/// Most labels (`RecordBatch.truth`) a batch may carry: far more than a
+/// batch of `MAX_BATCH_BYTES` holds (every label takes 33 bytes or more).
+pub const MAX_LABELS: usize = 1 << 22;
 
 /// Fixed bytes a record adds to a batch besides its values (ids, time,
 /// latency, flags, counts), for sizing batches by bytes.
@@ -71,13 +74,25 @@ impl VocabMirror {
     }
 }
 
-/// Accumulates records (and spans) into columns until the batch is sealed.
+/// The class of a LABEL label until the batch is sealed: a code of the
+/// label vocabulary, or the text itself (the vocabulary was full).
+#[derive(Debug)]
+enum LabelClass {
+    Code(u32),
+    Text(String),
+}
+
+/// Accumulates records (and spans and labels) into columns until the batch
+/// is sealed.
 #[derive(Debug)]
 pub struct BatchBuilder {
     schema: Arc<Schema>,
     msg: proto::RecordBatch,
     used_codes: Vec<Vec<u32>>,
     used_labels: Vec<u32>,
+    /// (label index, class) of every LABEL label, coded into the batch's
+    /// own `truth.classes` at sealing.
+    label_classes: Vec<(usize, LabelClass)>,
     span_names: BTreeMap<String, u32>,
     bytes: usize,
 }
@@ -116,6 +131,7 @@ impl BatchBuilder {
             msg,
             used_codes: vec![Vec::new(); n],
             used_labels: Vec::new(),
+            label_classes: Vec::new(),
             span_names: BTreeMap::new(),
             bytes: 0,
         }
@@ -139,15 +155,20 @@ impl BatchBuilder {
             .map_or(0, |s| s.start_unix_nano.len())
     }
 
+    /// Labels (ground truth) added so far.
+    pub fn n_labels(&self) -> usize {
+        self.msg.truth.as_ref().map_or(0, |t| t.unix_nano.len())
+    }
+
     /// Approximate bytes the batch holds so far (values, ids and the
     /// variable-length parts), for sealing batches by size.
     pub fn byte_size(&self) -> usize {
         self.bytes
     }
 
-    /// True when neither records nor spans were added.
+    /// True when no record, span or label was added.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.n_spans() == 0
+        self.len() == 0 && self.n_spans() == 0 && self.n_labels() == 0
     }
 
     /// Copies one slot into the columns (and takes its side box).
@@ -155,6 +176,7 @@ impl BatchBuilder {
         match slot.kind {
             SlotKind::Record => self.push_record(slot),
             SlotKind::Span => self.push_span(slot),
+            SlotKind::Label => self.push_label(slot),
             SlotKind::Void | SlotKind::Profile => {}
         }
     }
@@ -302,6 +324,58 @@ impl BatchBuilder {
         }
     }
 
+    /// Copies one label slot (see [`SlotKind::Label`]) into the truth
+    /// columns (and takes its side box). A kind other than `Int` or `Label`
+    /// is read as `Number`.
+    pub fn push_label(&mut self, slot: &mut Slot) {
+        let t = self.msg.truth.get_or_insert_with(Default::default);
+        let row = t.unix_nano.len();
+        t.unix_nano.push(slot.unix_nano);
+        t.request_ids
+            .extend_from_slice(&slot.request_id.to_be_bytes());
+        let kind = match slot.prediction_kind {
+            PredictionKind::Int => proto::PredictionKind::Int,
+            PredictionKind::Label => proto::PredictionKind::Label,
+            PredictionKind::Number | PredictionKind::Vector => proto::PredictionKind::Number,
+        };
+        t.kinds.push(kind as i32);
+        // A LABEL's value becomes its code into `classes` at sealing.
+        t.values.push(slot.latency_s);
+        self.bytes += ROW_OVERHEAD;
+        if let Some(id) = slot.request_id_inline.get() {
+            self.bytes += id.len() + 24;
+            t.request_id_text.push(proto::RowString {
+                row: row_u32(row),
+                value: id.to_owned(),
+            });
+            slot.request_id_inline.clear();
+        }
+        let mut text = None;
+        if let Some(side) = slot.side.take() {
+            let side = *side;
+            self.bytes += side.heap_bytes();
+            if let Some(id) = side.request_id {
+                t.request_id_text.push(proto::RowString {
+                    row: row_u32(row),
+                    value: id,
+                });
+            }
+            text = side
+                .categories
+                .into_iter()
+                .find(|(i, _)| *i == crate::profile::LABEL_OVERFLOW_INDEX)
+                .map(|(_, v)| v);
+        }
+        if kind == proto::PredictionKind::Label {
+            let class = match (text, f64_to_code(slot.latency_s)) {
+                (Some(text), _) => LabelClass::Text(text),
+                (None, Some(code)) => LabelClass::Code(code),
+                (None, None) => LabelClass::Text(String::new()),
+            };
+            self.label_classes.push((row, class));
+        }
+    }
+
     /// Finishes the batch: fills in the identity, the dictionaries of the
     /// codes used and the system samples, and returns the message. The
     /// builder is left empty for the next batch.
@@ -349,6 +423,24 @@ impl BatchBuilder {
                 codes: labels,
                 values,
             });
+        }
+        if let Some(truth) = msg.truth.as_mut() {
+            // The batch's own dictionary of the classes it uses, in order
+            // of first use.
+            let mut index: std::collections::HashMap<String, u32> =
+                std::collections::HashMap::new();
+            for (row, class) in fresh.label_classes {
+                let text = match class {
+                    LabelClass::Code(c) => vocab.label(c).to_owned(),
+                    LabelClass::Text(t) => t,
+                };
+                let next = row_u32(truth.classes.len());
+                let code = *index.entry(text).or_insert_with_key(|t| {
+                    truth.classes.push(t.clone());
+                    next
+                });
+                truth.values[row] = f64::from(code);
+            }
         }
         if let Some(spans) = msg.spans.as_mut() {
             let mut names: Vec<(u32, String)> =
@@ -600,6 +692,9 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
     if let Some(d) = &b.labels {
         check("label dictionary values", d.values.len(), d.codes.len())?;
     }
+    if let Some(t) = &b.truth {
+        validate_truth(t)?;
+    }
     if let Some(s) = &b.spans {
         let ns = s.start_unix_nano.len();
         at_most("spans.names", s.names.len(), ns.max(1))?;
@@ -640,6 +735,69 @@ pub fn validate(b: &proto::RecordBatch) -> Result<(), CodecError> {
         if s.name_codes.iter().any(|&c| c as usize >= s.names.len()) {
             return Err(CodecError::Inconsistent(
                 "span name code outside the names dictionary".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the label columns of a batch: one entry per label in every
+/// column, caller-given ids on labels that exist, in ascending order, and
+/// values their kind allows.
+fn validate_truth(t: &proto::LabelColumns) -> Result<(), CodecError> {
+    let bad = |m: String| Err(CodecError::Inconsistent(m));
+    let n = t.unix_nano.len();
+    if n > MAX_LABELS {
+        return bad(format!(
+            "truth has {n} labels, at most {MAX_LABELS} allowed"
+        ));
+    }
+    check("truth.request_ids (bytes)", t.request_ids.len(), 16 * n)?;
+    check("truth.kinds", t.kinds.len(), n)?;
+    check("truth.values", t.values.len(), n)?;
+    if t.request_id_text.len() > n {
+        return bad(format!(
+            "truth.request_id_text has {} entries for {n} labels",
+            t.request_id_text.len()
+        ));
+    }
+    if t.classes.len() > n {
+        return bad(format!(
+            "truth.classes has {} entries for {n} labels",
+            t.classes.len()
+        ));
+    }
+    let mut next = 0u64;
+    for r in &t.request_id_text {
+        if r.row as usize >= n {
+            return bad(format!(
+                "truth.request_id_text names label {} of {n}",
+                r.row
+            ));
+        }
+        if u64::from(r.row) < next {
+            return bad(format!(
+                "truth.request_id_text names label {} out of order or twice",
+                r.row
+            ));
+        }
+        next = u64::from(r.row) + 1;
+    }
+    let classes = t.classes.len();
+    for (i, (&k, &v)) in t.kinds.iter().zip(&t.values).enumerate() {
+        let ok = match k {
+            0 => v.is_finite(),
+            1 => v.is_finite() && v.fract() == 0.0,
+            2 => f64_to_code(v).is_some_and(|c| (c as usize) < classes && f64::from(c) == v),
+            _ => {
+                return bad(format!(
+                    "truth.kinds of label {i} is {k}: not NUMBER, INT or LABEL"
+                ))
+            }
+        };
+        if !ok {
+            return bad(format!(
+                "truth.values of label {i} ({v}) does not fit its kind {k}"
             ));
         }
     }

@@ -11,6 +11,15 @@ pub enum SlotKind {
     Record,
     /// A pipeline stage span.
     Span,
+    /// Ground truth for an earlier prediction, joined to it by request id
+    /// (`request_id` / `request_id_inline` / `side.request_id` as for a
+    /// record): `unix_nano` is when the truth became known,
+    /// `prediction_kind` is `Number`, `Int` or `Label`, and `latency_s`
+    /// holds the value (for `Label` the code into the label vocabulary, or
+    /// NaN with the class text in `side.categories` under
+    /// [`crate::profile::LABEL_OVERFLOW_INDEX`] when the vocabulary was
+    /// full). No record: neither profiled nor sampled.
+    Label,
     /// Nothing: a slot whose writer failed; the drain thread skips it (the
     /// writer counted the record as dropped).
     Void,
@@ -130,7 +139,8 @@ pub struct Slot {
     pub span_id: u64,
     /// Parent span id (spans; 0: root).
     pub parent_span_id: u64,
-    /// Latency in seconds (NaN: not given). For spans: duration in ns.
+    /// Latency in seconds (NaN: not given). For spans: duration in ns. For
+    /// labels: the value (see [`SlotKind::Label`]).
     pub latency_s: f64,
     /// `flags::*` bits.
     pub flags: u32,

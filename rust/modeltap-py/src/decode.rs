@@ -247,6 +247,76 @@ fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'p
     Ok(d)
 }
 
+/// The label columns of a batch as a dict (see `decode_batch`).
+fn truth_dict<'py>(
+    py: Python<'py>,
+    t: &proto::LabelColumns,
+    columns: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let n = t.unix_nano.len();
+    let d = PyDict::new(py);
+    d.set_item("unix_nano", t.unix_nano.clone().into_pyarray(py))?;
+    let code = |v: f64| -> i32 {
+        // Validated: an integral code below the number of classes.
+        #[allow(clippy::cast_possible_truncation)]
+        let c = v as i32;
+        c
+    };
+    if columns {
+        let mut hex = vec![0u8; 32 * n];
+        for (r, c) in t.request_ids.chunks_exact(16).enumerate() {
+            let mut buf = [0u8; 32];
+            modeltap_core::ids::hex_u128(
+                u128::from_be_bytes(c.try_into().unwrap_or([0; 16])),
+                &mut buf,
+            );
+            hex[32 * r..32 * r + 32].copy_from_slice(&buf);
+        }
+        d.set_item("request_id_hex", PyBytes::new(py, &hex))?;
+        let text: Vec<(u32, String)> = t
+            .request_id_text
+            .iter()
+            .map(|r| (r.row, r.value.clone()))
+            .collect();
+        d.set_item("request_id_text", text)?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let kinds: Vec<u8> = t.kinds.iter().map(|&k| k.clamp(0, 2) as u8).collect();
+        d.set_item("kind", kinds.into_pyarray(py))?;
+        let values: Vec<f64> = t
+            .kinds
+            .iter()
+            .zip(&t.values)
+            .map(|(&k, &v)| if k == 2 { f64::NAN } else { v })
+            .collect();
+        d.set_item("values", values.into_pyarray(py))?;
+        let codes: Vec<i32> = t
+            .kinds
+            .iter()
+            .zip(&t.values)
+            .map(|(&k, &v)| if k == 2 { code(v) } else { -1 })
+            .collect();
+        d.set_item("label_codes", codes.into_pyarray(py))?;
+        d.set_item("label_values", t.classes.clone())?;
+    } else {
+        let mut ids: Vec<String> = t.request_ids.chunks_exact(16).map(hex_bytes).collect();
+        for r in &t.request_id_text {
+            ids[r.row as usize].clone_from(&r.value);
+        }
+        d.set_item("request_ids", ids)?;
+        let labels = PyList::empty(py);
+        for (&k, &v) in t.kinds.iter().zip(&t.values) {
+            match k {
+                #[allow(clippy::cast_possible_truncation)]
+                1 => labels.append(v as i64)?,
+                2 => labels.append(usize::try_from(code(v)).ok().map(|c| &t.classes[c]))?,
+                _ => labels.append(v)?,
+            }
+        }
+        d.set_item("labels", labels)?;
+    }
+    Ok(d)
+}
+
 /// Decodes a batch into a dict of numpy columns and lists.
 ///
 /// Keys: `schema_version`, `agent_id`, `batch_seq`, `created_unix_nano`,
@@ -261,7 +331,10 @@ fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'p
 /// `flags` (uint32), `trace_ids` / `span_ids` (list of hex str or None),
 /// `errors` (list of (row, type, message)), `attributes` ({row: dict}),
 /// `system` (list of dicts; `gpus` present only where NVML was available),
-/// `spans` (dict of columns, or None).
+/// `spans` (dict of columns, or None), `agent_counters` (dict, or None),
+/// `truth` (the labels: None when the batch has none, else a dict of
+/// `request_ids` (list of str), `labels` (list: float for a number, int
+/// for an integer class, str for a class) and `unix_nano` (uint64)).
 ///
 /// Raises `BatchDecodeError` for bytes that are not a valid batch and
 /// `UnsupportedSchemaVersion` for batches of a newer format.
@@ -280,7 +353,12 @@ fn spans_dict<'py>(py: Python<'py>, s: &proto::SpanColumns) -> PyResult<Bound<'p
 /// ({feature: int32 array, -1 missing}) indexing `category_values`
 /// ({feature: list of str}); labels as `label_codes` (int32, -1 none)
 /// indexing `label_values`. `predictions`, `probabilities`, `categories` and
-/// `labels` are absent in this form.
+/// `labels` are absent in this form. `truth` then holds `unix_nano`
+/// (uint64), `request_id_hex` (bytes, 32 hex digits a label; zeros where
+/// the id is in `request_id_text`), `request_id_text` (list of (label,
+/// id)), `kind` (uint8: 0 number, 1 int, 2 label), `values` (float64, NaN
+/// for label rows), `label_codes` (int32, -1 for number and int rows)
+/// indexing `label_values` (list of str).
 #[pyfunction]
 #[pyo3(signature = (data, *, columns=false))]
 pub fn decode_batch<'py>(
@@ -491,6 +569,8 @@ pub fn decode_batch<'py>(
                 ("spans", c.spans),
                 ("spans_dropped", c.spans_dropped),
                 ("spans_lost", c.spans_lost),
+                ("labels", c.labels),
+                ("labels_dropped", c.labels_dropped),
             ] {
                 m.set_item(k, v)?;
             }
@@ -512,6 +592,10 @@ pub fn decode_batch<'py>(
     match &b.spans {
         Some(s) => d.set_item("spans", spans_dict(py, s)?)?,
         None => d.set_item("spans", py.None())?,
+    }
+    match b.truth.as_ref().filter(|t| !t.unix_nano.is_empty()) {
+        Some(t) => d.set_item("truth", truth_dict(py, t, columns)?)?,
+        None => d.set_item("truth", py.None())?,
     }
     Ok(d)
 }

@@ -4,6 +4,7 @@
 mod decode;
 mod drift;
 mod errors;
+mod labels;
 mod parse;
 mod recorder;
 mod request_ids;
@@ -46,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(random_id, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(labels::encode_label_batch, m)?)?;
     m.add_function(wrap_pyfunction!(decode::encode_export_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_export_response, m)?)?;
     m.add_function(wrap_pyfunction!(decode::encode_reference_upload, m)?)?;

@@ -56,6 +56,17 @@ impl RequestIds {
         }
     }
 
+    /// The ids as label request ids, without spelling generated ones.
+    pub(crate) fn label_ids(&self) -> Vec<Result<crate::labels::LabelId, String>> {
+        match &self.ids {
+            Ids::Generated(v) => v
+                .iter()
+                .map(|&id| Ok(crate::labels::LabelId::Hex(id)))
+                .collect(),
+            Ids::Given(v) => v.iter().map(|s| crate::labels::label_id_str(s)).collect(),
+        }
+    }
+
     /// Whether id `i` is spelled `s`, without building a Python string.
     fn is(&self, i: usize, s: &str) -> bool {
         match &self.ids {

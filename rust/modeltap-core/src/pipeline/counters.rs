@@ -39,6 +39,10 @@ pub struct Counters {
     pub spans_dropped: AtomicU64,
     /// Spans in batches discarded or dropped from the spool.
     pub spans_lost: AtomicU64,
+    /// Labels (ground truth) put in the ring; no records either.
+    pub labels: AtomicU64,
+    /// Labels dropped: no room in the ring or the side budget.
+    pub labels_dropped: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -80,6 +84,10 @@ pub struct Stats {
     pub spans_dropped: u64,
     /// Spans in batches discarded or dropped from the spool.
     pub spans_lost: u64,
+    /// Labels put in the ring.
+    pub labels: u64,
+    /// Labels dropped (no room).
+    pub labels_dropped: u64,
 }
 
 impl Pipeline {
@@ -120,6 +128,8 @@ impl Pipeline {
             spans: g(&c.spans),
             spans_dropped: g(&c.spans_dropped),
             spans_lost: g(&c.spans_lost),
+            labels: g(&c.labels),
+            labels_dropped: g(&c.labels_dropped),
         }
     }
 }

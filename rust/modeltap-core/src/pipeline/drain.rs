@@ -78,16 +78,19 @@ impl Pipeline {
                 .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
             slot.side = None;
             slot.profiled = false;
-            if matches!(slot.kind, SlotKind::Profile | SlotKind::Span) {
+            if matches!(
+                slot.kind,
+                SlotKind::Profile | SlotKind::Span | SlotKind::Label
+            ) {
                 self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
             }
             if slot.kind == SlotKind::Span {
                 self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
             }
-            !matches!(
-                slot.kind,
-                SlotKind::Void | SlotKind::Profile | SlotKind::Span
-            )
+            if slot.kind == SlotKind::Label {
+                self.counters.labels_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            slot.kind == SlotKind::Record
         }) {
             n += u64::from(counted);
         }
@@ -138,6 +141,8 @@ impl Pipeline {
             spans: c.spans,
             spans_dropped: c.spans_dropped,
             spans_lost: c.spans_lost,
+            labels: c.labels,
+            labels_dropped: c.labels_dropped,
         });
         let bytes = encode(&msg);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -239,12 +244,17 @@ impl Pipeline {
                 profiler_fixed = fixed;
             }
             {
-                let mut early = lock(&self.early_spans);
+                let mut early = lock(&self.early_parts);
                 if !early.is_empty() {
+                    self.early_taken
+                        .fetch_add(early.len() as u64, Ordering::AcqRel);
                     for mut slot in early.drain(..) {
                         self.side_used
                             .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
-                        if let Some(prof) = profiler.as_mut() {
+                        // Labels are no records: never profiled.
+                        if let Some(prof) =
+                            profiler.as_mut().filter(|_| slot.kind == SlotKind::Span)
+                        {
                             if !self.contained("profiling a span", || prof.add_span(&slot)) {
                                 profiler = None;
                                 profiling = false;
@@ -272,7 +282,10 @@ impl Pipeline {
                 let side_used = &self.side_used;
                 let batch_bytes = self.cfg.batch_bytes();
                 loop {
-                    while b.len() < self.cfg.batch_size && b.byte_size() < batch_bytes {
+                    // Labels count towards a full batch as records do.
+                    while b.len().max(b.n_labels()) < self.cfg.batch_size
+                        && b.byte_size() < batch_bytes
+                    {
                         let got = ring.pop_with(|slot| {
                             side_used
                                 .fetch_sub(std::mem::take(&mut slot.side_charge), Ordering::AcqRel);
@@ -307,6 +320,12 @@ impl Pipeline {
                                 b.push(slot);
                                 return;
                             }
+                            if slot.kind == SlotKind::Label {
+                                // No record: neither profiled nor sampled.
+                                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                                b.push(slot);
+                                return;
+                            }
                             if let Some(prof) = profiler.as_mut().filter(|_| !profiled) {
                                 let add = || {
                                     prof.add(slot, &mut || lock(&self.vocab).drain(..).collect())
@@ -329,7 +348,9 @@ impl Pipeline {
                         popped += 1;
                         batch_started.get_or_insert_with(Instant::now);
                     }
-                    if b.len() >= self.cfg.batch_size || b.byte_size() >= batch_bytes {
+                    if b.len().max(b.n_labels()) >= self.cfg.batch_size
+                        || b.byte_size() >= batch_bytes
+                    {
                         if let Some(prof) = profiler.as_mut() {
                             vocab.extend(prof.drain_learned());
                         }

@@ -169,7 +169,7 @@ impl Pipeline {
     /// has been settled, or `timeout` passes. Returns whether it got there.
     pub fn flush(&self, timeout: Duration) -> bool {
         let Some(ring) = self.ring.get() else {
-            return self.flush_early_spans(timeout);
+            return self.flush_early_parts(timeout);
         };
         let target = ring.tail_pos() as u64;
         if target == 0 {
@@ -208,11 +208,13 @@ impl Pipeline {
         }
     }
 
-    /// `flush` before the first record fixed the schema: only spans can be
-    /// waiting. Asks the drain thread to seal what it holds, then waits
-    /// until every queued batch is settled.
-    fn flush_early_spans(&self, timeout: Duration) -> bool {
-        if self.counters.spans.load(Ordering::Acquire) == 0 {
+    /// `flush` before the first record fixed the schema: only spans and
+    /// labels can be waiting. Asks the drain thread to seal what it holds,
+    /// then waits until every queued batch is settled.
+    fn flush_early_parts(&self, timeout: Duration) -> bool {
+        if self.counters.spans.load(Ordering::Acquire) == 0
+            && self.counters.labels.load(Ordering::Acquire) == 0
+        {
             return true;
         }
         let asked = self.seals_asked.fetch_add(1, Ordering::AcqRel) + 1;

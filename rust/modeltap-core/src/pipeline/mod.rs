@@ -29,6 +29,7 @@ pub use config::{
 };
 pub use counters::{Counters, Stats};
 pub use exporter::{EncodedBatch, Outcome, Take};
+pub use push::LabelPush;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -71,16 +72,19 @@ pub struct Pipeline {
     pid: u32,
     /// Bytes of side boxes of records in the ring.
     side_used: AtomicUsize,
-    /// `SlotKind::Profile` and `SlotKind::Span` slots in the ring (no
-    /// records: `in_ring` leaves them out).
+    /// `SlotKind::Profile`, `SlotKind::Span` and `SlotKind::Label` slots in
+    /// the ring (no records: `in_ring` leaves them out).
     parts_in_ring: AtomicU64,
-    /// Spans ended before the first record fixed the schema (and so the
-    /// ring): the drain thread batches them as they are.
-    early_spans: Mutex<Vec<Slot>>,
+    /// Spans ended and labels logged before the first record fixed the
+    /// schema (and so the ring): the drain thread batches them as they are.
+    early_parts: Mutex<Vec<Slot>>,
+    /// Slots the drain thread has taken out of `early_parts` so far.
+    early_taken: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
-/// Most spans kept before the ring exists (see `Pipeline::push_span`).
+/// Most spans and labels kept before the ring exists (see
+/// `Pipeline::push_span`, `Pipeline::try_push_label`).
 pub const MAX_EARLY_SPANS: usize = 4096;
 
 impl std::fmt::Debug for Pipeline {
@@ -126,7 +130,8 @@ impl Pipeline {
             pid: std::process::id(),
             side_used: AtomicUsize::new(0),
             parts_in_ring: AtomicU64::new(0),
-            early_spans: Mutex::new(Vec::new()),
+            early_parts: Mutex::new(Vec::new()),
+            early_taken: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
         let worker = Arc::clone(&p);

@@ -1,10 +1,22 @@
-//! The writers' side: putting records, spans and profile parts in the ring.
+//! The writers' side: putting records, spans, labels and profile parts in
+//! the ring.
 
 use std::sync::atomic::Ordering;
 
 use super::{lock, Pipeline, MAX_EARLY_SPANS};
 use crate::proto;
 use crate::record::{Slot, SlotKind};
+
+/// What became of [`Pipeline::try_push_label`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelPush {
+    /// In the ring (or the early queue); counted in `labels`.
+    Pushed,
+    /// No room now; nothing counted.
+    Full,
+    /// Could not be taken, ever; counted in `labels_dropped`.
+    Lost,
+}
 
 /// What became of an attempt to put a record in the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,28 +171,14 @@ impl Pipeline {
     /// [`MAX_EARLY_SPANS`] spans wait in a small queue instead.
     pub fn push_span(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> bool {
         if self.ring.get().is_none() {
-            let mut early = lock(&self.early_spans);
-            // Charged to the side budget like a slot's side box.
-            let room = self.side_used.load(Ordering::Acquire) + side_bytes <= self.cfg.side_bytes();
-            if self.is_stopping() || early.len() >= MAX_EARLY_SPANS || !room {
-                self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
-                drop(early);
-                self.wake_drain();
-                return false;
-            }
-            self.side_used.fetch_add(side_bytes, Ordering::AcqRel);
-            let mut slot = Slot::with_stride(0);
-            fill(&mut slot);
-            slot.kind = SlotKind::Span;
-            slot.side_charge = side_bytes;
-            early.push(slot);
-            let half = early.len() == MAX_EARLY_SPANS / 2;
-            drop(early);
-            self.counters.spans.fetch_add(1, Ordering::Relaxed);
-            if half {
-                self.wake_drain();
-            }
-            return true;
+            let pushed = self.push_early(side_bytes, SlotKind::Span, fill);
+            let counter = if pushed {
+                &self.counters.spans
+            } else {
+                &self.counters.spans_dropped
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return pushed;
         }
         self.parts_in_ring.fetch_add(1, Ordering::AcqRel);
         let pushed = match self.insert(side_bytes, fill) {
@@ -198,6 +196,86 @@ impl Pipeline {
             self.counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
         }
         pushed
+    }
+
+    /// Puts a label (`SlotKind::Label`, written by `fill` with a side box
+    /// of `side_bytes`) in the ring, never waiting. A label is no record:
+    /// the record counters do not see it. `Pushed` counts it in `labels`;
+    /// `Lost` (its writer panicked, or its side box could never fit) in
+    /// `labels_dropped`; `Full` counts nothing, so the caller can wait for
+    /// room and try again, or count it with [`Pipeline::count_labels_dropped`].
+    /// Before the first record fixes the schema there is no ring: up to
+    /// [`MAX_EARLY_SPANS`] spans and labels wait in a small queue instead.
+    pub fn try_push_label(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> LabelPush {
+        if side_bytes > self.cfg.max_record_side_bytes() {
+            self.counters.labels_dropped.fetch_add(1, Ordering::Relaxed);
+            return LabelPush::Lost;
+        }
+        let fill = |slot: &mut Slot| {
+            fill(slot);
+            slot.kind = SlotKind::Label;
+        };
+        if self.ring.get().is_none() {
+            if self.push_early(side_bytes, SlotKind::Label, fill) {
+                self.counters.labels.fetch_add(1, Ordering::Relaxed);
+                return LabelPush::Pushed;
+            }
+            return LabelPush::Full;
+        }
+        // Counted before it can be popped, so `in_ring` never counts it.
+        self.parts_in_ring.fetch_add(1, Ordering::AcqRel);
+        match self.insert(side_bytes, fill) {
+            Insert::Pushed => {
+                self.counters.labels.fetch_add(1, Ordering::Relaxed);
+                LabelPush::Pushed
+            }
+            Insert::Full => {
+                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                self.wake_drain();
+                LabelPush::Full
+            }
+            Insert::Failed | Insert::TooLarge => {
+                // A failed one was published as `Void`: the drain skips it
+                // without counting.
+                self.parts_in_ring.fetch_sub(1, Ordering::AcqRel);
+                self.counters.labels_dropped.fetch_add(1, Ordering::Relaxed);
+                LabelPush::Lost
+            }
+        }
+    }
+
+    /// Counts `n` labels that could not be taken (no room, shut down).
+    pub fn count_labels_dropped(&self, n: u64) {
+        self.counters.labels_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Before the ring exists: queues a span or label for the drain thread,
+    /// charged to the side budget like a slot's side box. `false` when the
+    /// queue or the budget is full, or the pipeline shut down.
+    fn push_early(&self, side_bytes: usize, kind: SlotKind, fill: impl FnOnce(&mut Slot)) -> bool {
+        let mut early = lock(&self.early_parts);
+        let room = self.side_used.load(Ordering::Acquire) + side_bytes <= self.cfg.side_bytes();
+        if self.is_stopping() || early.len() >= MAX_EARLY_SPANS || !room {
+            drop(early);
+            self.wake_drain();
+            return false;
+        }
+        let mut slot = Slot::with_stride(0);
+        let fill = std::panic::AssertUnwindSafe(|| fill(&mut slot));
+        if std::panic::catch_unwind(fill).is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.side_used.fetch_add(side_bytes, Ordering::AcqRel);
+        slot.kind = kind;
+        slot.side_charge = side_bytes;
+        early.push(slot);
+        let half = early.len() == MAX_EARLY_SPANS / 2;
+        drop(early);
+        if half {
+            self.wake_drain();
+        }
+        true
     }
 
     fn insert(&self, side_bytes: usize, fill: impl FnOnce(&mut Slot)) -> Insert {
@@ -259,9 +337,12 @@ impl Pipeline {
         self.side_used.load(Ordering::Acquire)
     }
 
-    /// Records the drain thread has taken out of the ring so far.
+    /// Slots the drain thread has taken out of the ring (and, before the
+    /// ring exists, out of the early queue) so far: it moves while the
+    /// drain thread makes progress.
     pub fn consumed(&self) -> u64 {
         self.ring.get().map_or(0, |r| r.head_pos() as u64)
+            + self.early_taken.load(Ordering::Acquire)
     }
 
     /// Counts a rejected record.

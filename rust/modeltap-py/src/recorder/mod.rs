@@ -2,7 +2,8 @@
 //! `single` logs one record (`log`), `bulk/` logs arrays (`log_batch`),
 //! `bulk_profile` profiles a large batch in the caller's call, `features`
 //! views its feature array, `schema` fixes the feature schema, `vocab`
-//! interns categories and labels, `trace/` records spans; `parsed` is a
+//! interns categories and labels, `trace/` records spans, `labels` logs
+//! ground truth (`log_label`, `log_labels`); `parsed` is a
 //! record as read from Python, `text` the text limits and spellings,
 //! `failures` what the recorder does with what goes wrong (contained
 //! failures, warnings, rejected records), `args` the Python methods'
@@ -21,6 +22,7 @@ mod bulk;
 mod bulk_profile;
 mod failures;
 mod features;
+mod labels;
 mod parsed;
 mod schema;
 mod single;
@@ -28,9 +30,9 @@ mod text;
 mod trace;
 mod vocab;
 
-pub(crate) use text::clip;
+pub(crate) use text::{clip, type_name, MAX_ID_BYTES};
 pub(crate) use trace::{current as current_context, Span, SpanContext};
-pub(crate) use vocab::{canonical, float_spelling, MAX_VALUE_BYTES};
+pub(crate) use vocab::{canonical, float_spelling, is_numpy_bool, MAX_VALUE_BYTES};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,7 +50,7 @@ use crate::errors::guard;
 use crate::request_ids::RequestIds;
 use args::{parse_outcome, seconds, GpuTuple};
 use parsed::{flag_names, u16_len, Parsed, Reject, PROBLEM_FLAGS};
-use text::{hex_py, type_name, MAX_ATTRIBUTES, MAX_ID_BYTES, MAX_TEXT_BYTES};
+use text::{hex_py, MAX_ATTRIBUTES, MAX_TEXT_BYTES};
 use vocab::Vocab;
 
 /// `RowCategory.feature_index` of a prediction label carried as a string.
@@ -379,6 +381,39 @@ impl Recorder {
             .contain(py, n, result, |_| Ok(RequestIds::given(Vec::new())))
     }
 
+    /// Logs the ground truth of an earlier prediction (event time
+    /// `unix_nano`, now when None). See `modeltap.Agent.log_label`.
+    #[pyo3(signature = (request_id, label, *, unix_nano=None))]
+    fn log_label(
+        &self,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+        label: &Bound<'_, PyAny>,
+        unix_nano: Option<u64>,
+    ) -> PyResult<()> {
+        let result = guard(|| self.live().log_label_one(py, request_id, label, unix_nano));
+        self.live().contain_labels(py, result, ())
+    }
+
+    /// Logs many labels; `unix_nano` is None (now), one int or a uint64
+    /// array with one time per label (`2**64 - 1`: a time the caller could
+    /// not read, refused). Returns how many landed in the ring. See
+    /// `modeltap.Agent.log_labels`.
+    #[pyo3(signature = (request_ids, labels, *, unix_nano=None))]
+    fn log_labels(
+        &self,
+        py: Python<'_>,
+        request_ids: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        unix_nano: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
+        let result = guard(|| {
+            self.live()
+                .log_label_many(py, request_ids, labels, unix_nano)
+        });
+        self.live().contain_labels(py, result, 0)
+    }
+
     /// After `fork()`: from now on every method of this recorder acts on
     /// `child` (the recorder the agent made for the child process).
     fn forward_to(&self, child: Py<Recorder>) -> PyResult<()> {
@@ -545,6 +580,8 @@ impl Recorder {
                 ("spans", s.spans),
                 ("spans_dropped", s.spans_dropped),
                 ("spans_lost", s.spans_lost),
+                ("labels", s.labels),
+                ("labels_dropped", s.labels_dropped),
                 ("side_bytes", pipe.side_used() as u64),
                 (
                     "spans_sampled_out",

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 /// Longest caller-given request id kept (bytes); longer ones are cut.
-pub(super) const MAX_ID_BYTES: usize = 256;
+pub(crate) const MAX_ID_BYTES: usize = 256;
 /// Longest error type, error message, attribute key or value kept (bytes).
 pub(super) const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// Most attributes kept per record.
@@ -29,7 +29,7 @@ pub(crate) fn clip(mut s: String, max: usize) -> String {
     s
 }
 
-pub(super) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .qualname()
         .map_or_else(|_| "?".into(), |n| n.to_string())

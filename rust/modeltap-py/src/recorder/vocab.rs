@@ -127,7 +127,8 @@ pub fn python_repr(v: f64) -> String {
     format!("{sign}{mantissa}e{esign}{:02}", exp.unsigned_abs())
 }
 
-fn is_numpy_bool(item: &Bound<'_, PyAny>) -> bool {
+/// Whether `item` is a numpy bool scalar.
+pub(crate) fn is_numpy_bool(item: &Bound<'_, PyAny>) -> bool {
     item.get_type()
         .name()
         .is_ok_and(|n| n.to_str().is_ok_and(|n| n == "bool" || n == "bool_"))

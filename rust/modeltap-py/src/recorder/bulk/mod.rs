@@ -31,14 +31,14 @@ use super::{
 use crate::parse::{check, to_str, vector};
 use crate::request_ids::RequestIds;
 use prepare::BatchRows;
-use wait::Waiter;
+pub(super) use wait::Waiter;
 
 /// How long `log_batch` waits for a drain thread that makes no progress
 /// before dropping the rest of a batch that does not fit the ring.
-const BULK_STALL: Duration = Duration::from_millis(20);
+pub(super) const BULK_STALL: Duration = Duration::from_millis(20);
 /// In drop mode, `log_batch` waits for room at most as long as the pipeline
 /// would need to take its rows at this rate (plus `BULK_STALL`).
-const BULK_MIN_ROWS_PER_S: f64 = 100_000.0;
+pub(super) const BULK_MIN_ROWS_PER_S: f64 = 100_000.0;
 
 thread_local! {
     /// Rows of the current `log_batch` call already counted (pushed,

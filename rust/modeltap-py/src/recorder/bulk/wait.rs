@@ -6,11 +6,12 @@ use modeltap_core::pipeline::Pipeline;
 
 use super::BULK_STALL;
 
-/// How `log_batch` waits for room in the ring (see `Recorder::log_many`).
-pub(super) struct Waiter<'a> {
-    pub(super) pipe: &'a Pipeline,
-    pub(super) block: bool,
-    pub(super) call_deadline: Instant,
+/// How `log_batch` (and `log_labels`) wait for room in the ring (see
+/// `Recorder::log_many`).
+pub(in crate::recorder) struct Waiter<'a> {
+    pub(in crate::recorder) pipe: &'a Pipeline,
+    pub(in crate::recorder) block: bool,
+    pub(in crate::recorder) call_deadline: Instant,
 }
 
 impl Waiter<'_> {
@@ -18,7 +19,11 @@ impl Waiter<'_> {
     /// (unless the pipeline stops); in drop mode while the drain thread
     /// makes progress and the call's deadline has not passed, else sets
     /// `stalled` and gives up.
-    pub(super) fn push(&self, try_push: &mut dyn FnMut() -> bool, stalled: &mut bool) -> bool {
+    pub(in crate::recorder) fn push(
+        &self,
+        try_push: &mut dyn FnMut() -> bool,
+        stalled: &mut bool,
+    ) -> bool {
         let pipe = self.pipe;
         if self.block {
             loop {
