@@ -276,8 +276,8 @@ def _parser() -> argparse.ArgumentParser:
             "read-only connection beside ingestion (--collector), or a store file no "
             "collector is writing is read directly (--store). Tables: predictions, errors, "
             "spans, system_metrics, window_profiles, batches, agent_counters, "
-            "feature_schemas, references. Prints a table (the first --max-rows rows), "
-            "or every row as JSON (--json) or CSV (--csv)."
+            "feature_schemas, references, labels (and the view latest_labels). Prints a "
+            "table (the first --max-rows rows), or every row as JSON (--json) or CSV (--csv)."
         ),
     )
     qry.add_argument("sql", metavar="SQL", help='one SELECT statement, e.g. "SELECT ..."')
@@ -311,6 +311,75 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
     rep.add_argument("--out", required=True, metavar="PATH", help="HTML file to write")
     _source_args(rep)
+
+    lab = sub.add_parser("labels", help="send ground truth to a collector, see how it joined")
+    labsub = lab.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    imp = labsub.add_parser(
+        "import",
+        help="send the labels of a CSV or Parquet file to a running collector",
+        description=(
+            "Read ground truth from a CSV or Parquet file with columns request_id, label "
+            "and optionally ts (a time, or Unix seconds: when the truth was known; default "
+            "now), and send it to a running collector for a model with predictions "
+            "stored. A label joins the prediction of the same request id whenever both "
+            "are stored; a second label for an id is a correction (the latest wins, each "
+            "is kept). The file is read in pieces of 100,000 rows, each stored exactly "
+            "once: importing the same file again stores nothing twice. Bad rows (no id, "
+            "no label, NaN, a bad time) are left out and named; the rest is sent."
+        ),
+    )
+    imp.add_argument("file", metavar="FILE", help="a .csv or .parquet file")
+    imp.add_argument("--model", required=True, help="model the labels are for")
+    imp.add_argument("--version", default="", help="model version (default: any)")
+    imp.add_argument(
+        "--collector",
+        default="127.0.0.1:7317",
+        metavar="HOST:PORT",
+        help="collector to send to (default 127.0.0.1:7317)",
+    )
+    imp.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    st = labsub.add_parser(
+        "status",
+        help="labels received, corrections, and those that joined no prediction (yet)",
+    )
+    st.add_argument("--model", help="model name (default: every model)")
+    st.add_argument(
+        "--unjoined",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="list at most N labels that joined no prediction (default 10)",
+    )
+    st.add_argument("--json", action="store_true", help="print as JSON")
+    _source_args(st)
+
+    perf = sub.add_parser(
+        "performance",
+        help="realised performance of a model per window, once labels have arrived",
+        description=(
+            "Predictions joined to their latest label, per window of prediction time: "
+            "accuracy, macro precision, recall and F1, ROC AUC, log loss, Brier score and "
+            "calibration error for classifiers; MAE, RMSE, MAPE and R² for regressors; "
+            "each with its 95 %% interval where it has one. Reads a running collector "
+            "(--collector) or a store file (--store)."
+        ),
+    )
+    perf.add_argument("--model", required=True, help="model name")
+    perf.add_argument("--version", help="model version (default: every version)")
+    perf.add_argument("--since", help="a duration back from now (90s, 15m, 1h, 7d) or a time")
+    perf.add_argument("--to", metavar="TIME", help="end (ISO time; default now)")
+    perf.add_argument(
+        "--window",
+        type=_positive_float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="window length in seconds (default 3600)",
+    )
+    perf.add_argument(
+        "--metrics", metavar="A,B", help="metrics to show (default: every one that applies)"
+    )
+    perf.add_argument("--json", action="store_true", help="print every window as JSON")
+    _source_args(perf)
 
     ref = sub.add_parser("reference", help="build reference files")
     refsub = ref.add_subparsers(dest="reference_command", required=True, metavar="ACTION")

@@ -97,6 +97,14 @@ def _run(args: argparse.Namespace) -> int:
         return _query(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "performance":
+        from modeltap._cli_labels import performance_command
+
+        return performance_command(args)
+    if args.command == "labels":
+        from modeltap._cli_labels import labels_command
+
+        return labels_command(args)
     if args.command == "reference":
         return _reference_build(args)
     return 2

@@ -6,7 +6,7 @@ collector while it goes on ingesting."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -102,6 +102,87 @@ class Client(Reporting, Reads):
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
+    def submit_labels(
+        self,
+        model: str,
+        request_ids: Any,
+        labels: Any = None,
+        ts: Any = None,
+        *,
+        version: str = "",
+        source_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        retry_s: float = 60.0,
+    ) -> int:
+        """Sends ground truth for predictions of ``model`` (stored ones, or
+        ones to come: a label joins its prediction whenever both are
+        stored): ids and labels as sequences, numpy arrays or a
+        ``RequestIds``, or a frame with columns ``request_id``, ``label``
+        [, ``ts``] given alone. ``ts``: when each truth was known (datetimes,
+        datetime64, Unix seconds; default now). Sent in batches of
+        100,000, each stored exactly once: a batch resent after a failure
+        (retried for up to ``retry_s``) is not stored twice, and with the
+        same ``source_id`` (a name of the source, such as a file's digest)
+        sending the same labels again is not either. Raises ``ValueError``
+        naming the first bad rows (no id, no label, NaN, no time) before
+        anything is sent; returns how many labels were stored anew."""
+        from modeltap.labels import columns
+
+        cols, bad = columns(request_ids, labels, ts)
+        if bad.count:
+            raise ValueError(str(bad))
+        return self._send_labels(model, version, cols, source_id, progress, retry_s)
+
+    def _send_labels(
+        self,
+        model: str,
+        version: str,
+        cols: Any,
+        source_id: str | None,
+        progress: Callable[[int], None] | None,
+        retry_s: float,
+        first_seq: int = 0,
+    ) -> int:
+        import hashlib
+        import time
+        import uuid
+
+        if not isinstance(model, str) or not model:
+            raise ValueError("name the model the labels are for")
+        agent_id = (
+            hashlib.sha256(f"{model}\x1f{version}\x1f{source_id}".encode()).hexdigest()[:32]
+            if source_id is not None
+            else uuid.uuid4().hex
+        )
+        stored = 0
+        retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        for k, chunk in enumerate(cols.chunks()):
+            data = _core.encode_label_batch(
+                agent_id,
+                first_seq + k,
+                model,
+                version,
+                chunk.request_ids,
+                chunk.labels,
+                chunk.unix_nano,
+            )
+            deadline = time.monotonic() + retry_s
+            pause = 0.05
+            while True:
+                try:
+                    _, duplicate, _ = _core.decode_export_response(self._call("SubmitLabels", data))
+                    break
+                except grpc.RpcError as e:
+                    if e.code() not in retryable or time.monotonic() + pause > deadline:
+                        raise
+                    time.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+            if not duplicate:
+                stored += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        return stored
+
     def register_reference(self, reference: Reference, model: str, version: str) -> str:
         """Registers ``reference`` for (model, version); returns its fingerprint."""
         req = _core.encode_reference_upload(model, version, reference.to_bytes())
@@ -150,6 +231,36 @@ class Client(Reporting, Reads):
         q: dict[str, Any] = {"model": model, "slowest": slowest, **_range(since, until)}
         rows: list[dict[str, Any]] = self._json("Traces", q)
         return rows
+
+    def performance(
+        self,
+        model: str,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        window_s: float | None = None,
+        metrics: Sequence[str] | None = None,
+        *,
+        classes: Sequence[Any] | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Realised performance of a model per window of prediction time
+        (``window_s``, default an hour): predictions joined to their latest
+        label, each metric with its interval (see
+        :mod:`modeltap.analysis.performance`)."""
+        from modeltap.analysis.performance import performance
+
+        t = performance(
+            self,
+            model,
+            version,
+            since,
+            until,
+            window_s=3600.0 if window_s is None else window_s,
+            metrics=metrics,
+            classes=classes,
+        )
+        return t.to_pandas() if as_pandas else t
 
     def stage_latency(
         self,
