@@ -60,6 +60,18 @@ def test_labels_from_a_label_service_join_in_either_order_once(tmp_path):
         by_id = {r["request_id"]: r for r in joined}
         assert by_id["req-7"]["prediction"] == 7 % 3
         assert by_id["req-7"]["label"] == 7 % 3
+        # Performance through the collector: the first 200 predictions
+        # (i % 3) are right but the corrected one; the last 100 were logged
+        # as j % 3 for req-(200 + j), whose labels are (200 + j) % 3.
+        perf = c.performance("m", window_s=366 * 86400).to_pylist()
+        assert len(perf) == 1
+        assert (perf[0]["n"], perf[0]["n_labelled"]) == (300, 300)
+        right = sum(1 for i in range(200) if i != 5) + sum(
+            1 for j in range(100) if j % 3 == (200 + j) % 3
+        )
+        assert right == 199
+        assert perf[0]["accuracy"] == pytest.approx(right / 300, abs=1e-12)
+        assert perf[0]["accuracy_lo"] < perf[0]["accuracy"] < perf[0]["accuracy_hi"]
 
 
 def test_class_text_and_number_labels_and_what_is_refused(tmp_path):
