@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 MAX_ID_BYTES = 256  # as request ids of Agent.log
+MAX_UNIX_NANO = 2**63 - 2  # the last time a TIMESTAMPTZ column holds
 CHUNK_LABELS = 100_000  # labels a SubmitLabels batch carries at most
 MAX_LISTED = 20  # bad rows named in a summary
 
@@ -83,8 +84,8 @@ def _ns_of(t: Any) -> int:
         return _ns_of(t.to_pydatetime())
     if isinstance(t, (int, float, np.integer, np.floating)):
         f = float(t)
-        if not math.isfinite(f) or f < 0:
-            raise ValueError(f"not a time: {t}")
+        if not math.isfinite(f) or f < 0 or f * 1e9 > MAX_UNIX_NANO:
+            raise ValueError(f"not a time (Unix seconds): {t}")
         return int(f * 1e9)
     raise ValueError(f"not a time: {type(t).__name__}")
 
@@ -108,6 +109,14 @@ def _times(ts: Any, n: int, bad: BadRows, keep: np.ndarray, first_row: int) -> n
         return out
     if len(arr) != n:
         raise ValueError(f"{len(arr)} times for {n} labels")
+    if arr.dtype.kind in "iuf":  # Unix seconds, checked all at once
+        sec = arr.astype(np.float64)
+        invalid = ~np.isfinite(sec) | (sec < 0) | (sec * 1e9 > MAX_UNIX_NANO)
+        out[:] = np.where(invalid, 0, sec * 1e9).astype(np.uint64)
+        for r in np.flatnonzero(invalid & keep):
+            bad.add(first_row + int(r), f"not a time (Unix seconds): {arr[r]}")
+            keep[r] = False
+        return out
     for i, t in enumerate(list(ts) if arr.dtype == object else arr.tolist()):
         if not keep[i]:
             out[i] = 0
