@@ -186,3 +186,92 @@ def test_performance_per_window_from_a_store(tmp_path: Path):
         _close(row["log_loss"], skm.log_loss(y[rows], np.column_stack([1 - p1, p1])[rows]))
     with pytest.raises(ValueError, match="no metric 'mae'"), modeltap.Store(path) as st:
         st.performance("m", metrics=["mae"])
+
+
+def _store(path: Path, preds: list, probs: list | None, labels: list, kind: str) -> list[str]:
+    """A store of predictions (one per second from an hour boundary) and
+    their labels of the given kind, written through a real collector and
+    then given fixed times."""
+    n = len(preds)
+    ids = [f"r{i}" for i in range(n)]
+    with BackgroundCollector(path) as col:
+        a = modeltap.Agent("m", "1", collector=col.addr, metrics_interval=None)
+        for i in range(n):
+            a.log([float(i)], preds[i], None if probs is None else probs[i], request_id=ids[i])
+        assert a.flush(30)
+        a.close()
+    base = 1_800_000_000
+    con = duckdb.connect(str(path))
+    con.executemany(
+        "UPDATE predictions SET ts = make_timestamptz(?) WHERE request_id = ?",
+        [((base + i) * 1_000_000, ids[i]) for i in range(n)],
+    )
+    text = kind == "label"
+    con.executemany(
+        "INSERT INTO labels VALUES (make_timestamptz(?), 'm', '', 'src', 0, ?, ?, ?, ?, ?, now())",
+        [
+            (
+                (base + 9000) * 1_000_000,
+                i,
+                ids[i],
+                kind,
+                None if text else float(labels[i]),
+                labels[i] if text else None,
+            )
+            for i in range(n)
+        ],
+    )
+    con.close()
+    return ids
+
+
+def test_regression_per_window_from_a_store_equals_scikit_learn(tmp_path):
+    rng = np.random.default_rng(9)
+    n = 1_200  # 20 minutes of one prediction a second
+    y = rng.normal(5, 2, n)
+    y[::50] = 0.0
+    f = y + rng.normal(0, 0.5, n)
+    _store(tmp_path / "s.duckdb", f.tolist(), None, y.tolist(), "number")
+    with modeltap.Store(tmp_path / "s.duckdb") as st:
+        rows = st.performance("m", window_s=600).to_pylist()
+    assert len(rows) == 2
+    for w, row in enumerate(rows):
+        sl = slice(600 * w, 600 * (w + 1))
+        yt, yp = y[sl], f[sl]
+        nz = yt != 0
+        _close(row["mae"], skm.mean_absolute_error(yt, yp))
+        _close(row["rmse"], math.sqrt(skm.mean_squared_error(yt, yp)))
+        _close(row["r2"], skm.r2_score(yt, yp))
+        _close(row["mape"], skm.mean_absolute_percentage_error(yt[nz], yp[nz]))
+        m = regressor_metrics(yt, yp)
+        for k in ("mae_lo", "mae_hi", "rmse_lo", "rmse_hi"):
+            _close(row[k], m[k])
+
+
+def test_multiclass_text_classes_per_window_from_a_store(tmp_path):
+    rng = np.random.default_rng(4)
+    n, k = 900, 3
+    names = ["ant", "bee", "cat"]
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    pred = p.argmax(axis=1)
+    _store(
+        tmp_path / "s.duckdb",
+        [names[c] for c in pred],
+        [list(r) for r in p],
+        [names[c] for c in y],
+        "label",
+    )
+    with modeltap.Store(tmp_path / "s.duckdb") as st:
+        (row,) = st.performance("m", window_s=3600, classes=names).to_pylist()
+        unnamed = st.performance("m", window_s=3600).to_pylist()[0]
+    _close(row["accuracy"], skm.accuracy_score(y, pred))
+    _close(row["f1"], skm.f1_score(y, pred, average="macro"))
+    _close(row["f1_bee"], skm.f1_score(y, pred, labels=[1], average="macro"))
+    _close(row["roc_auc"], skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    _close(row["log_loss"], skm.log_loss(y, p))
+    assert "brier" not in row or row["brier"] is None  # binary only
+    # Without classes, text labels name no probability column.
+    assert unnamed["log_loss_note"] == "a label names no class of the probabilities"
+    _close(unnamed["accuracy"], row["accuracy"])

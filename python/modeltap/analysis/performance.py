@@ -232,6 +232,14 @@ def regressor_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def _class_key(text: str, number: str) -> str:
+    """SQL: a class as text (an int class spelled without a fraction)."""
+    return (
+        f"coalesce({text}, CASE WHEN {number} = trunc({number}) AND abs({number}) < 1e18 "
+        f"THEN CAST(CAST({number} AS BIGINT) AS VARCHAR) ELSE CAST({number} AS VARCHAR) END)"
+    )
+
+
 def performance(
     reads: Reads,
     model: str,
@@ -246,12 +254,16 @@ def performance(
     """One row per ``window_s`` window of prediction time (``window_start``,
     ``n`` predictions, ``n_labelled``, each metric with its ``_lo`` and
     ``_hi`` where it has an interval, ``<metric>_note`` where one is
-    undefined), as a ``pyarrow.Table``. ``metrics`` keeps some of them."""
-    import pyarrow as pa
+    undefined), as a ``pyarrow.Table``. ``metrics`` keeps some of them.
 
-    if not isinstance(window_s, (int, float)) or not 0 < window_s <= 366 * 86400:
+    Computed in the store from counts and sums per window (confusion
+    counts, rank sums, calibration bins), so a day of minutes over millions
+    of labelled predictions never comes out row by row."""
+    if isinstance(window_s, bool) or not isinstance(window_s, (int, float)):
+        raise ValueError(f"window_s must be a number of seconds, not {window_s!r}")
+    if not 0 < window_s <= 366 * 86400:
         raise ValueError(f"window_s must be in (0, 366 days], not {window_s!r}")
-    us = int(window_s * 1e6)
+    us = max(1, int(window_s * 1e6))
     conds: list[str] = ["p.model = ?"]
     params: list[Any] = [model]
     if version is not None:
@@ -267,38 +279,233 @@ def performance(
             params,
         ).to_pylist()
     }
-    rows = reads.sql(
+    joined = (
         f"SELECT {w} AS w, p.prediction, p.prediction_label, p.probabilities, "
         "l.kind, l.label, l.label_text FROM predictions p JOIN latest_labels l "
-        f"ON l.model = p.model AND l.request_id = p.request_id WHERE {where} ORDER BY 1",
-        params,
+        f"ON l.model = p.model AND l.request_id = p.request_id WHERE {where}"
     )
-    wins = np.asarray(rows.column("w").to_numpy(zero_copy_only=False), dtype=np.int64)
-    kinds = rows.column("kind").to_pylist()
-    regression = any(k == "number" for k in kinds)
-    out_rows: list[dict[str, Any]] = []
-    starts = sorted(set(totals) | set(wins.tolist()))
-    cut = np.searchsorted(wins, [*starts, np.iinfo(np.int64).max])
-    pred_num = rows.column("prediction").to_numpy(zero_copy_only=False)
-    pred_txt = rows.column("prediction_label").to_pylist()
-    lab_num = rows.column("label").to_numpy(zero_copy_only=False)
-    lab_txt = rows.column("label_text").to_pylist()
-    probs = rows.column("probabilities").to_pylist()
-    for i, start in enumerate(starts):
-        a, b = int(cut[i]), int(cut[i + 1])
-        row: dict[str, Any] = {"window_start": start, "n": totals.get(start, 0)}
+    kind = reads.sql(
+        f"SELECT count(*) FILTER (kind = 'number') AS numbers, count(*) AS n FROM ({joined})",
+        params,
+    ).to_pylist()[0]
+    regression = bool(kind["numbers"])
+    per: dict[int, dict[str, Any]] = {}
+    if kind["n"]:
         if regression:
-            m = regressor_metrics(lab_num[a:b], pred_num[a:b])
+            per = _regression_sql(reads, joined, params)
         else:
-            yt = [_class(lab_txt[j], lab_num[j]) for j in range(a, b)]
-            yp = [_class(pred_txt[j], pred_num[j]) for j in range(a, b)]
-            proba = None
-            ps = probs[a:b]
-            if b > a and all(p is not None and len(p) == len(ps[0]) for p in ps):
-                proba = np.asarray(ps, dtype=np.float64)
-            m = classifier_metrics(yt, yp, proba, classes)
-        row.update(m)
-        out_rows.append(row)
+            per = _classification_sql(reads, joined, params, classes)
+    return _table(totals, per, regression, metrics)
+
+
+def _regression_sql(reads: Reads, joined: str, params: list[Any]) -> dict[int, dict[str, Any]]:
+    rows = reads.sql(
+        "SELECT w, count(*) AS n, sum(abs(e)) AS sae, sum(e * e) AS sse, "
+        "sum(e * e * e * e) AS s4, sum(abs(e) / abs(y)) FILTER (y <> 0) AS sape, "
+        "count(*) FILTER (y <> 0) AS nz, sum((y - ym) * (y - ym)) AS sst FROM ("
+        "SELECT w, label AS y, prediction - label AS e, avg(label) OVER (PARTITION BY w) AS ym "
+        f"FROM ({joined}) WHERE prediction IS NOT NULL AND label IS NOT NULL) GROUP BY w",
+        params,
+    ).to_pylist()
+    out: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        n = int(r["n"])
+        m: dict[str, Any] = {"n_labelled": n}
+        mae = r["sae"] / n
+        mse = r["sse"] / n
+        m["mae"] = mae
+        if n > 1:
+            var = max(0.0, (r["sse"] - n * mae * mae) / (n - 1))
+            se = math.sqrt(var / n)
+            m["mae_lo"], m["mae_hi"] = mae - Z * se, mae + Z * se
+        m["rmse"] = math.sqrt(mse)
+        if n > 1 and mse > 0:
+            var4 = max(0.0, (r["s4"] - n * mse * mse) / (n - 1))
+            se_r = math.sqrt(var4) / (2 * math.sqrt(mse) * math.sqrt(n))
+            m["rmse_lo"], m["rmse_hi"] = max(0.0, m["rmse"] - Z * se_r), m["rmse"] + Z * se_r
+        nz = int(r["nz"])
+        if nz:
+            m["mape"] = r["sape"] / nz
+            if nz < n:
+                m["mape_note"] = f"over the {nz} rows whose truth is not 0"
+        else:
+            m["mape"] = math.nan
+            m["mape_note"] = "every truth is 0: MAPE is undefined"
+        if r["sst"] and r["sst"] > 0:
+            m["r2"] = 1 - r["sse"] / r["sst"]
+        else:
+            m["r2"] = math.nan
+            m["r2_note"] = "the truth is constant in the window: R² is undefined"
+        out[int(r["w"])] = m
+    return out
+
+
+def _classification_sql(
+    reads: Reads, joined: str, params: list[Any], classes: Sequence[Any] | None
+) -> dict[int, dict[str, Any]]:
+    yt = _class_key("label_text", "label")
+    yp = _class_key("prediction_label", "prediction")
+    keyed = f"SELECT w, {yt} AS yt, {yp} AS yp, probabilities AS pr FROM ({joined})"
+    cells = reads.sql(
+        f"SELECT w, yt, yp, count(*) AS n FROM ({keyed}) GROUP BY ALL ORDER BY w", params
+    ).to_pylist()
+    out: dict[int, dict[str, Any]] = {}
+    by_w: dict[int, list[dict[str, Any]]] = {}
+    for c in cells:
+        by_w.setdefault(int(c["w"]), []).append(c)
+    for win, cs in by_w.items():
+        out[win] = _confusion_metrics(cs)
+    # Probabilities: by class position (int classes, or `classes`).
+    names = [str(c) for c in classes] if classes is not None else None
+    width = reads.sql(
+        f"SELECT min(len(pr)) AS lo, max(len(pr)) AS hi, count(*) FILTER (pr IS NULL) AS none "
+        f"FROM ({keyed})",
+        params,
+    ).to_pylist()[0]
+    if width["none"] or width["lo"] is None or width["lo"] != width["hi"]:
+        return out  # probabilities missing or of varying width: no score metrics
+    k = int(width["lo"])
+    two = k == 1
+    if two:  # one value: the probability of class 1
+        probs = "[1 - pr[1], pr[1]]"
+        k = 2
+    else:
+        probs = "pr"
+    if names is None:
+        ti = "TRY_CAST(yt AS BIGINT)"
+        if two:
+            names = ["0", "1"]
+    else:
+        if len(names) != k:
+            for m in out.values():
+                m["roc_auc_note"] = f"{k} probabilities for {len(names)} classes"
+            return out
+        ti = "list_position(?, yt) - 1"
+    cls_params = [names] if names is not None and ti.startswith("list_position") else []
+    scored = f"SELECT w, {ti} AS ti, {probs} AS pr FROM ({keyed})"
+    q_params = cls_params + params
+    bad = reads.sql(
+        f"SELECT count(*) AS n FROM ({scored}) WHERE ti IS NULL OR ti < 0 OR ti >= {k}",
+        q_params,
+    ).to_pylist()[0]["n"]
+    if bad:
+        for m in out.values():
+            m["log_loss_note"] = "a label names no class of the probabilities"
+        return out
+    eps = EPS
+    agg = reads.sql(
+        "SELECT w, count(*) AS n, "
+        f"sum(-ln(list_extract(c, ti + 1) / list_sum(c))) AS ll, "
+        f"sum(power(pr[2] - (ti = 1)::INT, 2)) AS brier FROM ("
+        "SELECT w, ti, pr, list_transform(pr, lambda x: "
+        f"greatest(least(x, {1 - eps!r}), {eps!r})) AS c FROM ({scored})) GROUP BY w",
+        q_params,
+    ).to_pylist()
+    for r in agg:
+        m = out[int(r["w"])]
+        n = int(r["n"])
+        m["log_loss"] = r["ll"] / n
+        if k == 2:
+            m["brier"] = r["brier"] / n
+    ece = reads.sql(
+        "SELECT w, b, count(*) AS n, sum(conf) AS conf, sum(hit::DOUBLE) AS hit FROM ("
+        f"SELECT w, list_max(pr) AS conf, least(floor(list_max(pr) * {ECE_BINS})::INT, "
+        f"{ECE_BINS - 1}) AS b, list_position(pr, list_max(pr)) - 1 = ti AS hit "
+        f"FROM ({scored})) GROUP BY ALL",
+        q_params,
+    ).to_pylist()
+    for r in ece:
+        m = out[int(r["w"])]
+        n_w = m["n_labelled"]
+        m["ece"] = m.get("ece", 0.0) + r["n"] / n_w * abs(r["hit"] / r["n"] - r["conf"] / r["n"])
+    # ROC AUC by rank sums (ties take their mean rank), one class against
+    # the rest for each class (the second only, for two).
+    aucs: dict[int, list[tuple[float, int, int]]] = {}
+    for j in [1] if k == 2 else range(k):
+        rs = reads.sql(
+            "SELECT w, sum(r::DOUBLE) FILTER (pos) AS r1, count(*) FILTER (pos) AS n1, "
+            "count(*) AS n FROM ("
+            "SELECT w, ti = ? AS pos, rank() OVER (PARTITION BY w ORDER BY s) + "
+            "(count(*) OVER (PARTITION BY w, s) - 1) / 2.0::DOUBLE AS r FROM ("
+            f"SELECT w, ti, pr[{j + 1}] AS s FROM ({scored}))) GROUP BY w",
+            [j, *q_params],
+        ).to_pylist()
+        for r in rs:
+            n1 = int(r["n1"] or 0)
+            n0 = int(r["n"]) - n1
+            a = (float(r["r1"]) - n1 * (n1 + 1) / 2.0) / (n1 * n0) if n1 and n0 else math.nan
+            aucs.setdefault(int(r["w"]), []).append((a, n1, n0))
+    for win, parts in aucs.items():
+        m = out[win]
+        if k == 2:
+            a, n1, n0 = parts[0]
+            m["roc_auc"] = a
+            m["roc_auc_lo"], m["roc_auc_hi"] = _auc_interval(a, n1, n0)
+            if math.isnan(a):
+                m["roc_auc_note"] = "one class only in the window: ROC AUC is undefined"
+        elif all(n1 for _, n1, _ in parts) and len(parts) == k:
+            m["roc_auc"] = float(np.mean([a for a, _, _ in parts]))
+        else:
+            m["roc_auc"] = math.nan
+            m["roc_auc_note"] = "not every class is in the window: ROC AUC is undefined"
+    return out
+
+
+def _confusion_metrics(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and precision, recall, F1 (per class and macro) of one
+    window from its confusion counts."""
+    n = sum(int(c["n"]) for c in cells)
+    seen = sorted(
+        {c["yt"] for c in cells if c["yt"] is not None}
+        | {c["yp"] for c in cells if c["yp"] is not None}
+    )
+    tp = dict.fromkeys(seen, 0)
+    pp = dict.fromkeys(seen, 0)
+    ap = dict.fromkeys(seen, 0)
+    right = 0
+    for c in cells:
+        k = int(c["n"])
+        if c["yp"] is not None:
+            pp[c["yp"]] += k
+        if c["yt"] is not None:
+            ap[c["yt"]] += k
+        if c["yt"] is not None and c["yt"] == c["yp"]:
+            tp[c["yt"]] += k
+            right += k
+    m: dict[str, Any] = {"n_labelled": n}
+    m["accuracy"] = right / n
+    m["accuracy_lo"], m["accuracy_hi"] = wilson(right, n)
+    precisions, recalls, f1s = [], [], []
+    for c in seen:
+        prec = tp[c] / pp[c] if pp[c] else 0.0
+        rec = tp[c] / ap[c] if ap[c] else 0.0
+        f1 = 2 * tp[c] / (pp[c] + ap[c]) if (pp[c] + ap[c]) else 0.0
+        precisions.append(prec)
+        recalls.append(rec)
+        f1s.append(f1)
+        if len(seen) <= MAX_CLASSES:
+            m[f"precision_{c}"] = prec
+            m[f"recall_{c}"] = rec
+            m[f"f1_{c}"] = f1
+    if seen:
+        m["precision"] = float(np.mean(precisions))
+        m["recall"] = float(np.mean(recalls))
+        m["f1"] = float(np.mean(f1s))
+        m["precision_lo"], m["precision_hi"] = _around(m["precision"], n / len(seen))
+        m["recall_lo"], m["recall_hi"] = _around(m["recall"], n / len(seen))
+    return m
+
+
+def _table(
+    totals: dict[int, int],
+    per: dict[int, dict[str, Any]],
+    regression: bool,
+    metrics: Sequence[str] | None,
+) -> Any:
+    import pyarrow as pa
+
+    starts = sorted(set(totals) | set(per))
+    out_rows = [{"window_start": w, "n": totals.get(w, 0), **per.get(w, {})} for w in starts]
     names = list(REGRESSOR_METRICS if regression else CLASSIFIER_METRICS)
     if metrics is not None:
         unknown = [x for x in metrics if x not in names]
