@@ -5,6 +5,7 @@ collector while it goes on ingesting."""
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # pyarrow is imported when a query is made, not by agents
 __all__ = ["Client", "parse_time"]
 
 SERVICE = "/modeltap.v1.Collector/"
+LABELS_IN_FLIGHT = 4  # SubmitLabels batches sent before the first is settled
 
 
 def _range(since: TimeArg, until: TimeArg) -> dict[str, int]:
@@ -154,33 +156,51 @@ class Client(Reporting, Reads):
             if source_id is not None
             else uuid.uuid4().hex
         )
-        stored = 0
         retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        for k, chunk in enumerate(cols.chunks()):
-            data = _core.encode_label_batch(
-                agent_id,
-                first_seq + k,
-                model,
-                version,
-                chunk.request_ids,
-                chunk.labels,
-                chunk.unix_nano,
-            )
-            deadline = time.monotonic() + retry_s
+        call: Any = self._channel.unary_unary(SERVICE + "SubmitLabels")
+        # A few batches in flight, so that encoding the next, sending one
+        # and the collector's commit of another overlap; each is settled in
+        # order and resent (the same bytes: stored once) while the collector
+        # says to retry.
+        window: collections.deque[tuple[int, bytes, Any, float]] = collections.deque()
+
+        def settle(n: int, data: bytes, future: Any, deadline: float) -> int:
             pause = 0.05
             while True:
                 try:
-                    _, duplicate, _ = _core.decode_export_response(self._call("SubmitLabels", data))
+                    _, duplicate, _ = _core.decode_export_response(future.result())
                     break
                 except grpc.RpcError as e:
                     if e.code() not in retryable or time.monotonic() + pause > deadline:
                         raise
                     time.sleep(pause)
                     pause = min(pause * 2, 2.0)
-            if not duplicate:
-                stored += len(chunk)
+                    future = call.future(data, timeout=self.timeout_s)
             if progress is not None:
-                progress(len(chunk))
+                progress(n)
+            return 0 if duplicate else n
+
+        stored = 0
+        try:
+            for k, chunk in enumerate(cols.chunks()):
+                data = _core.encode_label_batch(
+                    agent_id,
+                    first_seq + k,
+                    model,
+                    version,
+                    chunk.request_ids,
+                    chunk.labels,
+                    chunk.unix_nano,
+                )
+                future = call.future(data, timeout=self.timeout_s)
+                window.append((len(chunk), data, future, time.monotonic() + retry_s))
+                if len(window) >= LABELS_IN_FLIGHT:
+                    stored += settle(*window.popleft())
+            while window:
+                stored += settle(*window.popleft())
+        finally:
+            for _, _, future, _ in window:  # a failure: the rest is not waited for
+                future.cancel()
         return stored
 
     def register_reference(self, reference: Reference, model: str, version: str) -> str:

@@ -343,108 +343,106 @@ def _regression_sql(reads: Reads, joined: str, params: list[Any]) -> dict[int, d
 def _classification_sql(
     reads: Reads, joined: str, params: list[Any], classes: Sequence[Any] | None
 ) -> dict[int, dict[str, Any]]:
+    """Two passes over the joined rows, each one statement: confusion
+    counts and what the probabilities allow; then, if they name the classes,
+    the loss sums, calibration bins and rank sums."""
     yt = _class_key("label_text", "label")
     yp = _class_key("prediction_label", "prediction")
+    names = [str(c) for c in classes] if classes is not None else None
+    ti = "TRY_CAST(yt AS BIGINT)" if names is None else "list_position(?, yt) - 1"
+    cls_params: list[Any] = [names] if names is not None else []
     keyed = f"SELECT w, {yt} AS yt, {yp} AS yp, probabilities AS pr FROM ({joined})"
-    cells = reads.sql(
-        f"SELECT w, yt, yp, count(*) AS n FROM ({keyed}) GROUP BY ALL ORDER BY w", params
+    first = reads.sql(
+        f"WITH j AS MATERIALIZED (SELECT w, yt, yp, pr, {ti} AS ti FROM ({keyed})) "
+        "SELECT 'cell' AS part, w, yt AS a, yp AS b, count(*)::DOUBLE AS v1, "
+        "NULL::DOUBLE AS v2, NULL::DOUBLE AS v3 FROM j GROUP BY ALL "
+        "UNION ALL SELECT 'shape', NULL, NULL, NULL, min(len(pr))::DOUBLE, "
+        "max(len(pr))::DOUBLE, count(*) FILTER (pr IS NULL)::DOUBLE FROM j "
+        "UNION ALL SELECT 'unnamed', NULL, NULL, NULL, count(*) FILTER (ti IS NULL OR ti < 0 "
+        "OR ti >= greatest(len(pr), 2))::DOUBLE, NULL, NULL FROM j",
+        cls_params + params,
     ).to_pylist()
     out: dict[int, dict[str, Any]] = {}
     by_w: dict[int, list[dict[str, Any]]] = {}
-    for c in cells:
-        by_w.setdefault(int(c["w"]), []).append(c)
+    shape = unnamed = None
+    for r in first:
+        if r["part"] == "cell":
+            by_w.setdefault(int(r["w"]), []).append({"yt": r["a"], "yp": r["b"], "n": r["v1"]})
+        elif r["part"] == "shape":
+            shape = r
+        else:
+            unnamed = r
     for win, cs in by_w.items():
         out[win] = _confusion_metrics(cs)
-    # Probabilities: by class position (int classes, or `classes`).
-    names = [str(c) for c in classes] if classes is not None else None
-    width = reads.sql(
-        f"SELECT min(len(pr)) AS lo, max(len(pr)) AS hi, count(*) FILTER (pr IS NULL) AS none "
-        f"FROM ({keyed})",
-        params,
-    ).to_pylist()[0]
-    if width["none"] or width["lo"] is None or width["lo"] != width["hi"]:
+    if shape is None or shape["v3"] or shape["v1"] is None or shape["v1"] != shape["v2"]:
         return out  # probabilities missing or of varying width: no score metrics
-    k = int(width["lo"])
-    two = k == 1
-    if two:  # one value: the probability of class 1
-        probs = "[1 - pr[1], pr[1]]"
-        k = 2
-    else:
-        probs = "pr"
-    if names is None:
-        ti = "TRY_CAST(yt AS BIGINT)"
-        if two:
+    k = int(shape["v1"])
+    probs = "pr"
+    if k == 1:  # one value: the probability of class 1
+        probs, k = "[1 - pr[1], pr[1]]", 2
+        if names is None:
             names = ["0", "1"]
-    else:
-        if len(names) != k:
-            for m in out.values():
-                m["roc_auc_note"] = f"{k} probabilities for {len(names)} classes"
-            return out
-        ti = "list_position(?, yt) - 1"
-    cls_params = [names] if names is not None and ti.startswith("list_position") else []
-    scored = f"SELECT w, {ti} AS ti, {probs} AS pr FROM ({keyed})"
-    q_params = cls_params + params
-    bad = reads.sql(
-        f"SELECT count(*) AS n FROM ({scored}) WHERE ti IS NULL OR ti < 0 OR ti >= {k}",
-        q_params,
-    ).to_pylist()[0]["n"]
-    if bad:
+    if names is not None and len(names) != k:
+        for m in out.values():
+            m["roc_auc_note"] = f"{k} probabilities for {len(names)} classes"
+        return out
+    if unnamed is not None and unnamed["v1"]:
         for m in out.values():
             m["log_loss_note"] = "a label names no class of the probabilities"
         return out
-    eps = EPS
-    agg = reads.sql(
-        "SELECT w, count(*) AS n, "
-        f"sum(-ln(list_extract(c, ti + 1) / list_sum(c))) AS ll, "
-        f"sum(power(pr[2] - (ti = 1)::INT, 2)) AS brier FROM ("
-        "SELECT w, ti, pr, list_transform(pr, lambda x: "
-        f"greatest(least(x, {1 - eps!r}), {eps!r})) AS c FROM ({scored})) GROUP BY w",
-        q_params,
-    ).to_pylist()
-    for r in agg:
-        m = out[int(r["w"])]
-        n = int(r["n"])
-        m["log_loss"] = r["ll"] / n
-        if k == 2:
-            m["brier"] = r["brier"] / n
-    ece = reads.sql(
-        "SELECT w, b, count(*) AS n, sum(conf) AS conf, sum(hit::DOUBLE) AS hit FROM ("
+    lo, hi = repr(EPS), repr(1 - EPS)
+    parts = [
+        "SELECT 'loss' AS part, w, NULL::INT AS j, NULL::INT AS b, "
+        "sum(-ln(list_extract(c, ti + 1) / list_sum(c))) AS v1, "
+        "sum(power(pr[2] - (ti = 1)::INT, 2)) AS v2, NULL::DOUBLE AS v3 FROM ("
+        f"SELECT w, ti, pr, list_transform(pr, lambda x: greatest(least(x, {hi}), {lo})) AS c "
+        "FROM s) GROUP BY w",
+        "SELECT 'ece', w, NULL, b, count(*)::DOUBLE, sum(conf), sum(hit::DOUBLE) FROM ("
         f"SELECT w, list_max(pr) AS conf, least(floor(list_max(pr) * {ECE_BINS})::INT, "
-        f"{ECE_BINS - 1}) AS b, list_position(pr, list_max(pr)) - 1 = ti AS hit "
-        f"FROM ({scored})) GROUP BY ALL",
-        q_params,
-    ).to_pylist()
-    for r in ece:
-        m = out[int(r["w"])]
-        n_w = m["n_labelled"]
-        m["ece"] = m.get("ece", 0.0) + r["n"] / n_w * abs(r["hit"] / r["n"] - r["conf"] / r["n"])
+        f"{ECE_BINS - 1}) AS b, list_position(pr, list_max(pr)) - 1 = ti AS hit FROM s) "
+        "GROUP BY ALL",
+    ]
     # ROC AUC by rank sums (ties take their mean rank), one class against
     # the rest for each class (the second only, for two).
-    aucs: dict[int, list[tuple[float, int, int]]] = {}
     for j in [1] if k == 2 else range(k):
-        rs = reads.sql(
-            "SELECT w, sum(r::DOUBLE) FILTER (pos) AS r1, count(*) FILTER (pos) AS n1, "
-            "count(*) AS n FROM ("
-            "SELECT w, ti = ? AS pos, rank() OVER (PARTITION BY w ORDER BY s) + "
-            "(count(*) OVER (PARTITION BY w, s) - 1) / 2.0::DOUBLE AS r FROM ("
-            f"SELECT w, ti, pr[{j + 1}] AS s FROM ({scored}))) GROUP BY w",
-            [j, *q_params],
-        ).to_pylist()
-        for r in rs:
-            n1 = int(r["n1"] or 0)
-            n0 = int(r["n"]) - n1
-            a = (float(r["r1"]) - n1 * (n1 + 1) / 2.0) / (n1 * n0) if n1 and n0 else math.nan
+        parts.append(
+            f"SELECT 'auc', w, {j}, NULL, sum(r) FILTER (pos), count(*) FILTER (pos)::DOUBLE, "
+            "count(*)::DOUBLE FROM (SELECT w, ti = " + str(j) + " AS pos, "
+            f"(rank() OVER (PARTITION BY w ORDER BY pr[{j + 1}]) + "
+            f"(count(*) OVER (PARTITION BY w, pr[{j + 1}]) - 1) / 2.0)::DOUBLE AS r FROM s) "
+            "GROUP BY w"
+        )
+    second = reads.sql(
+        f"WITH s AS MATERIALIZED (SELECT w, ti, {probs} AS pr FROM "
+        f"(SELECT w, pr, {ti} AS ti FROM ({keyed}))) " + " UNION ALL ".join(parts),
+        cls_params + params,
+    ).to_pylist()
+    aucs: dict[int, list[tuple[float, int, int]]] = {}
+    for r in second:
+        m = out[int(r["w"])]
+        n_w = m["n_labelled"]
+        if r["part"] == "loss":
+            m["log_loss"] = r["v1"] / n_w
+            if k == 2:
+                m["brier"] = r["v2"] / n_w
+        elif r["part"] == "ece":
+            gap = abs(r["v3"] / r["v1"] - r["v2"] / r["v1"])
+            m["ece"] = m.get("ece", 0.0) + r["v1"] / n_w * gap
+        else:
+            n1 = int(r["v2"] or 0)
+            n0 = int(r["v3"]) - n1
+            a = (float(r["v1"]) - n1 * (n1 + 1) / 2.0) / (n1 * n0) if n1 and n0 else math.nan
             aucs.setdefault(int(r["w"]), []).append((a, n1, n0))
-    for win, parts in aucs.items():
+    for win, got in aucs.items():
         m = out[win]
         if k == 2:
-            a, n1, n0 = parts[0]
+            a, n1, n0 = got[0]
             m["roc_auc"] = a
             m["roc_auc_lo"], m["roc_auc_hi"] = _auc_interval(a, n1, n0)
             if math.isnan(a):
                 m["roc_auc_note"] = "one class only in the window: ROC AUC is undefined"
-        elif all(n1 for _, n1, _ in parts) and len(parts) == k:
-            m["roc_auc"] = float(np.mean([a for a, _, _ in parts]))
+        elif len(got) == k and all(n1 for _, n1, _ in got):
+            m["roc_auc"] = float(np.mean([a for a, _, _ in got]))
         else:
             m["roc_auc"] = math.nan
             m["roc_auc_note"] = "not every class is in the window: ROC AUC is undefined"

@@ -204,12 +204,8 @@ CREATE TABLE labels (
     received_at TIMESTAMPTZ
 );
 CREATE VIEW latest_labels AS
-SELECT * EXCLUDE (rank) FROM (
-    SELECT *, row_number() OVER (
-        PARTITION BY model, request_id
-        ORDER BY ts DESC, received_at DESC, batch_seq DESC, seq DESC
-    ) AS rank FROM labels
-) WHERE rank = 1;
+SELECT unnest(arg_max(labels, (ts, received_at, agent_id, batch_seq, seq)))
+FROM labels GROUP BY model, request_id;
 ALTER TABLE agent_counters ADD COLUMN labels UBIGINT;
 ALTER TABLE agent_counters ADD COLUMN labels_dropped UBIGINT;
 """,
