@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from modeltap import _core
+from modeltap.analysis.performance import PerformanceReads
 from modeltap.drift import DriftReport
 from modeltap.reads import Reads, TimeArg, parse_time
 from modeltap.reference import Reference
@@ -37,7 +38,7 @@ def _range(since: TimeArg, until: TimeArg) -> dict[str, int]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-class Client(Reporting, Reads):
+class Client(Reporting, PerformanceReads, Reads):
     """Talks to ``modeltap collector`` over gRPC. ``timeout_s`` bounds each
     call, ``read_timeout_s`` each query streamed by :meth:`stream` (and
     :meth:`sql`, :meth:`predictions`, ...; the collector interrupts its own
@@ -251,36 +252,6 @@ class Client(Reporting, Reads):
         q: dict[str, Any] = {"model": model, "slowest": slowest, **_range(since, until)}
         rows: list[dict[str, Any]] = self._json("Traces", q)
         return rows
-
-    def performance(
-        self,
-        model: str,
-        version: str | None = None,
-        since: TimeArg = None,
-        until: TimeArg = None,
-        window_s: float | None = None,
-        metrics: Sequence[str] | None = None,
-        *,
-        classes: Sequence[Any] | None = None,
-        as_pandas: bool = False,
-    ) -> Any:
-        """Realised performance of a model per window of prediction time
-        (``window_s``, default an hour): predictions joined to their latest
-        label, each metric with its interval (see
-        :mod:`modeltap.analysis.performance`)."""
-        from modeltap.analysis.performance import performance
-
-        t = performance(
-            self,
-            model,
-            version,
-            since,
-            until,
-            window_s=3600.0 if window_s is None else window_s,
-            metrics=metrics,
-            classes=classes,
-        )
-        return t.to_pandas() if as_pandas else t
 
     def stage_latency(
         self,

@@ -544,3 +544,37 @@ def _class(text: Any, number: Any) -> Any:
         return None
     f = float(number)
     return int(f) if f.is_integer() else f
+
+
+class PerformanceReads:
+    """``performance`` for every read source (``Store``, ``Client``): the
+    same analysis over whichever :class:`~modeltap.reads.Reads` it is."""
+
+    def performance(
+        self,
+        model: str,
+        version: str | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        window_s: float | None = None,
+        metrics: Sequence[str] | None = None,
+        *,
+        classes: Sequence[Any] | None = None,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Realised performance of a model per window of prediction time
+        (``window_s``, default an hour): predictions joined to their latest
+        label, each metric with its interval (see
+        :mod:`modeltap.analysis.performance`)."""
+        assert isinstance(self, Reads)
+        t = performance(
+            self,
+            model,
+            version,
+            since,
+            until,
+            window_s=3600.0 if window_s is None else window_s,
+            metrics=metrics,
+            classes=classes,
+        )
+        return t.to_pandas() if as_pandas else t

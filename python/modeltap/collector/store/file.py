@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from modeltap import analysis
+from modeltap.analysis.performance import PerformanceReads
 from modeltap.collector.store.duckdb_backend import DuckDBBackend
 from modeltap.collector.store.errors import StoreVersionError
 from modeltap.collector.store.schema import SCHEMA_VERSION
@@ -44,7 +45,7 @@ def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         ) from None
 
 
-class Store(Reporting, Reads):
+class Store(Reporting, PerformanceReads, Reads):
     """Reads a collector's store file from Python, returning Arrow tables
     (or pandas DataFrames): the read API of :class:`modeltap.Client`, on a
     store no collector is writing. Raises :class:`StoreLocked` (an
@@ -119,36 +120,6 @@ class Store(Reporting, Reads):
     ) -> list[dict[str, Any]]:
         """The slowest traces with their stage breakdown."""
         return analysis.slowest_traces(self, model, slowest, parse_time(since), parse_time(until))
-
-    def performance(
-        self,
-        model: str,
-        version: str | None = None,
-        since: TimeArg = None,
-        until: TimeArg = None,
-        window_s: float | None = None,
-        metrics: Sequence[str] | None = None,
-        *,
-        classes: Sequence[Any] | None = None,
-        as_pandas: bool = False,
-    ) -> Any:
-        """Realised performance of a model per window of prediction time
-        (``window_s``, default an hour): predictions joined to their latest
-        label, each metric with its interval (see
-        :mod:`modeltap.analysis.performance`)."""
-        from modeltap.analysis.performance import performance
-
-        t = performance(
-            self,
-            model,
-            version,
-            since,
-            until,
-            window_s=3600.0 if window_s is None else window_s,
-            metrics=metrics,
-            classes=classes,
-        )
-        return t.to_pandas() if as_pandas else t
 
     def stage_latency(
         self,
