@@ -279,22 +279,38 @@ def performance(
             params,
         ).to_pylist()
     }
+    # The latest label of each request id of the model (what latest_labels
+    # holds, of the three columns needed here only).
+    latest = (
+        "SELECT request_id, unnest(arg_max({'kind': kind, 'label': label, 'label_text': "
+        "label_text}, (ts, received_at, agent_id, batch_seq, seq))) FROM labels "
+        "WHERE model = ? GROUP BY request_id"
+    )
     joined = (
         f"SELECT {w} AS w, p.prediction, p.prediction_label, p.probabilities, "
-        "l.kind, l.label, l.label_text FROM predictions p JOIN latest_labels l "
-        f"ON l.model = p.model AND l.request_id = p.request_id WHERE {where}"
+        f"l.kind, l.label, l.label_text FROM predictions p JOIN ({latest}) l "
+        f"ON l.request_id = p.request_id WHERE {where}"
     )
+    params = [model, *params]
+    # What the labels and probabilities are, each read without the join.
     kind = reads.sql(
-        f"SELECT count(*) FILTER (kind = 'number') AS numbers, count(*) AS n FROM ({joined})",
-        params,
+        "SELECT count(*) FILTER (kind = 'number') AS numbers, count(*) AS n "
+        "FROM labels WHERE model = ?",
+        [model],
     ).to_pylist()[0]
     regression = bool(kind["numbers"])
     per: dict[int, dict[str, Any]] = {}
-    if kind["n"]:
+    if kind["n"] and totals:
         if regression:
             per = _regression_sql(reads, joined, params)
         else:
-            per = _classification_sql(reads, joined, params, classes)
+            shape = reads.sql(
+                "SELECT min(len(probabilities)) AS lo, max(len(probabilities)) AS hi, "
+                "count(*) FILTER (probabilities IS NULL) AS none "
+                f"FROM predictions p WHERE {where}",
+                params[1:],
+            ).to_pylist()[0]
+            per = _classification_sql(reads, joined, params, classes, shape)
     return _table(totals, per, regression, metrics)
 
 
@@ -341,91 +357,103 @@ def _regression_sql(reads: Reads, joined: str, params: list[Any]) -> dict[int, d
 
 
 def _classification_sql(
-    reads: Reads, joined: str, params: list[Any], classes: Sequence[Any] | None
+    reads: Reads,
+    joined: str,
+    params: list[Any],
+    classes: Sequence[Any] | None,
+    shape: dict[str, Any],
 ) -> dict[int, dict[str, Any]]:
-    """Two passes over the joined rows, each one statement: confusion
-    counts and what the probabilities allow; then, if they name the classes,
-    the loss sums, calibration bins and rank sums."""
-    yt = _class_key("label_text", "label")
-    yp = _class_key("prediction_label", "prediction")
+    """One statement over the joined rows: confusion counts and, when the
+    probabilities name the classes (``shape``: their widths over the
+    predictions), the loss sums, calibration bins and rank sums."""
     names = [str(c) for c in classes] if classes is not None else None
-    ti = "TRY_CAST(yt AS BIGINT)" if names is None else "list_position(?, yt) - 1"
+    # The class of a label as a probability's position: an int class is
+    # its own; a class spelled as text is its place in `classes`.
+    ti = (
+        "CASE WHEN label_text IS NULL AND label = trunc(label) AND abs(label) < 1e18 "
+        "THEN CAST(label AS BIGINT) END"
+        if names is None
+        else f"list_position(?, {_class_key('label_text', 'label')}) - 1"
+    )
     cls_params: list[Any] = [names] if names is not None else []
-    keyed = f"SELECT w, {yt} AS yt, {yp} AS yp, probabilities AS pr FROM ({joined})"
-    first = reads.sql(
-        f"WITH j AS MATERIALIZED (SELECT w, yt, yp, pr, {ti} AS ti FROM ({keyed})) "
-        "SELECT 'cell' AS part, w, yt AS a, yp AS b, count(*)::DOUBLE AS v1, "
-        "NULL::DOUBLE AS v2, NULL::DOUBLE AS v3 FROM j GROUP BY ALL "
-        "UNION ALL SELECT 'shape', NULL, NULL, NULL, min(len(pr))::DOUBLE, "
-        "max(len(pr))::DOUBLE, count(*) FILTER (pr IS NULL)::DOUBLE FROM j "
-        "UNION ALL SELECT 'unnamed', NULL, NULL, NULL, count(*) FILTER (ti IS NULL OR ti < 0 "
-        "OR ti >= greatest(len(pr), 2))::DOUBLE, NULL, NULL FROM j",
+    keyed = (
+        "SELECT w, label_text AS tt, label AS tn, prediction_label AS pt, prediction AS pn, "
+        f"probabilities AS pr, {ti} AS ti FROM ({joined})"
+    )
+    k = int(shape["lo"]) if shape["lo"] is not None else 0
+    scores = not shape["none"] and k >= 1 and shape["lo"] == shape["hi"]
+    probs = "pr"
+    note = None
+    if scores and k == 1:  # one value: the probability of class 1
+        probs, k = "[1 - pr[1], pr[1]]", 2
+        if names is None:
+            names = ["0", "1"]
+    if scores and names is not None and len(names) != k:
+        scores, note = False, ("roc_auc_note", f"{k} probabilities for {len(names)} classes")
+    # Confusion counts by the raw values (the classes are spelled in
+    # Python, per cell, not per row).
+    parts = [
+        "SELECT 'cell' AS part, w, tt AS a, pt AS b, NULL::INT AS j, count(*)::DOUBLE AS v1, "
+        "tn AS v2, pn AS v3 FROM s GROUP BY w, tt, tn, pt, pn"
+    ]
+    if scores:
+        lo, hi = repr(EPS), repr(1 - EPS)
+        parts += [
+            "SELECT 'unnamed', NULL, NULL, NULL, NULL, count(*)::DOUBLE, NULL, NULL FROM s "
+            f"WHERE ti IS NULL OR ti < 0 OR ti >= {k}",
+            "SELECT 'loss', w, NULL, NULL, NULL, "
+            "sum(-ln(list_extract(c, ti + 1) / list_sum(c))), "
+            "sum(power(pr[2] - (ti = 1)::INT, 2)), NULL FROM ("
+            f"SELECT w, ti, pr, list_transform(pr, lambda x: greatest(least(x, {hi}), {lo})) "
+            f"AS c FROM s WHERE ti >= 0 AND ti < {k}) GROUP BY w",
+            "SELECT 'ece', w, NULL, NULL, b, count(*)::DOUBLE, sum(conf), sum(hit::DOUBLE) FROM ("
+            f"SELECT w, list_max(pr) AS conf, least(floor(list_max(pr) * {ECE_BINS})::INT, "
+            f"{ECE_BINS - 1}) AS b, list_position(pr, list_max(pr)) - 1 = ti AS hit FROM s) "
+            "GROUP BY ALL",
+        ]
+        # ROC AUC by rank sums (ties take their mean rank), one class
+        # against the rest for each class (the second only, for two).
+        for j in [1] if k == 2 else range(k):
+            parts.append(
+                f"SELECT 'auc', w, NULL, NULL, {j}, sum(r) FILTER (pos), "
+                "count(*) FILTER (pos)::DOUBLE, count(*)::DOUBLE FROM ("
+                f"SELECT w, ti = {j} AS pos, (rank() OVER (PARTITION BY w ORDER BY pr[{j + 1}]) "
+                f"+ (count(*) OVER (PARTITION BY w, pr[{j + 1}]) - 1) / 2.0)::DOUBLE AS r "
+                "FROM s) GROUP BY w"
+            )
+    rows = reads.sql(
+        f"WITH s AS MATERIALIZED (SELECT w, tt, tn, pt, pn, ti, {probs if scores else 'NULL'} "
+        f"AS pr FROM ({keyed})) " + " UNION ALL ".join(parts),
         cls_params + params,
     ).to_pylist()
     out: dict[int, dict[str, Any]] = {}
     by_w: dict[int, list[dict[str, Any]]] = {}
-    shape = unnamed = None
-    for r in first:
+    for r in rows:
         if r["part"] == "cell":
-            by_w.setdefault(int(r["w"]), []).append({"yt": r["a"], "yp": r["b"], "n": r["v1"]})
-        elif r["part"] == "shape":
-            shape = r
-        else:
-            unnamed = r
+            by_w.setdefault(int(r["w"]), []).append(
+                {"yt": _key(r["a"], r["v2"]), "yp": _key(r["b"], r["v3"]), "n": r["v1"]}
+            )
+        elif r["part"] == "unnamed" and r["v1"]:
+            note = ("log_loss_note", "a label names no class of the probabilities")
     for win, cs in by_w.items():
         out[win] = _confusion_metrics(cs)
-    if shape is None or shape["v3"] or shape["v1"] is None or shape["v1"] != shape["v2"]:
-        return out  # probabilities missing or of varying width: no score metrics
-    k = int(shape["v1"])
-    probs = "pr"
-    if k == 1:  # one value: the probability of class 1
-        probs, k = "[1 - pr[1], pr[1]]", 2
-        if names is None:
-            names = ["0", "1"]
-    if names is not None and len(names) != k:
+    if note is not None:
         for m in out.values():
-            m["roc_auc_note"] = f"{k} probabilities for {len(names)} classes"
+            m[note[0]] = note[1]
+    if not scores or note is not None:
         return out
-    if unnamed is not None and unnamed["v1"]:
-        for m in out.values():
-            m["log_loss_note"] = "a label names no class of the probabilities"
-        return out
-    lo, hi = repr(EPS), repr(1 - EPS)
-    parts = [
-        "SELECT 'loss' AS part, w, NULL::INT AS j, NULL::INT AS b, "
-        "sum(-ln(list_extract(c, ti + 1) / list_sum(c))) AS v1, "
-        "sum(power(pr[2] - (ti = 1)::INT, 2)) AS v2, NULL::DOUBLE AS v3 FROM ("
-        f"SELECT w, ti, pr, list_transform(pr, lambda x: greatest(least(x, {hi}), {lo})) AS c "
-        "FROM s) GROUP BY w",
-        "SELECT 'ece', w, NULL, b, count(*)::DOUBLE, sum(conf), sum(hit::DOUBLE) FROM ("
-        f"SELECT w, list_max(pr) AS conf, least(floor(list_max(pr) * {ECE_BINS})::INT, "
-        f"{ECE_BINS - 1}) AS b, list_position(pr, list_max(pr)) - 1 = ti AS hit FROM s) "
-        "GROUP BY ALL",
-    ]
-    # ROC AUC by rank sums (ties take their mean rank), one class against
-    # the rest for each class (the second only, for two).
-    for j in [1] if k == 2 else range(k):
-        parts.append(
-            f"SELECT 'auc', w, {j}, NULL, sum(r) FILTER (pos), count(*) FILTER (pos)::DOUBLE, "
-            "count(*)::DOUBLE FROM (SELECT w, ti = " + str(j) + " AS pos, "
-            f"(rank() OVER (PARTITION BY w ORDER BY pr[{j + 1}]) + "
-            f"(count(*) OVER (PARTITION BY w, pr[{j + 1}]) - 1) / 2.0)::DOUBLE AS r FROM s) "
-            "GROUP BY w"
-        )
-    second = reads.sql(
-        f"WITH s AS MATERIALIZED (SELECT w, ti, {probs} AS pr FROM "
-        f"(SELECT w, pr, {ti} AS ti FROM ({keyed}))) " + " UNION ALL ".join(parts),
-        cls_params + params,
-    ).to_pylist()
     aucs: dict[int, list[tuple[float, int, int]]] = {}
-    for r in second:
+    for r in rows:
+        part = r["part"]
+        if part in ("cell", "unnamed"):
+            continue
         m = out[int(r["w"])]
         n_w = m["n_labelled"]
-        if r["part"] == "loss":
+        if part == "loss":
             m["log_loss"] = r["v1"] / n_w
             if k == 2:
                 m["brier"] = r["v2"] / n_w
-        elif r["part"] == "ece":
+        elif part == "ece":
             gap = abs(r["v3"] / r["v1"] - r["v2"] / r["v1"])
             m["ece"] = m.get("ece", 0.0) + r["v1"] / n_w * gap
         else:
@@ -530,6 +558,13 @@ def _table(
         else:
             table[c] = pa.array([_null_nan(v) for v in vals], pa.float64())
     return pa.table(table)
+
+
+def _key(text: Any, number: Any) -> str | None:
+    """A class as ``_class_key`` spells it in SQL: text, or a number
+    (an int class without a fraction)."""
+    c = _class(text, number)
+    return None if c is None else str(c)
 
 
 def _null_nan(v: Any) -> Any:
