@@ -385,7 +385,7 @@ def _classification_sql(
     probs = "pr"
     note = None
     if scores and k == 1:  # one value: the probability of class 1
-        probs, k = "[1 - pr[1], pr[1]]", 2
+        probs, k = "one", 2
         if names is None:
             names = ["0", "1"]
     if scores and names is not None and len(names) != k:
@@ -396,20 +396,32 @@ def _classification_sql(
         "SELECT 'cell' AS part, w, tt AS a, pt AS b, NULL::INT AS j, count(*)::DOUBLE AS v1, "
         "tn AS v2, pn AS v3 FROM s GROUP BY w, tt, tn, pt, pn"
     ]
+    cols = "NULL AS pr"
     if scores:
+        # Each probability a column of its own (q0 .. q{k-1}): lighter to
+        # hold and to read than a list per row.
+        if probs == "pr":
+            cols = ", ".join(f"pr[{j + 1}] AS q{j}" for j in range(k))
+        else:
+            cols = "1 - pr[1] AS q0, pr[1] AS q1"
+        qs = [f"q{j}" for j in range(k)]
         lo, hi = repr(EPS), repr(1 - EPS)
+        clipped = [f"greatest(least({q}, {hi}), {lo})" for q in qs]
+        at_true = (
+            "CASE ti " + " ".join(f"WHEN {j} THEN {c}" for j, c in enumerate(clipped)) + " END"
+        )
+        conf = f"greatest({', '.join(qs)})"
+        top = "CASE " + " ".join(f"WHEN {q} = {conf} THEN {j}" for j, q in enumerate(qs)) + " END"
         parts += [
             "SELECT 'unnamed', NULL, NULL, NULL, NULL, count(*)::DOUBLE, NULL, NULL FROM s "
             f"WHERE ti IS NULL OR ti < 0 OR ti >= {k}",
             "SELECT 'loss', w, NULL, NULL, NULL, "
-            "sum(-ln(list_extract(c, ti + 1) / list_sum(c))), "
-            "sum(power(pr[2] - (ti = 1)::INT, 2)), NULL FROM ("
-            f"SELECT w, ti, pr, list_transform(pr, lambda x: greatest(least(x, {hi}), {lo})) "
-            f"AS c FROM s WHERE ti >= 0 AND ti < {k}) GROUP BY w",
+            f"sum(-ln(({at_true}) / ({' + '.join(clipped)}))), "
+            "sum(power(q1 - (ti = 1)::INT, 2)), NULL "
+            f"FROM s WHERE ti >= 0 AND ti < {k} GROUP BY w",
             "SELECT 'ece', w, NULL, NULL, b, count(*)::DOUBLE, sum(conf), sum(hit::DOUBLE) FROM ("
-            f"SELECT w, list_max(pr) AS conf, least(floor(list_max(pr) * {ECE_BINS})::INT, "
-            f"{ECE_BINS - 1}) AS b, list_position(pr, list_max(pr)) - 1 = ti AS hit FROM s) "
-            "GROUP BY ALL",
+            f"SELECT w, {conf} AS conf, least(floor({conf} * {ECE_BINS})::INT, "
+            f"{ECE_BINS - 1}) AS b, ({top}) = ti AS hit FROM s) GROUP BY ALL",
         ]
         # ROC AUC by rank sums (ties take their mean rank), one class
         # against the rest for each class (the second only, for two).
@@ -417,13 +429,13 @@ def _classification_sql(
             parts.append(
                 f"SELECT 'auc', w, NULL, NULL, {j}, sum(r) FILTER (pos), "
                 "count(*) FILTER (pos)::DOUBLE, count(*)::DOUBLE FROM ("
-                f"SELECT w, ti = {j} AS pos, (rank() OVER (PARTITION BY w ORDER BY pr[{j + 1}]) "
-                f"+ (count(*) OVER (PARTITION BY w, pr[{j + 1}]) - 1) / 2.0)::DOUBLE AS r "
+                f"SELECT w, ti = {j} AS pos, (rank() OVER (PARTITION BY w ORDER BY q{j}) "
+                f"+ (count(*) OVER (PARTITION BY w, q{j}) - 1) / 2.0)::DOUBLE AS r "
                 "FROM s) GROUP BY w"
             )
     rows = reads.sql(
-        f"WITH s AS MATERIALIZED (SELECT w, tt, tn, pt, pn, ti, {probs if scores else 'NULL'} "
-        f"AS pr FROM ({keyed})) " + " UNION ALL ".join(parts),
+        f"WITH s AS MATERIALIZED (SELECT w, tt, tn, pt, pn, ti, {cols} FROM ({keyed})) "
+        + " UNION ALL ".join(parts),
         cls_params + params,
     ).to_pylist()
     out: dict[int, dict[str, Any]] = {}
