@@ -32,6 +32,7 @@ from modeltap.reads import Reads, TimeArg, parse_time, time_range
 
 Z = 1.959963984540054  # the normal quantile of a 95 % interval
 ECE_BINS = 10
+CHUNK_PREDICTIONS = 1_000_000  # predictions one statement joins at most
 MAX_CLASSES = 64  # classes with metrics of their own; more are counted but not listed
 EPS = 1e-15  # probabilities clipped to [EPS, 1 - EPS] in log loss, as scikit-learn does
 
@@ -279,19 +280,6 @@ def performance(
             params,
         ).to_pylist()
     }
-    # The latest label of each request id of the model (what latest_labels
-    # holds, of the three columns needed here only).
-    latest = (
-        "SELECT request_id, unnest(arg_max({'kind': kind, 'label': label, 'label_text': "
-        "label_text}, (ts, received_at, agent_id, batch_seq, seq))) FROM labels "
-        "WHERE model = ? GROUP BY request_id"
-    )
-    joined = (
-        f"SELECT {w} AS w, p.prediction, p.prediction_label, p.probabilities, "
-        f"l.kind, l.label, l.label_text FROM predictions p JOIN ({latest}) l "
-        f"ON l.request_id = p.request_id WHERE {where}"
-    )
-    params = [model, *params]
     # What the labels and probabilities are, each read without the join.
     kind = reads.sql(
         "SELECT count(*) FILTER (kind = 'number') AS numbers, count(*) AS n "
@@ -300,18 +288,58 @@ def performance(
     ).to_pylist()[0]
     regression = bool(kind["numbers"])
     per: dict[int, dict[str, Any]] = {}
-    if kind["n"] and totals:
+    if not kind["n"] or not totals:
+        return _table(totals, per, regression, metrics)
+    shape = reads.sql(
+        "SELECT min(len(probabilities)) AS lo, max(len(probabilities)) AS hi, "
+        f"count(*) FILTER (probabilities IS NULL) AS none FROM predictions p WHERE {where}",
+        params,
+    ).to_pylist()[0]
+    # Runs of whole windows of at most CHUNK_PREDICTIONS predictions, one
+    # statement each: what a statement holds stays bounded however long the
+    # range (windows never straddle two runs).
+    for lo_us, hi_us in _runs(totals, us):
+        cw = f"{where} AND p.ts >= make_timestamptz(?) AND p.ts < make_timestamptz(?)"
+        cp = [*params, lo_us, hi_us]
+        # The latest label of each request id of these predictions (what
+        # latest_labels holds, of the three columns needed here only).
+        latest = (
+            "SELECT request_id, unnest(arg_max({'kind': kind, 'label': label, 'label_text': "
+            "label_text}, (ts, received_at, agent_id, batch_seq, seq))) FROM labels "
+            "WHERE model = ? AND request_id IN (SELECT p.request_id FROM predictions p "
+            f"WHERE {cw}) GROUP BY request_id"
+        )
+        joined = (
+            f"SELECT {w} AS w, p.prediction, p.prediction_label, p.probabilities, "
+            f"l.kind, l.label, l.label_text FROM predictions p JOIN ({latest}) l "
+            f"ON l.request_id = p.request_id WHERE {cw}"
+        )
+        jp = [model, *cp, *cp]
         if regression:
-            per = _regression_sql(reads, joined, params)
+            per.update(_regression_sql(reads, joined, jp))
         else:
-            shape = reads.sql(
-                "SELECT min(len(probabilities)) AS lo, max(len(probabilities)) AS hi, "
-                "count(*) FILTER (probabilities IS NULL) AS none "
-                f"FROM predictions p WHERE {where}",
-                params[1:],
-            ).to_pylist()[0]
-            per = _classification_sql(reads, joined, params, classes, shape)
+            per.update(_classification_sql(reads, joined, jp, classes, shape))
     return _table(totals, per, regression, metrics)
+
+
+def _runs(totals: dict[int, int], us: int) -> list[tuple[int, int]]:
+    """Consecutive windows (by start, in Unix µs) grouped into runs of at
+    most CHUNK_PREDICTIONS predictions (a larger window alone), as
+    [start, end) ranges."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    count = 0
+    for w in sorted(totals):
+        if start is not None and count + totals[w] > CHUNK_PREDICTIONS:
+            runs.append((start, w))
+            start, count = None, 0
+        if start is None:
+            start = w
+        count += totals[w]
+        end = w + us
+    if start is not None:
+        runs.append((start, end))
+    return runs
 
 
 def _regression_sql(reads: Reads, joined: str, params: list[Any]) -> dict[int, dict[str, Any]]:
