@@ -80,6 +80,18 @@ def test_latest_label_wins_history_kept_and_joins_counted(tmp_path):
             "unjoined": 1,
         }
         assert st.label_counts("other")["labels"] == 0
+        # Counted in parts of the ids (a large store's way), the same.
+        import modeltap.reads as reads_mod
+
+        whole = st.label_counts("m")
+        old_part = reads_mod.LABEL_PART
+        reads_mod.LABEL_PART = 2
+        try:
+            assert st.label_counts("m") == whole
+            assert [r["request_id"] for r in st.unjoined_labels("m").to_pylist()] == ["nope"]
+            assert st.unjoined_labels("m", limit=0).num_rows == 0
+        finally:
+            reads_mod.LABEL_PART = old_part
         with pytest.raises(TypeError, match="strings"):
             st.labels("m", request_ids=[1])
 

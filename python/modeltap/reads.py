@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # pyarrow is imported when a read is made, not by agents
 
 TimeArg = dt.datetime | str | int | float | None
 
+# Labels a part of a join over labels holds (see Reads.label_counts).
+LABEL_PART = 2_000_000
+
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -317,38 +320,63 @@ class Reads(abc.ABC):
             q, params = self._limited(q, params, limit)
         return self.sql(q, params, as_pandas=as_pandas)
 
+    def _label_parts(self, where: str, params: list[Any]) -> tuple[int, int]:
+        """How many labels match, and in how many parts (by a hash of the
+        request id) a join over them is done so that each part's hash table
+        stays small (LABEL_PART labels a part)."""
+        n = int(self.sql(f"SELECT count(*) AS n FROM labels {where}", params).to_pylist()[0]["n"])
+        return n, max(1, -(-n // LABEL_PART))
+
     def unjoined_labels(
         self, model: str | None = None, *, limit: int | None = 1000, as_pandas: bool = False
     ) -> Any:
         """Latest labels whose request id matches no stored prediction of
         their model (yet: a label may come before its prediction), oldest
-        first."""
-        conds, params = self._filter(model, None, None, None, of="l")
+        first within each part of the ids (all of them when they are few)."""
+        import pyarrow as pa
+
+        conds, params = self._filter(model, None, None, None)
         where = ("WHERE " + " AND ".join(conds)) if conds else ""
-        q = (
-            "SELECT l.* FROM latest_labels l ANTI JOIN predictions p "
-            f"ON p.model = l.model AND p.request_id = l.request_id {where} ORDER BY l.ts"
-        )
+        _, parts = self._label_parts(where, params)
         if limit is not None:
-            q, params = self._limited(q, params, limit)
-        return self.sql(q, params, as_pandas=as_pandas)
+            self._limited("", [], limit)  # checks it
+        got: list[pa.Table] = []
+        rows = 0
+        for part in range(parts):
+            cond = " AND ".join([*conds, f"hash(request_id) % {parts} = {part}"])
+            q = (
+                f"SELECT l.* FROM (SELECT * FROM latest_labels WHERE {cond}) l "
+                "ANTI JOIN predictions p ON p.model = l.model AND p.request_id = l.request_id "
+                "ORDER BY l.ts"
+            )
+            if limit is not None:
+                q += f" LIMIT {limit - rows}"
+            t = self.sql(q, params)
+            got.append(t)
+            rows += t.num_rows
+            if limit is not None and rows >= limit:
+                break
+        out = pa.concat_tables(got) if len(got) > 1 else got[0]
+        return out.to_pandas() if as_pandas else out
 
     def label_counts(self, model: str | None = None) -> dict[str, int]:
         """``labels`` received (corrections included), ``labelled``
         request ids, ``corrections``, ``joined`` (ids with a stored
-        prediction) and ``unjoined``."""
+        prediction) and ``unjoined``; counted in parts of the ids, exactly."""
         conds, params = self._filter(model, None, None, None)
         where = ("WHERE " + " AND ".join(conds)) if conds else ""
-        lconds, _ = self._filter(model, None, None, None, of="l")
-        lwhere = ("WHERE " + " AND ".join(lconds)) if lconds else ""
-        row = self.sql(
-            f"SELECT (SELECT count(*) FROM labels {where}) AS labels, "
-            f"(SELECT count(*) FROM latest_labels {where}) AS labelled, "
-            "(SELECT count(*) FROM latest_labels l SEMI JOIN predictions p "
-            f"ON p.model = l.model AND p.request_id = l.request_id {lwhere}) AS joined",
-            params * 3,
-        ).to_pylist()[0]
-        labels, labelled, joined = (int(row[k] or 0) for k in ("labels", "labelled", "joined"))
+        labels, parts = self._label_parts(where, params)
+        labelled = joined = 0
+        for part in range(parts):
+            cond = " AND ".join([*conds, f"hash(request_id) % {parts} = {part}"])
+            row = self.sql(
+                "SELECT count(*) AS labelled, count(*) FILTER (EXISTS (SELECT 1 FROM "
+                "predictions p WHERE p.model = l.model AND p.request_id = l.request_id)) "
+                f"AS joined FROM (SELECT DISTINCT model, request_id FROM labels WHERE {cond}) l",
+                params,
+            ).to_pylist()[0]
+            labelled += int(row["labelled"] or 0)
+            joined += int(row["joined"] or 0)
         return {
             "labels": labels,
             "labelled": labelled,
