@@ -29,56 +29,15 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-class PeerLimit:
-    """At most ``total`` of one kind of long-lived call at once, at most
-    ``per_peer`` of them from one host (event-loop only: no lock)."""
+class _HostCounts:
+    """What is open, in all and by host."""
 
     def __init__(self, what: str, total: int, per_peer: int) -> None:
         self.what = what
         self.total = total
         self.per_peer = max(1, min(per_peer, total))
         self.open = 0
-        self.refused = 0
         self._by_peer: dict[str, int] = {}
-
-    def enter(self, peer: str) -> None:
-        """Counts one in; raises ``Overloaded`` past either bound."""
-        host = peer_host(peer)
-        mine = self._by_peer.get(host, 0)
-        if self.open >= self.total or mine >= self.per_peer:
-            self.refused += 1
-            raise Overloaded(
-                f"{self.open} {self.what} open ({mine} from {host}; at most {self.total}, "
-                f"{self.per_peer} from one host)"
-            )
-        self.open += 1
-        self._by_peer[host] = mine + 1
-
-    def leave(self, peer: str) -> None:
-        host = peer_host(peer)
-        self.open -= 1
-        left = self._by_peer.get(host, 1) - 1
-        if left > 0:
-            self._by_peer[host] = left
-        else:
-            self._by_peer.pop(host, None)
-
-
-class Rooms:
-    """At most ``total`` holders at once, at most ``per_peer`` from one host;
-    a caller waits (bounded, first come first served) for a free one.
-    Event-loop only; ``leave`` is synchronous, so a cancelled call always
-    gives its room back."""
-
-    def __init__(self, what: str, total: int, per_peer: int) -> None:
-        if total < 1:
-            raise ValueError(f"{what}: at least 1, not {total}")
-        self.what = what
-        self.total = total
-        self.per_peer = max(1, min(per_peer, total))
-        self.open = 0
-        self._by_peer: dict[str, int] = {}
-        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
 
     def _free(self, host: str) -> bool:
         return self.open < self.total and self._by_peer.get(host, 0) < self.per_peer
@@ -94,6 +53,47 @@ class Rooms:
             self._by_peer[host] = left
         else:
             self._by_peer.pop(host, None)
+
+    def _full(self, host: str, state: str = "") -> str:
+        """What is open, said for a refusal."""
+        mine = self._by_peer.get(host, 0)
+        return (
+            f"{self.open} {self.what}{state} ({mine} from {host}; at most {self.total}, "
+            f"{self.per_peer} from one host)"
+        )
+
+
+class PeerLimit(_HostCounts):
+    """At most ``total`` of one kind of long-lived call at once, at most
+    ``per_peer`` of them from one host (event-loop only: no lock)."""
+
+    def __init__(self, what: str, total: int, per_peer: int) -> None:
+        super().__init__(what, total, per_peer)
+        self.refused = 0
+
+    def enter(self, peer: str) -> None:
+        """Counts one in; raises ``Overloaded`` past either bound."""
+        host = peer_host(peer)
+        if not self._free(host):
+            self.refused += 1
+            raise Overloaded(self._full(host, " open"))
+        self._take(host)
+
+    def leave(self, peer: str) -> None:
+        self._give_back(peer_host(peer))
+
+
+class Rooms(_HostCounts):
+    """At most ``total`` holders at once, at most ``per_peer`` from one host;
+    a caller waits (bounded, first come first served) for a free one.
+    Event-loop only; ``leave`` is synchronous, so a cancelled call always
+    gives its room back."""
+
+    def __init__(self, what: str, total: int, per_peer: int) -> None:
+        if total < 1:
+            raise ValueError(f"{what}: at least 1, not {total}")
+        super().__init__(what, total, per_peer)
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
 
     async def enter(self, peer: str, wait_s: float) -> None:
         """Takes a room, waiting up to ``wait_s`` for one; raises
@@ -119,11 +119,7 @@ class Rooms:
         if not granted.done():
             granted.cancel()
             self._waiting.remove(entry)
-            mine = self._by_peer.get(host, 0)
-            raise Overloaded(
-                f"{self.open} {self.what} ({mine} from {host}; at most {self.total}, "
-                f"{self.per_peer} from one host), none free in {wait_s:.1f} s"
-            )
+            raise Overloaded(f"{self._full(host)}, none free in {wait_s:.1f} s")
 
     def leave(self, peer: str) -> None:
         """Gives a room back, to the first waiter that may take it."""
