@@ -297,3 +297,17 @@ def test_multiclass_text_classes_per_window_from_a_store(tmp_path):
     # Without classes, text labels name no probability column.
     assert unnamed["log_loss_note"] == "a label names no class of the probabilities"
     _close(unnamed["accuracy"], row["accuracy"])
+
+
+def test_score_metrics_of_very_many_classes_are_declined_with_a_reason(tmp_path):
+    k = 40
+    rng = np.random.default_rng(2)
+    n = 200
+    y = rng.integers(0, k, n)
+    p = rng.dirichlet(np.ones(k), n)
+    _store(tmp_path / "s.duckdb", [int(c) for c in y], [list(r) for r in p], list(y), "int")
+    with modeltap.Store(tmp_path / "s.duckdb") as st:
+        (row,) = st.performance("m", window_s=3600).to_pylist()
+    assert row["accuracy"] == 1.0  # the predictions are the labels here
+    assert "at most 32" in row["roc_auc_note"]
+    assert row.get("log_loss") is None

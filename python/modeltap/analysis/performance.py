@@ -33,6 +33,7 @@ from modeltap.reads import Reads, TimeArg, parse_time, time_range
 Z = 1.959963984540054  # the normal quantile of a 95 % interval
 ECE_BINS = 10
 CHUNK_PREDICTIONS = 1_000_000  # predictions one statement joins at most
+MAX_SCORED_CLASSES = 32  # probability columns the score metrics take at most
 MAX_CLASSES = 64  # classes with metrics of their own; more are counted but not listed
 EPS = 1e-15  # probabilities clipped to [EPS, 1 - EPS] in log loss, as scikit-learn does
 
@@ -418,6 +419,13 @@ def _classification_sql(
             names = ["0", "1"]
     if scores and names is not None and len(names) != k:
         scores, note = False, ("roc_auc_note", f"{k} probabilities for {len(names)} classes")
+    if scores and k > MAX_SCORED_CLASSES:
+        scores = False
+        note = (
+            "roc_auc_note",
+            f"probabilities of {k} classes: log loss, Brier, ECE and ROC AUC are computed "
+            f"for at most {MAX_SCORED_CLASSES}",
+        )
     # Confusion counts by the raw values (the classes are spelled in
     # Python, per cell, not per row).
     parts = [
