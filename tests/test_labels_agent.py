@@ -37,10 +37,12 @@ def _labels(got: list[bytes]) -> list[tuple[str, object, int]]:
         assert tc["kind"].dtype == np.uint8
         assert tc["label_codes"].dtype == np.int32
         assert tc["values"].dtype == np.float64
-        assert len(tc["request_id_hex"]) == 32 * n
-        text = dict(tc["request_id_text"])
+        off = tc["request_id_offsets"]
+        assert off.dtype == np.int64
+        assert len(off) == n + 1
+        assert int(off[-1]) == len(tc["request_id_data"])
         for i in range(n):
-            rid = text.get(i) or tc["request_id_hex"][32 * i : 32 * i + 32].decode()
+            rid = tc["request_id_data"][off[i] : off[i + 1]].decode()
             assert rid == t["request_ids"][i]
             kind, label = int(tc["kind"][i]), t["labels"][i]
             if kind == 2:
@@ -281,7 +283,7 @@ def test_encode_label_batch_round_trips():
     ]
     c = _core.decode_batch(blob, columns=True)["truth"]
     assert c["kind"].tolist() == [1, 0, 2, 1]
-    assert c["request_id_hex"][:32].decode() == hexid
+    assert c["request_id_data"][: c["request_id_offsets"][1]].decode() == hexid
     now = _core.decode_batch(_core.encode_label_batch("a", 0, "m", "", ["r"], [0.5]))
     assert abs(int(now["truth"]["unix_nano"][0]) / 1e9 - dt.datetime.now().timestamp()) < 60
 

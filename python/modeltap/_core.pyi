@@ -172,8 +172,9 @@ def decode_batch(data: bytes, *, columns: bool = False) -> dict[str, Any]:
     ``truth`` holds the batch's labels (None when it has none): by default
     ``request_ids`` (list of str), ``labels`` (float for a number, int for
     an integer class, str for a class) and ``unix_nano`` (uint64 array);
-    with ``columns=True`` ``unix_nano``, ``request_id_hex`` (bytes, 32 hex
-    digits a label), ``request_id_text`` (list of (label, id)), ``kind``
+    with ``columns=True`` ``unix_nano``, the ids spelled as Arrow strings
+    are: ``request_id_offsets`` (int64, n + 1) into ``request_id_data``
+    (bytes; 16-byte ids as their 32 hex digits), ``kind``
     (uint8: 0 number, 1 int, 2 label), ``values`` (float64, NaN for label
     rows), ``label_codes`` (int32, -1 for number and int rows) indexing
     ``label_values`` (list of str)."""

@@ -263,22 +263,35 @@ fn truth_dict<'py>(
         c
     };
     if columns {
-        let mut hex = vec![0u8; 32 * n];
-        for (r, c) in t.request_ids.chunks_exact(16).enumerate() {
-            let mut buf = [0u8; 32];
-            modeltap_core::ids::hex_u128(
-                u128::from_be_bytes(c.try_into().unwrap_or([0; 16])),
-                &mut buf,
-            );
-            hex[32 * r..32 * r + 32].copy_from_slice(&buf);
+        // Every id spelled into one buffer (Arrow's string layout: offsets
+        // and bytes), 16-byte ids as their 32 hex digits: no Python object
+        // per label.
+        let mut text: Vec<Option<&str>> = vec![None; n];
+        for r in &t.request_id_text {
+            if let Some(slot) = text.get_mut(r.row as usize) {
+                *slot = Some(r.value.as_str());
+            }
         }
-        d.set_item("request_id_hex", PyBytes::new(py, &hex))?;
-        let text: Vec<(u32, String)> = t
-            .request_id_text
-            .iter()
-            .map(|r| (r.row, r.value.clone()))
-            .collect();
-        d.set_item("request_id_text", text)?;
+        let mut offsets: Vec<i64> = Vec::with_capacity(n + 1);
+        let mut data: Vec<u8> = Vec::with_capacity(32 * n);
+        offsets.push(0);
+        for (r, c) in t.request_ids.chunks_exact(16).enumerate() {
+            match text.get(r).copied().flatten() {
+                Some(id) => data.extend_from_slice(id.as_bytes()),
+                None => {
+                    let mut buf = [0u8; 32];
+                    modeltap_core::ids::hex_u128(
+                        u128::from_be_bytes(c.try_into().unwrap_or([0; 16])),
+                        &mut buf,
+                    );
+                    data.extend_from_slice(&buf);
+                }
+            }
+            #[allow(clippy::cast_possible_wrap)]
+            offsets.push(data.len() as i64);
+        }
+        d.set_item("request_id_offsets", offsets.into_pyarray(py))?;
+        d.set_item("request_id_data", PyBytes::new(py, &data))?;
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let kinds: Vec<u8> = t.kinds.iter().map(|&k| k.clamp(0, 2) as u8).collect();
         d.set_item("kind", kinds.into_pyarray(py))?;
@@ -354,9 +367,9 @@ fn truth_dict<'py>(
 /// ({feature: list of str}); labels as `label_codes` (int32, -1 none)
 /// indexing `label_values`. `predictions`, `probabilities`, `categories` and
 /// `labels` are absent in this form. `truth` then holds `unix_nano`
-/// (uint64), `request_id_hex` (bytes, 32 hex digits a label; zeros where
-/// the id is in `request_id_text`), `request_id_text` (list of (label,
-/// id)), `kind` (uint8: 0 number, 1 int, 2 label), `values` (float64, NaN
+/// (uint64), every id spelled as Arrow strings are (`request_id_offsets`,
+/// int64, n + 1, into `request_id_data`, bytes; 16-byte ids as their 32 hex
+/// digits), `kind` (uint8: 0 number, 1 int, 2 label), `values` (float64, NaN
 /// for label rows), `label_codes` (int32, -1 for number and int rows)
 /// indexing `label_values` (list of str).
 #[pyfunction]

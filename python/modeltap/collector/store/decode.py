@@ -384,11 +384,13 @@ def _labels_table(
     text = kind == 2
     if not np.isfinite(values[~text]).all():
         raise _core.BatchDecodeError("out of range: a number label that is NaN or infinite")
-    if len(truth["request_id_hex"]) != 32 * k:
+    offsets = np.asarray(truth["request_id_offsets"], dtype=np.int64)
+    data = truth["request_id_data"]
+    if offsets.shape != (k + 1,) or int(offsets[-1]) != len(data):
         raise _core.BatchDecodeError(f"out of range: label request ids for {k} labels")
-    rid = _hex_strings(truth["request_id_hex"], 32, k)
-    if truth["request_id_text"]:
-        rid = _overlay(rid, truth["request_id_text"], pa.string())
+    rid = pa.Array.from_buffers(
+        pa.large_string(), k, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    ).cast(pa.string())
     label = values.copy()
     label[text] = np.nan
     return pa.table(
