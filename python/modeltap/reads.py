@@ -84,6 +84,13 @@ def arrow_reader(
     return reader
 
 
+def _checked_limit(limit: int) -> int:
+    """A row limit, checked: an int in 0..2^63-1."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
+        raise ValueError("limit must be an integer in 0..2^63-1")
+    return limit
+
+
 def quote(name: str) -> str:
     """A SQL identifier, quoted."""
     if not isinstance(name, str) or not name:
@@ -153,9 +160,7 @@ class Reads(abc.ABC):
         where = ("WHERE " + " AND ".join(conds)) if conds else ""
         q = f"SELECT {cols} FROM {table} {where} ORDER BY {order}"
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
-                raise ValueError("limit must be an integer in 0..2^63-1")
-            q += f" LIMIT {limit}"
+            q += f" LIMIT {_checked_limit(limit)}"
         return q, params
 
     @staticmethod
@@ -317,7 +322,7 @@ class Reads(abc.ABC):
             f"{where} ORDER BY p.ts"
         )
         if limit is not None:
-            q, params = self._limited(q, params, limit)
+            q += f" LIMIT {_checked_limit(limit)}"
         return self.sql(q, params, as_pandas=as_pandas)
 
     def _label_parts(self, where: str, params: list[Any]) -> tuple[int, int]:
@@ -339,7 +344,7 @@ class Reads(abc.ABC):
         where = ("WHERE " + " AND ".join(conds)) if conds else ""
         _, parts = self._label_parts(where, params)
         if limit is not None:
-            self._limited("", [], limit)  # checks it
+            _checked_limit(limit)
         got: list[pa.Table] = []
         rows = 0
         for part in range(parts):
@@ -384,12 +389,6 @@ class Reads(abc.ABC):
             "joined": joined,
             "unjoined": labelled - joined,
         }
-
-    @staticmethod
-    def _limited(q: str, params: list[Any], limit: int) -> tuple[str, list[Any]]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
-            raise ValueError("limit must be an integer in 0..2^63-1")
-        return f"{q} LIMIT {limit}", params
 
     def _expand(self, t: pa.Table) -> pa.Table:
         import pyarrow as pa

@@ -182,7 +182,6 @@ class CollectorServer:
         # Half the rooms at most for one host: a client that opens calls and
         # never sends their message cannot hold every room.
         self._rooms = Rooms("messages being received", max_receiving, max(1, max_receiving // 2))
-        self.receiving = 0  # Export messages being read now
         self.receive_s = receive_s
         self.receive_waits_timed_out = 0  # calls shed waiting for a room
         self.receives_cut = 0  # messages that took longer than receive_s
@@ -241,6 +240,11 @@ class CollectorServer:
         self.otlp_received = 0  # OTLP-in spans stored
         self.otlp_duplicates = 0  # OTLP-in spans already stored (an exporter's retry)
         self.otlp_rejected = 0  # OTLP-in spans refused (partial success)
+
+    @property
+    def receiving(self) -> int:
+        """Export messages being read now (the rooms taken)."""
+        return self._rooms.open
 
     # -- health --------------------------------------------------------------
 
@@ -395,7 +399,6 @@ class CollectorServer:
         except Overloaded:
             self.receive_waits_timed_out += 1
             raise
-        self.receiving += 1
         try:
             message = await asyncio.wait_for(context.read(), self.receive_s)
         except TimeoutError:
@@ -405,7 +408,6 @@ class CollectorServer:
                 f"the message took longer than {self.receive_s:.0f} s to arrive",
             ) from None
         finally:
-            self.receiving -= 1
             self._rooms.leave(peer)
         if not isinstance(message, bytes):  # grpc.aio.EOF: no message came
             raise BatchRejected("the call carried no message")
