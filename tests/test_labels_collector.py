@@ -198,3 +198,28 @@ def test_labels_from_an_agent_reach_the_store_once_and_join(tmp_path):
             assert joined[ids[5]]["label"] == 1.0
             got = c.sql("SELECT max(labels) AS n FROM agent_counters").column("n")[0].as_py()
             assert got == 502
+
+
+def test_a_label_time_past_what_the_store_holds_is_refused_alone(tmp_path):
+    """A time the store cannot hold (past 2262) is the label's own fault:
+    it is counted invalid, and the records and labels of its batch are
+    stored (the collector would refuse a whole batch carrying it)."""
+    with BackgroundCollector(tmp_path / "s.duckdb") as col:
+        a = modeltap.Agent("m", "1", collector=col.addr, metrics_interval=None)
+        a.log([1.0, 2.0], 1, request_id="r1")
+        a.log_label("r1", 1, ts=2**63)  # int: Unix nanoseconds, past 2262
+        a.log_label("r1", 0, ts=1.9e9)  # float: Unix seconds
+        assert a.log_labels(["r1", "r1"], [1, 1], ts=[float("inf"), 2**63 - 1]) == 0
+        assert a.flush(30)
+        s = a.stats()
+        a.close()
+        assert s["invalid"] == 3
+        assert s["labels"] == 1
+        with modeltap.Client(col.addr) as c:
+            assert c.label_counts("m")["labels"] == 1
+            assert c.sql("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 1
+            with pytest.raises(ValueError, match="row 0: not a time"):
+                c.submit_labels("m", ["r1"], [1], ts=[2**64 - 1])
+            assert c.submit_labels("m", ["r1"], [1], ts=[1_900_000_000 * 10**9]) == 1
+            ts = c.labels("m", history=True).column("ts").to_pylist()
+            assert sorted(t.timestamp() for t in ts) == [1.9e9, 1.9e9]

@@ -19,6 +19,7 @@ log = logging.getLogger("modeltap")
 
 # What the recorder reads as "this label's time could not be read".
 _BAD_TIME = 2**64 - 1
+MAX_UNIX_NANO = 2**63 - 2  # the last time a TIMESTAMPTZ column holds
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
@@ -160,8 +161,10 @@ def _time_ns(t: Any) -> int:
         ns = int(float(t) * 1e9)
     else:
         raise TypeError(f"{type(t).__name__} is not a time")
-    if not 0 <= ns < _BAD_TIME:
-        raise ValueError("outside 1970..2554")
+    if not 0 <= ns <= MAX_UNIX_NANO:
+        # What the store's timestamps hold: a later time would have the
+        # collector refuse the whole batch it travels in.
+        raise ValueError("outside 1970..2262")
     return ns
 
 
@@ -179,7 +182,7 @@ def _times(ts: Any, n: int) -> int | np.ndarray | None:
     if isinstance(ts, np.ndarray) and ts.dtype.kind == "M":
         nat = np.isnat(ts)
         ns = ts.astype("datetime64[ns]").astype(np.int64)
-        bad = nat | (ns < 0)
+        bad = nat | (ns < 0) | (ns > MAX_UNIX_NANO)
         return np.where(bad, _BAD_TIME, ns.astype(np.uint64)).astype(np.uint64)
     out = np.empty(len(ts), dtype=np.uint64)
     for i, t in enumerate(ts):

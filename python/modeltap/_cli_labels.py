@@ -93,28 +93,6 @@ def _column(batch: Any, name: str) -> Any:
     return np.array(col.cast(pa.string()).to_pylist(), dtype=object)
 
 
-def _times(values: Any) -> Any:
-    """A ts column as the labels module takes it: ISO strings become
-    datetimes, numbers stay Unix seconds, timestamps datetime64."""
-    if values.dtype != object:
-        return values
-    import datetime as dt
-
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        if isinstance(v, str):
-            try:
-                out[i] = dt.datetime.fromisoformat(v.strip())
-            except ValueError:
-                try:
-                    out[i] = float(v)
-                except ValueError:
-                    out[i] = None
-        else:
-            out[i] = v
-    return out
-
-
 def _import(args: argparse.Namespace) -> int:
     from modeltap.client import Client
 
@@ -132,7 +110,9 @@ def _import(args: argparse.Namespace) -> int:
         for seq, batch in enumerate(pieces):
             ids = batch.column(batch.schema.get_field_index("request_id")).to_pylist()
             labels = _column(batch, "label")
-            ts = _times(_column(batch, "ts")) if "ts" in batch.schema.names else None
+            ts = _column(batch, "ts") if "ts" in batch.schema.names else None
+            if ts is not None and ts.dtype.kind in "iu":  # a file's numbers: Unix seconds
+                ts = ts.astype(np.float64)
             cols, rows_bad = columns(ids, labels, ts, first_row=row)
             for r, why in rows_bad.first:
                 bad.add(r, why)

@@ -121,8 +121,9 @@ class Client(Reporting, PerformanceReads, Reads):
         ones to come: a label joins its prediction whenever both are
         stored): ids and labels as sequences, numpy arrays or a
         ``RequestIds``, or a frame with columns ``request_id``, ``label``
-        [, ``ts``] given alone. ``ts``: when each truth was known (datetimes,
-        datetime64, Unix seconds; default now). Sent in batches of
+        [, ``ts``] given alone. ``ts``: when each truth was known, as
+        ``Agent.log_label`` reads it (datetimes, datetime64, ISO strings,
+        float Unix seconds, int Unix nanoseconds; default now). Sent in batches of
         100,000, each stored exactly once: a batch resent after a failure
         (retried for up to ``retry_s``) is not stored twice, and with the
         same ``source_id`` (a name of the source, such as a file's digest)

@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from modeltap._agent_labels import MAX_UNIX_NANO, _time_ns
+
 MAX_ID_BYTES = 256  # as request ids of Agent.log
-MAX_UNIX_NANO = 2**63 - 2  # the last time a TIMESTAMPTZ column holds
+
 CHUNK_LABELS = 100_000  # labels a SubmitLabels batch carries at most
 MAX_LISTED = 20  # bad rows named in a summary
 
@@ -70,24 +72,18 @@ def _now_ns() -> int:
 
 
 def _ns_of(t: Any) -> int:
-    """Unix nanoseconds of one time: a datetime (naive ones are UTC), a
-    numpy datetime64, or Unix seconds (int or float)."""
-    if isinstance(t, bool):
-        raise ValueError("a time cannot be a bool")
-    if isinstance(t, np.datetime64):
-        return int(t.astype("datetime64[ns]").astype(np.int64))
-    if isinstance(t, dt.datetime):
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=dt.timezone.utc)
-        return int(t.timestamp() * 1e9)
-    if hasattr(t, "to_pydatetime"):  # a pandas Timestamp
-        return _ns_of(t.to_pydatetime())
-    if isinstance(t, (int, float, np.integer, np.floating)):
-        f = float(t)
-        if not math.isfinite(f) or f < 0 or f * 1e9 > MAX_UNIX_NANO:
-            raise ValueError(f"not a time (Unix seconds): {t}")
-        return int(f * 1e9)
-    raise ValueError(f"not a time: {type(t).__name__}")
+    """Unix nanoseconds of one time, as ``Agent.log_label`` reads it (a
+    datetime, naive ones UTC; a datetime64; float Unix seconds; int Unix
+    nanoseconds), or an ISO time spelled out (a CSV)."""
+    if isinstance(t, str):
+        try:
+            t = dt.datetime.fromisoformat(t.strip())
+        except ValueError:
+            raise ValueError(f"not a time: {t!r}") from None
+    try:
+        return _time_ns(t)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"not a time: {t!r} ({e})") from None
 
 
 def _times(ts: Any, n: int, bad: BadRows, keep: np.ndarray, first_row: int) -> np.ndarray:
@@ -109,12 +105,13 @@ def _times(ts: Any, n: int, bad: BadRows, keep: np.ndarray, first_row: int) -> n
         return out
     if len(arr) != n:
         raise ValueError(f"{len(arr)} times for {n} labels")
-    if arr.dtype.kind in "iuf":  # Unix seconds, checked all at once
-        sec = arr.astype(np.float64)
-        invalid = ~np.isfinite(sec) | (sec < 0) | (sec * 1e9 > MAX_UNIX_NANO)
-        out[:] = np.where(invalid, 0, sec * 1e9).astype(np.uint64)
+    if arr.dtype.kind in "iuf":  # checked all at once: floats seconds, ints ns
+        approx = arr.astype(np.float64) * (1e9 if arr.dtype.kind == "f" else 1.0)
+        invalid = ~np.isfinite(approx) | (approx < 0) | (approx > MAX_UNIX_NANO)
+        exact: np.ndarray = approx if arr.dtype.kind == "f" else arr
+        out[:] = np.where(invalid, 0, exact).astype(np.uint64)
         for r in np.flatnonzero(invalid & keep):
-            bad.add(first_row + int(r), f"not a time (Unix seconds): {arr[r]}")
+            bad.add(first_row + int(r), f"not a time: {arr[r]}")
             keep[r] = False
         return out
     for i, t in enumerate(list(ts) if arr.dtype == object else arr.tolist()):
